@@ -1,0 +1,71 @@
+"""The ``megatron-diffusion`` command: a table of subcommands, each in its own module.
+
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
+imported only when their subcommand runs, so ``--help`` and light commands stay fast (importing
+megatron-core takes seconds). Bad input raises ``UsageError``: printed as one line, exit 2.
+"""
+
+import argparse
+import importlib
+import sys
+
+from megatron_diffusion.errors import UsageError
+
+# name -> (module, one-line help). Kept in pipeline order.
+COMMANDS = {
+    "train-tokenizer": ("megatron_diffusion.data.tokenizer_cli", "train a byte-level BPE tokenizer (with [MASK]/EOS) on a corpus"),
+    "preprocess": ("megatron_diffusion.data.preprocess_cli", "tokenize jsonl/parquet/HF dataset/source tree into a zarr token store"),
+    "inspect-data": ("megatron_diffusion.data.inspect_cli", "write corrupted loader samples as JSON lines, for checking the statistics"),
+    "show-mask": ("megatron_diffusion.masks.show_mask", "write the boolean attention mask of a mode as JSON or PNG"),
+    "train": ("megatron_diffusion.training.train_cli", "train (CPT/SFT) a diffusion LM on megatron-core"),
+    "sample": ("megatron_diffusion.sampling.sample_cli", "block-wise parallel sampling from a checkpoint"),
+    "bench-sampler": ("megatron_diffusion.sampling.bench_cli", "sampler throughput vs the AR baseline, as JSON"),
+    "convert": ("megatron_diffusion.convert.convert_cli", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
+    "eval": ("megatron_diffusion.evaluation.eval_cli", "HumanEval pass@k and held-out infill/ELBO metrics"),
+    "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line with exit code 2 (its default code)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="megatron-diffusion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            importlib.import_module(module_name).add_arguments(p)
+        else:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    only = command if command in COMMANDS else None
+    try:
+        parser = build_parser(only)
+    except ModuleNotFoundError as e:  # a command whose module is not there yet / missing extra
+        print(f"megatron-diffusion: error: {command}: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as e:
+        print(f"megatron-diffusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"megatron-diffusion {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
