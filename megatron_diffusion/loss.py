@@ -1,0 +1,120 @@
+"""Training losses: masked-diffusion ELBO, edit-stage all-position loss, optional AR loss.
+
+Stable-DiffCoder eq. 4 / Seed Diffusion eq. 5-6 (METHOD.md 1, 5):
+
+    L = -E[ sum_i w_i * log p(x0_i | x_t) ]
+
+The per-position weights ``w_i`` come with the batch (``loss_weights_BL``, filled by the
+corruption in the loader): ``w(t)`` on masked positions in the mask stage (``1`` during the
+corruption warmup), and a weight on every position in the edit stage. This module only applies
+them, so the loss never needs to know the schedule.
+
+Normalisation (``LossConfig.normalization``):
+
+* ``token`` (LLaDA style, default): the weighted sum over the whole global batch divided by the
+  number of loss-eligible tokens in it (``loss_mask_BL``: every non-prompt position, masked or
+  not), i.e. an unbiased per-token ELBO estimate. The sum and the count are returned separately
+  and megatron's schedule (``calculate_per_token_loss=True``) adds both over micro-batches,
+  pipeline stages and data-parallel ranks before dividing, so the result does not depend on how
+  the batch is split.
+* ``sequence``: each row is normalised by its own eligible-token count, then rows are averaged
+  (the count returned is the number of rows).
+
+Logits are vocabulary-parallel (``[b, s, V/tp]``); cross entropy is megatron's
+``vocab_parallel_cross_entropy``, so tensor parallelism needs no gather. With ``logit_shift``
+the output at ``i-1`` predicts token ``i`` (a converted AR checkpoint's convention); the first
+token of a row then has no loss. ``objective='ar'`` is plain next-token training of the same
+model (the AR baseline).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.errors import check_choice
+
+NORMALIZATIONS = ("token", "sequence")
+OBJECTIVES = ("diffusion", "ar")
+
+
+@dataclass
+class LossConfig:
+    normalization: str = "token"
+    """'token' (sum over the global batch / eligible tokens) or 'sequence' (per-row mean)."""
+    objective: str = "diffusion"
+    """'diffusion' (ELBO on the corrupted input) or 'ar' (next-token loss, the AR baseline)."""
+    ar_loss_weight: float = 0.0
+    """Weight of an extra next-token loss on the clean stream (block mode with a causal clean
+    stream only: it needs the clean half to be causal)."""
+
+    def validate(self) -> None:
+        check_choice("loss.normalization", self.normalization, NORMALIZATIONS)
+        check_choice("loss.objective", self.objective, OBJECTIVES)
+        if self.ar_loss_weight < 0:
+            from megatron_diffusion.errors import UsageError
+
+            raise UsageError(f"loss.ar_loss_weight: got {self.ar_loss_weight}, expected >= 0")
+
+
+def _token_ce(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+    # megatron's kernel wants seq-first logits; it returns per-token losses in the target shape
+    ce_SB = vocab_parallel_cross_entropy(logits_BSV.transpose(0, 1).contiguous().float(),
+                                         targets_BS.transpose(0, 1).contiguous())
+    return ce_SB.transpose(0, 1)
+
+
+def _shift(logits_BLV: torch.Tensor, weights_BL: torch.Tensor):
+    """Output i-1 predicts token i: drop the last output and the first target."""
+    return logits_BLV[:, :-1], weights_BL[:, 1:]
+
+
+def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossConfig, *,
+                   logit_shift: bool = False, clean_stream_causal: bool = False):
+    """Return ``(loss_sum, num_tokens, metrics)``; the caller divides the summed parts.
+
+    ``logits_BSV`` covers the model input (``S = L``, or ``2L`` in block mode: noisy half first).
+    """
+    L = batch.seq_len
+    labels_BL = batch.labels_BL
+    eligible_BL = batch.loss_mask_BL
+    if cfg.objective == "ar":
+        logits_BLV = logits_BSV[:, :L]
+        weights_BL = eligible_BL.float()
+        logits_BLV, weights_BL = _shift(logits_BLV, weights_BL)
+        ce_BL = _token_ce(logits_BLV, labels_BL[:, 1:])
+        per_pos_BL = ce_BL * weights_BL
+    else:
+        logits_BLV = logits_BSV[:, :L]
+        weights_BL = batch.loss_weights_BL
+        targets_BL = labels_BL
+        if logit_shift:
+            logits_BLV, weights_BL = _shift(logits_BLV, weights_BL)
+            targets_BL = labels_BL[:, 1:]
+        ce_BL = _token_ce(logits_BLV, targets_BL)
+        per_pos_BL = ce_BL * weights_BL
+    has_loss = weights_BL > 0
+    metrics = {
+        "ce_sum": (ce_BL.detach() * has_loss).sum(),
+        "ce_count": has_loss.sum(),
+    }
+    if cfg.ar_loss_weight > 0:
+        if not clean_stream_causal or logits_BSV.shape[1] != 2 * L:
+            from megatron_diffusion.errors import UsageError
+
+            raise UsageError("loss.ar_loss_weight: an AR loss on the clean stream needs "
+                             "attention.mode=block with attention.clean_stream=causal")
+        ar_ce_BL = _token_ce(logits_BSV[:, L:2 * L - 1], labels_BL[:, 1:])
+        ar_BL = ar_ce_BL * eligible_BL[:, 1:].float()
+        metrics["ar_ce_sum"] = ar_BL.detach().sum()
+        per_pos_BL = torch.cat([per_pos_BL, cfg.ar_loss_weight * ar_BL], dim=1)
+        # weights over both halves; count stays the eligible tokens of the noisy half
+    if cfg.normalization == "token":
+        loss_sum = per_pos_BL.sum()
+        num_tokens = eligible_BL.sum().to(torch.int)
+    else:
+        per_row = per_pos_BL.sum(dim=1) / eligible_BL.sum(dim=1).clamp(min=1)
+        loss_sum = per_row.sum()
+        num_tokens = torch.tensor(per_row.shape[0], dtype=torch.int)
+    return loss_sum, num_tokens, metrics

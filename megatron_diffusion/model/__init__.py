@@ -1,0 +1,1 @@
+"""The diffusion LM: megatron-core ``GPTModel`` + layer specs + diffusion-mask core attention."""

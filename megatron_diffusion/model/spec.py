@@ -1,0 +1,34 @@
+"""Layer specs: which modules build a Transformer layer, chosen as data (megatron ``ModuleSpec``).
+
+The backend is selected here, never by ``if use_te`` branches inside layers:
+
+* ``local``: megatron-core's own modules (RMSNorm, SwiGLU MLP, column/row parallel linears);
+  runs on CPU.
+* ``transformer_engine``: TE's fused LayerNorm+Linear and MLP modules (needed for FP8).
+
+Either way the core attention is ``DiffusionCoreAttention`` (dense-mask SDPA or FlexAttention),
+except with ``attention_backend='te'`` where TE's own fused attention takes the mask as an
+additive bias.
+"""
+
+import copy
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_diffusion.model.attention import DiffusionCoreAttention
+from megatron_diffusion.model.config import ModelConfig
+
+
+def layer_spec(cfg: ModelConfig) -> ModuleSpec:
+    if cfg.transformer_impl == "transformer_engine":
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        spec = copy.deepcopy(get_gpt_layer_with_transformer_engine_spec())
+    else:
+        spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
+    if cfg.attention_backend != "te":
+        spec.submodules.self_attention.submodules.core_attention = DiffusionCoreAttention
+    return spec

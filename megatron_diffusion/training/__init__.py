@@ -1,0 +1,1 @@
+"""Training: model setup, the forward/backward step, checkpoints, logging, the trainer loop."""

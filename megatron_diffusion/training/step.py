@@ -1,0 +1,78 @@
+"""One forward/backward over a global batch with megatron-core's pipeline schedules.
+
+``get_forward_backward_func`` picks the schedule: no pipelining, 1F1B, or interleaved 1F1B
+(virtual pipeline). Every rank of a data-parallel replica reads the same micro-batches from its
+loader (TP and PP ranks need the positions and the mask too), so no broadcast of batches is
+needed. The loss is returned as (sum, token count) per micro-batch with
+``calculate_per_token_loss=True``: megatron adds counts over micro-batches, and
+``finalize_model_grads`` all-reduces them over data-parallel ranks and divides the gradients
+once, so gradients do not depend on how the global batch is split (METHOD.md 1, ``loss.py``).
+"""
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_diffusion.loss import LossConfig, diffusion_loss
+from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.model.inputs import model_inputs
+
+
+def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
+    loss_sum, num_tokens, metrics = diffusion_loss(output_BSV, batch, loss_cfg,
+                                                   logit_shift=logit_shift,
+                                                   clean_stream_causal=clean_causal)
+    report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
+                          metrics["ce_sum"].float(), metrics["ce_count"].float()])
+    return loss_sum, num_tokens, {"report": report}
+
+
+def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shift: bool):
+    clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        batch = batch.to(device)
+        tokens, position_ids, mask = model_inputs(batch, attn_cfg)
+        output = model(tokens, position_ids, mask)
+        return output, partial(_loss_func, batch, loss_cfg, logit_shift, clean_causal)
+
+    return forward_step
+
+
+def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss_cfg: LossConfig,
+                     *, logit_shift: bool = False, forward_only: bool = False) -> dict:
+    """Run the schedule over ``microbatches`` (this DP rank's share of the global batch).
+
+    Returns the global-batch figures, reduced over micro-batches and data-parallel ranks and
+    broadcast from the last pipeline stage: ``loss`` (per token), ``num_tokens``, ``ce`` (mean
+    cross entropy of the positions with loss).
+    """
+    first = microbatches[0]
+    seq_length = first.tokens_BS.shape[1]
+    step = make_forward_step(attn_cfg, loss_cfg, logit_shift)
+    n_chunks = len(chunks)
+    iterators = [iter(microbatches) for _ in range(n_chunks)] if n_chunks > 1 else iter(microbatches)
+    reports = get_forward_backward_func()(
+        forward_step_func=step,
+        data_iterator=iterators,
+        model=chunks if n_chunks > 1 else chunks[0],
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=first.tokens_BS.shape[0],
+        forward_only=forward_only,
+    )
+    totals = torch.zeros(4, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        for r in reports:
+            totals += r["report"].double().cpu()
+    if dist.is_initialized():
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+    loss_sum, num_tokens, ce_sum, ce_count = totals.tolist()
+    return {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,
+            "ce": ce_sum / max(ce_count, 1.0)}

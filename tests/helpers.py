@@ -1,0 +1,78 @@
+"""Shared test helpers: tiny models, deterministic weights and batches, torchrun launcher."""
+
+import os
+import socket
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.model.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 61
+MASK_ID = 60
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    kw = dict(num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+              ffn_hidden_size=96, vocab_size=VOCAB, mask_token_id=MASK_ID,
+              make_vocab_size_divisible_by=16, max_position_embeddings=64)
+    kw.update(overrides)
+    return ModelConfig(**kw)
+
+
+@torch.no_grad()
+def seeded_full_weights(shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Deterministic weights by name (independent of the parallel layout that asks)."""
+    out = {}
+    for name, shape in sorted(shapes.items()):
+        g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        t = torch.randn(shape, generator=g) * 0.05
+        if "layernorm" in name or name.endswith("final_layernorm.weight"):
+            t = 1.0 + t
+        out[name] = t
+    return out
+
+
+def synthetic_batch(attn: AttentionConfig, *, rows: int, seq_len: int, seed: int,
+                    doc_lengths=None) -> DiffusionBatch:
+    """A corrupted batch built by hand (masking at ~50%, ELBO-like weights)."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randint(0, MASK_ID, (rows, seq_len), generator=g)
+    masked = torch.rand(rows, seq_len, generator=g) < 0.5
+    masked[:, 0] = True
+    xt = torch.where(masked, torch.full_like(x0, MASK_ID), x0)
+    if doc_lengths is None:
+        doc = torch.zeros(rows, seq_len, dtype=torch.long)
+    else:
+        doc = torch.repeat_interleave(torch.arange(len(doc_lengths)),
+                                      torch.tensor(doc_lengths)).expand(rows, -1).clone()
+    tokens = torch.cat([xt, x0], dim=1) if attn.mode == "block" else xt
+    t = torch.rand(rows, 1, generator=g) * 0.9 + 0.1
+    return DiffusionBatch(tokens_BS=tokens, labels_BL=x0, loss_weights_BL=masked.float() / t,
+                          document_ids_BL=doc, loss_mask_BL=torch.ones_like(masked),
+                          t_BN=t, num_edits_B=torch.zeros(rows, dtype=torch.long))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+           "--max-restarts=0", script, *args]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
