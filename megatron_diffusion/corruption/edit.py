@@ -21,7 +21,8 @@ Algorithm (all rows at once; no loop over tokens or ops):
    ``num_edits`` = that cost = primary ops + realignment ops, an upper bound of the distance.
 4. Emission. Kept token ``i`` lands at ``segment start + (tokens emitted before it in its
    segment)``; an inserted token before ``i`` lands just before it; anything past the segment's
-   end is dropped; unfilled slots at the segment's end take random tokens. Two scatters.
+   end is dropped; unfilled slots at the segment's end take random tokens. Two scatters; random
+   tokens are drawn only for the ops and the padded slots.
 
 The distance is below ``num_edits`` only when ops happen to cancel (a deletion next to an
 insertion acts as one substitution; a trimmed token that was itself inserted), which is rare for
@@ -133,11 +134,20 @@ def apply_edits(x0_BL: torch.Tensor, document_ids_BL: torch.Tensor, editable_BL:
     keep_out_BL = ins_out_BL + ins_BL.long()
     end_BL = start_BL + seg_len_BL
 
-    fill_BL = random_tokens((B, L), random_token_ids, generator)
-    ins_tok_BL = random_tokens((B, L), random_token_ids, generator)
-    keep_tok_BL = torch.where(sub_BL, substitute_tokens(x0_BL, random_token_ids, generator), x0_BL)
+    # random tokens only where needed: at the ops' positions and at the padded slots
+    x0_BK = x0_BL.gather(1, pos_BK)
+    ins_tok_BL = torch.zeros_like(x0_BL).scatter_(
+        1, pos_BK, random_tokens((B, K), random_token_ids, generator))
+    sub_tok_BL = torch.zeros_like(x0_BL).scatter_(
+        1, pos_BK, substitute_tokens(x0_BK, random_token_ids, generator))
+    keep_tok_BL = torch.where(sub_BL, sub_tok_BL, x0_BL)
     dump = torch.full_like(cols_L, L).expand(B, L)  # extra column L collects dropped tokens
-    y_BL1 = torch.cat([fill_BL, fill_BL[:, :1]], dim=1)
-    y_BL1.scatter_(1, torch.where(ins_BL & (ins_out_BL < end_BL), ins_out_BL, dump), ins_tok_BL)
-    y_BL1.scatter_(1, torch.where(~del_BL & (keep_out_BL < end_BL), keep_out_BL, dump), keep_tok_BL)
+    ins_idx_BL = torch.where(ins_BL & (ins_out_BL < end_BL), ins_out_BL, dump)
+    keep_idx_BL = torch.where(~del_BL & (keep_out_BL < end_BL), keep_out_BL, dump)
+    y_BL1 = torch.empty(B, L + 1, dtype=x0_BL.dtype, device=device)
+    y_BL1.scatter_(1, ins_idx_BL, ins_tok_BL).scatter_(1, keep_idx_BL, keep_tok_BL)
+    written_BL1 = torch.zeros(B, L + 1, dtype=torch.bool, device=device)
+    written_BL1.scatter_(1, ins_idx_BL, True).scatter_(1, keep_idx_BL, True)
+    padded_BL = ~written_BL1[:, :L]
+    y_BL1[:, :L][padded_BL] = random_tokens((int(padded_BL.sum()),), random_token_ids, generator)
     return y_BL1[:, :L].contiguous(), num_edits_B
