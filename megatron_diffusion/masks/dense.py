@@ -92,6 +92,17 @@ def make_mask_mod(cfg: AttentionConfig, tokens: MaskTokens):
     isolated = cfg.visibility == "isolated"
     block_causal = cfg.clean_stream == "block_causal"
     doc, blk, clean = tokens.document_BS, tokens.block_BS, tokens.clean_BS
+    if doc.shape[0] == 1:
+        # One row stands for the whole batch (FlexAttention broadcasts a batch-1 BlockMask but
+        # still calls mask_mod with the real batch index), so the batch index is not read.
+        doc, blk, clean = doc[0], blk[0], clean[0]
+
+        def at(t, b, i):
+            return t[i]
+    else:
+
+        def at(t, b, i):
+            return t[b, i]
 
     def mask_mod(b, h, q_idx, kv_idx):
         if cfg.mode == "causal":
@@ -99,14 +110,14 @@ def make_mask_mod(cfg: AttentionConfig, tokens: MaskTokens):
         elif cfg.mode == "bidirectional":
             allowed = (q_idx >= 0) & (kv_idx >= 0)
         else:  # block
-            bq, bk = blk[b, q_idx], blk[b, kv_idx]
-            cq, ck = clean[b, q_idx], clean[b, kv_idx]
+            bq, bk = at(blk, b, q_idx), at(blk, b, kv_idx)
+            cq, ck = at(clean, b, q_idx), at(clean, b, kv_idx)
             noisy_noisy = ~cq & ~ck & (bq == bk)
             noisy_clean = ~cq & ck & (bq > bk)
             clean_clean = cq & ck & ((bq >= bk) if block_causal else (kv_idx <= q_idx))
             allowed = noisy_noisy | noisy_clean | clean_clean
         if isolated:
-            allowed = allowed & (doc[b, q_idx] == doc[b, kv_idx])
+            allowed = allowed & (at(doc, b, q_idx) == at(doc, b, kv_idx))
         return allowed
 
     return mask_mod

@@ -1,0 +1,94 @@
+"""Configuration of the forward (corruption) process: schedule, weights, warmup, edit stage.
+
+See docs/corruption.md for the user-facing description and METHOD.md 1, 2, 3, 5 for the maths.
+"""
+
+import math
+from dataclasses import dataclass
+
+from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.corruption.schedules import SCHEDULES
+
+WEIGHTINGS = ("elbo", "none")
+EDIT_OPS = ("deletion", "insertion", "substitution")
+
+
+@dataclass
+class CorruptionConfig:
+    schedule: str = "linear"
+    """Noise schedule ``u(t)``: 'linear', 'cosine' or 'log-linear' (corruption/schedules.py)."""
+    weighting: str = "elbo"
+    """'elbo': masked tokens weigh ``w(t) = u'(t)/u(t)`` (``1/t`` linear; ``u'(t)/u_blk`` in block
+    mode); 'none': every loss token weighs 1."""
+    t_min: float = 1e-3
+    """Outside warmup ``t ~ U(t_min, 1)``: keeps ``w(t) <= u'(t_min)/u(t_min)`` (1000 for linear) so
+    a row with tiny ``t`` cannot blow up the loss. 0 allows ``t`` arbitrarily close to 0."""
+    warmup_steps: int = 0
+    """Corruption warmup length ``S_warmup`` in optimizer steps (Stable-DiffCoder 3.2); 0 = off.
+    During warmup ``t ~ U(0, u_max(step))`` and ``w = 1``."""
+    warmup_u_init: float = 1e-3
+    """``u_init``: the warmup cap at step 0; ``u_max(s) = u_init + (1 - u_init) * s / S_warmup``."""
+    edit_stage_fraction: float = 0.2
+    """Fraction of ``total_steps`` at the END of training that adds edit corruption (Seed Diffusion
+    3.1 TSC: last 20%); 0 = never. The edit stage starts at
+    ``total_steps - round(edit_stage_fraction * total_steps)``."""
+    edit_max_rate: float = 0.1
+    """``eps``: the edit budget is ``k_t = stochastic_round(eps * u(t) * n)``, ``n`` the number of
+    non-prompt tokens of the row, capped at ``floor(eps * n)``, so ``k_t / L <= eps``."""
+    edit_deletion_prob: float = 1 / 3
+    """Probability that one edit operation is a deletion."""
+    edit_insertion_prob: float = 1 / 3
+    """Probability that one edit operation is an insertion of a random token."""
+    edit_substitution_prob: float = 1 / 3
+    """Probability that one edit operation is a substitution by a different random token."""
+
+    def validate(self) -> "CorruptionConfig":
+        check_choice("schedule", self.schedule, tuple(SCHEDULES))
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        _check_range("t_min", self.t_min, 0.0, 1.0, hi_open=True)
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) \
+                or self.warmup_steps < 0:
+            raise UsageError(f"warmup_steps: got {self.warmup_steps!r}, expected an integer >= 0")
+        _check_range("warmup_u_init", self.warmup_u_init, 0.0, 1.0, lo_open=True)
+        _check_range("edit_stage_fraction", self.edit_stage_fraction, 0.0, 1.0)
+        _check_range("edit_max_rate", self.edit_max_rate, 0.0, 1.0, lo_open=True)
+        probs = self.edit_op_probs()
+        for name, p in zip(EDIT_OPS, probs):
+            _check_range(f"edit_{name}_prob", p, 0.0, 1.0)
+        if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+            raise UsageError(
+                "edit_deletion_prob + edit_insertion_prob + edit_substitution_prob: "
+                f"got {sum(probs)!r}, expected 1"
+            )
+        return self
+
+    def edit_op_probs(self) -> tuple[float, float, float]:
+        """(deletion, insertion, substitution) probabilities, in ``EDIT_OPS`` order."""
+        return (self.edit_deletion_prob, self.edit_insertion_prob, self.edit_substitution_prob)
+
+    def u_max_at(self, step: int) -> float:
+        """Warmup cap on ``t`` at optimizer ``step``; 1.0 once warmup is over (or off)."""
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return 1.0
+        return self.warmup_u_init + (1.0 - self.warmup_u_init) * max(step, 0) / self.warmup_steps
+
+    def in_warmup(self, step: int) -> bool:
+        return self.warmup_steps > 0 and step < self.warmup_steps
+
+    def edit_start_step(self, total_steps: int) -> int:
+        """First step of the edit stage (``total_steps`` or more when there is none)."""
+        return total_steps - int(round(self.edit_stage_fraction * total_steps))
+
+    def stage_at(self, step: int, total_steps: int) -> str:
+        """'edit' in the last ``edit_stage_fraction`` of training, 'mask' before."""
+        if self.edit_stage_fraction == 0:
+            return "mask"
+        return "edit" if step >= self.edit_start_step(total_steps) else "mask"
+
+
+def _check_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise UsageError(f"{name}: got {value!r}, expected a number in {interval}")

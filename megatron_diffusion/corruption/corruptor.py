@@ -1,0 +1,155 @@
+"""The corruption front: clean packed rows in, a ``DiffusionBatch`` out (METHOD.md 1-5).
+
+``Corruptor.corrupt`` runs in the data loader, on CPU, with an explicit ``torch.Generator``:
+
+1. levels: ``t`` per row (mode 'single') or per block (mode 'block'); ``U(t_min, 1)``, or
+   ``U(0, u_max(step))`` during the corruption warmup (``mask.py``);
+2. edit stage only (the last ``edit_stage_fraction`` of training): edit ``x0`` with a budget
+   ``k_t = stochastic_round(eps * mean u(t) * n)`` capped at ``floor(eps * n)`` (``edit.py``);
+3. masking on top: rate ``u(t)`` (single) or ``u_blk(t_b) = min(1, max(u(t_b), 1/B))`` with a
+   one-token fallback per block (``block.py``);
+4. weights: mask stage -- masked tokens weigh ``u'(t)/u(t)`` (``u'(t_b)/u_blk`` in block mode),
+   others 0; edit stage -- every non-prompt token carries loss: masked ones ``w(t)``, visible ones
+   1 (Seed Diffusion eq. 5/6: the edit term has weight 1); during warmup or with weighting
+   'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``) are never masked or edited and weigh 0.
+
+Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
+``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN
+in unused slots).
+"""
+
+import torch
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.corruption.block import clipped_rate, ensure_one_masked, num_block_slots
+from megatron_diffusion.corruption.config import CorruptionConfig
+from megatron_diffusion.corruption.edit import apply_edits
+from megatron_diffusion.corruption.mask import sample_levels, sample_mask
+from megatron_diffusion.corruption.schedules import get_schedule
+from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.layout import VISIBILITIES, block_ids
+
+MODES = ("single", "block")
+
+
+class Corruptor:
+    """Stateless apart from its configuration: the same inputs, step and generator state give the
+    same batch."""
+
+    def __init__(self, cfg: CorruptionConfig, *, seq_len: int, mode: str, block_size: int | None,
+                 visibility: str, mask_token_id: int, random_token_ids: torch.Tensor,
+                 total_steps: int):
+        self.cfg = cfg.validate()
+        check_choice("mode", mode, MODES)
+        check_choice("visibility", visibility, VISIBILITIES)
+        for name, value in (("seq_len", seq_len), ("total_steps", total_steps)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UsageError(f"{name}: got {value!r}, expected a positive integer")
+        if mode == "block":
+            if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
+                raise UsageError(f"block_size: got {block_size!r}, expected a positive integer "
+                                 "in block mode")
+        check_positive("mask_token_id", mask_token_id, allow_zero=True)
+        ids = torch.as_tensor(random_token_ids)
+        if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64) or ids.numel() < 2 \
+                or ids.unique().numel() != ids.numel() or bool((ids == mask_token_id).any()):
+            raise UsageError("random_token_ids: expected a 1-D integer tensor of >= 2 distinct "
+                             "ids without the mask token")
+        self.seq_len, self.mode, self.block_size = seq_len, mode, block_size
+        self.visibility, self.mask_token_id, self.total_steps = visibility, mask_token_id, total_steps
+        self.random_token_ids = ids.long()
+        self.schedule = get_schedule(cfg.schedule)
+        self.num_blocks = num_block_slots(seq_len, block_size, visibility) if mode == "block" else 1
+        """Width ``N`` of ``t_BN``."""
+
+    def stage_at(self, step: int) -> str:
+        """'mask' or 'edit' at optimizer ``step`` (two-stage curriculum)."""
+        return self.cfg.stage_at(step, self.total_steps)
+
+    def u_max_at(self, step: int) -> float:
+        """Warmup cap on ``t`` at ``step`` (1.0 outside warmup)."""
+        return self.cfg.u_max_at(step)
+
+    def corrupt(self, tokens_BL: torch.Tensor, document_ids_BL: torch.Tensor, *, step: int,
+                generator: torch.Generator, prompt_mask_BL: torch.Tensor | None = None
+                ) -> DiffusionBatch:
+        x0_BL, document_ids_BL, editable_BL = self._check_inputs(tokens_BL, document_ids_BL,
+                                                                 prompt_mask_BL)
+        B, L = x0_BL.shape
+        device = x0_BL.device
+        cfg, sched = self.cfg, self.schedule
+        warmup = cfg.in_warmup(step)
+        stage = self.stage_at(step)
+
+        t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min, u_max=cfg.u_max_at(step),
+                             warmup=warmup, generator=generator, device=device)
+        if self.mode == "block":
+            blocks_BL = block_ids(document_ids_BL, self.block_size, self.visibility)
+            used_BN = torch.zeros(B, self.num_blocks, dtype=torch.bool, device=device)
+            used_BN.scatter_(1, blocks_BL, True)
+            t_BN = torch.where(used_BN, t_BN, torch.full_like(t_BN, float("nan")))
+            t_BL = t_BN.gather(1, blocks_BL)
+        else:
+            t_BL = t_BN.expand(B, L)
+        u_BL = sched.u(t_BL)
+
+        num_edits_B = torch.zeros(B, dtype=torch.long, device=device)
+        y_BL = x0_BL
+        if stage == "edit":
+            budget_B = self._edit_budget(u_BL, editable_BL, generator)
+            y_BL, num_edits_B = apply_edits(x0_BL, document_ids_BL, editable_BL, budget_B,
+                                            cfg.edit_op_probs(), self.random_token_ids, generator)
+
+        if self.mode == "block":
+            rate_BL = clipped_rate(u_BL, self.block_size)
+            masked_BL = sample_mask(rate_BL, editable_BL, generator)
+            masked_BL = ensure_one_masked(masked_BL, blocks_BL, editable_BL, self.num_blocks,
+                                          generator)
+        else:
+            rate_BL = u_BL
+            masked_BL = sample_mask(rate_BL, editable_BL, generator)
+
+        if warmup or cfg.weighting == "none":
+            w_BL = torch.ones_like(rate_BL)
+        else:
+            w_BL = sched.du(t_BL) / rate_BL
+        loss_mask_BL = editable_BL if stage == "edit" else masked_BL
+        weights_BL = torch.where(masked_BL, w_BL, loss_mask_BL.to(w_BL.dtype))
+
+        xt_BL = torch.where(masked_BL, torch.full_like(y_BL, self.mask_token_id), y_BL)
+        tokens_BS = torch.cat([xt_BL, x0_BL], dim=1) if self.mode == "block" else xt_BL
+        return DiffusionBatch(
+            tokens_BS=tokens_BS,
+            labels_BL=x0_BL.clone(),
+            loss_weights_BL=weights_BL.float(),
+            document_ids_BL=document_ids_BL,
+            loss_mask_BL=loss_mask_BL.clone(),
+            t_BN=t_BN.float(),
+            num_edits_B=num_edits_B,
+            stage=stage,
+        )
+
+    def _edit_budget(self, u_BL, editable_BL, generator) -> torch.Tensor:
+        """``k = min(floor(eps * n), stochastic_round(eps * mean u * n))``, n = editable tokens."""
+        eps = self.cfg.edit_max_rate
+        n_B = editable_BL.sum(1)
+        expected_B = eps * torch.where(editable_BL, u_BL, torch.zeros_like(u_BL)).sum(1)
+        draw_B = torch.rand(n_B.shape, generator=generator, device=n_B.device)
+        budget_B = torch.floor(expected_B.double() + draw_B).long()
+        return torch.minimum(budget_B, torch.floor(eps * n_B.double()).long())
+
+    def _check_inputs(self, tokens_BL, document_ids_BL, prompt_mask_BL):
+        if tokens_BL.dim() != 2 or tokens_BL.shape[1] != self.seq_len:
+            raise UsageError(f"tokens_BL: got shape {tuple(tokens_BL.shape)}, expected "
+                             f"[batch, {self.seq_len}]")
+        if document_ids_BL.shape != tokens_BL.shape:
+            raise UsageError(f"document_ids_BL: got shape {tuple(document_ids_BL.shape)}, "
+                             f"expected {tuple(tokens_BL.shape)}")
+        if prompt_mask_BL is None:
+            editable_BL = torch.ones_like(tokens_BL, dtype=torch.bool)
+        else:
+            if prompt_mask_BL.shape != tokens_BL.shape:
+                raise UsageError(f"prompt_mask_BL: got shape {tuple(prompt_mask_BL.shape)}, "
+                                 f"expected {tuple(tokens_BL.shape)}")
+            editable_BL = ~prompt_mask_BL.bool()
+        return tokens_BL.long(), document_ids_BL.long(), editable_BL

@@ -1,0 +1,62 @@
+"""Noise schedules: the mask probability ``u(t)``, its derivative and the ELBO weight.
+
+A schedule maps the corruption level ``t`` in ``[0, 1]`` to ``u(t)``, the probability that a
+token is replaced by ``[MASK]`` (METHOD.md 1). Every schedule here has ``u(0) = 0``,
+``u(1) ~= 1`` and ``u(t) <= t`` on ``[0, 1]`` (so a warmup cap on ``t`` also caps the mask rate,
+see ``config.py``). The continuous-time ELBO weights each masked token's cross-entropy by
+
+    w(t) = u'(t) / u(t)            (Stable-DiffCoder eq. 4; with a(t) = 1 - u(t): -a'(t)/(1 - a(t)))
+
+* ``linear``:     u(t) = t,                      u'(t) = 1,                  w(t) = 1/t
+* ``cosine``:     u(t) = 1 - cos(pi t / 2),      u'(t) = (pi/2) sin(pi t/2), w(t) ~ 2/t near 0
+* ``log-linear``: u(t) = (1 - 1e-3) t,           u'(t) = 1 - 1e-3,           w(t) = 1/t
+  (MDLM / bd3lms ``LogLinearNoise``: total noise sigma(t) = -log(1 - (1 - 1e-3) t), mask
+  probability 1 - exp(-sigma(t)); the 1e-3 keeps sigma finite at t = 1, so u(1) = 0.999.)
+
+``w(t)`` diverges at ``t = 0``; callers keep ``t >= t_min`` (``CorruptionConfig.t_min``).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from megatron_diffusion.errors import check_choice
+
+LOG_LINEAR_EPS = 1e-3
+"""bd3lms/MDLM's ``eps`` for the log-linear schedule: ``u(1) = 1 - LOG_LINEAR_EPS``."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``u(t)`` and ``u'(t)`` as elementwise torch functions; ``weight`` is ``u'/u``."""
+
+    name: str
+    u: Callable[[torch.Tensor], torch.Tensor]
+    du: Callable[[torch.Tensor], torch.Tensor]
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """ELBO weight ``u'(t) / u(t)`` (infinite at ``t = 0``)."""
+        return self.du(t) / self.u(t)
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "linear": Schedule("linear", u=lambda t: t.clone(), du=torch.ones_like),
+    "cosine": Schedule(
+        "cosine",
+        u=lambda t: 1.0 - torch.cos(0.5 * math.pi * t),
+        du=lambda t: 0.5 * math.pi * torch.sin(0.5 * math.pi * t),
+    ),
+    "log-linear": Schedule(
+        "log-linear",
+        u=lambda t: (1.0 - LOG_LINEAR_EPS) * t,
+        du=lambda t: torch.full_like(t, 1.0 - LOG_LINEAR_EPS),
+    ),
+}
+
+
+def get_schedule(name: str) -> Schedule:
+    """The schedule registered under ``name`` (UsageError listing the names otherwise)."""
+    check_choice("schedule", name, tuple(SCHEDULES))
+    return SCHEDULES[name]

@@ -1,0 +1,123 @@
+"""The Corruptor front: determinism, prompts, the edit stage, the batch contract."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.corruption import CorruptionConfig, Corruptor
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.layout import block_ids, document_ids_from_lengths
+from tests.corruption._helpers import MASK_ID, RANDOM_IDS, clean_rows, gen, make_corruptor
+
+
+@pytest.mark.parametrize("mode", ["single", "block"])
+@pytest.mark.parametrize("step", [0, 95])  # mask stage, edit stage
+def test_same_seed_same_batch_different_seed_different(mode, step):
+    c = make_corruptor(seq_len=64, mode=mode, edit_max_rate=0.3)
+    x = clean_rows(4, 64)
+    doc = torch.zeros_like(x)
+    a = c.corrupt(x, doc, step=step, generator=gen(11))
+    b = c.corrupt(x, doc, step=step, generator=gen(11))
+    d = c.corrupt(x, doc, step=step, generator=gen(12))
+    for name in ("tokens_BS", "loss_weights_BL", "t_BN", "num_edits_B"):
+        assert torch.equal(getattr(a, name).nan_to_num(-1), getattr(b, name).nan_to_num(-1))
+    assert not torch.equal(a.tokens_BS, d.tokens_BS)
+
+
+def test_stage_and_u_max_helpers():
+    c = make_corruptor(total_steps=1000, warmup_steps=100, edit_stage_fraction=0.2)
+    assert c.stage_at(799) == "mask" and c.stage_at(800) == "edit"
+    assert c.u_max_at(0) == pytest.approx(1e-3) and c.u_max_at(100) == 1.0
+
+
+@pytest.mark.parametrize("mode", ["single", "block"])
+@pytest.mark.parametrize("step", [0, 95])
+def test_prompt_tokens_untouched_and_weightless(mode, step):
+    c = make_corruptor(seq_len=16, mode=mode, edit_max_rate=0.5)
+    x = clean_rows(64, 16)
+    prompt = torch.zeros_like(x, dtype=torch.bool)
+    prompt[:, :5] = True
+    b = c.corrupt(x, torch.zeros_like(x), step=step, generator=gen(0), prompt_mask_BL=prompt)
+    xt = b.tokens_BS[:, :16]
+    assert torch.equal(xt[prompt], x[prompt])
+    assert bool((b.loss_weights_BL[prompt] == 0).all()) and not bool(b.loss_mask_BL[prompt].any())
+
+
+def test_edit_stage_loss_on_every_non_prompt_position():
+    c = make_corruptor(seq_len=128, edit_max_rate=0.2, t_min=0.0)
+    x = clean_rows(16, 128)
+    prompt = torch.zeros_like(x, dtype=torch.bool)
+    prompt[:, 100:110] = True
+    b = c.corrupt(x, torch.zeros_like(x), step=99, generator=gen(4), prompt_mask_BL=prompt)
+    assert b.stage == "edit"
+    assert torch.equal(b.loss_mask_BL, ~prompt)
+    masked = b.tokens_BS == MASK_ID
+    w = torch.where(masked, 1.0 / b.t_BN, torch.ones(16, 128)) * (~prompt)
+    assert torch.allclose(b.loss_weights_BL, w)  # masked: 1/t (linear); visible: 1; prompt: 0
+    # budget: k <= floor(eps * n) and the edits are there (visible tokens differ from x0)
+    assert bool((b.num_edits_B <= int(0.2 * 118)).all()) and b.num_edits_B.sum() > 0
+    visible_changed = ((b.tokens_BS != x) & ~masked).sum(1)
+    assert bool((visible_changed[b.num_edits_B == 0] == 0).all())
+
+
+def test_edit_budget_tracks_t():
+    c = make_corruptor(seq_len=256, edit_max_rate=0.1)
+    x = clean_rows(200, 256)
+    b = c.corrupt(x, torch.zeros_like(x), step=99, generator=gen(6))
+    k_expected = 0.1 * b.t_BN[:, 0] * 256
+    assert bool((b.num_edits_B <= 25).all())
+    # num_edits is the affordable prefix: at most 1 below the stochastically rounded budget
+    assert (b.num_edits_B.float() - k_expected).abs().max().item() < 2.0 + 1e-6
+
+
+LENGTHS = st.lists(st.integers(1, 12), min_size=1, max_size=4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=LENGTHS, mode=st.sampled_from(["single", "block"]),
+       visibility=st.sampled_from(["shared", "isolated"]), block_size=st.integers(1, 5),
+       step=st.sampled_from([0, 30, 95]), schedule=st.sampled_from(["linear", "cosine"]),
+       seed=st.integers(0, 2**31))
+def test_batch_contract_invariants(lengths, mode, visibility, block_size, step, schedule, seed):
+    L = sum(lengths)
+    c = make_corruptor(seq_len=L, mode=mode, block_size=block_size, visibility=visibility,
+                       schedule=schedule, warmup_steps=20, edit_max_rate=0.5)
+    g = gen(seed)
+    x = clean_rows(3, L, seed=seed % 997)
+    doc = document_ids_from_lengths(lengths).unsqueeze(0).repeat(3, 1)
+    prompt = torch.rand(3, L, generator=g) < 0.2
+    b = c.corrupt(x, doc, step=step, generator=g, prompt_mask_BL=prompt)
+    S = 2 * L if mode == "block" else L
+    assert b.tokens_BS.shape == (3, S) and b.tokens_BS.dtype == torch.int64
+    assert b.loss_weights_BL.dtype == torch.float32 and b.t_BN.shape == (3, c.num_blocks)
+    assert torch.equal(b.labels_BL, x) and torch.equal(b.document_ids_BL, doc)
+    assert torch.equal(b.loss_mask_BL, b.loss_weights_BL > 0)
+    assert b.stage == c.stage_at(step)
+    xt = b.tokens_BS[:, :L]
+    assert torch.equal(xt[prompt], x[prompt])
+    if mode == "block":
+        assert torch.equal(b.tokens_BS[:, L:], x)
+        blocks = block_ids(doc, block_size, visibility)
+        masked_per_block = torch.zeros(3, c.num_blocks).scatter_add_(
+            1, blocks, (xt == MASK_ID).float())
+        has_eligible = torch.zeros(3, c.num_blocks).scatter_add_(1, blocks, (~prompt).float()) > 0
+        assert bool((masked_per_block[has_eligible] >= 1).all())
+    if b.stage == "edit":
+        # k <= floor(eps * n); the distance itself is checked on apply_edits (test_edit_corruption)
+        assert bool((b.num_edits_B <= torch.floor(0.5 * (~prompt).sum(1))).all())
+    DiffusionBatch.collate([b, b])  # fixed N: batches stack
+
+
+def test_bad_arguments_name_the_field():
+    with pytest.raises(UsageError, match="mode"):
+        make_corruptor(mode="blocky")
+    with pytest.raises(UsageError, match="block_size"):
+        make_corruptor(mode="block", block_size=0)
+    with pytest.raises(UsageError, match="random_token_ids"):
+        Corruptor(CorruptionConfig(), seq_len=8, mode="single", block_size=None,
+                  visibility="shared", mask_token_id=10, random_token_ids=RANDOM_IDS,
+                  total_steps=10)
+    c = make_corruptor(seq_len=8)
+    with pytest.raises(UsageError, match="tokens_BL"):
+        c.corrupt(clean_rows(2, 9), torch.zeros(2, 9, dtype=torch.long), step=0, generator=gen(0))
