@@ -34,7 +34,9 @@ class DiffusionBatch:
     document_ids_BL: torch.Tensor
     """int64 document index of every token of the row (non-decreasing); drives packing masks."""
     loss_mask_BL: torch.Tensor
-    """bool: True where a position counts as a loss token (for normalisation/token counts)."""
+    """bool: the loss-eligible positions (every non-prompt token), masked or not: the
+    denominator of the per-token normalisation (LLaDA). Which of them carry a loss is
+    ``loss_weights_BL > 0``."""
     t_BN: torch.Tensor
     """float32 corruption level per block (``N = 1`` outside block mode)."""
     num_edits_B: torch.Tensor

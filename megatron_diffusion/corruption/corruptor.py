@@ -113,8 +113,12 @@ class Corruptor:
             w_BL = torch.ones_like(rate_BL)
         else:
             w_BL = sched.du(t_BL) / rate_BL
-        loss_mask_BL = editable_BL if stage == "edit" else masked_BL
-        weights_BL = torch.where(masked_BL, w_BL, loss_mask_BL.to(w_BL.dtype))
+        # Masked positions carry w(t); in the edit stage every other editable position carries 1
+        # ("no carry-over unmasking", METHOD.md 5). loss_mask marks the eligible (non-prompt)
+        # positions in both stages: the denominator of the per-token normalisation.
+        has_loss_BL = editable_BL if stage == "edit" else masked_BL
+        weights_BL = torch.where(masked_BL, w_BL, has_loss_BL.to(w_BL.dtype))
+        loss_mask_BL = editable_BL
 
         xt_BL = torch.where(masked_BL, torch.full_like(y_BL, self.mask_token_id), y_BL)
         tokens_BS = torch.cat([xt_BL, x0_BL], dim=1) if self.mode == "block" else xt_BL

@@ -92,7 +92,9 @@ def test_batch_contract_invariants(lengths, mode, visibility, block_size, step, 
     assert b.tokens_BS.shape == (3, S) and b.tokens_BS.dtype == torch.int64
     assert b.loss_weights_BL.dtype == torch.float32 and b.t_BN.shape == (3, c.num_blocks)
     assert torch.equal(b.labels_BL, x) and torch.equal(b.document_ids_BL, doc)
-    assert torch.equal(b.loss_mask_BL, b.loss_weights_BL > 0)
+    assert torch.equal(b.loss_mask_BL, ~prompt)  # eligible = every non-prompt position
+    assert not bool((b.loss_weights_BL > 0)[prompt].any())
+    assert bool(((b.loss_weights_BL > 0) <= b.loss_mask_BL).all())
     assert b.stage == c.stage_at(step)
     xt = b.tokens_BS[:, :L]
     assert torch.equal(xt[prompt], x[prompt])

@@ -16,7 +16,8 @@ def test_linear_weights_are_one_over_t_on_masked_only():
     assert b.t_BN.shape == (4, 1)
     expected = torch.where(masked, 1.0 / b.t_BN, torch.zeros(4, 8))
     assert torch.equal(b.loss_weights_BL, expected)
-    assert torch.equal(b.loss_mask_BL, masked)
+    assert torch.equal(b.loss_weights_BL > 0, masked)
+    assert bool(b.loss_mask_BL.all())  # no prompt: every position is eligible
     assert torch.equal(b.labels_BL, x) and torch.equal(b.tokens_BS[~masked], x[~masked])
     assert b.stage == "mask" and b.num_edits_B.tolist() == [0, 0, 0, 0]
 
@@ -25,7 +26,7 @@ def test_weighting_none_gives_one():
     c = make_corruptor(weighting="none")
     x = clean_rows(8, 16)
     b = c.corrupt(x, torch.zeros_like(x), step=0, generator=gen(0))
-    assert torch.equal(b.loss_weights_BL, b.loss_mask_BL.float())
+    assert torch.equal(b.loss_weights_BL, (b.loss_weights_BL > 0).float())
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "log-linear"])
@@ -51,7 +52,7 @@ def test_warmup_never_exceeds_u_max(warmup_steps, frac, seed):
     x = clean_rows(64, 16)
     b = c.corrupt(x, torch.zeros_like(x), step=step, generator=gen(seed))
     assert float(b.t_BN.max()) <= u_max
-    assert torch.equal(b.loss_weights_BL, b.loss_mask_BL.float())  # w = 1 during warmup
+    assert torch.equal(b.loss_weights_BL, (b.loss_weights_BL > 0).float())  # w = 1 during warmup
     # 64*16 Bernoulli(<= u_max) draws: mean rate within 5 sigma of at most u_max
     n = 64 * 16
     rate = (b.tokens_BS == MASK_ID).float().mean().item()
