@@ -12,7 +12,7 @@ Store layout (format version 1; see docs/data.md):
 * ``split``         int8 ``[num_docs]``: 0 train, 1 validation; a document is in validation iff
                     ``uniform(seed, doc_index) < validation_fraction`` (``hashing.uniform``), so
                     the split is reproducible from the attrs alone.
-* attrs: format, format_version, tokenizer hash and special ids, counts, source description.
+* attrs: format, format_version, store_id (a fresh uuid: keys the loader's index cache), tokenizer hash and special ids, counts, source description.
 
 Documents are read in order (``sources``), tokenized in batches by a process pool (order kept
 by ``imap``), and appended through buffers that flush whole shards, so each shard is written
@@ -23,6 +23,7 @@ or failed run leaves no store behind.
 import multiprocessing as mp
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,7 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
     attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "store_id": uuid.uuid4().hex,
         "tokenizer_hash": tok.hash,
         "tokenizer_path": str(Path(cfg.tokenizer).resolve()),
         "vocab_size": tok.vocab_size,
