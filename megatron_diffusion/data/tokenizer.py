@@ -8,7 +8,8 @@ A masked diffusion LM needs three special tokens beyond a causal LM's vocabulary
 * ``<|pad|>``: padding for batched sampling requests.
 
 Training uses HF ``tokenizers`` (byte-level pre-tokenizer, so every byte string round-trips).
-A store records the tokenizer's hash (sha256 of the canonical JSON: keys sorted, no
+Special tokens are never produced from text: ``encode_special_tokens`` is set, so a source file
+containing the string ``[MASK]`` encodes it as ordinary bytes. A store records the tokenizer's hash (sha256 of the canonical JSON: keys sorted, no
 whitespace) so a run refuses a store tokenized with a different vocabulary.
 """
 
@@ -70,6 +71,10 @@ def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedToken
                 f"train one with `megatron-diffusion train-tokenizer` or add it as a special token"
             )
         ids[name] = tid
+    # Raw text that happens to contain "[MASK]" or "<|endoftext|>" (code about tokenizers does)
+    # must be encoded as text: a real mask id in x0 would corrupt the diffusion targets and a
+    # stray EOS would split a document. Special ids are only ever inserted by ids.
+    tok.encode_special_tokens = True
     # pad is optional in foreign tokenizers: fall back to EOS (padding never carries loss).
     pad_id = tok.token_to_id(PAD_TOKEN)
     return LoadedTokenizer(
