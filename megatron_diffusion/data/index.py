@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_diffusion.data import hashing
-from megatron_diffusion.data.ingest import SPLITS
+from megatron_diffusion.data.writer import SPLITS
 from megatron_diffusion.data.store import TokenStore, save_npy_atomic
 from megatron_diffusion.errors import UsageError
 

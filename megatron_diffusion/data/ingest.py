@@ -1,47 +1,24 @@
 """Ingest: tokenize documents in parallel and stream them into a zarr v3 token store.
 
-Store layout (format version 1; see docs/data.md):
-
-* ``tokens``        int32 ``[num_tokens]``: every document's tokens followed by one EOS, all
-                    documents concatenated. Chunked (64Ki tokens) inside shards (16Mi tokens) so
-                    a random row read decompresses ~256 KB, and a 5 TB corpus is ~80k files.
-* ``doc_offsets``   int64 ``[num_docs + 1]``: document ``d`` is ``tokens[off[d]:off[d+1]]``
-                    (its trailing EOS included).
-* ``prompt_lengths`` int32 ``[num_docs]``: SFT prompt tokens at the start of each document
-                    (0 in CPT stores); prompt tokens stay clean and carry no loss (METHOD.md 4).
-* ``split``         int8 ``[num_docs]``: 0 train, 1 validation; a document is in validation iff
-                    ``uniform(seed, doc_index) < validation_fraction`` (``hashing.uniform``), so
-                    the split is reproducible from the attrs alone.
-* attrs: format, format_version, store_id (a fresh uuid: keys the loader's index cache), tokenizer hash and special ids, counts, source description.
-
 Documents are read in order (``sources``), tokenized in batches by a process pool (order kept
-by ``imap``), and appended through buffers that flush whole shards, so each shard is written
-once. Everything goes to a hidden temporary sibling that is renamed at the end: an interrupted
-or failed run leaves no store behind.
+by ``imap``; one EOS appended to every document) and appended with ``writer.StoreWriter``, whose
+docstring describes the store layout. Everything goes to a hidden temporary sibling that is
+renamed at the end: an interrupted or failed run leaves no store behind.
 """
 
 import multiprocessing as mp
 import os
 import shutil
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
-from megatron_diffusion.data import hashing
 from megatron_diffusion.data.sources import SourceSpec, SourceStats, check_inputs, iter_batches
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, from_json_string, load_tokenizer
+from megatron_diffusion.data.writer import TOKEN_CHUNK, TOKEN_SHARD, StoreWriter
 from megatron_diffusion.errors import UsageError, check_choice
-
-FORMAT = "megatron-diffusion-token-store"
-FORMAT_VERSION = 1
-TOKEN_CHUNK = 1 << 16
-TOKEN_SHARD = 1 << 24
-INDEX_CHUNK = 1 << 20
-SPLITS = {"train": 0, "validation": 1}
 
 
 @dataclass
@@ -99,38 +76,6 @@ class IngestConfig:
                           on_undecodable=self.on_undecodable, batch_size=self.batch_size)
 
 
-class _Appender:
-    """Append to a 1-D zarr array, writing only whole ``flush_every``-element blocks until close."""
-
-    def __init__(self, array, flush_every: int):
-        self.array, self.flush_every = array, flush_every
-        self.parts: list[np.ndarray] = []
-        self.buffered = 0
-        self.written = 0
-
-    def append(self, values: np.ndarray) -> None:
-        self.parts.append(values)
-        self.buffered += len(values)
-        if self.buffered >= self.flush_every:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        if not self.parts:
-            return
-        data = np.concatenate(self.parts)
-        n = len(data) if final else (len(data) // self.flush_every) * self.flush_every
-        if n:
-            self.array.resize((self.written + n,))
-            self.array[self.written:self.written + n] = data[:n]
-            self.written += n
-        rest = data[n:]
-        self.parts, self.buffered = ([rest] if len(rest) else []), len(rest)
-
-    def close(self) -> int:
-        self._flush(final=True)
-        return self.written
-
-
 # --- tokenizer worker (module-level so a process pool can pickle it) -------------------------
 _WORKER_TOK: LoadedTokenizer | None = None
 
@@ -159,35 +104,11 @@ def _encode(batch: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.asarray(prompt_lengths, dtype=np.int32))
 
 
-def split_codes(doc_indices: np.ndarray, seed: int, validation_fraction: float) -> np.ndarray:
-    """int8 split per document: 1 (validation) iff ``uniform(seed, index) < fraction``."""
-    return (hashing.uniform(seed, doc_indices) < validation_fraction).astype(np.int8)
-
-
-def _create_arrays(group, cfg: IngestConfig) -> dict:
-    codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-
-    def make(name, dtype, chunks, shards=None):
-        return group.create_array(name, shape=(0,), dtype=dtype, chunks=(chunks,),
-                                  shards=(shards,) if shards else None, compressors=codec,
-                                  fill_value=0)
-
-    return {
-        "tokens": _Appender(make("tokens", "int32", cfg.token_chunk, cfg.token_shard),
-                            cfg.token_shard),
-        "doc_offsets": _Appender(make("doc_offsets", "int64", INDEX_CHUNK), INDEX_CHUNK),
-        "prompt_lengths": _Appender(make("prompt_lengths", "int32", INDEX_CHUNK), INDEX_CHUNK),
-        "split": _Appender(make("split", "int8", INDEX_CHUNK), INDEX_CHUNK),
-    }
-
-
 def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_json: str) -> dict:
     spec = cfg.source_spec()
     stats = SourceStats()
-    group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-    out = _create_arrays(group, cfg)
-    out["doc_offsets"].append(np.zeros(1, dtype=np.int64))
-    num_docs = num_tokens = num_validation = 0
+    writer = StoreWriter(tmp, split_seed=cfg.seed, validation_fraction=cfg.validation_fraction,
+                         token_chunk=cfg.token_chunk, token_shard=cfg.token_shard)
     batches = iter_batches(spec, stats)
     if cfg.workers > 1:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -200,50 +121,31 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
     try:
         bar = tqdm(desc=f"preprocess {Path(cfg.output).name}", unit="doc")
         for tokens, lengths, prompt_lengths in encoded:
-            idx = np.arange(num_docs, num_docs + len(lengths))
-            splits = split_codes(idx, cfg.seed, cfg.validation_fraction)
-            out["tokens"].append(tokens)
-            out["doc_offsets"].append(num_tokens + np.cumsum(lengths))
-            out["prompt_lengths"].append(prompt_lengths)
-            out["split"].append(splits)
-            num_docs += len(lengths)
-            num_tokens += int(lengths.sum())
-            num_validation += int(splits.sum())
+            writer.append(tokens, lengths, prompt_lengths)
             bar.update(len(lengths))
-            bar.set_postfix(tokens=num_tokens, refresh=False)
+            bar.set_postfix(tokens=writer.num_tokens, refresh=False)
         bar.close()
     finally:
         if pool is not None:
             pool.terminate()
-    if num_docs == 0:
-        raise UsageError(f"--input: no documents found in {', '.join(cfg.inputs)}"
-                         + (f" ({stats.num_undecodable} undecodable skipped)" if stats.num_undecodable else ""))
-    for appender in out.values():
-        appender.close()
-    attrs = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "store_id": uuid.uuid4().hex,
+    if writer.num_docs == 0:
+        skipped = f" ({stats.num_undecodable} undecodable skipped)" if stats.num_undecodable else ""
+        raise UsageError(f"--input: no documents found in {', '.join(cfg.inputs)}{skipped}")
+    attrs = writer.close({
         "tokenizer_hash": tok.hash,
         "tokenizer_path": str(Path(cfg.tokenizer).resolve()),
         "vocab_size": tok.vocab_size,
         "eos_id": tok.eos_id,
         "mask_id": tok.mask_id,
         "pad_id": tok.pad_id,
-        "num_tokens": num_tokens,
-        "num_docs": num_docs,
-        "num_validation_docs": num_validation,
         "mode": "sft" if cfg.sft else "cpt",
-        "split_seed": cfg.seed,
-        "validation_fraction": cfg.validation_fraction,
         "num_undecodable_skipped": stats.num_undecodable,
         "source": {
             "inputs": [str(Path(p).resolve()) for p in cfg.inputs],
             "glob": cfg.glob,
             "fields": list(spec.fields),
         },
-    }
-    group.attrs.update(attrs)
+    })
     return {**attrs, "undecodable_examples": stats.undecodable_examples}
 
 

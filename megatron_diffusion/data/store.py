@@ -1,4 +1,4 @@
-"""Read-only access to a token store written by ``ingest`` (layout in ``ingest``'s docstring).
+"""Read-only access to a token store (layout in ``writer``'s docstring).
 
 Nothing here loads a whole array: token ranges are read through zarr, which decompresses only
 the chunks a range touches. The per-document arrays (``doc_offsets``, ``prompt_lengths``,
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from megatron_diffusion.data.ingest import FORMAT, FORMAT_VERSION
+from megatron_diffusion.data.writer import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
 
 DOC_ARRAYS = ("doc_offsets", "prompt_lengths", "split")

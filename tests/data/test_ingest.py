@@ -7,7 +7,8 @@ import zarr
 
 from megatron_diffusion.cli import main
 from megatron_diffusion.data import ingest
-from megatron_diffusion.data.ingest import IngestConfig, preprocess, split_codes
+from megatron_diffusion.data.ingest import IngestConfig, preprocess
+from megatron_diffusion.data.writer import split_codes
 from megatron_diffusion.data.store import TokenStore
 from megatron_diffusion.data.tokenizer import load_tokenizer
 from megatron_diffusion.errors import UsageError
