@@ -76,6 +76,14 @@ def _write_meta(path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
+def _doc_lengths(offsets: np.ndarray, step: int = 1 << 24) -> np.ndarray:
+    """Stored length of every document (int32: 4 B/doc), computed chunk-wise from the offsets."""
+    lengths = np.empty(len(offsets) - 1, dtype=np.int32)
+    for i in range(0, len(lengths), step):
+        lengths[i:i + step] = np.diff(offsets[i:i + step + 1])
+    return lengths
+
+
 def plan_dir(root: Path, key: PlanKey, epoch: int) -> Path:
     return root / key.dirname / f"epoch{epoch}"
 
@@ -92,7 +100,9 @@ def build_plan(store: TokenStore, key: PlanKey, epoch: int, root: Path) -> None:
         docs = docs.astype(np.int32)
     rng = np.random.default_rng([key.seed, epoch])
     rng.shuffle(docs)
-    lengths = np.diff(offsets)[docs] + extra_eos(key, epoch, docs)
+    lengths = _doc_lengths(offsets)[docs]
+    if key.mode == "sft":
+        lengths += extra_eos(key, epoch, docs).astype(np.int32)
     cum = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cum[1:])
     num_rows = int(cum[-1] // key.seq_len)

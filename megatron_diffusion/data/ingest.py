@@ -118,14 +118,14 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
         pool = None
         _init_worker(tokenizer_json, in_pool=False)
         encoded = map(_encode, batches)
+    bar = tqdm(desc=f"preprocess {Path(cfg.output).name}", unit="doc")
     try:
-        bar = tqdm(desc=f"preprocess {Path(cfg.output).name}", unit="doc")
         for tokens, lengths, prompt_lengths in encoded:
             writer.append(tokens, lengths, prompt_lengths)
             bar.update(len(lengths))
             bar.set_postfix(tokens=writer.num_tokens, refresh=False)
-        bar.close()
     finally:
+        bar.close()
         if pool is not None:
             pool.terminate()
     if writer.num_docs == 0:

@@ -128,6 +128,24 @@ class PackedDataset(Dataset):
                                prompt_mask_BL=prompt_mask_BL if self.cfg.mode == "sft" else None)
 
 
+def build_indices(cfg: DataConfig, num_samples: int, tokenizer_hash: str | None = None,
+                  vocab_size: int | None = None) -> int:
+    """Build every index global samples ``[0, num_samples)`` need; returns the blended epochs.
+
+    Call it on one rank (or offline) before a barrier: otherwise the plan of a later store
+    epoch is built lazily by whichever worker first needs it (correct, files are renamed into
+    place, but each racing worker redoes the work).
+    """
+    ds = PackedDataset(cfg, None, tokenizer_hash, vocab_size)
+    num_epochs = -(-num_samples // ds.blend.size)
+    for samples, rows_needed in zip(ds.samples, ds.blend.counts * num_epochs):
+        epoch, rows = 0, 0
+        while rows < rows_needed:
+            rows += samples.plan(epoch).num_rows
+            epoch += 1
+    return num_epochs
+
+
 class _MicroBatchSampler:
     """Global sample indices of this rank's micro-batches, from ``consumed_samples`` on, forever."""
 

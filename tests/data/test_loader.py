@@ -7,8 +7,8 @@ import torch
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.data.config import DataConfig, parse_data_path
-from megatron_diffusion.data.index import BlendIndex
-from megatron_diffusion.data.loader import DiffusionDataLoader, PackedDataset
+from megatron_diffusion.data.index import BlendIndex, cache_root
+from megatron_diffusion.data.loader import DiffusionDataLoader, PackedDataset, build_indices
 from megatron_diffusion.data.store import TokenStore
 from megatron_diffusion.data.tokenizer import load_tokenizer
 from megatron_diffusion.errors import UsageError
@@ -124,6 +124,14 @@ def test_resume_across_epoch_boundary(cpt_store):
     for b in batches:
         for g, tok in zip(b.sample_index_B.tolist(), b.tokens_BL):
             assert torch.equal(tok, ds[g].tokens_BL[0])
+
+
+def test_build_indices_ahead(cpt_store, tmp_path):
+    cfg = _cfg(cpt_store, index_cache_dir=str(tmp_path / "cache"))
+    per_epoch = PackedDataset(cfg).samples_per_epoch
+    assert build_indices(cfg, 2 * per_epoch + 1) == 3
+    root = cache_root(TokenStore(cpt_store), cfg.index_cache_dir) / "seed3-L32-train-cpt"
+    assert sorted(p.name for p in root.iterdir()) == ["epoch0", "epoch1", "epoch2"]
 
 
 def test_state_from_another_blend_is_refused(cpt_store, sft_store):
