@@ -200,15 +200,16 @@ class DiffusionDataLoader:
         return {
             "consumed_samples": self.consumed_samples,
             "epoch": self.epoch,
-            "blend": [[float(w), os.path.abspath(p)] for w, p in cfg.blend],
-            "store_ids": [s.store_id for s in self.dataset.stores],
+            "blend": [[float(w), os.path.abspath(p)] for w, p in cfg.blend],  # for the reader
+            "weights": cfg.weights,
+            "store_ids": [s.store_id for s in self.dataset.stores],  # stores may move; ids stay
             "seed": cfg.seed, "seq_len": cfg.seq_len, "mode": cfg.mode, "split": cfg.split,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after ``state["consumed_samples"]``; the blend and packing must be unchanged."""
         mine = self.state_dict()
-        for name in ("blend", "store_ids", "seed", "seq_len", "mode", "split"):
+        for name in ("weights", "store_ids", "seed", "seq_len", "mode", "split"):
             if state.get(name) != mine[name]:
                 raise UsageError(f"data state: {name} was {state.get(name)!r} when saved, now {mine[name]!r}; "
                                  "a changed data mix starts a new data stage (do not load the old state)")

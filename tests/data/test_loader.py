@@ -139,6 +139,9 @@ def test_state_from_another_blend_is_refused(cpt_store, sft_store):
     other = DiffusionDataLoader(_cfg(cpt_store, seed=9))
     with pytest.raises(UsageError, match="seed was 3"):
         other.load_state_dict(state)
+    mixed = DiffusionDataLoader(_cfg(cpt_store, blend=[(1.0, str(cpt_store)), (1.0, str(sft_store))]))
+    with pytest.raises(UsageError, match="weights was"):
+        mixed.load_state_dict(state)
 
 
 def test_sft_prompt_mask_and_eos_runs(sft_store, sft_records, tokenizer_path):
