@@ -1,0 +1,92 @@
+"""``DataConfig``: which stores, blended how, packed into rows of what shape."""
+
+from dataclasses import dataclass, field
+
+from megatron_diffusion.errors import UsageError, check_choice, check_positive
+
+MODES = ("cpt", "sft")
+SPLITS = ("train", "validation")
+
+
+def parse_data_path(items: list[str]) -> list[tuple[float, str]]:
+    """Megatron's ``--data-path``: ``[a]`` or ``[w1, a, w2, b, ...]`` -> ``[(w, path), ...]``."""
+    if len(items) == 1:
+        return [(1.0, items[0])]
+    if len(items) % 2:
+        raise UsageError(f"--data-path: got {items}, expected one path or pairs 'WEIGHT PATH ...'")
+    blend = []
+    for w, p in zip(items[::2], items[1::2]):
+        try:
+            blend.append((float(w), p))
+        except ValueError:
+            raise UsageError(f"--data-path: weight {w!r} before {p!r} is not a number") from None
+    return blend
+
+
+@dataclass
+class DataConfig:
+    blend: list[tuple[float, str]] = field(default_factory=list)
+    """Stores and their weights, Megatron-style ``[(0.7, "a.zarr"), (0.3, "b.zarr")]``; weights
+    are normalised. Each store contributes ``weight`` of the rows of every epoch."""
+    seq_len: int = 2048
+    """Tokens per packed row (``L``)."""
+    micro_batch_size: int = 1
+    """Rows per micro-batch on one data-parallel rank."""
+    global_batch_size: int = 1
+    """Rows per optimizer step over all DP ranks and accumulation steps (a multiple of
+    ``micro_batch_size * data_parallel_size``); the step of global sample ``g`` is ``g // gbs``."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = in the training process). Output does not
+    depend on it."""
+    seed: int = 1234
+    """Seed of document/row shuffles, SFT EOS counts and corruption generators."""
+    mode: str = "cpt"
+    """``cpt`` (plain packing) or ``sft`` (prompt mask, 1-4 EOS after each sample)."""
+    split: str = "train"
+    """``train`` or ``validation`` documents of each store."""
+    sft_min_eos: int = 1
+    """SFT: fewest EOS after a sample (METHOD.md 4)."""
+    sft_max_eos: int = 4
+    """SFT: most EOS after a sample; the count is uniform in [min, max] per (epoch, document)."""
+    index_cache_dir: str | None = None
+    """Where packing indices are cached; default ``<store>.index/`` next to each store."""
+    prefetch_factor: int = 2
+    """Micro-batches each worker prepares ahead."""
+
+    def validate(self) -> None:
+        if not self.blend:
+            raise UsageError("data.blend: expected at least one (weight, store path) pair")
+        for item in self.blend:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], str)):
+                raise UsageError(f"data.blend: entry {item!r} is not a (weight, path) pair")
+            check_positive(f"data.blend weight of {item[1]}", item[0])
+        paths = [p for _, p in self.blend]
+        if len(set(paths)) != len(paths):
+            raise UsageError(f"data.blend: a store appears twice in {paths}")
+        for name in ("seq_len", "micro_batch_size", "global_batch_size", "prefetch_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UsageError(f"data.{name}: got {value!r}, expected a positive integer")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise UsageError(f"data.num_workers: got {self.num_workers!r}, expected an integer >= 0")
+        check_choice("data.mode", self.mode, MODES)
+        check_choice("data.split", self.split, SPLITS)
+        if not (isinstance(self.sft_min_eos, int) and isinstance(self.sft_max_eos, int)
+                and 1 <= self.sft_min_eos <= self.sft_max_eos):
+            raise UsageError(f"data.sft_min_eos/sft_max_eos: got {self.sft_min_eos}/{self.sft_max_eos}, "
+                             "expected integers with 1 <= min <= max")
+
+    def check_data_parallel(self, data_parallel_size: int) -> None:
+        per_step = self.micro_batch_size * data_parallel_size
+        if self.global_batch_size % per_step:
+            raise UsageError(f"data.global_batch_size: got {self.global_batch_size}, expected a multiple "
+                             f"of micro_batch_size * data_parallel_size = {per_step}")
+
+    @property
+    def weights(self) -> list[float]:
+        total = sum(w for w, _ in self.blend)
+        return [w / total for w, _ in self.blend]
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for _, p in self.blend]

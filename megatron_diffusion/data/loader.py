@@ -1,0 +1,220 @@
+"""The resumable data-parallel loader: blended packed rows, corrupted in the worker processes.
+
+Sample numbering follows Megatron's ``MegatronPretrainingSampler``. Global samples ``g = 0, 1,
+...`` run over all blended epochs (``index.BlendIndex``); micro-batch ``m`` of DP rank ``r`` holds
+``g = m * mbs * dp + r * mbs + [0, mbs)``, so DP shards are disjoint and together cover every
+sample, and the optimizer step of a sample is ``g // global_batch_size`` with no communication
+(warm-up and curriculum stay exact across resume). State is one global ``consumed_samples``
+counter (plus the blend/seed it refers to), advanced when a micro-batch is handed out, not when
+a worker prefetches it.
+
+Each row is built and corrupted by ``__getitem__(g)`` in a worker, with a ``torch.Generator``
+seeded from ``(seed, epoch, g)``: the stream is the same for any ``num_workers`` and after a
+resume. The corruption callable is ``megatron_diffusion.corruption.corruptor``'s ``corrupt``:
+
+    corrupt_fn(tokens_BL, document_ids_BL, *, step, generator, prompt_mask_BL=None) -> DiffusionBatch
+
+called with ``B = 1`` per sample and collated with ``DiffusionBatch.collate``. Without one the
+loader yields ``PackedRows``. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.data import hashing
+from megatron_diffusion.data.config import DataConfig
+from megatron_diffusion.data.index import BlendIndex, PlanKey, StoreSamples, cache_root
+from megatron_diffusion.data.store import TokenStore
+from megatron_diffusion.errors import UsageError
+
+CorruptFn = Callable[..., DiffusionBatch]
+
+
+@dataclass
+class PackedRows:
+    """Clean packed rows (what the loader yields without a ``corrupt_fn``)."""
+
+    tokens_BL: torch.Tensor
+    """int64 tokens, documents separated by EOS."""
+    document_ids_BL: torch.Tensor
+    """int64 document index within the row (0, 1, ...; non-decreasing)."""
+    prompt_mask_BL: torch.Tensor
+    """bool: True on SFT prompt tokens (clean, no loss); all False in CPT mode."""
+    sample_index_B: torch.Tensor
+    """int64 global sample index of each row."""
+    step_B: torch.Tensor
+    """int64 optimizer step each row belongs to (``sample_index // global_batch_size``)."""
+
+    @staticmethod
+    def collate(items: list["PackedRows"]) -> "PackedRows":
+        return PackedRows(**{f.name: torch.cat([getattr(it, f.name) for it in items])
+                             for f in fields(PackedRows)})
+
+
+def _plan_key(cfg: DataConfig) -> PlanKey:
+    eos = (cfg.sft_min_eos, cfg.sft_max_eos) if cfg.mode == "sft" else (1, 1)
+    return PlanKey(cfg.seed, cfg.seq_len, cfg.split, cfg.mode, *eos)
+
+
+def open_stores(cfg: DataConfig, tokenizer_hash: str | None = None,
+                vocab_size: int | None = None) -> list[TokenStore]:
+    """Open and cross-check the blend's stores (same tokenizer; SFT stores for SFT mode)."""
+    stores = [TokenStore(p) for p in cfg.paths]
+    tokenizer_hash = tokenizer_hash or stores[0].tokenizer_hash
+    for s in stores:
+        s.check_compatible(vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
+        if cfg.mode == "sft" and s.mode != "sft":
+            raise UsageError(f"store {s.path}: mode is {s.mode!r}, data.mode 'sft' needs a store "
+                             "made with --prompt-field/--response-field")
+    return stores
+
+
+class PackedDataset(Dataset):
+    """Map-style dataset over global sample indices (unbounded: epochs repeat)."""
+
+    def __init__(self, cfg: DataConfig, corrupt_fn: CorruptFn | None = None,
+                 tokenizer_hash: str | None = None, vocab_size: int | None = None):
+        cfg.validate()
+        self.cfg, self.corrupt_fn = cfg, corrupt_fn
+        self._expect = (tokenizer_hash, vocab_size)
+        self._open()
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        self.stores = open_stores(cfg, *self._expect)
+        key = _plan_key(cfg)
+        self.samples = [StoreSamples(s, key, cache_root(s, cfg.index_cache_dir)) for s in self.stores]
+        blend_dir = None
+        if len(self.stores) > 1:  # keyed by every store id, its weight and the plan key
+            tag = hashing.seed_from(*[int(s.store_id[:15], 16) for s in self.stores],
+                                    *[int(w * 1e9) for w in cfg.weights])
+            blend_dir = cache_root(self.stores[0], cfg.index_cache_dir) / key.dirname / f"blend-{tag:016x}"
+        self.blend = BlendIndex([ss.plan(0).num_rows for ss in self.samples], cfg.weights, blend_dir)
+        self.eos_id = self.stores[0].eos_id
+
+    # spawn-started workers get the config and reopen (memmaps are not pickled as copies)
+    def __getstate__(self):
+        return {"cfg": self.cfg, "corrupt_fn": self.corrupt_fn, "_expect": self._expect}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Rows in one blended epoch."""
+        return self.blend.size
+
+    def epoch_of(self, g: int) -> int:
+        return g // self.blend.size
+
+    def __getitem__(self, g: int):
+        store_i, j = self.blend.locate(g)
+        row = self.samples[store_i].row(j)
+        tokens_BL = torch.from_numpy(row.tokens_L.astype("int64"))[None]
+        document_ids_BL = torch.from_numpy(row.document_ids_L.astype("int64"))[None]
+        prompt_mask_BL = torch.from_numpy(row.prompt_mask_L.astype(bool))[None]
+        step = g // self.cfg.global_batch_size
+        if self.corrupt_fn is None:
+            return PackedRows(tokens_BL, document_ids_BL, prompt_mask_BL,
+                              torch.tensor([g]), torch.tensor([step]))
+        generator = torch.Generator().manual_seed(hashing.seed_from(self.cfg.seed, self.epoch_of(g), g))
+        return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator,
+                               prompt_mask_BL=prompt_mask_BL if self.cfg.mode == "sft" else None)
+
+
+def build_indices(cfg: DataConfig, num_samples: int, tokenizer_hash: str | None = None,
+                  vocab_size: int | None = None) -> int:
+    """Build every index global samples ``[0, num_samples)`` need; returns the blended epochs.
+
+    Call it on one rank (or offline) before a barrier: otherwise the plan of a later store
+    epoch is built lazily by whichever worker first needs it (correct, files are renamed into
+    place, but each racing worker redoes the work).
+    """
+    ds = PackedDataset(cfg, None, tokenizer_hash, vocab_size)
+    num_epochs = -(-num_samples // ds.blend.size)
+    for samples, rows_needed in zip(ds.samples, ds.blend.counts * num_epochs):
+        epoch, rows = 0, 0
+        while rows < rows_needed:
+            rows += samples.plan(epoch).num_rows
+            epoch += 1
+    return num_epochs
+
+
+class _MicroBatchSampler:
+    """Global sample indices of this rank's micro-batches, from ``consumed_samples`` on, forever."""
+
+    def __init__(self, consumed_samples: int, micro_batch_size: int, rank: int, size: int):
+        self.consumed, self.mbs, self.rank, self.size = consumed_samples, micro_batch_size, rank, size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_step = self.mbs * self.size
+        m = self.consumed // per_step
+        while True:
+            first = m * per_step + self.rank * self.mbs
+            yield list(range(first, first + self.mbs))
+            m += 1
+
+
+class DiffusionDataLoader:
+    """Iterate micro-batches for one DP rank; ``state_dict``/``load_state_dict`` resume exactly."""
+
+    def __init__(self, cfg: DataConfig, *, data_parallel_rank: int = 0, data_parallel_size: int = 1,
+                 corrupt_fn: CorruptFn | None = None, tokenizer_hash: str | None = None,
+                 vocab_size: int | None = None):
+        cfg.validate()
+        cfg.check_data_parallel(data_parallel_size)
+        if not 0 <= data_parallel_rank < data_parallel_size:
+            raise UsageError(f"data_parallel_rank: got {data_parallel_rank}, expected 0..{data_parallel_size - 1}")
+        self.cfg, self.rank, self.size = cfg, data_parallel_rank, data_parallel_size
+        self.dataset = PackedDataset(cfg, corrupt_fn, tokenizer_hash, vocab_size)
+        self.collate = PackedRows.collate if corrupt_fn is None else DiffusionBatch.collate
+        self.consumed_samples = 0
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.dataset.samples_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.consumed_samples // self.dataset.samples_per_epoch
+
+    def __iter__(self):
+        cfg = self.cfg
+        sampler = _MicroBatchSampler(self.consumed_samples, cfg.micro_batch_size, self.rank, self.size)
+        loader = DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=self.collate,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+        )
+        for batch in loader:
+            self.consumed_samples += cfg.micro_batch_size * self.size
+            yield batch
+
+    def state_dict(self) -> dict:
+        cfg = self.cfg
+        return {
+            "consumed_samples": self.consumed_samples,
+            "epoch": self.epoch,
+            "blend": [[float(w), os.path.abspath(p)] for w, p in cfg.blend],  # for the reader
+            "weights": cfg.weights,
+            "store_ids": [s.store_id for s in self.dataset.stores],  # stores may move; ids stay
+            "seed": cfg.seed, "seq_len": cfg.seq_len, "mode": cfg.mode, "split": cfg.split,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after ``state["consumed_samples"]``; the blend and packing must be unchanged."""
+        mine = self.state_dict()
+        for name in ("weights", "store_ids", "seed", "seq_len", "mode", "split"):
+            if state.get(name) != mine[name]:
+                raise UsageError(f"data state: {name} was {state.get(name)!r} when saved, now {mine[name]!r}; "
+                                 "a changed data mix starts a new data stage (do not load the old state)")
+        per_step = self.cfg.micro_batch_size * self.size
+        if state["consumed_samples"] % per_step:
+            raise UsageError(f"data state: consumed_samples {state['consumed_samples']} is not a multiple "
+                             f"of micro_batch_size * data_parallel_size = {per_step}")
+        self.consumed_samples = int(state["consumed_samples"])

@@ -1,0 +1,123 @@
+"""Read-only access to a token store (layout in ``writer``'s docstring).
+
+Nothing here loads a whole array: token ranges are read through zarr, which decompresses only
+the chunks a range touches. The per-document arrays (``doc_offsets``, ``prompt_lengths``,
+``split``) are copied once, chunk by chunk, into ``.npy`` files in the index cache directory and
+memory-mapped from there (``cached_doc_array``), the equivalent of Megatron's ``.idx`` file:
+a rank touches only the pages of the documents it reads.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from megatron_diffusion.data.writer import FORMAT, FORMAT_VERSION
+from megatron_diffusion.errors import UsageError
+
+DOC_ARRAYS = ("doc_offsets", "prompt_lengths", "split")
+_ATTRS = ("store_id", "tokenizer_hash", "vocab_size", "eos_id", "mask_id", "pad_id", "num_tokens", "num_docs")
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temp file then rename, so concurrent builders/readers never see a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class TokenStore:
+    """A token store opened read-only. ``path`` names it in every error message."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UsageError(f"store {self.path}: no such directory (create it with `megatron-diffusion preprocess`)")
+        try:
+            self._group = zarr.open_group(store=str(self.path), mode="r", zarr_format=3)
+        except Exception as e:  # zarr raises GroupNotFoundError / JSON errors
+            raise UsageError(f"store {self.path}: not a zarr v3 group ({e})") from None
+        self.attrs = dict(self._group.attrs)
+        if self.attrs.get("format") != FORMAT:
+            raise UsageError(f"store {self.path}: attrs format is {self.attrs.get('format')!r}, expected {FORMAT!r}")
+        if self.attrs.get("format_version") != FORMAT_VERSION:
+            raise UsageError(f"store {self.path}: format_version is {self.attrs.get('format_version')!r}, "
+                             f"expected {FORMAT_VERSION} (re-run preprocess)")
+        missing = [k for k in _ATTRS if k not in self.attrs]
+        missing += [a for a in ("tokens",) + DOC_ARRAYS if a not in self._group]
+        if missing:
+            raise UsageError(f"store {self.path}: incomplete, missing {', '.join(missing)}")
+        self._tokens = self._group["tokens"]
+
+    # metadata ---------------------------------------------------------------------------------
+    num_docs = property(lambda self: int(self.attrs["num_docs"]))
+    num_tokens = property(lambda self: int(self.attrs["num_tokens"]))
+    vocab_size = property(lambda self: int(self.attrs["vocab_size"]))
+    eos_id = property(lambda self: int(self.attrs["eos_id"]))
+    mask_id = property(lambda self: int(self.attrs["mask_id"]))
+    pad_id = property(lambda self: int(self.attrs["pad_id"]))
+    tokenizer_hash = property(lambda self: str(self.attrs["tokenizer_hash"]))
+    store_id = property(lambda self: str(self.attrs["store_id"]))
+    mode = property(lambda self: str(self.attrs.get("mode", "cpt")))
+
+    def check_compatible(self, vocab_size: int | None = None, tokenizer_hash: str | None = None) -> None:
+        """UsageError naming this store and the field if it was tokenized differently."""
+        if vocab_size is not None and vocab_size != self.vocab_size:
+            raise UsageError(f"store {self.path}: vocab_size is {self.vocab_size}, expected {vocab_size} "
+                             "(re-run preprocess with the run's tokenizer)")
+        if tokenizer_hash is not None and tokenizer_hash != self.tokenizer_hash:
+            raise UsageError(f"store {self.path}: tokenizer_hash is {self.tokenizer_hash[:12]}..., "
+                             f"expected {tokenizer_hash[:12]}... (re-run preprocess with the run's tokenizer)")
+
+    # data -------------------------------------------------------------------------------------
+    def read_tokens(self, start: int, end: int) -> np.ndarray:
+        """int32 tokens ``[start, end)``; only the chunks covering the range are decompressed."""
+        if not 0 <= start <= end <= self.num_tokens:
+            raise IndexError(f"store {self.path}: token range [{start}, {end}) outside [0, {self.num_tokens})")
+        return np.asarray(self._tokens[start:end], dtype=np.int32)
+
+    def read_ranges(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Concatenation of several token ranges, fetched in one zarr call (chunks read concurrently)."""
+        if len(starts) == 1:
+            return self.read_tokens(int(starts[0]), int(ends[0]))
+        lengths = np.asarray(ends) - np.asarray(starts)
+        idx = np.repeat(np.asarray(starts) - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        if len(idx) == 0:
+            return np.zeros(0, dtype=np.int32)
+        return np.asarray(self._tokens.oindex[idx], dtype=np.int32)
+
+    def read_doc_array(self, name: str, start: int = 0, end: int | None = None) -> np.ndarray:
+        """A slice of one per-document array straight from zarr (for index building)."""
+        return np.asarray(self._group[name][start:end])
+
+    def cached_doc_array(self, name: str, cache_dir: Path) -> np.ndarray:
+        """``name`` in ``DOC_ARRAYS`` as a read-only memmap, copied once chunk by chunk."""
+        if name not in DOC_ARRAYS:
+            raise ValueError(f"{name!r} is not one of {DOC_ARRAYS}")
+        path = Path(cache_dir) / f"{name}.npy"
+        if not path.exists():
+            src = self._group[name]
+            tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=src.shape)
+                step = src.chunks[0]
+                for i in range(0, src.shape[0], step):
+                    out[i:i + step] = src[i:i + step]
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        return np.load(path, mmap_mode="r")
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, docs={self.num_docs}, tokens={self.num_tokens})"

@@ -1,0 +1,132 @@
+"""Byte-level BPE tokenizer with the special tokens diffusion training needs.
+
+A masked diffusion LM needs three special tokens beyond a causal LM's vocabulary:
+
+* ``<|endoftext|>`` (EOS): separates packed documents and, appended 1-4 times after each SFT
+  sample, teaches the model to stop at a variable length (METHOD.md 4);
+* ``[MASK]``: the absorbing state of the forward process (METHOD.md 1-2);
+* ``<|pad|>``: padding for batched sampling requests.
+
+Training uses HF ``tokenizers`` (byte-level pre-tokenizer, so every byte string round-trips).
+Special tokens are never produced from text: ``encode_special_tokens`` is set, so a source file
+containing the string ``[MASK]`` encodes it as ordinary bytes. A store records the tokenizer's hash (sha256 of the canonical JSON: keys sorted, no
+whitespace) so a run refuses a store tokenized with a different vocabulary.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from megatron_diffusion.errors import UsageError
+
+EOS_TOKEN = "<|endoftext|>"
+MASK_TOKEN = "[MASK]"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, MASK_TOKEN, PAD_TOKEN)
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer with the ids of its special tokens and its hash."""
+
+    tokenizer: Tokenizer
+    path: str
+    eos_id: int
+    mask_id: int
+    pad_id: int
+    vocab_size: int
+    """Number of ids including added special tokens (the model's embedding rows)."""
+    hash: str
+    """sha256 of the canonical tokenizer JSON (see ``tokenizer_hash``)."""
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def tokenizer_hash(tokenizer_json: str) -> str:
+    """sha256 of the tokenizer JSON with sorted keys and no whitespace (stable across saves)."""
+    canonical = json.dumps(json.loads(tokenizer_json), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedTokenizer:
+    """Build a ``LoadedTokenizer``; UsageError naming ``path`` if EOS or MASK is missing."""
+    try:
+        tok = Tokenizer.from_str(tokenizer_json)
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise UsageError(f"tokenizer {path}: not a valid tokenizer.json ({e})") from None
+    ids = {}
+    for name, token in (("eos", EOS_TOKEN), ("mask", MASK_TOKEN)):
+        tid = tok.token_to_id(token)
+        if tid is None:
+            raise UsageError(
+                f"tokenizer {path}: lacks the {name} token {token!r}; "
+                f"train one with `megatron-diffusion train-tokenizer` or add it as a special token"
+            )
+        ids[name] = tid
+    # Raw text that happens to contain "[MASK]" or "<|endoftext|>" (code about tokenizers does)
+    # must be encoded as text: a real mask id in x0 would corrupt the diffusion targets and a
+    # stray EOS would split a document. Special ids are only ever inserted by ids.
+    tok.encode_special_tokens = True
+    # pad is optional in foreign tokenizers: fall back to EOS (padding never carries loss).
+    pad_id = tok.token_to_id(PAD_TOKEN)
+    return LoadedTokenizer(
+        tokenizer=tok,
+        path=path,
+        eos_id=ids["eos"],
+        mask_id=ids["mask"],
+        pad_id=ids["eos"] if pad_id is None else pad_id,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hash=tokenizer_hash(tokenizer_json),
+    )
+
+
+def load_tokenizer(path: str | Path) -> LoadedTokenizer:
+    """Load a tokenizer.json; UsageError naming the file if missing or lacking MASK/EOS."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"tokenizer {p}: no such file (expected a tokenizer.json)")
+    return from_json_string(p.read_text(encoding="utf-8"), path=str(p))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a byte-level BPE of ``vocab_size`` ids (special tokens included) on ``texts``."""
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise UsageError(
+            f"--vocab-size: got {vocab_size!r}, expected an integer >= {256 + len(SPECIAL_TOKENS)} "
+            "(256 byte tokens plus the special tokens)"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def iter_text_files(paths: Iterable[str | Path], glob: str = "*") -> Iterator[str]:
+    """Text of every file under ``paths`` (files or directory trees filtered by ``glob``).
+
+    Files that are not UTF-8 are skipped: a tokenizer corpus tolerates a stray binary file.
+    """
+    for path in paths:
+        p = Path(path)
+        files = sorted(f for f in p.rglob(glob) if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            try:
+                yield f.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue

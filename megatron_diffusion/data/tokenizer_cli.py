@@ -1,0 +1,47 @@
+"""``megatron-diffusion train-tokenizer``: byte-level BPE with EOS, [MASK] and pad tokens.
+
+    megatron-diffusion train-tokenizer --input Lib/ --glob '*.py' --output tok.json --vocab-size 8192
+"""
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from megatron_diffusion.data.tokenizer import iter_text_files, load_tokenizer, train_tokenizer
+from megatron_diffusion.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="text files or directory trees to train on")
+    parser.add_argument("--output", required=True, help="where to write tokenizer.json")
+    parser.add_argument("--vocab-size", type=int, required=True,
+                        help="number of ids, special tokens included")
+    parser.add_argument("--glob", default="*",
+                        help="file name pattern inside input directories (default: all files)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for p in args.input:
+        if not Path(p).exists():
+            raise UsageError(f"--input: {p} does not exist")
+    texts = tqdm(iter_text_files(args.input, args.glob), desc="train-tokenizer", unit="file")
+    tok = train_tokenizer(texts, args.vocab_size)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # temp file + rename: an interrupted run never leaves a half-written tokenizer.json
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tok.save(tmp)
+        loaded = load_tokenizer(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"wrote {out}: vocab_size={loaded.vocab_size} eos={loaded.eos_id} "
+          f"mask={loaded.mask_id} pad={loaded.pad_id} hash={loaded.hash[:12]}")
+    return 0
