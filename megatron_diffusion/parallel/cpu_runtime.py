@@ -14,6 +14,12 @@ shows up as a failure):
 4. An RNG tracker with ``CudaRNGStatesTracker``'s interface that forks the CPU generator,
    installed as megatron's module-level tracker (``model_parallel_cuda_manual_seed`` would call
    ``torch.cuda.get_rng_state()``).
+5. ``torch.cuda.synchronize()`` is a no-op: ``dist_checkpointing``'s file writer calls it
+   before copying tensors (``strategies/filesystem_async.py``); CPU work is already synchronous.
+
+Also needed, as configuration (``model/gpt.py``): ``batch_p2p_comm=False`` on CPU — gloo's
+batched isend/irecv raced in the interleaved pipeline schedule (micro-batches past the warm-up
+diverged).
 
 Nothing here runs when CUDA is available: ``activate()`` returns False and changes nothing.
 """
@@ -121,6 +127,7 @@ def activate() -> bool:
     if _ACTIVE:
         return True
     torch.cuda.current_device = lambda: torch.device("cpu")  # patch 1
+    torch.cuda.synchronize = lambda device=None: None  # patch 5
     _MODE = CudaToCpuMode()
     _MODE.__enter__()  # patches 2 and 3, for the rest of the process
     from megatron.core.tensor_parallel import random as mcore_random

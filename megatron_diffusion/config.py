@@ -1,0 +1,293 @@
+"""The run configuration: one small dataclass per concern, composed; defaults < YAML < overrides.
+
+Each concern's config lives next to its code (``ModelConfig`` in ``model/``, ``DataConfig`` in
+``data/``, ...). ``RunConfig`` composes them under section names, and ``load_config`` builds one
+from a YAML file and ``section.field=value`` overrides (values parsed as YAML: ``3``, ``1e-4``,
+``null``, ``[1, 2]``). Unknown sections or keys and values of the wrong type fail before any work,
+with the key's dotted name and what was expected; every section's ``validate()`` then checks
+values and cross-section constraints (block size divides ``seq_len``, TP divides heads, ...).
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megatron_diffusion.corruption.config import CorruptionConfig
+from megatron_diffusion.data.config import DataConfig
+from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.model.config import ModelConfig
+
+LR_DECAY_STYLES = ("cosine", "wsd", "constant", "linear")
+WANDB_MODES = ("off", "offline", "online")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    """Tensor (intra-layer) model parallel size (megatron's name)."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages."""
+    virtual_pipeline_model_parallel_size: int | None = None
+    """Model chunks per pipeline rank (interleaved 1F1B); None = no interleaving."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (with TP > 1, GPU)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    recompute_activations: bool = False
+    """Full activation recomputation (memory for compute)."""
+
+    def validate(self) -> None:
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"parallel.{name}: got {v!r}, expected an integer >= 1")
+        vpp = self.virtual_pipeline_model_parallel_size
+        if vpp is not None and (not isinstance(vpp, int) or vpp < 2
+                                or self.pipeline_model_parallel_size < 2):
+            raise UsageError("parallel.virtual_pipeline_model_parallel_size: expected null or an "
+                             "integer >= 2 together with pipeline_model_parallel_size >= 2")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Final learning rate of the decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    lr_warmup_steps: int = 100
+    """Linear warmup steps."""
+    lr_decay_style: str = "cosine"
+    """After warmup: 'cosine', 'linear', 'constant' or 'wsd' (warmup-stable-decay)."""
+    wsd_decay_fraction: float = 0.1
+    """WSD: fraction of training spent in the final (linear) decay."""
+
+    def validate(self) -> None:
+        check_choice("optimizer.lr_decay_style", self.lr_decay_style, LR_DECAY_STYLES)
+        if not self.lr > 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise UsageError(f"optimizer.lr/min_lr: got {self.lr}/{self.min_lr}, expected "
+                             "0 <= min_lr <= lr and lr > 0")
+        if self.lr_warmup_steps < 0 or self.clip_grad < 0 or not 0 < self.wsd_decay_fraction <= 1:
+            raise UsageError("optimizer: lr_warmup_steps and clip_grad must be >= 0 and "
+                             "wsd_decay_fraction in (0, 1]")
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int = 1000
+    """Optimizer steps; the curriculum (corruption warmup, edit stage) is laid out over them."""
+    log_interval: int = 10
+    """Steps between metrics.jsonl lines (and wandb points)."""
+    eval_interval: int = 200
+    """Steps between validation losses (0 = never)."""
+    eval_iters: int = 4
+    """Micro-batches per validation."""
+    infill_eval_interval: int = 0
+    """Steps between infill evaluations on the validation split (0 = never)."""
+    save_interval: int = 500
+    """Steps between checkpoints (0 = only at the end / on preemption)."""
+    keep_last: int = 3
+    """Complete checkpoints kept (older ones deleted)."""
+    max_nan_steps: int = 5
+    """Consecutive non-finite losses tolerated (steps skipped) before the run stops."""
+    tokenizer: str | None = None
+    """tokenizer.json used for samples and copied into checkpoints (default: the store's)."""
+    wandb: str = "offline"
+    """'off', 'offline' (default; also when no WANDB_API_KEY) or 'online'."""
+    wandb_project: str = "megatron-diffusion"
+    tensorboard: bool = False
+    """Also write TensorBoard events (needs the tensorboard extra)."""
+    seed: int = 1234
+    """Model initialisation and dropout seed."""
+
+    def validate(self) -> None:
+        for name in ("train_iters", "log_interval"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
+                                 "integer >= 1")
+        for name in ("eval_interval", "eval_iters", "save_interval", "infill_eval_interval",
+                     "max_nan_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
+                                 "integer >= 0")
+        if not isinstance(self.keep_last, int) or self.keep_last < 1:
+            raise UsageError(f"training.keep_last: got {self.keep_last!r}, expected >= 1")
+        check_choice("training.wandb", self.wandb, WANDB_MODES)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check every section and the constraints between them."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            try:
+                if f.name == "attention":
+                    section.validate(self.data.seq_len)
+                elif f.name == "model":
+                    section.validate(self.parallel.tensor_model_parallel_size)
+                else:
+                    section.validate()
+            except UsageError as e:
+                msg = str(e)
+                raise UsageError(msg if msg.startswith(f"{f.name}.") or msg.startswith("parallel.")
+                                 else f"{f.name}.{msg}") from None
+        if self.model.max_position_embeddings < self.data.seq_len:
+            raise UsageError(f"model.max_position_embeddings: {self.model.max_position_embeddings}"
+                             f" is shorter than data.seq_len={self.data.seq_len}")
+        if self.loss.objective == "ar" and self.attention.mode != "causal":
+            raise UsageError("loss.objective: 'ar' needs attention.mode=causal")
+        if self.model.logit_shift and self.attention.mode == "block":
+            raise UsageError("model.logit_shift: not supported with attention.mode=block "
+                             "(shift is for converted AR checkpoints in causal/bidirectional mode)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def _type_ok(value, tp) -> tuple[bool, object]:
+    """Is ``value`` acceptable for annotation ``tp``? Returns (ok, coerced value)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (arg,) = typing.get_args(tp) or (object,)
+        out = []
+        for item in value:
+            ok, v = _type_ok(item, arg)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, value
+        out = []
+        for item, arg in zip(value, args):
+            ok, v = _type_ok(item, arg)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, tuple(out)
+    return True, value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _apply(obj, key_path: str, value) -> None:
+    section_name, _, field_name = key_path.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(obj)}
+    if section_name not in sections or not field_name:
+        raise UsageError(f"config key {key_path!r}: unknown; expected 'SECTION.FIELD' with "
+                         f"SECTION one of {', '.join(sections)}")
+    section = getattr(obj, section_name)
+    hints = typing.get_type_hints(type(section))
+    known = [f.name for f in dataclasses.fields(section)]
+    if field_name not in known:
+        raise UsageError(f"config key {key_path!r}: unknown field of {section_name}; known: "
+                         f"{', '.join(known)}")
+    ok, coerced = _type_ok(value, hints[field_name])
+    if not ok:
+        raise UsageError(f"config key {key_path!r}: got {value!r}, expected "
+                         f"{_type_name(hints[field_name])}")
+    setattr(section, field_name, coerced)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not prefix:
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise UsageError(f"override {text!r}: expected SECTION.FIELD=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                validate: bool = True) -> RunConfig:
+    """defaults < YAML file < overrides (``["model.num_layers=2", ...]`` or a flat dict)."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"--config: file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--config: {path} must hold a mapping of sections")
+        for section, body in data.items():
+            if not isinstance(body, dict):
+                raise UsageError(f"config section {section!r} in {path}: expected a mapping")
+        for key, value in _flatten(data).items():
+            _apply(cfg, key, value)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _apply(cfg, key, value)
+    return cfg.validate() if validate else cfg
+
+
+def config_from_dict(d: dict, validate: bool = False) -> RunConfig:
+    """Rebuild a ``RunConfig`` saved with ``to_dict`` (checkpoints, run snapshots)."""
+    cfg = RunConfig()
+    for key, value in _flatten(d).items():
+        _apply(cfg, key, value)
+    return cfg.validate() if validate else cfg

@@ -1,0 +1,172 @@
+"""Checkpoints: megatron ``dist_checkpointing`` (sharded, reshardable), written atomically.
+
+Layout of a run directory::
+
+    RUN_DIR/checkpoints/iter_0000100/     a complete checkpoint
+        model_optim/                      dist_checkpointing: model + optimizer, every rank writes
+                                          its shards in parallel; loadable under another TP/PP
+        meta.json                         step, run config, tokenizer hash, parallel layout
+        loader/dp_000.json                data-loader state per data-parallel rank
+        rng/rank_00000.pt                 RNG states per rank
+        tokenizer.json                    so a checkpoint samples/converts on its own
+    RUN_DIR/checkpoints/latest            name of the newest complete checkpoint
+
+A checkpoint is written into ``iter_XXXXXXX.tmp`` and renamed only after every rank finished,
+then ``latest`` is replaced atomically (write + rename). A crash at any moment leaves the
+previous checkpoint and ``latest`` valid; stale ``.tmp`` directories are removed at the next
+save. The optimizer uses the ``fully_reshardable`` format of the distributed optimizer, so a run
+can resume under another TP/PP/DP layout.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+
+from megatron_diffusion.errors import UsageError
+
+_ITER = re.compile(r"^iter_(\d{7})$")
+SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
+                     "chained_optim_avoid_prefix": True, "singleton_local_shards": False}
+
+
+def checkpoint_root(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:
+    sd = {}
+    for i, chunk in enumerate(chunks):
+        key = "model" if len(chunks) == 1 else f"model{i}"
+        module = getattr(chunk, "module", chunk)
+        sd[key] = module.sharded_state_dict(metadata=SHARDING_METADATA)
+    if optimizer is not None:
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading,
+                                                       metadata=SHARDING_METADATA)
+    return sd
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _ITER.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint named by ``latest`` (falling back to the newest complete one)."""
+    root = checkpoint_root(run_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if (path / "meta.json").is_file():
+            return path
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader_state: dict,
+                    tokenizer_path: str | None = None, keep_last: int = 3) -> Path:
+    """Write checkpoint ``step`` from every rank; returns its final path."""
+    root = checkpoint_root(run_dir)
+    name = f"iter_{step:07d}"
+    final, tmp = root / name, root / f"{name}.tmp"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+        (tmp / "model_optim").mkdir(parents=True)
+        (tmp / "loader").mkdir()
+        (tmp / "rng").mkdir()
+    _barrier()
+    dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp / "model_optim"))
+    # loader state: one per data-parallel rank (written by its first TP/PP rank)
+    if parallel_state.get_tensor_model_parallel_rank() == 0 and \
+            parallel_state.get_pipeline_model_parallel_rank() == 0:
+        dp = parallel_state.get_data_parallel_rank()
+        (tmp / "loader" / f"dp_{dp:03d}.json").write_text(json.dumps(loader_state))
+    torch.save(rng_state(), tmp / "rng" / f"rank_{_rank():05d}.pt")
+    _barrier()
+    if _rank() == 0:
+        if tokenizer_path:
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(dict(meta, step=step), indent=2))
+        if final.exists():  # re-saving the same step (e.g. preemption right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(root / "latest", name)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def read_meta(path) -> dict:
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise UsageError(f"checkpoint {path}: no meta.json (not a megatron-diffusion checkpoint, "
+                         "or an incomplete one)")
+    return json.loads(meta_file.read_text())
+
+
+def load_checkpoint(path, chunks, optimizer=None) -> dict:
+    """Load model (and optimizer) shards for this rank's layout; returns ``meta``."""
+    path = Path(path)
+    meta = read_meta(path)
+    state = dist_checkpointing.load(sharded_state_dict(chunks, optimizer, is_loading=True),
+                                    str(path / "model_optim"))
+    for i, chunk in enumerate(chunks):
+        module = getattr(chunk, "module", chunk)
+        module.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return meta
+
+
+def load_loader_state(path) -> dict | None:
+    dp = parallel_state.get_data_parallel_rank()
+    f = Path(path) / "loader" / f"dp_{dp:03d}.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def restore_rng(path) -> None:
+    from megatron.core import tensor_parallel
+
+    f = Path(path) / "rng" / f"rank_{_rank():05d}.pt"
+    if not f.is_file():  # a different world size: keep the freshly seeded states
+        return
+    st = torch.load(f, weights_only=False)
+    torch.set_rng_state(st["torch"])
+    if st["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(st["tracker"])
