@@ -273,8 +273,8 @@ def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int) -> C
                 os.killpg(proc.pid, signal.SIGKILL)  # the leader is not reaped yet: pgid still ours
                 proc.wait()
             finally:
-                if sandbox.mode == "setuid":
-                    _sweep_uid(uid)
+                if uid is not None:
+                    _sweep_uid(uid, kill=sandbox.mode == "setuid" or timed_out)
             seconds = time.monotonic() - start
             if timed_out:
                 return CheckResult("timeout", f"wall-clock limit of {cfg.timeout_s:g} s; process group killed",
@@ -312,8 +312,43 @@ class _slot_lock:
             os.close(self.fd)  # releases the flock
 
 
-def _sweep_uid(uid: int) -> None:
-    """``kill -9 -1`` as ``uid``: kills every process of that uid (the kill itself excepted)."""
-    kill = shutil.which("kill") or "/bin/kill"
-    subprocess.run([kill, "-9", "-1"], user=uid, group=uid, extra_groups=[], env={"PATH": "/usr/bin:/bin"},
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+def _sweep_uid(uid: int, kill: bool) -> None:
+    """Make sure no process of ``uid`` is left before the slot's uid is used again.
+
+    ``kill -9 -1`` run *as* ``uid`` kills every process of that uid (the kill itself excepted),
+    atomically with respect to fork. Then wait until they are gone: after a timeout the pid
+    namespace is torn down asynchronously, and processes still exiting would count against the
+    next check's RLIMIT_NPROC.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        if kill:
+            subprocess.run([shutil.which("kill") or "/bin/kill", "-9", "-1"], user=uid, group=uid,
+                           extra_groups=[], env={"PATH": "/usr/bin:/bin"}, cwd="/",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not pids_of_uid(uid):
+            return
+        if time.monotonic() > deadline:
+            _warn_once(f"sweep-{uid}", f"processes of sandbox uid {uid} survived for 10 s after their check")
+            return
+        kill = True
+        time.sleep(0.01)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Processes whose real uid is ``uid`` (from /proc/PID/status: /proc/PID itself is owned by
+    root for processes that dropped privileges)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "status"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry.name))
+                        break
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return found
