@@ -20,9 +20,10 @@ possible depends on the machine; ``isolation`` picks one of three modes:
   and limits as above; after each check ``kill -9 -1`` *as that uid* sweeps its processes.
   Network: a Python-level socket guard only (a warning says so).
 - ``process`` (not root): the caller's own uid. RLIMIT_NPROC binds (it counts all of the user's
-  processes); the session is killed after each check; network via ``unshare -rn`` where user
-  namespaces are allowed, else a Python-level guard; destructive file calls outside the work
-  dir are refused by a Python-level guard. A Python guard is not a sandbox (ctypes or a
+  processes); the session is killed after each check. Where unprivileged user namespaces are
+  allowed (``unshare -r``), also new network and pid namespaces (no network; every process is
+  killed with the check); else a Python-level network guard. Destructive file calls outside the
+  work dir are refused by a Python-level guard. A Python guard is not a sandbox (ctypes or a
   subprocess get around it): a loud warning says so.
 
 ``auto`` chooses the strongest mode whose probe check passes. As root, ``process`` is used only
@@ -52,6 +53,7 @@ ISOLATION_MODES = ("auto", "namespace", "setuid", "process")
 STATUSES = ("passed", "failed", "timeout", "error")
 CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 NAMESPACE_PREFIX = ("--net", "--mount", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc")
+USERNS_PREFIX = ("--user", "--map-root-user", *NAMESPACE_PREFIX)
 OUTPUT_TAIL_BYTES = 600
 
 
@@ -182,9 +184,8 @@ def _resolve(isolation: str, python: str, uid_base: int, workers: int) -> Sandbo
     if root and isolation in ("auto", "setuid"):
         candidates.append(Sandbox("setuid", (), True, False))
     if isolation == "process" or (isolation == "auto" and not root):
-        if unshare and subprocess.run([unshare, "--user", "--map-root-user", "--net", "true"],
-                                      capture_output=True).returncode == 0:
-            candidates.append(Sandbox("process", (unshare, "--user", "--map-root-user", "--net", "--"), False, True))
+        if unshare:  # unprivileged user namespaces, where the kernel allows them
+            candidates.append(Sandbox("process", (unshare, *USERNS_PREFIX, "--"), False, True))
         candidates.append(Sandbox("process", (), True, True))
     if root and isolation != "process":
         _check_sandbox_ids(uid_base, workers)
@@ -194,7 +195,7 @@ def _resolve(isolation: str, python: str, uid_base: int, workers: int) -> Sandbo
         if result.status == "passed":
             _warn_about(sandbox, root)
             return sandbox
-        failures.append(f"{sandbox.mode}{' (unshare -rn)' if sandbox.prefix else ''}: {result.detail}")
+        failures.append(f"{sandbox.mode}{' (user namespace)' if sandbox.prefix else ''}: {result.detail}")
     if failures:
         why = "; ".join(failures)
     elif not root:
@@ -336,8 +337,9 @@ def _sweep_uid(uid: int, kill: bool) -> None:
 
 
 def pids_of_uid(uid: int) -> list[int]:
-    """Processes whose real uid is ``uid`` (from /proc/PID/status: /proc/PID itself is owned by
-    root for processes that dropped privileges)."""
+    """Live processes whose real uid is ``uid``, from /proc/PID/status (/proc/PID itself is owned
+    by root for processes that dropped privileges). Zombies are dead and skipped: reaping them
+    is up to init, which on some machines takes a second or two."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -345,10 +347,12 @@ def pids_of_uid(uid: int) -> list[int]:
         try:
             with open(os.path.join(entry.path, "status"), "rb") as f:
                 for line in f:
+                    if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
+                        break
                     if line.startswith(b"Uid:"):
                         if int(line.split()[1]) == uid:
                             found.append(int(entry.name))
                         break
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
     return found

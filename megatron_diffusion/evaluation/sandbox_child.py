@@ -15,8 +15,9 @@ a two-process pair:
   other exception (``E``). Exiting early (``sys.exit``/``os._exit``) is therefore an error, not a
   pass.
 
-In namespace mode this process is pid 1 of a fresh pid namespace: when it exits, the kernel kills
-every process left in the namespace (orphans, ``setsid`` escapees, fork-bomb children).
+Where a pid namespace is available this process is its pid 1: when it exits, the kernel kills
+every process left in the namespace (orphans, ``setsid`` escapees, fork-bomb children). Without
+one it kills its own process group on the way out.
 
 Only the standard library is used: this file runs under the interpreter that runs the checks,
 which need not have the package installed.
@@ -275,8 +276,8 @@ def main():
     status, detail = verdict(wait_status, message, cfg, usage.ru_utime + usage.ru_stime)
     json.dump({"status": status, "detail": detail}, result)
     result.close()
-    if cfg["mode"] != "namespace":
-        # No pid namespace to tear down: take the rest of our process group with us.
+    if os.getpid() != 1:
+        # No pid namespace whose teardown kills the rest: take our process group with us.
         os.killpg(0, signal.SIGKILL)
 
 
