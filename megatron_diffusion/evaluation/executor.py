@@ -94,8 +94,8 @@ class ExecutorConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name}: got {value!r}, expected an integer >= 1")
         check_choice("isolation", self.isolation, ISOLATION_MODES)
-        top = self.sandbox_uid_base + self.workers - 1
-        if not isinstance(self.sandbox_uid_base, int) or self.sandbox_uid_base < 1000 or top >= 2**31:
+        base = self.sandbox_uid_base
+        if not isinstance(base, int) or isinstance(base, bool) or base < 1000 or base + self.workers > 2**31:
             raise UsageError(f"sandbox_uid_base: got {self.sandbox_uid_base!r}, expected an int >= 1000 "
                              f"with sandbox_uid_base + workers - 1 < 2**31")
         if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):

@@ -108,6 +108,8 @@ def evaluate(problems: list[dict], completions_per_task: dict[str, list[Generati
              cfg: HumanEvalConfig, generation_seconds: float | None = None) -> tuple[list[dict], dict]:
     """Check every sample; return one record per sample and the summary (also written to disk)."""
     cfg.validate()
+    if not problems:
+        raise UsageError("problems: got none, expected at least one HumanEval problem")
     samples = []
     for problem in problems:
         generated = completions_per_task.get(problem["task_id"])

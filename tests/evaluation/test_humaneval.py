@@ -133,6 +133,8 @@ def test_evaluate_writes_results_and_summary_with_speed(problems, tmp_path):
 def test_evaluate_rejects_missing_samples_and_bad_k(problems):
     with pytest.raises(UsageError, match="HumanEval/0 has 1 samples"):
         evaluate(problems[:1], canonical_completions(problems[:1], 1), HumanEvalConfig(num_samples=2, ks=(1,)))
+    with pytest.raises(UsageError, match="problems"):
+        evaluate([], {}, HumanEvalConfig())
     with pytest.raises(UsageError, match="num_samples"):
         HumanEvalConfig(ks=(1, 10), num_samples=5).validate()
 
