@@ -1,0 +1,358 @@
+"""Run untrusted programs (model-written code + unit tests), each in its own sandboxed process.
+
+Execution-based benchmarks (HumanEval; Stable-DiffCoder and Seed Diffusion report pass@1 with
+decoding speed) must run code a model wrote. This module contains it; ``docs/evaluation.md``
+states what it does and does not guarantee. Each check is one subprocess:
+
+    python -I -S -B sandbox_child.py CONFIG  <program source on stdin>
+
+started in its own session (so its whole process group can be killed), in a fresh temporary
+directory, with a stripped environment. ``sandbox_child.py`` lowers resource limits (address
+space, CPU time, file size, open files, processes) before the program runs. How much more is
+possible depends on the machine; ``isolation`` picks one of three modes:
+
+- ``namespace`` (root, ``unshare`` works): new network, mount, pid and IPC namespaces. No
+  network interface but a down loopback; ``/`` read-only, private tmpfs on /tmp and /dev/shm,
+  the program runs as an unused uid (one per worker slot, so RLIMIT_NPROC binds per check and
+  files outside the work dir are not writable); when the check ends the pid namespace is torn
+  down, which kills every process it started, including ones that called ``setsid``.
+- ``setuid`` (root, namespaces unavailable, e.g. Docker without CAP_SYS_ADMIN): the unused uid
+  and limits as above; after each check ``kill -9 -1`` *as that uid* sweeps its processes.
+  Network: a Python-level socket guard only (a warning says so).
+- ``process`` (not root): the caller's own uid. RLIMIT_NPROC binds (it counts all of the user's
+  processes); the session is killed after each check. Where unprivileged user namespaces are
+  allowed (``unshare -r``), also new network and pid namespaces (no network; every process is
+  killed with the check); else a Python-level network guard. Destructive file calls outside the
+  work dir are refused by a Python-level guard. A Python guard is not a sandbox (ctypes or a
+  subprocess get around it): a loud warning says so.
+
+``auto`` chooses the strongest mode whose probe check passes. As root, ``process`` is used only
+when asked for explicitly, because root is exempt from RLIMIT_NPROC (fork bombs are unbounded).
+"""
+
+import fcntl
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from queue import SimpleQueue
+
+from megatron_diffusion.errors import UsageError, check_choice, check_positive
+
+ISOLATION_MODES = ("auto", "namespace", "setuid", "process")
+STATUSES = ("passed", "failed", "timeout", "error")
+CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+NAMESPACE_PREFIX = ("--net", "--mount", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc")
+USERNS_PREFIX = ("--user", "--map-root-user", *NAMESPACE_PREFIX)
+OUTPUT_TAIL_BYTES = 600
+
+
+@dataclass
+class ExecutorConfig:
+    """Limits and isolation for running untrusted checks."""
+
+    timeout_s: float = 10.0
+    """Wall-clock limit per check, interpreter start-up included; on expiry the check's whole
+    process group (and, in namespace mode, its pid namespace) is killed: status ``timeout``."""
+    memory_mb: int = 1024
+    """Address-space limit (RLIMIT_AS) of each process of a check; a hog gets MemoryError."""
+    cpu_s: int = 10
+    """CPU-time limit (RLIMIT_CPU) of each process of a check: status ``timeout``."""
+    file_size_mb: int = 16
+    """Largest file a check may write (RLIMIT_FSIZE); in namespace mode also the size of its
+    private /tmp and /dev/shm."""
+    open_files: int = 64
+    """Open file descriptors per process (RLIMIT_NOFILE)."""
+    max_processes: int = 32
+    """Processes + threads of the check's uid (RLIMIT_NPROC): what stops a fork bomb. It binds
+    only for a non-root uid, which is why root runs checks as a sandbox uid."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Checks run at once (one subprocess each); default: the number of CPU cores."""
+    isolation: str = "auto"
+    """``auto`` (strongest that works), ``namespace``, ``setuid`` or ``process``; see the module
+    docstring and docs/evaluation.md."""
+    sandbox_uid_base: int = 65000
+    """Root only: worker slot i runs its checks as uid and gid ``sandbox_uid_base + i``. These
+    ids must belong to no user or group: their processes are killed after each check."""
+    python: str = sys.executable
+    """Interpreter that runs the checks (stdlib only is needed)."""
+
+    def validate(self) -> None:
+        check_positive("timeout_s", self.timeout_s)
+        for name in ("memory_mb", "cpu_s", "file_size_mb", "open_files", "max_processes", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{name}: got {value!r}, expected an integer >= 1")
+        check_choice("isolation", self.isolation, ISOLATION_MODES)
+        base = self.sandbox_uid_base
+        if not isinstance(base, int) or isinstance(base, bool) or base < 1000 or base + self.workers > 2**31:
+            raise UsageError(f"sandbox_uid_base: got {self.sandbox_uid_base!r}, expected an int >= 1000 "
+                             f"with sandbox_uid_base + workers - 1 < 2**31")
+        if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):
+            raise UsageError(f"python: {self.python!r} is not an executable file")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check."""
+
+    status: str
+    """``passed``, ``failed`` (an assertion failed), ``timeout`` (wall clock or CPU time) or
+    ``error`` (any other exception, a crash, a limit, leaving before the tests finished)."""
+    detail: str
+    """Why, in one line: the exception and the failing program line, or the limit hit."""
+    seconds: float
+    """Wall-clock time of the check, sandbox start-up included."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The isolation resolved for this machine (see the module docstring)."""
+
+    mode: str
+    prefix: tuple[str, ...]
+    network_guard: bool
+    file_guard: bool
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.mode,
+            "network": "python-guard (not a sandbox)" if self.network_guard else "network namespace",
+            "files": "python-guard (not a sandbox)" if self.file_guard else "unprivileged uid, read-only /",
+        }
+
+
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def _warn_once(key: str, text: str) -> None:
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    bar = "!" * 78
+    print(f"{bar}\nWARNING (megatron-diffusion eval sandbox): {text}\n{bar}", file=sys.stderr, flush=True)
+
+
+def run_checks(programs: list[str], cfg: ExecutorConfig, progress: bool = False) -> list[CheckResult]:
+    """Run each program in its own sandboxed subprocess, ``cfg.workers`` at a time; in order."""
+    cfg.validate()
+    sandbox = resolve_sandbox(cfg)
+    slots: SimpleQueue[int] = SimpleQueue()
+    for slot in range(cfg.workers):
+        slots.put(slot)
+
+    def one(program: str) -> CheckResult:
+        slot = slots.get()
+        try:
+            return run_one(program, cfg, sandbox, slot)
+        finally:
+            slots.put(slot)
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        results = pool.map(one, programs)
+        return list(tqdm(results, total=len(programs), desc="checks", disable=not progress))
+
+
+def resolve_sandbox(cfg: ExecutorConfig) -> Sandbox:
+    """The strongest isolation ``cfg.isolation`` allows that passes a probe check (cached)."""
+    return _resolve(cfg.isolation, cfg.python, cfg.sandbox_uid_base, cfg.workers)
+
+
+@lru_cache(maxsize=None)
+def _resolve(isolation: str, python: str, uid_base: int, workers: int) -> Sandbox:
+    root = os.geteuid() == 0
+    probe_cfg = ExecutorConfig(timeout_s=30.0, isolation=isolation, python=python,
+                               sandbox_uid_base=uid_base, workers=workers)
+    unshare = shutil.which("unshare")
+    candidates: list[Sandbox] = []
+    if root and isolation in ("auto", "namespace") and unshare:
+        candidates.append(Sandbox("namespace", (unshare, *NAMESPACE_PREFIX, "--"), False, False))
+    if root and isolation in ("auto", "setuid"):
+        candidates.append(Sandbox("setuid", (), True, False))
+    if isolation == "process" or (isolation == "auto" and not root):
+        if unshare:  # unprivileged user namespaces, where the kernel allows them
+            candidates.append(Sandbox("process", (unshare, *USERNS_PREFIX, "--"), False, True))
+        candidates.append(Sandbox("process", (), True, True))
+    if root and isolation != "process":
+        _check_sandbox_ids(uid_base, workers)
+    failures = []
+    for sandbox in candidates:
+        result = run_one(_probe_program(sandbox, uid_base), probe_cfg, sandbox, slot=0)
+        if result.status == "passed":
+            _warn_about(sandbox, root)
+            return sandbox
+        failures.append(f"{sandbox.mode}{' (user namespace)' if sandbox.prefix else ''}: {result.detail}")
+    if failures:
+        why = "; ".join(failures)
+    elif not root:
+        why = f"{isolation!r} needs root; use 'process' (or 'auto')"
+    else:
+        why = "`unshare` is not installed"
+    raise UsageError(f"isolation: cannot sandbox code execution here with {isolation!r}: {why}")
+
+
+def _check_sandbox_ids(uid_base: int, workers: int) -> None:
+    for uid in range(uid_base, uid_base + workers):
+        for lookup, kind in ((pwd.getpwuid, "user"), (grp.getgrgid, "group")):
+            try:
+                entry = lookup(uid)
+            except KeyError:
+                continue
+            raise UsageError(f"sandbox_uid_base: id {uid} belongs to {kind} {entry[0]!r}; "
+                             f"choose ids {uid_base}..{uid_base + workers - 1} that no user or group has")
+
+
+def _probe_program(sandbox: Sandbox, uid_base: int) -> str:
+    """Checks that the mode really took effect, and that the stdlib is readable after the drop."""
+    lines = ["import os, socket, fractions"]
+    if sandbox.mode in ("namespace", "setuid"):
+        lines.append(f"assert os.getuid() == {uid_base}, os.getuid()")
+    if not sandbox.network_guard:
+        lines.append("assert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()")
+    return "\n".join(lines) + "\n"
+
+
+def _warn_about(sandbox: Sandbox, root: bool) -> None:
+    guard = "a Python-level guard is NOT a sandbox (ctypes or a subprocess bypass it)"
+    if sandbox.network_guard:
+        _warn_once("network", "no network namespace is available (`unshare --net` failed): only a "
+                   f"Python-level socket guard keeps checks off the network; {guard}.")
+    if sandbox.file_guard:
+        _warn_once("files", "checks run as this user without namespaces: your files are protected "
+                   "from deletion only by a Python-level guard, and processes that leave their session "
+                   f"are not swept; {guard}." + (" As root, RLIMIT_NPROC does not bound fork bombs."
+                                                 if root else ""))
+
+
+def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int) -> CheckResult:
+    """One check in ``sandbox``, as the uid of worker ``slot`` when the mode drops privileges."""
+    uid = cfg.sandbox_uid_base + slot if sandbox.mode in ("namespace", "setuid") else None
+    start = time.monotonic()
+    with _slot_lock(uid), tempfile.TemporaryDirectory(prefix="md-eval-", ignore_cleanup_errors=True) as base:
+        os.chmod(base, 0o711)  # the sandbox uid may traverse to work/, not list or read the rest
+        workdir = os.path.join(base, "work")  # namespace mode: the child makes its own in a tmpfs
+        if sandbox.mode != "namespace":
+            os.mkdir(workdir, 0o700)
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+        program_path = os.path.join(base, "program.py")
+        with open(program_path, "w", encoding="utf-8") as f:
+            f.write(program)
+        with open(program_path, "rb") as stdin, open(os.path.join(base, "output"), "w+b") as output, \
+                open(os.path.join(base, "result"), "w+b") as result:
+            child_cfg = {
+                "mode": sandbox.mode, "uid": uid, "gid": uid, "workdir": workdir,
+                "result_fd": result.fileno(), "tmp_size_mb": cfg.file_size_mb,
+                "network_guard": sandbox.network_guard, "file_guard": sandbox.file_guard,
+                "limits": _limits(cfg),
+            }
+            home = "/tmp/work" if sandbox.mode == "namespace" else workdir
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                   "HOME": home, "TMPDIR": home}
+            cmd = [*sandbox.prefix, cfg.python, "-I", "-S", "-B", CHILD_SCRIPT, json.dumps(child_cfg)]
+            proc = subprocess.Popen(cmd, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, env=env,
+                                    cwd=base, pass_fds=(result.fileno(),), start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=cfg.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)  # the leader is not reaped yet: pgid still ours
+                proc.wait()
+            finally:
+                if uid is not None:
+                    _sweep_uid(uid, kill=sandbox.mode == "setuid" or timed_out)
+            seconds = time.monotonic() - start
+            if timed_out:
+                return CheckResult("timeout", f"wall-clock limit of {cfg.timeout_s:g} s; process group killed",
+                                   seconds)
+            result.seek(0)
+            verdict = result.read()
+            if not verdict:
+                output.seek(max(0, os.fstat(output.fileno()).st_size - OUTPUT_TAIL_BYTES))
+                tail = output.read().decode("utf-8", "replace").strip().replace("\n", " | ")
+                return CheckResult("error", f"sandbox gave no verdict (exit status {proc.returncode}): {tail}",
+                                   seconds)
+            verdict = json.loads(verdict)
+            return CheckResult(verdict["status"], verdict["detail"], seconds)
+
+
+def _limits(cfg: ExecutorConfig) -> dict[str, int]:
+    mib = 1024 * 1024
+    return {"RLIMIT_AS": cfg.memory_mb * mib, "RLIMIT_CPU": cfg.cpu_s, "RLIMIT_FSIZE": cfg.file_size_mb * mib,
+            "RLIMIT_NOFILE": cfg.open_files, "RLIMIT_NPROC": cfg.max_processes, "RLIMIT_CORE": 0}
+
+
+class _slot_lock:
+    """Serialises use of one sandbox uid across threads and processes (an flock per uid)."""
+
+    def __init__(self, uid: int | None):
+        self.path = None if uid is None else os.path.join(tempfile.gettempdir(), f"megatron-diffusion-sandbox-{uid}.lock")
+
+    def __enter__(self):
+        if self.path is not None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        if self.path is not None:
+            os.close(self.fd)  # releases the flock
+
+
+def _sweep_uid(uid: int, kill: bool) -> None:
+    """Make sure no process of ``uid`` is left before the slot's uid is used again.
+
+    ``kill -9 -1`` run *as* ``uid`` kills every process of that uid (the kill itself excepted),
+    atomically with respect to fork. Then wait until they are gone: after a timeout the pid
+    namespace is torn down asynchronously, and processes still exiting would count against the
+    next check's RLIMIT_NPROC.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        if kill:
+            subprocess.run([shutil.which("kill") or "/bin/kill", "-9", "-1"], user=uid, group=uid,
+                           extra_groups=[], env={"PATH": "/usr/bin:/bin"}, cwd="/",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not pids_of_uid(uid):
+            return
+        if time.monotonic() > deadline:
+            _warn_once(f"sweep-{uid}", f"processes of sandbox uid {uid} survived for 10 s after their check")
+            return
+        kill = True
+        time.sleep(0.01)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live processes whose real uid is ``uid``, from /proc/PID/status (/proc/PID itself is owned
+    by root for processes that dropped privileges). Zombies are dead and skipped: reaping them
+    is up to init, which on some machines takes a second or two."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "status"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
+                        break
+                    if line.startswith(b"Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry.name))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return found

@@ -1,0 +1,61 @@
+"""The contract between a sampler and the benchmarks: prompts in, completions + cost out.
+
+Benchmarks here judge a model by pass@k *together with* decoding speed (Seed Diffusion 3.4,
+METHOD.md section 8: tokens per forward pass and tokens per second against AR decoding). So a
+completion carries what it cost. ``megatron_diffusion.sampling.api.load_sampler(checkpoint,
+**knobs)`` returns a ``Sampler``; a plain function ``CompletionFn`` works too (tests, baselines).
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One completion and what it cost."""
+
+    text: str
+    """The generated text after the prompt (not yet post-processed)."""
+    num_forwards: int
+    """Model forward passes that produced this sample; a batched forward counts once for each
+    sample in the batch (so tokens / forwards is the decoding parallelism)."""
+    num_tokens: int
+    """Tokens generated for this sample, up to and including EOS."""
+    seconds: float
+    """Wall-clock generation time attributed to this sample: a batch's time divided by its size,
+    so that the sum over samples is the total generation time."""
+
+
+CompletionFn = Callable[[list[str]], list[GenerationResult]]
+
+
+class Sampler(Protocol):
+    """What ``load_sampler`` returns."""
+
+    settings: dict
+    """Every decoding setting in effect, defaults included (block size, commit rule, steps,
+    threshold, temperature, max new tokens, seed, ...): recorded verbatim with the scores."""
+
+    def complete(self, prompts: list[str]) -> list[GenerationResult]:
+        """One completion per prompt, in order."""
+        ...
+
+
+def generate(prompts: list[str], completion_fn: CompletionFn, batch_size: int,
+             progress: bool = True) -> tuple[list[GenerationResult], float]:
+    """All completions, ``batch_size`` prompts per call; also returns the total wall-clock time."""
+    from tqdm import tqdm
+
+    results: list[GenerationResult] = []
+    start = time.monotonic()
+    with tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress) as bar:
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first:first + batch_size]
+            out = completion_fn(batch)
+            if len(out) != len(batch) or not all(isinstance(r, GenerationResult) for r in out):
+                raise TypeError(f"completion function returned {len(out)} items for {len(batch)} prompts; "
+                                "expected one GenerationResult per prompt")
+            results.extend(out)
+            bar.update(len(batch))
+    return results, time.monotonic() - start
