@@ -76,3 +76,52 @@ def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subproc
         raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def stdlib_texts(limit: int = 40) -> list[str]:
+    """A small real code corpus: the interpreter's own json/ and email/ packages."""
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted((lib / "json").glob("*.py")) + sorted((lib / "email").glob("*.py"))
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files[:limit]]
+
+
+def make_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+    from megatron_diffusion.data.tokenizer import train_tokenizer
+
+    train_tokenizer(stdlib_texts(), vocab_size).save(str(path))
+    return path
+
+
+def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300,
+                    seed: int = 0, **model_overrides) -> Path:
+    """A tiny randomly initialised checkpoint (one process), as the trainer would write it."""
+    import torch.distributed as dist
+
+    from megatron_diffusion.config import RunConfig
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+    from megatron_diffusion.model import weights
+    from megatron_diffusion.model.gpt import build_model, transformer_config
+    from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+    from megatron_diffusion.training.checkpoint import save_checkpoint
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = make_tokenizer(run_dir / "tokenizer.json", tokenizer_vocab)
+    tok = load_tokenizer(tok_path)
+    cfg = RunConfig()
+    cfg.attention = attention or AttentionConfig(mode="block", block_size=4)
+    cfg.data.blend = [(1.0, "unused.zarr")]
+    cfg.data.seq_len = 32
+    cfg.model = tiny_model_config(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
+                                  make_vocab_size_divisible_by=64, max_position_embeddings=256,
+                                  **model_overrides)
+    initialize_model_parallel(1, 1, seed=seed)
+    model = build_model(cfg.model, transformer_config(cfg.model))
+    shapes = {k: v.shape for k, v in weights.local_to_full([model]).items()}
+    weights.load_full([model], seeded_full_weights(shapes))
+    meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
+            "config": cfg.to_dict(), "tokenizer_hash": tok.hash, "consumed_samples": 0}
+    path = save_checkpoint(run_dir, 0, [model], None, meta=meta, loader_state={},
+                           tokenizer_path=str(tok_path))
+    return path

@@ -54,6 +54,19 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _ensure_writer_queue() -> None:
+    """dist_checkpointing's file writer collects results through a Manager queue that it starts
+    with the *spawn* context, which re-imports ``__main__``: any script without a main guard
+    (and our own entry points run from ``python -c``) would start a second copy of itself. A
+    fork-context Manager serves the same queue without that."""
+    import multiprocessing as mp
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
+
+
 def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:
     sd = {}
     for i, chunk in enumerate(chunks):
@@ -100,6 +113,7 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
         (tmp / "loader").mkdir()
         (tmp / "rng").mkdir()
     _barrier()
+    _ensure_writer_queue()
     dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp / "model_optim"))
     # loader state: one per data-parallel rank (written by its first TP/PP rank)
     if parallel_state.get_tensor_model_parallel_rank() == 0 and \
