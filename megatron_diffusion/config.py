@@ -232,6 +232,9 @@ def _apply(obj, key_path: str, value) -> None:
         raise UsageError(f"config key {key_path!r}: unknown field of {section_name}; known: "
                          f"{', '.join(known)}")
     ok, coerced = _type_ok(value, hints[field_name])
+    if not ok and isinstance(value, bool) and _type_ok("x", hints[field_name])[0]:
+        raise UsageError(f"config key {key_path!r}: got the boolean {value!r}; YAML reads "
+                         "off/on/no/yes unquoted as booleans, quote the value (e.g. 'off')")
     if not ok:
         raise UsageError(f"config key {key_path!r}: got {value!r}, expected "
                          f"{_type_name(hints[field_name])}")

@@ -163,6 +163,8 @@ def preprocess(cfg: IngestConfig) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         summary = _write_store(tmp, cfg, tok, tokenizer_json)
+        # a store carries its tokenizer: training and checkpoints find it without extra flags
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

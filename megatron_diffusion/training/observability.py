@@ -1,0 +1,110 @@
+"""What a run reports: metrics.jsonl, the progress bar, wandb, TensorBoard. Rank 0 only.
+
+``metrics.jsonl`` in the run directory has one JSON object per logged step (step, loss, ce, lr,
+grad_norm, tokens_per_s, mfu, stage, u_max, and val_loss when validation ran). On resume, lines
+past the checkpoint's step are dropped first, so the file always describes one consistent run.
+
+MFU uses the standard estimate of model FLOPs per token, ``6 N + 12 n_layers h S`` (parameters
+plus attention scores, forward + backward), counted over the tokens the model actually
+processes (``2L`` per row in block mode), divided by the device's peak dense BF16 FLOP/s (known
+for H100/H200/H20/A100; unknown on CPU, where MFU is not reported).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "H800": 989.0,
+                    "B200": 2250.0}
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int) -> float:
+    return 6.0 * num_params + 12.0 * num_layers * hidden * seq
+
+
+class RunLogger:
+    """metrics.jsonl + tqdm progress bar + optional wandb/TensorBoard, on rank 0."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int,
+                 wandb_mode: str, wandb_project: str, config: dict, tensorboard: bool):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.bar = self.wandb = self.tb = None
+        if not enabled:
+            return
+        self._truncate_after(start_step)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                        dynamic_ncols=True, disable=None)
+        if wandb_mode != "off":
+            self.wandb = _start_wandb(run_dir, wandb_mode, wandb_project, config)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] < step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
+                           step=record["step"])
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def progress(self, step: int, postfix: dict) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(postfix, refresh=True)
+
+    def write(self, message: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _start_wandb(run_dir: Path, mode: str, project: str, config: dict):
+    import wandb
+
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        mode = "offline"
+    id_file = Path(run_dir) / "wandb_id"
+    if not id_file.is_file():  # stable across resumes and SLURM requeues
+        id_file.write_text(wandb.util.generate_id())
+    return wandb.init(project=project, dir=str(run_dir), id=id_file.read_text().strip(),
+                      resume="allow", mode=mode, config=config)

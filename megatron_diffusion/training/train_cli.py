@@ -1,0 +1,55 @@
+"""``megatron-diffusion train --config CFG [--run-dir DIR] [--resume auto] [key=value ...]``.
+
+One process by default; under ``torchrun`` or SLURM (``srun``) every rank runs this same command.
+"""
+
+import sys
+from pathlib import Path
+
+from megatron_diffusion.errors import UsageError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="YAML run config (see examples/)")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (metrics.jsonl, checkpoints); default runs/<config name>, "
+                        "or under SLURM runs/<job name>-<job id> (stable across requeues)")
+    p.add_argument("--resume", default="none",
+                   help="'auto' (newest complete checkpoint in the run dir, if any), 'none', "
+                        "or a checkpoint directory")
+    p.add_argument("--init-from", default=None,
+                   help="load weights only from this checkpoint (CPT from a converted AR model)")
+    p.add_argument("--wandb", choices=("off", "offline", "online"), default=None,
+                   help="override training.wandb")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE",
+                   help="config overrides, e.g. training.train_iters=100 model.num_layers=2")
+
+
+def default_run_dir(config_path: str) -> Path:
+    try:
+        from megatron_diffusion.parallel.run_dir import resolve_run_dir
+
+        return Path(resolve_run_dir(None, default_name=Path(config_path).stem))
+    except ImportError:
+        return Path("runs") / Path(config_path).stem
+
+
+def run(args) -> int:
+    from megatron_diffusion.config import load_config
+
+    cfg = load_config(args.config, args.overrides, validate=False)
+    if args.wandb is not None:
+        cfg.training.wandb = args.wandb
+    if args.resume not in ("none", "auto") and not Path(args.resume).is_dir():
+        raise UsageError(f"--resume: {args.resume} is not 'auto', 'none' or a checkpoint directory")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+
+    from megatron_diffusion.training.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir, resume=args.resume, init_from=args.init_from,
+                      argv=sys.argv).setup()
+    code = trainer.train()
+    from megatron_diffusion.parallel.process_groups import destroy
+
+    destroy()
+    return code

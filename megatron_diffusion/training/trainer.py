@@ -1,0 +1,367 @@
+"""The training loop: CPT and SFT of a diffusion LM on megatron-core.
+
+One ``Trainer`` per process (one process by default; torchrun/SLURM start many). Setup reads the
+data store first (its vocabulary and special ids complete the model config; a mismatch with an
+explicit config is an error before any work), then builds the model chunks (TP/PP/VPP), megatron
+DDP and optimizer, the corrupting loaders, and resumes or initialises weights. Each step:
+
+1. set the learning rate for the step (a pure function of it, ``lr_schedule``);
+2. pull this DP rank's micro-batches (corrupted in the loader workers with the step's curriculum:
+   corruption warmup, then mask stage, then edit stage for the last fraction of steps);
+3. ``forward_backward`` (megatron pipeline schedule, per-token loss);
+4. a non-finite loss skips the optimizer step with a warning (all ranks agree: the loss is
+   reduced), ``max_nan_steps`` in a row stop the run; otherwise ``optimizer.step()`` (grad clip
+   inside);
+5. log, validate, checkpoint; a SIGTERM/SIGUSR2 received meanwhile saves and exits 0.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.config import RunConfig
+from megatron_diffusion.errors import UsageError
+
+CHECKPOINT_FORMAT = "megatron-diffusion-checkpoint"
+
+
+class CleanBatcher:
+    """The AR objective's "corruption": the clean row, loss on every non-prompt position."""
+
+    def __init__(self, num_blocks: int = 1):
+        self.num_blocks = num_blocks
+
+    def corrupt(self, tokens_BL, document_ids_BL, *, step, generator, prompt_mask_BL=None):
+        eligible = torch.ones_like(tokens_BL, dtype=torch.bool)
+        if prompt_mask_BL is not None:
+            eligible &= ~prompt_mask_BL
+        B = tokens_BL.shape[0]
+        return DiffusionBatch(tokens_BS=tokens_BL.clone(), labels_BL=tokens_BL.clone(),
+                              loss_weights_BL=eligible.float(), document_ids_BL=document_ids_BL,
+                              loss_mask_BL=eligible, t_BN=torch.zeros(B, 1),
+                              num_edits_B=torch.zeros(B, dtype=torch.long), stage="mask")
+
+
+def resolve_vocab(cfg: RunConfig):
+    """Fill/check the model's vocabulary from the data stores; returns the opened stores."""
+    from megatron_diffusion.data.loader import open_stores
+
+    stores = open_stores(cfg.data)
+    store = stores[0]
+    for name, value in (("vocab_size", store.vocab_size), ("mask_token_id", store.mask_id)):
+        mine = getattr(cfg.model, name)
+        if mine in (0, -1):
+            setattr(cfg.model, name, value)
+        elif mine != value:
+            raise UsageError(f"model.{name}: config says {mine} but store {store.path} has "
+                             f"{value} (tokenized with another vocabulary?)")
+    return stores
+
+
+def random_token_ids(vocab_size: int, special_ids) -> torch.Tensor:
+    ids = torch.arange(vocab_size)
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[list(special_ids)] = False
+    return ids[keep]
+
+
+def make_corruptor(cfg: RunConfig, store):
+    if cfg.loss.objective == "ar":
+        return CleanBatcher()
+    from megatron_diffusion.corruption.corruptor import Corruptor
+
+    mode = "block" if cfg.attention.mode == "block" else "single"
+    return Corruptor(cfg.corruption, seq_len=cfg.data.seq_len, mode=mode,
+                     block_size=cfg.attention.block_size, visibility=cfg.attention.visibility,
+                     mask_token_id=cfg.model.mask_token_id,
+                     random_token_ids=random_token_ids(store.vocab_size,
+                                                       {store.eos_id, store.mask_id, store.pad_id}),
+                     total_steps=cfg.training.train_iters)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir, *, resume: str = "none", init_from=None,
+                 argv=None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.resume, self.init_from, self.argv = resume, init_from, argv or []
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        from megatron.core import parallel_state as ps
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from megatron_diffusion.data.loader import DiffusionDataLoader, build_indices
+        from megatron_diffusion.model.gpt import transformer_config
+        from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+        from megatron_diffusion.training.model_setup import build_training_model
+
+        cfg = self.cfg
+        self.stores = resolve_vocab(cfg)
+        cfg.validate()
+        if self.init_from is not None:
+            self._check_init_from(self.init_from)
+        resume_path = self._resume_path()
+        par = cfg.parallel
+        initialize_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
+                                  par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed)
+        self.rank = dist.get_rank()
+        self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        cfg.data.check_data_parallel(self.dp_size)
+        self.num_microbatches = cfg.data.global_batch_size // (cfg.data.micro_batch_size * self.dp_size)
+        if par.virtual_pipeline_model_parallel_size and \
+                self.num_microbatches % par.pipeline_model_parallel_size:
+            raise UsageError("data.global_batch_size: interleaved pipelining needs the number of "
+                             f"micro-batches ({self.num_microbatches}) to be a multiple of "
+                             f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "PREEMPTED").unlink(missing_ok=True)
+            self._snapshot()
+        tcfg = transformer_config(cfg.model, tensor_model_parallel_size=par.tensor_model_parallel_size,
+                                  pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+                                  virtual_pipeline_model_parallel_size=par.virtual_pipeline_model_parallel_size,
+                                  sequence_parallel=par.sequence_parallel,
+                                  recompute=par.recompute_activations)
+        self.chunks = build_training_model(cfg.model, tcfg,
+                                           use_distributed_optimizer=par.use_distributed_optimizer)
+        opt = cfg.optimizer
+        dtype = torch.bfloat16 if cfg.model.params_dtype == "bfloat16" else torch.float32
+        self.optimizer = get_megatron_optimizer(OptimizerConfig(
+            optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
+            adam_beta1=opt.adam_beta1, adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps,
+            clip_grad=opt.clip_grad, bf16=dtype == torch.bfloat16, params_dtype=dtype,
+            use_distributed_optimizer=par.use_distributed_optimizer), self.chunks)
+        self.num_params = sum(p.numel() for c in self.chunks for p in c.parameters())
+        if dist.is_initialized():
+            t = torch.tensor([self.num_params], dtype=torch.long)
+            dist.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
+            dist.all_reduce(t, group=ps.get_tensor_model_parallel_group())
+            self.num_params = int(t.item())
+
+        store = self.stores[0]
+        self.corruptor = make_corruptor(cfg, store)
+        total_samples = cfg.training.train_iters * cfg.data.global_batch_size
+        if self.rank == 0:
+            build_indices(cfg.data, total_samples)
+        dist.barrier()
+        self.loader = DiffusionDataLoader(cfg.data, data_parallel_rank=self.dp_rank,
+                                          data_parallel_size=self.dp_size,
+                                          corrupt_fn=self.corruptor.corrupt,
+                                          tokenizer_hash=store.tokenizer_hash,
+                                          vocab_size=store.vocab_size)
+        self.val_cfg = None
+        if cfg.training.eval_interval and cfg.training.eval_iters:
+            import dataclasses
+
+            self.val_cfg = dataclasses.replace(cfg.data, split="validation", num_workers=0,
+                                               global_batch_size=cfg.data.micro_batch_size * self.dp_size)
+        self.step = 0
+        if resume_path is not None:
+            self._load(resume_path)
+        elif self.init_from is not None:
+            from megatron_diffusion.training.checkpoint import load_checkpoint
+
+            load_checkpoint(self.init_from, self.chunks)  # weights only (CPT from AR)
+        self.tokenizer_path = cfg.training.tokenizer or self._store_tokenizer()
+        return self
+
+    def _store_tokenizer(self):
+        p = Path(self.stores[0].path) / "tokenizer.json"
+        return str(p) if p.is_file() else None
+
+    def _resume_path(self):
+        from megatron_diffusion.training.checkpoint import latest_checkpoint
+
+        if self.resume == "none":
+            return None
+        if self.resume == "auto":
+            return latest_checkpoint(self.run_dir)
+        path = Path(self.resume)
+        if not (path / "meta.json").is_file():
+            raise UsageError(f"--resume: {path} is not a complete checkpoint (no meta.json)")
+        return path
+
+    def _check_init_from(self, path):
+        from megatron_diffusion.training.checkpoint import read_meta
+
+        meta = read_meta(path)
+        theirs = meta["config"]["model"]
+        for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                    "ffn_hidden_size", "vocab_size", "add_qkv_bias",
+                    "untie_embeddings_and_output_weights"):
+            if theirs.get(key) != getattr(self.cfg.model, key):
+                raise UsageError(f"--init-from: checkpoint {path} has model.{key}="
+                                 f"{theirs.get(key)!r}, this run has {getattr(self.cfg.model, key)!r}")
+
+    def _check_resume_shape(self, meta, path):
+        theirs = meta["config"]["model"]
+        for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                    "ffn_hidden_size", "vocab_size"):
+            if theirs.get(key) != getattr(self.cfg.model, key):
+                raise UsageError(f"--resume: checkpoint {path} has model.{key}={theirs.get(key)!r}, "
+                                 f"this run has {getattr(self.cfg.model, key)!r}")
+
+    def _load(self, path):
+        from megatron_diffusion.training.checkpoint import (load_checkpoint, load_loader_state,
+                                                            read_meta, restore_rng)
+
+        self._check_resume_shape(read_meta(path), path)
+        meta = load_checkpoint(path, self.chunks, self.optimizer)
+        self.step = int(meta["step"])
+        state = load_loader_state(path)
+        if state is not None:
+            self.loader.load_state_dict(state)
+        else:  # resumed under another DP size: derive from the global sample count
+            self.loader.consumed_samples = int(meta["consumed_samples"])
+        restore_rng(path)
+
+    def _snapshot(self):
+        import yaml
+
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        try:
+            from megatron_diffusion.parallel.run_dir import snapshot_run
+
+            snapshot_run(self.run_dir, self.cfg.to_dict(), self.argv)
+        except ImportError:
+            pass
+
+    # ------------------------------------------------------------------ loop
+    def _next_microbatches(self, it):
+        return [next(it) for _ in range(self.num_microbatches)]
+
+    def _set_lr(self, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _zero_grads(self):
+        for c in self.chunks:
+            c.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def train(self) -> int:
+        from megatron_diffusion.training.lr_schedule import lr_at
+        from megatron_diffusion.training.observability import RunLogger, flops_per_token, peak_flops
+        from megatron_diffusion.training.preemption import PreemptionFlag
+        from megatron_diffusion.training.step import forward_backward
+
+        cfg, tr = self.cfg, self.cfg.training
+        logger = RunLogger(self.run_dir, enabled=self.rank == 0, total_steps=tr.train_iters,
+                           start_step=self.step, wandb_mode=tr.wandb, wandb_project=tr.wandb_project,
+                           config=cfg.to_dict(), tensorboard=tr.tensorboard)
+        flag = PreemptionFlag().install()
+        seq = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
+        tokens_per_step = cfg.data.global_batch_size * seq
+        flops_step = flops_per_token(self.num_params, cfg.model.num_layers, cfg.model.hidden_size,
+                                     seq) * tokens_per_step
+        peak = peak_flops()
+        world = dist.get_world_size()
+        nan_in_a_row, it, exit_code = 0, iter(self.loader), 0
+        last_saved = self.step if self.resume != "none" else -1
+        try:
+            while self.step < tr.train_iters:
+                t0 = time.perf_counter()
+                lr = lr_at(self.step, lr=cfg.optimizer.lr, min_lr=cfg.optimizer.min_lr,
+                           warmup_steps=cfg.optimizer.lr_warmup_steps, total_steps=tr.train_iters,
+                           style=cfg.optimizer.lr_decay_style,
+                           wsd_decay_fraction=cfg.optimizer.wsd_decay_fraction)
+                self._set_lr(lr)
+                self._zero_grads()
+                mbs = self._next_microbatches(it)
+                res = forward_backward(self.chunks, mbs, cfg.attention, cfg.loss,
+                                       logit_shift=cfg.model.logit_shift)
+                if not math.isfinite(res["loss"]):
+                    nan_in_a_row += 1
+                    logger.write(f"step {self.step}: non-finite loss {res['loss']}, step skipped "
+                                 f"({nan_in_a_row}/{tr.max_nan_steps} in a row)")
+                    if nan_in_a_row > tr.max_nan_steps:
+                        raise RuntimeError(f"{nan_in_a_row} non-finite losses in a row at step "
+                                           f"{self.step}; stopping (training.max_nan_steps="
+                                           f"{tr.max_nan_steps}). Lower optimizer.lr or check data.")
+                    self.step += 1
+                    continue
+                nan_in_a_row = 0
+                ok, grad_norm, _ = self.optimizer.step()
+                self.step += 1
+                dt = time.perf_counter() - t0
+                stage = mbs[0].stage
+                record = {"step": self.step, "loss": res["loss"], "ce": res["ce"], "lr": lr,
+                          "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                          "tokens_per_s": tokens_per_step / dt, "step_time_s": dt,
+                          "stage": stage, "u_max": self._u_max(self.step - 1)}
+                if peak:
+                    record["mfu"] = flops_step / dt / (peak * world)
+                if self.val_cfg is not None and self.step % tr.eval_interval == 0:
+                    record["val_loss"] = self.validate()
+                if self.step % tr.log_interval == 0 or self.step == tr.train_iters or \
+                        "val_loss" in record:
+                    logger.log(record)
+                logger.progress(self.step, {"loss": f"{res['loss']:.3f}", "lr": f"{lr:.2e}",
+                                            "tok/s": f"{record['tokens_per_s']:.0f}",
+                                            **({"mfu": f"{record['mfu']:.1%}"} if peak else {})})
+                preempt = self._agree(flag.requested)
+                if preempt or (tr.save_interval and self.step % tr.save_interval == 0):
+                    self.save()
+                    last_saved = self.step
+                if preempt:
+                    logger.write(f"preemption signal: saved step {self.step}, exiting")
+                    if self.rank == 0:
+                        (self.run_dir / "PREEMPTED").write_text(str(self.step))
+                    return 0
+            if last_saved != self.step:
+                self.save()
+        finally:
+            flag.restore()
+            logger.close()
+        return exit_code
+
+    def _u_max(self, step):
+        if self.cfg.loss.objective == "ar":
+            return 0.0
+        return float(self.corruptor.u_max_at(step))
+
+    def _agree(self, local: bool) -> bool:
+        t = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean per-token loss over ``eval_iters`` validation micro-batches (same ones every
+        time: a fresh loader from sample 0, corruption seeded as in training)."""
+        from megatron_diffusion.data.loader import DiffusionDataLoader
+        from megatron_diffusion.training.step import forward_backward
+
+        for c in self.chunks:
+            c.eval()
+        loader = DiffusionDataLoader(self.val_cfg, data_parallel_rank=self.dp_rank,
+                                     data_parallel_size=self.dp_size,
+                                     corrupt_fn=self.corruptor.corrupt,
+                                     tokenizer_hash=self.stores[0].tokenizer_hash,
+                                     vocab_size=self.stores[0].vocab_size)
+        it = iter(loader)
+        n = max(self.cfg.training.eval_iters, self.cfg.parallel.pipeline_model_parallel_size)
+        batches = [next(it) for _ in range(n)]
+        res = forward_backward(self.chunks, batches, self.cfg.attention, self.cfg.loss,
+                               logit_shift=self.cfg.model.logit_shift, forward_only=True)
+        for c in self.chunks:
+            c.train()
+        return res["loss"]
+
+    def save(self):
+        from megatron_diffusion.training.checkpoint import save_checkpoint
+
+        meta = {"format": CHECKPOINT_FORMAT, "format_version": 1, "config": self.cfg.to_dict(),
+                "tokenizer_hash": self.stores[0].tokenizer_hash,
+                "consumed_samples": self.loader.consumed_samples,
+                "parallel": {"tensor_model_parallel_size": self.cfg.parallel.tensor_model_parallel_size,
+                             "pipeline_model_parallel_size": self.cfg.parallel.pipeline_model_parallel_size,
+                             "data_parallel_size": self.dp_size}}
+        save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=meta,
+                        loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
+                        keep_last=self.cfg.training.keep_last)
