@@ -111,6 +111,12 @@ class TrainingConfig:
     """Also write TensorBoard events (needs the tensorboard extra)."""
     seed: int = 1234
     """Model initialisation and dropout seed."""
+    layout_independent_init: bool = False
+    """Initialise weights from (seed, tensor name) so every TP/PP layout starts from the same
+    model (deterministic debug runs, layout comparisons); debug-sized models only."""
+    exit_interval: int = 0
+    """Save and exit 0 after this many steps of this process (Megatron's --exit-interval; for
+    testing resume). 0 = off."""
 
     def validate(self) -> None:
         for name in ("train_iters", "log_interval"):
@@ -118,7 +124,7 @@ class TrainingConfig:
                 raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
                                  "integer >= 1")
         for name in ("eval_interval", "eval_iters", "save_interval", "infill_eval_interval",
-                     "max_nan_steps"):
+                     "max_nan_steps", "exit_interval"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
                                  "integer >= 0")

@@ -125,3 +125,31 @@ def load_full(chunks, full, strict: bool = True) -> None:
                              f"model (local shard {tuple(p.shape)}, expected "
                              f"{tuple(shard.shape)})")
         p.copy_(shard.to(p.dtype))
+
+
+@torch.no_grad()
+def seeded_init(chunks, seed: int, std: float) -> None:
+    """Initialise every tensor from ``(seed, its global name)``: the same model for every
+    TP/PP layout (a deterministic debug run compares layouts; megatron's own init draws PP stages
+    from one RNG stream, so stage 1's layers differ from a one-process model's).
+
+    Each rank draws the full tensor and keeps its slice: fine for debug-sized models, too slow
+    for billions of parameters (use megatron's init there).
+    """
+    import zlib
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    for gname, (ci, name, p) in local_names(chunks).items():
+        dim = _tp_dim(p)
+        shape = list(p.shape)
+        if dim is not None:
+            shape[dim] *= tp
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(gname.encode()))
+        if gname.endswith("layernorm.weight") or gname.endswith("final_layernorm.weight"):
+            full = torch.ones(shape)
+        elif gname.endswith(".bias"):
+            full = torch.zeros(shape)
+        else:
+            full = torch.randn(shape, generator=g) * std
+        shard = full if dim is None else _slice_tp(full, dim, _is_glu_fc1(name, chunks[ci]))
+        p.copy_(shard.to(p.dtype))

@@ -122,6 +122,11 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
         (tmp / "loader" / f"dp_{dp:03d}.json").write_text(json.dumps(loader_state))
     torch.save(rng_state(), tmp / "rng" / f"rank_{_rank():05d}.pt")
     _barrier()
+    pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
+    if pause:  # fault injection for tests: a window in which the shards exist but are not final
+        import time
+
+        time.sleep(pause)
     if _rank() == 0:
         if tokenizer_path:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")

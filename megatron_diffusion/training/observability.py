@@ -60,7 +60,7 @@ class RunLogger:
         if not self.path.is_file():
             return
         keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] < step]
+                if line.strip() and json.loads(line)["step"] <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)

@@ -106,6 +106,10 @@ class Trainer:
         if self.init_from is not None:
             self._check_init_from(self.init_from)
         resume_path = self._resume_path()
+        if resume_path is not None:  # before anything is written
+            from megatron_diffusion.training.checkpoint import read_meta
+
+            self._check_resume_shape(read_meta(resume_path), resume_path)
         par = cfg.parallel
         initialize_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                                   par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed)
@@ -129,6 +133,11 @@ class Trainer:
                                   recompute=par.recompute_activations)
         self.chunks = build_training_model(cfg.model, tcfg,
                                            use_distributed_optimizer=par.use_distributed_optimizer)
+        if cfg.training.layout_independent_init:
+            from megatron_diffusion.model.weights import seeded_init
+            from megatron_diffusion.training.model_setup import unwrap
+
+            seeded_init(unwrap(self.chunks), cfg.training.seed, cfg.model.init_method_std)
         opt = cfg.optimizer
         dtype = torch.bfloat16 if cfg.model.params_dtype == "bfloat16" else torch.float32
         self.optimizer = get_megatron_optimizer(OptimizerConfig(
@@ -208,9 +217,8 @@ class Trainer:
 
     def _load(self, path):
         from megatron_diffusion.training.checkpoint import (load_checkpoint, load_loader_state,
-                                                            read_meta, restore_rng)
+                                                            restore_rng)
 
-        self._check_resume_shape(read_meta(path), path)
         meta = load_checkpoint(path, self.chunks, self.optimizer)
         self.step = int(meta["step"])
         state = load_loader_state(path)
@@ -263,6 +271,7 @@ class Trainer:
         world = dist.get_world_size()
         nan_in_a_row, it, exit_code = 0, iter(self.loader), 0
         last_saved = self.step if self.resume != "none" else -1
+        first_step = self.step
         try:
             while self.step < tr.train_iters:
                 t0 = time.perf_counter()
@@ -305,13 +314,17 @@ class Trainer:
                                             "tok/s": f"{record['tokens_per_s']:.0f}",
                                             **({"mfu": f"{record['mfu']:.1%}"} if peak else {})})
                 preempt = self._agree(flag.requested)
-                if preempt or (tr.save_interval and self.step % tr.save_interval == 0):
+                exit_now = tr.exit_interval > 0 and self.step - first_step >= tr.exit_interval
+                if preempt or exit_now or (tr.save_interval and self.step % tr.save_interval == 0):
                     self.save()
                     last_saved = self.step
-                if preempt:
+                if preempt:  # the batch script requeues the job when it finds the marker
                     logger.write(f"preemption signal: saved step {self.step}, exiting")
                     if self.rank == 0:
                         (self.run_dir / "PREEMPTED").write_text(str(self.step))
+                    return 0
+                if exit_now and self.step < tr.train_iters:
+                    logger.write(f"exit_interval reached: saved step {self.step}, exiting")
                     return 0
             if last_saved != self.step:
                 self.save()
