@@ -8,6 +8,7 @@ megatron-core takes seconds). Bad input raises ``UsageError``: printed as one li
 import argparse
 import importlib
 import sys
+import warnings
 
 from megatron_diffusion.errors import UsageError
 
@@ -46,8 +47,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# megatron-core warns at import that Transformer Engine / Apex are missing and falls back to
+# torch implementations; that is the expected state on CPU (and TE is an extra), so the
+# messages are noise for every command. FP8/TE requested without TE is a hard error instead.
+_BENIGN_WARNINGS = (r".*(Transformer Engine|Apex).* not installed.*",
+                    r".*Apex is not installed.*", r"full scope is deprecated.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for pattern in _BENIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     command = next((a for a in argv if not a.startswith("-")), None)
     only = command if command in COMMANDS else None
     try:

@@ -15,21 +15,6 @@ TINY = ["model.num_layers=2", "model.hidden_size=32", "model.num_attention_heads
         "optimizer.lr_warmup_steps=1", "training.layout_independent_init=true"]
 
 
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory):
-    """A small real store: the interpreter's json/ and email/ packages."""
-    import sysconfig
-
-    from megatron_diffusion.data.ingest import IngestConfig, preprocess
-
-    d = tmp_path_factory.mktemp("store")
-    tok = make_tokenizer(d / "tokenizer.json", 300)
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    preprocess(IngestConfig(inputs=[str(lib / "json"), str(lib / "email")], output=str(d / "s.zarr"),
-                            tokenizer=str(tok), glob="*.py", validation_fraction=0.1))
-    return d / "s.zarr"
-
-
 def train_cmd(store, run_dir, *overrides, nproc=1):
     base = [sys.executable, "-m", "megatron_diffusion.cli", "train",
             "--config", str(ROOT / "examples" / "cpu_demo.yaml"), "--run-dir", str(run_dir),

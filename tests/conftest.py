@@ -1,0 +1,24 @@
+"""Fixtures shared across test packages."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A small real store: the interpreter's json/ and email/ packages."""
+    import sysconfig
+
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+
+    d = tmp_path_factory.mktemp("store")
+    tok = make_tokenizer(d / "tokenizer.json", 300)
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    preprocess(IngestConfig(inputs=[str(lib / "json"), str(lib / "email")], output=str(d / "s.zarr"),
+                            tokenizer=str(tok), glob="*.py", validation_fraction=0.1))
+    return d / "s.zarr"
+
+
