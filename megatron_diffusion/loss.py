@@ -65,6 +65,24 @@ def _token_ce(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tenso
     return ce_SB.transpose(0, 1)
 
 
+def vocab_parallel_argmax(logits_BLV: torch.Tensor) -> torch.Tensor:
+    """Argmax over the full vocabulary of tensor-parallel vocabulary shards (lowest id on ties)."""
+    from megatron.core import parallel_state as ps
+
+    local_max, local_idx = logits_BLV.max(dim=-1)
+    if not ps.model_parallel_is_initialized() or ps.get_tensor_model_parallel_world_size() == 1:
+        return local_idx
+    import torch.distributed as dist
+
+    group = ps.get_tensor_model_parallel_group()
+    global_idx = local_idx + ps.get_tensor_model_parallel_rank() * logits_BLV.shape[-1]
+    best = local_max.clone()
+    dist.all_reduce(best, op=dist.ReduceOp.MAX, group=group)
+    cand = torch.where(local_max == best, global_idx, torch.full_like(global_idx, 2**62))
+    dist.all_reduce(cand, op=dist.ReduceOp.MIN, group=group)
+    return cand
+
+
 def _shift(logits_BLV: torch.Tensor, weights_BL: torch.Tensor):
     """Output i-1 predicts token i: drop the last output and the first target."""
     return logits_BLV[:, :-1], weights_BL[:, 1:]
@@ -95,9 +113,13 @@ def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossCon
         ce_BL = _token_ce(logits_BLV, targets_BL)
         per_pos_BL = ce_BL * weights_BL
     has_loss = weights_BL > 0
+    with torch.no_grad():
+        targets_for_acc = labels_BL[:, 1:] if (cfg.objective == "ar" or logit_shift) else labels_BL
+        correct = (vocab_parallel_argmax(logits_BLV.detach()) == targets_for_acc) & has_loss
     metrics = {
         "ce_sum": (ce_BL.detach() * has_loss).sum(),
         "ce_count": has_loss.sum(),
+        "correct": correct.sum(),
     }
     if cfg.ar_loss_weight > 0:
         if not clean_stream_causal or logits_BSV.shape[1] != 2 * L:

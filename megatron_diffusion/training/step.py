@@ -26,7 +26,8 @@ def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
                                                    logit_shift=logit_shift,
                                                    clean_stream_causal=clean_causal)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
-                          metrics["ce_sum"].float(), metrics["ce_count"].float()])
+                          metrics["ce_sum"].float(), metrics["ce_count"].float(),
+                          metrics["correct"].float()])
     return loss_sum, num_tokens, {"report": report}
 
 
@@ -50,7 +51,7 @@ def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss
 
     Returns the global-batch figures, reduced over micro-batches and data-parallel ranks and
     broadcast from the last pipeline stage: ``loss`` (per token), ``num_tokens``, ``ce`` (mean
-    cross entropy of the positions with loss).
+    cross entropy of the positions with loss), ``acc`` (argmax accuracy at those positions).
     """
     first = microbatches[0]
     seq_length = first.tokens_BS.shape[1]
@@ -66,13 +67,13 @@ def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss
         micro_batch_size=first.tokens_BS.shape[0],
         forward_only=forward_only,
     )
-    totals = torch.zeros(4, dtype=torch.float64)
+    totals = torch.zeros(5, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         for r in reports:
             totals += r["report"].double().cpu()
     if dist.is_initialized():
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, num_tokens, ce_sum, ce_count = totals.tolist()
+    loss_sum, num_tokens, ce_sum, ce_count, correct = totals.tolist()
     return {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,
-            "ce": ce_sum / max(ce_count, 1.0)}
+            "ce": ce_sum / max(ce_count, 1.0), "acc": correct / max(ce_count, 1.0)}

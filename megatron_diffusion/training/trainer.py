@@ -306,9 +306,11 @@ class Trainer:
                 if peak:
                     record["mfu"] = flops_step / dt / (peak * world)
                 if self.val_cfg is not None and self.step % tr.eval_interval == 0:
-                    record["val_loss"] = self.validate()
+                    record["val_loss"], record["val_acc"] = self.validate()
+                if tr.infill_eval_interval and self.step % tr.infill_eval_interval == 0:
+                    record.update(self.infill_eval())
                 if self.step % tr.log_interval == 0 or self.step == tr.train_iters or \
-                        "val_loss" in record:
+                        "val_loss" in record or any(k.startswith("infill_acc") for k in record):
                     logger.log(record)
                 logger.progress(self.step, {"loss": f"{res['loss']:.3f}", "lr": f"{lr:.2e}",
                                             "tok/s": f"{record['tokens_per_s']:.0f}",
@@ -344,27 +346,52 @@ class Trainer:
         return bool(t.item())
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean per-token loss over ``eval_iters`` validation micro-batches (same ones every
-        time: a fresh loader from sample 0, corruption seeded as in training)."""
+    def _evaluate(self, corrupt_fn, loss_cfg) -> dict:
+        """Forward-only over ``eval_iters`` validation micro-batches (the same ones every time:
+        a fresh loader from sample 0, per-sample seeds as in training)."""
+        import dataclasses
+
         from megatron_diffusion.data.loader import DiffusionDataLoader
         from megatron_diffusion.training.step import forward_backward
 
+        val_cfg = self.val_cfg or dataclasses.replace(
+            self.cfg.data, split="validation", num_workers=0,
+            global_batch_size=self.cfg.data.micro_batch_size * self.dp_size)
         for c in self.chunks:
             c.eval()
-        loader = DiffusionDataLoader(self.val_cfg, data_parallel_rank=self.dp_rank,
-                                     data_parallel_size=self.dp_size,
-                                     corrupt_fn=self.corruptor.corrupt,
+        loader = DiffusionDataLoader(val_cfg, data_parallel_rank=self.dp_rank,
+                                     data_parallel_size=self.dp_size, corrupt_fn=corrupt_fn,
                                      tokenizer_hash=self.stores[0].tokenizer_hash,
                                      vocab_size=self.stores[0].vocab_size)
         it = iter(loader)
         n = max(self.cfg.training.eval_iters, self.cfg.parallel.pipeline_model_parallel_size)
         batches = [next(it) for _ in range(n)]
-        res = forward_backward(self.chunks, batches, self.cfg.attention, self.cfg.loss,
+        res = forward_backward(self.chunks, batches, self.cfg.attention, loss_cfg,
                                logit_shift=self.cfg.model.logit_shift, forward_only=True)
         for c in self.chunks:
             c.train()
-        return res["loss"]
+        return res
+
+    def validate(self) -> tuple[float, float]:
+        """Validation loss (the training objective) and accuracy at its loss positions."""
+        res = self._evaluate(self.corruptor.corrupt, self.cfg.loss)
+        return res["loss"], res["acc"]
+
+    def infill_eval(self, rates=(0.15, 0.5, 0.9)) -> dict:
+        """``eval infill``'s masked-token accuracy at fixed rates, on the validation split."""
+        from megatron_diffusion.evaluation.infill import FixedRateMasking
+        from megatron_diffusion.loss import LossConfig
+
+        attn = self.cfg.attention
+        if attn.mode == "causal":
+            return {}
+        out = {}
+        for r in rates:
+            fn = FixedRateMasking(r, mask_token_id=self.cfg.model.mask_token_id,
+                                  block_size=attn.block_size if attn.mode == "block" else None,
+                                  visibility=attn.visibility).corrupt
+            out[f"infill_acc@{r}"] = self._evaluate(fn, LossConfig())["acc"]
+        return out
 
     def save(self):
         from megatron_diffusion.training.checkpoint import save_checkpoint

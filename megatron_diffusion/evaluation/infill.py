@@ -1,0 +1,218 @@
+"""Infill metrics for models too small for pass@k: masked-token accuracy and the ELBO.
+
+* **Infill accuracy at mask rate r**: every eligible token of a held-out row is masked with
+  probability ``r`` (in block mode: within each block, with at least one masked token per block,
+  the clean copy of earlier blocks visible, exactly the training-time block forward); reported:
+  argmax accuracy and mean cross entropy at the masked positions.
+* **ELBO** (bits per token): the training objective with its own corruption (the checkpoint's
+  schedule, ``w(t)``, block clipping) averaged over several draws per row: an upper bound on the
+  model's negative log-likelihood.
+* **AR mode**, side by side, where the checkpoint has one: a ``causal``/``ar`` checkpoint's
+  next-token NLL. Block- and bidirectional-trained checkpoints have no AR readout (their output
+  ``i`` predicts token ``i``), which the report says.
+
+Used by ``megatron-diffusion eval infill`` and by the trainer's periodic
+``training.infill_eval_interval`` (same batches, same metrics, logged as ``infill_acc@r``).
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.layout import block_ids
+
+DEFAULT_RATES = (0.15, 0.3, 0.5, 0.7, 0.9)
+
+
+class FixedRateMasking:
+    """Corruption at a fixed mask rate (a loader ``corrupt_fn``; weights 1 on masked tokens)."""
+
+    def __init__(self, rate: float, *, mask_token_id: int, block_size: int | None,
+                 visibility: str = "shared"):
+        if not 0 < rate <= 1:
+            raise UsageError(f"mask rate: got {rate}, expected a number in (0, 1]")
+        self.rate, self.mask_token_id = rate, mask_token_id
+        self.block_size, self.visibility = block_size, visibility
+
+    def corrupt(self, tokens_BL, document_ids_BL, *, step=0, generator=None, prompt_mask_BL=None):
+        eligible = torch.ones_like(tokens_BL, dtype=torch.bool)
+        if prompt_mask_BL is not None:
+            eligible &= ~prompt_mask_BL
+        masked = (torch.rand(tokens_BL.shape, generator=generator) < self.rate) & eligible
+        B, L = tokens_BL.shape
+        if self.block_size is not None:  # at least one masked token per block, as in training
+            blocks = block_ids(document_ids_BL, self.block_size, self.visibility)
+            n = int(blocks.max()) + 1
+            has = torch.zeros(B, n, dtype=torch.bool).scatter_reduce(1, blocks, masked, "amax")
+            score = torch.rand(tokens_BL.shape, generator=generator).masked_fill(~eligible, -1)
+            best = torch.full((B, n), -2.0).scatter_reduce(1, blocks, score, "amax")
+            pick = (score == best.gather(1, blocks)) & ~has.gather(1, blocks) & eligible
+            masked |= pick
+        xt = torch.where(masked, torch.full_like(tokens_BL, self.mask_token_id), tokens_BL)
+        tokens = torch.cat([xt, tokens_BL], dim=1) if self.block_size is not None else xt
+        return DiffusionBatch(tokens_BS=tokens, labels_BL=tokens_BL.clone(),
+                              loss_weights_BL=masked.float(), document_ids_BL=document_ids_BL,
+                              loss_mask_BL=eligible, t_BN=torch.full((B, 1), self.rate),
+                              num_edits_B=torch.zeros(B, dtype=torch.long))
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--mask-rates: {text!r} is not a comma-separated list of numbers") from None
+    if not rates or any(not 0 < r <= 1 for r in rates):
+        raise UsageError(f"--mask-rates: got {text!r}, expected rates in (0, 1]")
+    return rates
+
+
+def _rows_from_file(path: Path, tokenizer_path: str, seq_len: int, eos_id: int) -> torch.Tensor:
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    if path.suffix == ".jsonl":
+        texts = [json.loads(line).get("text", "") for line in path.read_text().splitlines() if line.strip()]
+    else:
+        texts = [path.read_text(encoding="utf-8", errors="replace")]
+    ids: list[int] = []
+    for t in texts:
+        ids += tok.tokenizer.encode(t).ids + [eos_id]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise UsageError(f"--data: {path} has {len(ids)} tokens, fewer than one row of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def evaluate_rows(forward, rows_BL: torch.Tensor, corrupt_fn, *, seed: int, repeats: int = 1,
+                  batch_size: int = 8):
+    """Mean (per-token loss, ce at loss positions, accuracy) of ``forward(batch) -> logits``."""
+    from megatron_diffusion.loss import LossConfig, diffusion_loss
+
+    g = torch.Generator().manual_seed(seed)
+    tot = torch.zeros(5, dtype=torch.float64)
+    for _ in range(repeats):
+        for i in range(0, rows_BL.shape[0], batch_size):
+            x0 = rows_BL[i:i + batch_size]
+            doc = torch.zeros_like(x0)
+            batch = corrupt_fn(x0, doc, step=0, generator=g)
+            with torch.no_grad():
+                logits = forward(batch)
+                loss_sum, n, m = diffusion_loss(logits, batch, LossConfig())
+            tot += torch.tensor([loss_sum.item(), float(n), m["ce_sum"].item(),
+                                 m["ce_count"].item(), m["correct"].item()], dtype=torch.float64)
+    loss_sum, n, ce_sum, ce_count, correct = tot.tolist()
+    return loss_sum / max(n, 1), ce_sum / max(ce_count, 1), correct / max(ce_count, 1)
+
+
+def run_infill(args) -> int:
+    from megatron_diffusion.model.inputs import model_inputs
+    from megatron_diffusion.model.loading import load_model
+    from megatron_diffusion.training.trainer import make_corruptor
+
+    rates = parse_rates(args.mask_rates) if isinstance(args.mask_rates, str) else list(args.mask_rates)
+    data = Path(args.data)
+    if not data.exists():
+        raise UsageError(f"--data: {data} does not exist")
+    loaded = load_model(args.checkpoint)
+    cfg, model = loaded.config, loaded.model
+    attn = cfg.attention
+    L = cfg.data.seq_len
+    max_rows = getattr(args, "max_rows", 64) or 64
+    if (data / "zarr.json").is_file():
+        from megatron_diffusion.data.store import TokenStore
+
+        store = TokenStore(data)
+        store.check_compatible(vocab_size=cfg.model.vocab_size,
+                               tokenizer_hash=loaded.meta.get("tokenizer_hash"))
+        offsets, split = store.read_doc_array("doc_offsets"), store.read_doc_array("split")
+        ids: list[int] = []
+        for d in torch.nonzero(torch.as_tensor(split) == 1).flatten().tolist():
+            ids += store.read_tokens(int(offsets[d]), int(offsets[d + 1])).tolist()
+            if len(ids) >= max_rows * L:
+                break
+        if len(ids) < L:
+            raise UsageError(f"--data: store {data} has fewer than {L} validation tokens")
+        n = min(max_rows, len(ids) // L)
+        rows = torch.tensor(ids[: n * L]).view(n, L)
+    else:
+        if loaded.tokenizer_path is None:
+            raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json to encode {data}")
+        from megatron_diffusion.data.tokenizer import load_tokenizer
+
+        eos = load_tokenizer(loaded.tokenizer_path).eos_id
+        rows = _rows_from_file(data, loaded.tokenizer_path, L, eos)[:max_rows]
+
+    device = next(model.parameters()).device
+
+    def forward(batch):
+        b = batch.to(device)
+        return model(*model_inputs(b, attn)).float().cpu()
+
+    block = attn.block_size if attn.mode == "block" else None
+    report = {"checkpoint": str(loaded.path), "step": loaded.meta.get("step"), "data": str(data),
+              "rows": int(rows.shape[0]), "seq_len": L, "attention_mode": attn.mode,
+              "block_size": block, "infill": []}
+    if attn.mode == "causal":
+        report["infill_note"] = "causal checkpoint: masked infill is not its task; see ar_nll"
+    else:
+        for r in rates:
+            fn = FixedRateMasking(r, mask_token_id=cfg.model.mask_token_id, block_size=block,
+                                  visibility=attn.visibility).corrupt
+            _, ce, acc = evaluate_rows(forward, rows, fn, seed=1234)
+            report["infill"].append({"mask_rate": r, "accuracy": acc, "ce_nats": ce})
+        store_like = type("S", (), {"vocab_size": cfg.model.vocab_size,
+                                    "eos_id": 0, "mask_id": cfg.model.mask_token_id, "pad_id": 0})
+        elbo, _, _ = evaluate_rows(forward, rows, make_corruptor(_eval_cfg(cfg), store_like).corrupt,
+                                   seed=4321, repeats=4)
+        report["elbo_bits_per_token"] = elbo / math.log(2)
+    if attn.mode == "causal" or cfg.loss.objective == "ar":
+        from megatron_diffusion.training.trainer import CleanBatcher
+        from megatron_diffusion.loss import LossConfig, diffusion_loss
+
+        g = torch.Generator().manual_seed(0)
+        tot, cnt = 0.0, 0
+        for i in range(0, rows.shape[0], 8):
+            b = CleanBatcher().corrupt(rows[i:i + 8], torch.zeros_like(rows[i:i + 8]), step=0, generator=g)
+            with torch.no_grad():
+                s, n, _ = diffusion_loss(forward(b), b, LossConfig(objective="ar"))
+            tot, cnt = tot + s.item(), cnt + int(n)
+        report["ar_nll_bits_per_token"] = tot / max(cnt, 1) / math.log(2)
+    else:
+        report["ar_nll_bits_per_token"] = None
+        report["ar_note"] = (f"{attn.mode}-mode checkpoint without a causal AR readout "
+                             "(output i predicts token i); no AR likelihood")
+    _print_report(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".infill.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, out / "infill.json")
+    return 0
+
+
+def _eval_cfg(cfg):
+    """The checkpoint's corruption, post-warmup and mask stage only (the ELBO's own process)."""
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c.corruption.warmup_steps = 0
+    c.corruption.edit_stage_fraction = 0.0
+    return c
+
+
+def _print_report(r: dict) -> None:
+    print(f"checkpoint {r['checkpoint']} (step {r['step']}), {r['rows']} rows x {r['seq_len']} "
+          f"tokens from {r['data']}, mode {r['attention_mode']}")
+    for row in r["infill"]:
+        print(f"  mask rate {row['mask_rate']:.2f}: infill accuracy {row['accuracy']:.3f}, "
+              f"ce {row['ce_nats']:.3f} nats")
+    if "elbo_bits_per_token" in r:
+        print(f"  ELBO: {r['elbo_bits_per_token']:.3f} bits/token")
+    ar = r.get("ar_nll_bits_per_token")
+    print(f"  AR NLL: {ar:.3f} bits/token" if ar is not None else f"  AR: {r.get('ar_note')}")

@@ -1,0 +1,45 @@
+"""Infill evaluation: fixed-rate masking, the eval command, and the trainer's periodic hook."""
+
+import json
+
+import torch
+
+from megatron_diffusion.evaluation.infill import FixedRateMasking
+from tests.training.conftest import losses, run_train
+
+
+def test_fixed_rate_masking_rate_and_block_floor():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, 50, (64, 32), generator=g)
+    doc = torch.zeros_like(x)
+    b = FixedRateMasking(0.5, mask_token_id=1, block_size=None).corrupt(x, doc, generator=g)
+    assert abs(b.loss_weights_BL.mean().item() - 0.5) < 0.03
+    assert torch.equal(b.tokens_BS == 1, b.loss_weights_BL > 0)
+    b = FixedRateMasking(0.01, mask_token_id=1, block_size=4).corrupt(x, doc, generator=g)
+    masked = b.tokens_BS[:, :32] == 1
+    assert masked.view(64, 8, 4).any(-1).all()  # at least one per block
+    assert torch.equal(b.tokens_BS[:, 32:], x)  # clean copy
+
+
+def test_eval_infill_and_training_hook(tiny_store, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_train(tiny_store, run, "training.train_iters=4", "training.infill_eval_interval=2",
+              "training.eval_interval=2", "training.eval_iters=1")
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    hooked = [r for r in recs if "infill_acc@0.5" in r]
+    assert [r["step"] for r in hooked] == [2, 4]
+    assert all(0 <= r["infill_acc@0.5"] <= 1 and 0 <= r["val_acc"] <= 1 for r in hooked)
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+
+    from megatron_diffusion.cli import main
+
+    out = tmp_path / "infill"
+    code = main(["eval", "infill", "--checkpoint", str(run), "--data", str(tiny_store),
+                 "--mask-rates", "0.2,0.8", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads((out / "infill.json").read_text())
+    assert [r["mask_rate"] for r in rep["infill"]] == [0.2, 0.8]
+    assert rep["elbo_bits_per_token"] > 0 and rep["ar_nll_bits_per_token"] is None
+    code = main(["eval", "infill", "--checkpoint", str(tmp_path / "missing"), "--data",
+                 str(tiny_store), "--out", str(out)])
+    assert code == 2
