@@ -11,7 +11,7 @@
 # cluster through SLURM_CONF, so export it (see `env`) before calling sbatch/srun/squeue.
 # Knobs (environment): SLURM_CPUS (CPUs of the node, default 2), SLURMCTLD_PORT (6817),
 # SLURMD_PORT (6818), CRED_EXPIRE (seconds a requeued job waits before it may start again;
-# SLURM's default is 120, we use 2 so requeue tests stay fast).
+# SLURM's default is 120, the least it accepts is 5; we use 5 so requeue tests stay fast).
 #
 # The settings follow docs/slurm.md "Local SLURM test tier": proctrack/linuxproc and task/none
 # avoid cgroups, which containers usually do not delegate.
@@ -49,7 +49,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=${CRED_EXPIRE:-2}
+AuthInfo=cred_expire=${CRED_EXPIRE:-5}
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -66,6 +66,8 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
+# Look at pending jobs every second, so a requeued job starts as soon as it may.
+SchedulerParameters=sched_interval=1
 ReturnToService=2
 JobRequeue=1
 # Keep finished jobs visible to scontrol for a while (no accounting database here).
@@ -85,7 +87,10 @@ start_munge() {
     mkdir -p /run/munge
     chown munge:munge /run/munge
     chmod 0755 /run/munge
-    runuser -u munge -- munged --pid-file="$dir/munged.pid"
+    # munged runs as user munge, so its pid file goes in a directory that user owns.
+    mkdir -p "$dir/munge"
+    chown munge:munge "$dir/munge"
+    runuser -u munge -- munged --pid-file="$dir/munge/munged.pid"
     for _ in $(seq 50); do
         munge -n </dev/null >/dev/null 2>&1 && return 0
         sleep 0.1
@@ -142,7 +147,7 @@ stop)
     fi
     stop_pidfile "$dir/slurmd.pid"
     stop_pidfile "$dir/slurmctld.pid"
-    stop_pidfile "$dir/munged.pid"
+    stop_pidfile "$dir/munge/munged.pid"
     ;;
 env)
     echo "export SLURM_CONF=$conf"
