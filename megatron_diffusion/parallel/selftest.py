@@ -147,12 +147,13 @@ def run(args: argparse.Namespace) -> int:
         problems = check_views(views, value.item())
         if args.expect_world_size is not None and env.world_size != args.expect_world_size:
             problems.append(f"world_size {env.world_size}, expected {args.expect_world_size}")
-        print(
+        line = (
             f"selftest rank {env.rank}/{env.world_size} local {env.local_rank}/"
             f"{env.local_world_size} node {env.node_rank}/{env.num_nodes} host {view['host']} "
-            f"launcher {env.launcher} master {env.master_addr}:{env.master_port}",
-            flush=True,
+            f"launcher {env.launcher} master {env.master_addr}:{env.master_port}\n"
         )
+        sys.stdout.write(line)  # one write, so ranks sharing a log do not interleave mid-line
+        sys.stdout.flush()
         if env.is_main:
             summary = {
                 "ok": not problems,
