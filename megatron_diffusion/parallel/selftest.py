@@ -75,9 +75,10 @@ def check_views(views: list[dict], reduced: float) -> list[str]:
     return problems
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a reader (the tests, a person) never sees it half-written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -102,7 +103,7 @@ def _run_steps(args, env, preemption, device) -> int:
         time.sleep(args.step_seconds)
         step += 1
         if env.is_main:
-            (run_dir / PROGRESS_FILE).write_text(f"{env.restart_count} {step}\n")
+            _write_atomic(run_dir / PROGRESS_FILE, f"{env.restart_count} {step}\n")
         if preemption.should_stop():
             break
     signal_name = preemption.received.name if preemption.received else "none"
@@ -116,7 +117,7 @@ def _run_steps(args, env, preemption, device) -> int:
         state["step"] = step
         run = {"restart": env.restart_count, "start_step": start, "end_step": step}
         state["runs"].append(dict(run, preempted=preempted, signal=signal_name))
-        _write_json(state_path, state)  # the "checkpoint"
+        _write_atomic(state_path, json.dumps(state) + "\n")  # the "checkpoint"
         if preempted:
             write_marker(run_dir, f"selftest step {step} {signal_name}")
         print(f"selftest: {'preempted' if preempted else 'finished'} at step {step}", flush=True)
