@@ -196,3 +196,65 @@ def test_scripts_refuse_missing_knobs(local_slurm, tmp_path):
         info = local_slurm.wait(jobs[script])
         log = (tmp_path / f"{script}.out").read_text()
         assert info["JobState"] == "FAILED" and f"{variable}: set it" in log, log
+
+
+# The trainer under pretrain.sbatch. The trainer contract: `megatron-diffusion train --config CFG
+# --run-dir DIR [--resume auto] [--wandb off] [key=value ...]`; on SIGUSR2 it checkpoints at the
+# next step boundary, writes RUN_DIR/PREEMPTED and exits 0.
+TRAIN_OVERRIDES = "--wandb off training.train_iters=8 parallel.tensor_model_parallel_size=2"
+
+
+def _trainer_missing() -> bool:
+    try:
+        return importlib.util.find_spec("megatron_diffusion.training.train_cli") is None
+    except ModuleNotFoundError:  # no megatron_diffusion.training package at all
+        return True
+
+
+needs_trainer = pytest.mark.skipif(_trainer_missing(), reason="trainer not yet on this branch")
+
+
+def _losses(run_dir) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+def _train_env(local_slurm, run_dir, mode="srun"):
+    return local_slurm.env(
+        GPUS_PER_NODE="2", LAUNCH_MODE=mode, CONFIG="examples/cpu_demo.yaml",
+        RUN_DIR=str(run_dir), EXTRA_ARGS=TRAIN_OVERRIDES,
+    )
+
+
+@needs_trainer
+def test_pretrain_sbatch_trains(local_slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id, status = local_slurm.sbatch(
+        PRETRAIN, f"--output={tmp_path}/job.out", env=_train_env(local_slurm, run_dir), wait=True
+    )
+    log = (tmp_path / "job.out").read_text()
+    assert status == 0, log
+    assert _losses(run_dir)[-1][0] == 8, log
+    checkpoints = [p for p in run_dir.rglob("*") if "checkpoint" in p.name or p.name.startswith("iter_")]
+    assert checkpoints, f"no checkpoint under {run_dir}"
+
+
+@needs_trainer
+def test_pretrain_sbatch_preempted_run_ends_like_an_uninterrupted_one(local_slurm, tmp_path):
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    straight_job, _ = local_slurm.sbatch(
+        PRETRAIN, f"--output={tmp_path}/straight.out", env=_train_env(local_slurm, straight)
+    )
+    assert local_slurm.wait(straight_job, timeout=300)["ExitCode"] == "0:0"
+    job_id, _ = local_slurm.sbatch(
+        PRETRAIN, f"--output={tmp_path}/preempted.out", env=_train_env(local_slurm, preempted)
+    )
+    deadline = time.monotonic() + 180
+    while not ((preempted / "metrics.jsonl").exists() and len(_losses(preempted)) >= 2):
+        assert time.monotonic() < deadline, (tmp_path / "preempted.out").read_text()
+        time.sleep(0.1)
+    local_slurm.run("scancel", "--batch", "--signal=USR2", job_id)
+    info = local_slurm.wait(job_id, timeout=300)
+    log = (tmp_path / "preempted.out").read_text()
+    assert (info["ExitCode"], info["Restarts"]) == ("0:0", "1"), log
+    assert _losses(preempted)[-1] == _losses(straight)[-1]
