@@ -5,7 +5,8 @@ requeues (``scontrol requeue`` keeps the job id) and resumes from its last check
 that names the run must therefore survive a restart:
 
 * the run directory is the user's ``--run-dir``, else ``RUNS_ROOT/<job name>-<job id>`` under
-  SLURM (``slurm/pretrain.sbatch`` derives the same path in bash);
+  SLURM (``slurm/pretrain.sbatch`` derives the same path in bash), else a name the caller
+  chooses (the trainer uses the config's);
 * the wandb run id is generated once and kept in ``RUN_DIR/wandb_id``, so every restart resumes
   the same wandb run (``wandb.init(id=..., resume="allow")``);
 * each start writes ``RUN_DIR/snapshots/<UTC time>-r<restart>/`` with the resolved config, the
@@ -65,20 +66,24 @@ def resolve_run_dir(
     run_dir: str | os.PathLike | None,
     environ: Mapping[str, str] | None = None,
     runs_root: str | os.PathLike = "runs",
+    default_name: str | None = None,
 ) -> Path:
-    """The run directory: ``run_dir`` if given, else ``runs_root/<job name>-<job id>`` in SLURM.
+    """The run directory: ``run_dir`` if given; else ``runs_root/<job name>-<job id>`` in a
+    SLURM job; else ``runs_root/default_name`` (e.g. the config's name).
 
-    Outside SLURM a run directory must be given: a name made from the time or the pid would
-    differ between ranks and between restarts.
+    With neither SLURM nor ``default_name`` a run directory must be given: a name made from the
+    time or the pid would differ between ranks and between restarts.
     """
     if run_dir is not None and str(run_dir).strip():
         return Path(run_dir)
     environ = os.environ if environ is None else environ
     job_id = environ.get("SLURM_JOB_ID", "").strip()
-    if not job_id:
-        raise UsageError("--run-dir: required outside a SLURM job (no SLURM_JOB_ID to name it)")
-    job_name = environ.get("SLURM_JOB_NAME", "").strip() or "job"
-    return Path(runs_root) / job_run_name(job_name, job_id)
+    if job_id:
+        job_name = environ.get("SLURM_JOB_NAME", "").strip() or "job"
+        return Path(runs_root) / job_run_name(job_name, job_id)
+    if default_name:
+        return Path(runs_root) / default_name
+    raise UsageError("--run-dir: required outside a SLURM job (no SLURM_JOB_ID to name it)")
 
 
 def wandb_run_id(run_dir: str | os.PathLike) -> str:

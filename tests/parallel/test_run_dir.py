@@ -31,6 +31,12 @@ def test_slurm_run_dir_is_job_name_and_id():
     assert job_run_name("a.b-c_d", "1") == "a.b-c_d-1"
 
 
+def test_default_name_outside_slurm_only():
+    assert resolve_run_dir(None, {}, default_name="cpu_demo") == Path("runs/cpu_demo")
+    environ = {"SLURM_JOB_ID": "8", "SLURM_JOB_NAME": "cpt"}
+    assert resolve_run_dir(None, environ, default_name="cpu_demo") == Path("runs/cpt-8")
+
+
 def test_run_dir_required_outside_slurm():
     with pytest.raises(UsageError, match="^--run-dir: required outside a SLURM job"):
         resolve_run_dir(None, {})

@@ -8,6 +8,9 @@ and resume independently of the trainer; the last tests run the trainer itself.
 import importlib.util
 import json
 import random
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -198,6 +201,31 @@ def test_scripts_refuse_missing_knobs(local_slurm, tmp_path):
         assert info["JobState"] == "FAILED" and f"{variable}: set it" in log, log
 
 
+def test_submit_cli_preempts_requeues_and_resumes(local_slurm, tmp_path):
+    submitit = pytest.importorskip("submitit", reason="submitit not installed (optional extra)")
+    run_dir = tmp_path / "run"
+    env = local_slurm.env()
+    env["PYTHONPATH"] += ":" + str(Path(submitit.__file__).parents[1])  # the job imports it too
+    command = [
+        sys.executable, "-m", "megatron_diffusion.cli", "submit", "--gpus-per-node", "0",
+        "--tasks-per-node", "2", "--time", "5", "--folder", str(tmp_path / "logs"),
+        "--module", "megatron_diffusion.parallel.selftest", "--",
+        "--backend", "gloo", "--steps", "30", "--step-seconds", "0.2", "--run-dir", str(run_dir),
+    ]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"submit: job (\d+)", result.stdout).group(1)
+    _wait_for_step(run_dir, 3)
+    # What `--signal=USR2@<delay>` (submitit's form, no B:) does: signal every task.
+    local_slurm.run("scancel", "--signal=USR2", job_id)
+    info = local_slurm.wait(job_id)
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), info
+    state = json.loads((run_dir / "selftest_state.json").read_text())
+    first, second = state["runs"]
+    assert first["preempted"] and first["signal"] == "SIGUSR2"
+    assert (second["start_step"], second["end_step"], state["step"]) == (first["end_step"], 30, 30)
+
+
 # The trainer under pretrain.sbatch. The trainer contract: `megatron-diffusion train --config CFG
 # --run-dir DIR [--resume auto] [--wandb off] [key=value ...]`; on SIGUSR2 it checkpoints at the
 # next step boundary, writes RUN_DIR/PREEMPTED and exits 0.
@@ -205,10 +233,12 @@ TRAIN_OVERRIDES = "--wandb off training.train_iters=8 parallel.tensor_model_para
 
 
 def _trainer_missing() -> bool:
+    """True unless this checkout holds the trainer (an editable install elsewhere does not count)."""
     try:
-        return importlib.util.find_spec("megatron_diffusion.training.train_cli") is None
+        spec = importlib.util.find_spec("megatron_diffusion.training.train_cli")
     except ModuleNotFoundError:  # no megatron_diffusion.training package at all
         return True
+    return spec is None or not str(spec.origin).startswith(str(REPO))
 
 
 needs_trainer = pytest.mark.skipif(_trainer_missing(), reason="trainer not yet on this branch")
