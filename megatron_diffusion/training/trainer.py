@@ -26,6 +26,7 @@ import torch.distributed as dist
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 
 CHECKPOINT_FORMAT = "megatron-diffusion-checkpoint"
 
@@ -124,7 +125,7 @@ class Trainer:
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "PREEMPTED").unlink(missing_ok=True)
+            clear_marker(self.run_dir)
             self._snapshot()
         tcfg = transformer_config(cfg.model, tensor_model_parallel_size=par.tensor_model_parallel_size,
                                   pipeline_model_parallel_size=par.pipeline_model_parallel_size,
@@ -255,14 +256,13 @@ class Trainer:
     def train(self) -> int:
         from megatron_diffusion.training.lr_schedule import lr_at
         from megatron_diffusion.training.observability import RunLogger, flops_per_token, peak_flops
-        from megatron_diffusion.training.preemption import PreemptionFlag
         from megatron_diffusion.training.step import forward_backward
 
         cfg, tr = self.cfg, self.cfg.training
         logger = RunLogger(self.run_dir, enabled=self.rank == 0, total_steps=tr.train_iters,
                            start_step=self.step, wandb_mode=tr.wandb, wandb_project=tr.wandb_project,
                            config=cfg.to_dict(), tensorboard=tr.tensorboard)
-        flag = PreemptionFlag().install()
+        flag = Preemption().install()
         seq = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
         tokens_per_step = cfg.data.global_batch_size * seq
         flops_step = flops_per_token(self.num_params, cfg.model.num_layers, cfg.model.hidden_size,
@@ -315,7 +315,7 @@ class Trainer:
                 logger.progress(self.step, {"loss": f"{res['loss']:.3f}", "lr": f"{lr:.2e}",
                                             "tok/s": f"{record['tokens_per_s']:.0f}",
                                             **({"mfu": f"{record['mfu']:.1%}"} if peak else {})})
-                preempt = self._agree(flag.requested)
+                preempt = flag.should_stop()
                 exit_now = tr.exit_interval > 0 and self.step - first_step >= tr.exit_interval
                 if preempt or exit_now or (tr.save_interval and self.step % tr.save_interval == 0):
                     self.save()
@@ -323,7 +323,7 @@ class Trainer:
                 if preempt:  # the batch script requeues the job when it finds the marker
                     logger.write(f"preemption signal: saved step {self.step}, exiting")
                     if self.rank == 0:
-                        (self.run_dir / "PREEMPTED").write_text(str(self.step))
+                        write_marker(self.run_dir, str(self.step))
                     return 0
                 if exit_now and self.step < tr.train_iters:
                     logger.write(f"exit_interval reached: saved step {self.step}, exiting")
@@ -331,7 +331,7 @@ class Trainer:
             if last_saved != self.step:
                 self.save()
         finally:
-            flag.restore()
+            flag.uninstall()
             logger.close()
         return exit_code
 
@@ -339,11 +339,6 @@ class Trainer:
         if self.cfg.loss.objective == "ar":
             return 0.0
         return float(self.corruptor.u_max_at(step))
-
-    def _agree(self, local: bool) -> bool:
-        t = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
 
     @torch.no_grad()
     def _evaluate(self, corrupt_fn, loss_cfg) -> dict:

@@ -76,7 +76,7 @@ def test_sigterm_saves_and_resume_continues(tiny_store, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    saved = int((run / "PREEMPTED").read_text())
+    saved = int((run / "PREEMPTED").read_text().split()[-1])  # "<time> <step>"
     assert (run / "checkpoints" / "latest").read_text().strip() == f"iter_{saved:07d}"
     assert max(losses(run)) == saved
     run_train(tiny_store, run, f"training.train_iters={saved + 2}")

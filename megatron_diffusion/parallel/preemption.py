@@ -1,0 +1,111 @@
+"""Preemption: a signal asks for a checkpoint at the next step boundary, then a requeue.
+
+The contract between ``slurm/pretrain.sbatch`` and a long-running program (the trainer,
+``selftest --steps``):
+
+1. SLURM sends ``SIGUSR2`` to the batch shell 120 s before the time limit
+   (``#SBATCH --signal=B:USR2@120``), or an operator does (``scancel --batch --signal=USR2``).
+   The batch shell forwards it to its ``srun`` step, which delivers it to every process of the
+   step on every node: the per-rank tasks, or torchrun and its workers (torchrun itself is started
+   with ``SIGUSR2`` ignored, since its default action would kill it). ``SIGTERM`` (``scancel``,
+   a preemption by a higher-priority job) is treated the same way.
+2. The handler only records the signal. At the next step boundary every rank calls
+   ``Preemption.should_stop()``, an all-reduce of the flag, so all ranks stop after the same step
+   even when the signal reached them during different steps.
+3. The program saves a checkpoint, rank 0 calls ``write_marker(run_dir)`` (``RUN_DIR/PREEMPTED``)
+   and every rank exits 0.
+4. The batch shell sees the step exit 0 with the marker present and runs ``scontrol requeue``;
+   the job keeps its id, so the run directory and wandb id stay the same. The program calls
+   ``clear_marker(run_dir)`` when it starts and resumes from the checkpoint.
+"""
+
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+MARKER = "PREEMPTED"
+"""Name of the marker file in the run directory; its presence asks the batch shell to requeue."""
+DEFAULT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class Preemption:
+    """Records SIGUSR2/SIGTERM and agrees across ranks on when to stop.
+
+    Use as a context manager (handlers are installed on entry, the previous ones restored on
+    exit), or call ``install``/``uninstall``.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS):
+        self.signals = tuple(signals)
+        self.received: signal.Signals | None = None
+        """The first signal received, or None."""
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+
+    def install(self) -> "Preemption":
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> "Preemption":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+    @property
+    def requested(self) -> bool:
+        """True once this process received one of the signals."""
+        return self.received is not None
+
+    def should_stop(self, group=None) -> bool:
+        """True on every rank when any rank received a signal; call at a step boundary.
+
+        A collective when torch.distributed is initialised (every rank of ``group`` must call
+        it at the same step); with nccl the flag travels as a CUDA tensor, so this is one small
+        device sync: call it every step, or every few steps to save the sync.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested
+        device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return bool(flag.item())
+
+
+def write_marker(run_dir: str | os.PathLike, reason: str = "") -> Path:
+    """Create ``RUN_DIR/PREEMPTED`` (atomically) after the checkpoint is saved."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{MARKER}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {reason}".rstrip() + "\n")
+    path = run_dir / MARKER
+    os.replace(tmp, path)
+    return path
+
+
+def clear_marker(run_dir: str | os.PathLike) -> bool:
+    """Remove ``RUN_DIR/PREEMPTED`` at start-up; True if it was there (a resumed preemption)."""
+    try:
+        (Path(run_dir) / MARKER).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def marker_exists(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / MARKER).exists()
