@@ -29,9 +29,12 @@ install_slurm() {
         return 0
     fi
     echo "local_slurm: installing slurmctld slurmd slurm-client munge with apt" >&2
-    apt-get update -q >"$dir/apt.log" 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        slurmctld slurmd slurm-client munge >>"$dir/apt.log" 2>&1
+    if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        slurmctld slurmd slurm-client munge; } >"$dir/apt.log" 2>&1; then
+        echo "local_slurm: apt-get failed ($dir/apt.log):" >&2
+        tail -n 5 "$dir/apt.log" >&2
+        return 1
+    fi
 }
 
 write_conf() {

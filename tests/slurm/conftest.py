@@ -43,19 +43,26 @@ class LocalSlurm:
         )
 
     def sbatch(self, script, *options: str, env: dict | None = None, wait: bool = False,
-               timeout: float = 120) -> tuple[str, int]:
+               timeout: float = 300) -> tuple[str, int]:
         """Submit ``script`` from the repo root; return (job id, sbatch's exit status).
 
         With ``wait`` sbatch returns when the job is finished, requeues included, with the
-        job's exit status.
+        job's exit status. Timeouts are generous: the 2 cores are shared, and a loaded machine
+        slows the start of every rank (importing torch) several times over.
         """
         command = ["sbatch", "--parsable", *options]
         if wait:
             command.append("--wait")
-        result = subprocess.run(
-            [*command, str(script)], env=env or self.env(), cwd=REPO, capture_output=True,
-            text=True, timeout=timeout,
-        )
+        try:
+            result = subprocess.run(
+                [*command, str(script)], env=env or self.env(), cwd=REPO, capture_output=True,
+                text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            job_id = (e.stdout or b"").decode().strip()
+            if job_id:
+                self.run("scancel", job_id)
+            pytest.fail(f"sbatch --wait: job {job_id or '?'} not finished after {timeout} s")
         match = re.match(r"(\d+)", result.stdout.strip())
         assert match, f"sbatch printed no job id: {result.stdout!r} {result.stderr!r}"
         return match.group(1), result.returncode
@@ -65,7 +72,7 @@ class LocalSlurm:
         out = self.run("scontrol", "show", "job", "-o", job_id).stdout
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
-    def wait(self, job_id: str, timeout: float = 120) -> dict:
+    def wait(self, job_id: str, timeout: float = 300) -> dict:
         """Poll until the job is finished (through requeues); return its final record."""
         deadline = time.monotonic() + timeout
         while True:
