@@ -103,8 +103,8 @@ def _start_wandb(run_dir: Path, mode: str, project: str, config: dict):
 
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         mode = "offline"
-    id_file = Path(run_dir) / "wandb_id"
-    if not id_file.is_file():  # stable across resumes and SLURM requeues
-        id_file.write_text(wandb.util.generate_id())
-    return wandb.init(project=project, dir=str(run_dir), id=id_file.read_text().strip(),
+    from megatron_diffusion.parallel.run_dir import wandb_run_id
+
+    # one id per run directory: stable across resumes and SLURM requeues
+    return wandb.init(project=project, dir=str(run_dir), id=wandb_run_id(run_dir),
                       resume="allow", mode=mode, config=config)
