@@ -1,11 +1,11 @@
 """``convert hf-to-mcore``: an HF Llama/Qwen2 checkpoint -> a megatron-diffusion checkpoint.
 
-Streaming: the HF tensors are never all in memory. The model is built once, uninitialised
-(``perform_initialization=False``), and ``weights.load_full`` pulls each megatron tensor from
-``HFTensorView``, which reads only the HF tensors it is made of (``safetensors_io`` reads one
-tensor with ``readinto``), fuses them (``tensor_map``) and drops them. Peak memory is the model
-plus one fused tensor plus what ``dist_checkpointing`` needs to save (measured in
-docs/convert.md).
+Streaming: the weights exist once in memory. The model is built uninitialised (its parameters
+are never touched, so they take no resident memory) to obtain megatron's sharded state dict;
+each entry then receives a fresh tensor from ``HFTensorView``, which reads only the HF tensors
+it is made of (``safetensors_io`` reads one tensor with ``readinto``) and fuses them
+(``tensor_map``); ``dist_stream`` explains why this beats loading into the parameters. Peak
+memory is one copy of the weights plus one tensor (measured in docs/convert.md).
 
 The result is exactly a trainer checkpoint at step 0 without optimizer state
 (``OUT/checkpoints/iter_0000000`` + ``latest``; ``OUT/tokenizer.json`` for preprocessing), so
@@ -138,10 +138,24 @@ class HFTensorView(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         rule = self.rules[name]
-        tensor = self.layout.to_megatron(rule, [self.reader.read(n) for n in rule.hf])
+        if rule.kind == "vocab":  # read straight into the padded tensor: no second copy
+            (hf_name,) = rule.hf
+            tensor = self.layout.empty_vocab(self.reader.entries[hf_name].dtype)
+            self.reader.read(hf_name, out=tensor[: self.layout.hf_vocab_size])
+            self.layout.init_added_rows(tensor)
+        else:
+            tensor = self.layout.to_megatron(rule, [self.reader.read(n) for n in rule.hf])
         if self.on_read is not None:
             self.on_read(name)
         return tensor
+
+    def pieces(self, name: str) -> list[torch.Tensor]:
+        """``[full tensor]``, or for a SwiGLU fc1 the HF ``[gate, up]`` as read (each its own
+        storage, so ``dist_stream`` can hand them to the fc1 shards without copies)."""
+        rule = self.rules[name]
+        if rule.kind == "glu":
+            return [self.reader.read(n) for n in rule.hf]
+        return [self[name]]
 
     def __iter__(self):
         return iter(self.rules)
@@ -187,7 +201,7 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
                         params_dtype: str | None = None, force: bool = False,
                         progress: bool = True) -> Path:
     """Convert; returns the checkpoint directory (``OUT/checkpoints/iter_0000000``)."""
-    from megatron_diffusion.model import weights
+    from megatron_diffusion.convert.dist_stream import PrebuiltChunk, prebuilt_sharded_state_dict
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.checkpoint import save_checkpoint
 
@@ -202,9 +216,10 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
     initialize_model_parallel(1, 1, seed=cfg.training.seed)
     with atomic_output_dir(out, force) as tmp:
         model = build_empty_model(cfg.model, padded_for_tp=tp)
-        bar = progress_bar(len(plan.layout(1).rules()), "hf-to-mcore", progress)
-        view = HFTensorView(plan, model.vocab_size, on_read=lambda _: bar.update())
-        weights.load_full([model], view, strict=True)
+        view = HFTensorView(plan, model.vocab_size)
+        bar = progress_bar(len(view), "hf-to-mcore", progress)
+        sharded = prebuilt_sharded_state_dict(model, view.pieces, list(view),
+                                              on_tensor=lambda _: bar.update())
         bar.close()
         tok_path = tmp / "tokenizer.json"
         tok_path.write_text(plan.tokenizer.json, encoding="utf-8")
@@ -212,9 +227,8 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
                 "config": cfg.to_dict(), "tokenizer_hash": plan.tokenizer.loaded.hash,
                 "consumed_samples": 0, "weights_only": True,
                 "converted_from": converted_from(plan)}
-        save_checkpoint(tmp, 0, [model], None, meta=meta, loader_state={},
+        save_checkpoint(tmp, 0, [PrebuiltChunk(sharded)], None, meta=meta, loader_state={},
                         tokenizer_path=str(tok_path))
-        del model
     return out / "checkpoints" / "iter_0000000"
 
 

@@ -1,10 +1,10 @@
 """``convert mcore-to-hf``: a megatron-diffusion checkpoint -> an HF directory ``transformers``
 loads (``LlamaForCausalLM``, or ``Qwen2ForCausalLM`` for a model with QKV bias).
 
-The checkpoint is loaded into one process (``dist_checkpointing`` reassembles any TP/PP layout
-it was saved under), then each HF tensor is computed from the model's parameters when its turn
-comes (``tensor_map.hf_producers``) and appended to the current shard
-(``safetensors_io.write_shards``). Padding rows of the vocabulary are dropped; ``[MASK]`` stays
+The checkpoint is read one transformer layer at a time (``dist_stream.GroupLoader``;
+``dist_checkpointing`` reassembles any TP/PP layout it was saved under); each HF tensor is
+computed from the loaded layer when its turn comes (``tensor_map.hf_producers``) and appended to
+the current shard (``safetensors_io.write_shards``), so the export holds about one layer. Padding rows of the vocabulary are dropped; ``[MASK]`` stays
 (its row is part of the model).
 
 Written next to the weights:
@@ -85,10 +85,10 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
                         max_shard_bytes: int = 5 * 2**30, force: bool = False,
                         progress: bool = True) -> Path:
     from megatron_diffusion.config import config_from_dict
-    from megatron_diffusion.model import weights
+    from megatron_diffusion.convert.dist_stream import GroupLoader
     from megatron_diffusion.model.loading import resolve_checkpoint
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-    from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
+    from megatron_diffusion.training.checkpoint import read_meta
 
     out = check_output_dir(out, force)
     ckpt = resolve_checkpoint(checkpoint)
@@ -103,16 +103,19 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
     torch_dtype = EXPORT_DTYPES[dtype]
     architecture = _architecture(cfg, meta)
     initialize_model_parallel(1, 1, seed=cfg.training.seed)
-    model = build_empty_model(cfg.model)
-    try:
-        load_checkpoint(ckpt, [model])
-    except Exception as e:  # dist_checkpointing: missing keys, shape mismatch
-        raise UsageError(f"--checkpoint: {ckpt} does not load into its own config's model: "
-                         f"{str(e).splitlines()[0]}") from None
-    params = {name: p for name, (_, _, p) in weights.local_names([model]).items()}
+    model = build_empty_model(cfg.model)  # uninitialised: only its sharded state dict is used
+    loader = GroupLoader(model, str(ckpt / "model_optim"))
+
+    def get_full(name: str) -> torch.Tensor:
+        try:
+            return loader(name)
+        except Exception as e:  # dist_checkpointing: missing keys, shape mismatch
+            raise UsageError(f"--checkpoint: {ckpt} does not load into its own config's model "
+                             f"({name}): {str(e).splitlines()[0]}") from None
+
     layout = TensorLayout.for_model(cfg.model, hf_vocab_size=cfg.model.vocab_size,
                                     padded_vocab_size=model.vocab_size)
-    producers = hf_producers(layout, lambda name: params[name].detach())
+    producers = hf_producers(layout, get_full)
     specs = [(name, shape, torch_dtype) for name, shape in layout.hf_shapes(exported=True).items()]
     source = meta.get("converted_from") or {}
     with atomic_output_dir(out, force) as tmp:

@@ -107,19 +107,25 @@ class SafetensorsCheckpoint:
     def __contains__(self, name) -> bool:
         return name in self.entries
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name`` in a new tensor, or read into ``out`` (contiguous, same shape
+        and dtype) to avoid an extra copy."""
         e = self.entries[name]
         itemsize = torch.empty((), dtype=e.dtype).element_size()
         if math.prod(e.shape) * itemsize != e.nbytes:
             raise UsageError(f"--hf: {e.file}: tensor {name!r} has {e.nbytes} bytes for shape "
                              f"{list(e.shape)} (corrupt file)")
-        buf = torch.empty(e.nbytes, dtype=torch.uint8)
+        if out is None:
+            out = torch.empty(e.shape, dtype=e.dtype)
+        if tuple(out.shape) != e.shape or out.dtype != e.dtype or not out.is_contiguous():
+            raise ValueError(f"read {name!r}: out must be a contiguous {e.dtype} {list(e.shape)}")
+        buf = out.view(-1).view(torch.uint8) if out.numel() else out.view(torch.uint8)
         with open(e.file, "rb") as f:
             f.seek(e.begin)
             got = f.readinto(memoryview(buf.numpy()))
         if got != e.nbytes:
             raise UsageError(f"--hf: {e.file} is truncated (tensor {name!r})")
-        return buf.view(e.dtype).reshape(e.shape)
+        return out
 
 
 def _plan_shards(specs: list[tuple[str, tuple, torch.dtype]], max_shard_bytes: int):

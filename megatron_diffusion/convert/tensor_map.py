@@ -157,12 +157,19 @@ class TensorLayout:
             return fuse_qkv(*hf_tensors, self.num_query_groups)
         if rule.kind == "glu":
             return torch.cat(hf_tensors, dim=0)
-        rows_Vh = hf_tensors[0]
-        out_Ph = rows_Vh.new_zeros(self.padded_vocab_size, rows_Vh.shape[1])
-        out_Ph[: self.hf_vocab_size] = rows_Vh
+        out_Ph = self.empty_vocab(hf_tensors[0].dtype)
+        out_Ph[: self.hf_vocab_size] = hf_tensors[0]
+        return self.init_added_rows(out_Ph)
+
+    def empty_vocab(self, dtype: torch.dtype) -> torch.Tensor:
+        """Zeros ``[P, h]``: the HF rows go into ``[:hf_vocab_size]``."""
+        return torch.zeros(self.padded_vocab_size, self.hidden_size, dtype=dtype)
+
+    def init_added_rows(self, out_Ph: torch.Tensor) -> torch.Tensor:
+        """Fill rows ``hf_vocab_size..vocab_size-1`` (added tokens) in place; returns out."""
         if self.vocab_size > self.hf_vocab_size:
             out_Ph[self.hf_vocab_size: self.vocab_size] = new_row_init(
-                rows_Vh, self.vocab_size - self.hf_vocab_size)
+                out_Ph[: self.hf_vocab_size], self.vocab_size - self.hf_vocab_size)
         return out_Ph
 
     def to_hf(self, rule: Rule, full: torch.Tensor) -> list[torch.Tensor]:
