@@ -31,7 +31,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launched() -> bool:
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    """Started by a launcher with several ranks (a single process may carry WORLD_SIZE=1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _free_port() -> int:
