@@ -41,6 +41,9 @@ SIDECAR = "megatron_diffusion.json"
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                      "ffn_hidden_size", "vocab_size", "mask_token_id", "add_qkv_bias",
                      "untie_embeddings_and_output_weights", "rotary_base", "norm_epsilon")
+TE_NORM_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+                 "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+"""Local-spec norm name -> the Transformer Engine spec's name of the same tensor."""
 IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)
 """Buffers some older checkpoints save; recomputed from the config."""
 
@@ -135,9 +138,18 @@ class HFTensorView(Mapping):
         self.reader = plan.reader
         self.rules = {r.megatron: r for r in self.layout.rules()}
         self.on_read = on_read
+        # Transformer Engine layers fuse the norms into the next linear; same tensors
+        self.aliases = {}
+        for name in self.rules:
+            for local, te in TE_NORM_NAMES.items():
+                if name.endswith(local):
+                    self.aliases[name[: -len(local)] + te] = name
+
+    def __contains__(self, name) -> bool:
+        return name in self.rules or name in self.aliases
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        rule = self.rules[name]
+        rule = self.rules[self.aliases.get(name, name)]
         if rule.kind == "vocab":  # read straight into the padded tensor: no second copy
             (hf_name,) = rule.hf
             tensor = self.layout.empty_vocab(self.reader.entries[hf_name].dtype)
@@ -176,16 +188,25 @@ def check_layout(model_cfg, tp: int, pp: int) -> None:
         raise UsageError(f"--pp: {pp} does not divide num_hidden_layers={model_cfg.num_layers}")
 
 
+def conversion_model_config(model_cfg):
+    """``model_cfg`` with megatron-core's local layers (runs anywhere). A checkpoint trained with
+    Transformer Engine layers has the same checkpoint keys: the local spec maps its separate
+    norms onto TE's fused ``layer_norm_weight`` names."""
+    import copy
+
+    cfg = copy.deepcopy(model_cfg)
+    cfg.transformer_impl, cfg.attention_backend, cfg.fp8 = "local", "sdpa", None
+    return cfg
+
+
 def build_empty_model(model_cfg, padded_for_tp: int = 1):
     """A one-process model whose weights are about to be overwritten (no random init). The
     vocabulary is padded as a ``padded_for_tp``-way TP run pads it."""
-    import copy
-
     from megatron_diffusion.model.gpt import build_model, transformer_config
 
-    cfg = copy.deepcopy(model_cfg)
+    cfg = conversion_model_config(model_cfg)
     cfg.make_vocab_size_divisible_by *= padded_for_tp
-    tcfg = transformer_config(cfg)
+    tcfg = transformer_config(cfg, use_cpu_initialization=True)  # host memory even with a GPU
     tcfg.perform_initialization = False
     return build_model(cfg, tcfg)
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from megatron_diffusion.convert.hf_to_mcore import check_layout
+from megatron_diffusion.convert.hf_to_mcore import check_layout, conversion_model_config
 from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
 from megatron_diffusion.errors import UsageError
 
@@ -83,10 +83,11 @@ def _reshard_worker(ckpt: Path, out: Path, meta: dict, cfg, tp: int, pp: int, fo
     from megatron_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
 
     initialize_model_parallel(tp, pp, seed=cfg.training.seed)
-    tcfg = transformer_config(cfg.model, tensor_model_parallel_size=tp,
+    model_cfg = conversion_model_config(cfg.model)
+    tcfg = transformer_config(model_cfg, tensor_model_parallel_size=tp,
                               pipeline_model_parallel_size=pp)
     tcfg.perform_initialization = False
-    chunks = build_model_chunks(cfg.model, tcfg)
+    chunks = build_model_chunks(model_cfg, tcfg)
     load_checkpoint(ckpt, chunks)
     cfg.parallel.tensor_model_parallel_size = tp
     cfg.parallel.pipeline_model_parallel_size = pp

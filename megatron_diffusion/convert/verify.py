@@ -61,32 +61,47 @@ def verify(hf_dir, checkpoint, *, batch_size: int = 2, seq_len: int = 32, seed: 
            tolerance: float = 1e-3) -> VerifyResult:
     from transformers import AutoModelForCausalLM
 
+    from megatron_diffusion.config import config_from_dict
+    from megatron_diffusion.convert.hf_to_mcore import build_empty_model
     from megatron_diffusion.masks.config import AttentionConfig
     from megatron_diffusion.masks.dense import attention_allowed, to_megatron_mask
-    from megatron_diffusion.model.loading import load_model
+    from megatron_diffusion.model.loading import resolve_checkpoint
+    from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+    from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 
     for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
         if not isinstance(value, int) or value < 1:
             raise UsageError(f"{option}: got {value!r}, expected an integer >= 1")
     hf = read_hf_config(hf_dir)
-    ours = load_model(checkpoint, params_dtype="float32")
-    model_cfg = ours.config.model
+    ckpt = resolve_checkpoint(checkpoint)
+    model_cfg = config_from_dict(read_meta(ckpt)["config"]).model
     _check_same_architecture(hf, model_cfg)
     if seq_len > model_cfg.max_position_embeddings:
         raise UsageError(f"--seq-len: {seq_len} exceeds max_position_embeddings="
                          f"{model_cfg.max_position_embeddings}")
-    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir).float().eval()
+    model_cfg.params_dtype = "float32"
+    initialize_model_parallel(1, 1)
+    ours = build_empty_model(model_cfg)
+    try:
+        load_checkpoint(ckpt, [ours])
+    except Exception as e:  # dist_checkpointing: missing keys, shape mismatch
+        raise UsageError(f"--checkpoint: {ckpt} does not load into its own config's model: "
+                         f"{str(e).splitlines()[0]}") from None
+    ours.eval()
+    device = next(ours.parameters()).device
+    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir).float().eval().to(device)
 
     mask_id = model_cfg.mask_token_id
     allowed_ids = torch.tensor([i for i in range(hf.vocab_size) if i != mask_id])
     g = torch.Generator().manual_seed(seed)
     tokens_BL = allowed_ids[torch.randint(len(allowed_ids), (batch_size, seq_len), generator=g)]
+    tokens_BL, allowed_ids = tokens_BL.to(device), allowed_ids.to(device)
 
     hf_logits_BLV = hf_model(input_ids=tokens_BL).logits.float()[..., : hf.vocab_size]
-    position_ids_BL = torch.arange(seq_len).expand(batch_size, -1)
+    position_ids_BL = torch.arange(seq_len, device=device).expand(batch_size, -1)
     causal = AttentionConfig(mode="causal")
     mask_B1LL = to_megatron_mask(attention_allowed(causal, torch.zeros_like(tokens_BL)))
-    our_logits_BLV = ours.model(tokens_BL, position_ids_BL, mask_B1LL).float()[..., : hf.vocab_size]
+    our_logits_BLV = ours(tokens_BL, position_ids_BL, mask_B1LL).float()[..., : hf.vocab_size]
 
     diff_BLV = (hf_logits_BLV[..., allowed_ids] - our_logits_BLV[..., allowed_ids]).abs()
     agree = (hf_logits_BLV[..., allowed_ids].argmax(-1) ==

@@ -73,3 +73,12 @@ def test_mask_takes_a_spare_row_and_tp_padding(hf_qwen2, mc_qwen2):
     stored = dist_checkpointing.load_tensors_metadata(
         str(latest_checkpoint(mc_qwen2) / "model_optim"))
     assert stored["embedding.word_embeddings.weight"].global_shape == (512, 64)  # 128 * tp
+
+
+def test_view_serves_transformer_engine_norm_names(hf_llama):
+    from megatron_diffusion.convert.hf_to_mcore import HFTensorView, plan_import
+
+    view = HFTensorView(plan_import(hf_llama, add_mask_token=True), padded_vocab_size=384)
+    te = "decoder.layers.2.mlp.linear_fc1.layer_norm_weight"
+    assert te in view and "decoder.layers.2.mlp.linear_fc1.bias" not in view
+    assert torch.equal(view[te], hf_state(hf_llama)["model.layers.2.post_attention_layernorm.weight"])
