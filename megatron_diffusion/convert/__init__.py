@@ -10,6 +10,8 @@ Reads in the order of the data flow (see docs/convert.md):
   ``readinto`` (no mmap, so RSS does not grow with the file) and a writer that streams tensors
   into shards whose headers are computed up front;
 * ``hf_tokenizer``: adding ``[MASK]`` to an HF tokenizer, and the tokenizer files of an export;
+* ``dist_stream``: writing/reading megatron ``dist_checkpointing`` state without a second copy
+  of the weights (prebuilt sharded state dict on save, one layer at a time on load);
 * ``hf_to_mcore`` / ``mcore_to_hf`` / ``reshard`` / ``verify``: the four commands;
 * ``hf_export``: load an HF export (or any supported HF dir with ``[MASK]``) as a model, so the
   sampler can start from the shipped format;

@@ -56,7 +56,7 @@ def prepare_tokenizer(hf_dir, *, add_mask_token: bool, hf_eos_token_id: int | No
         tok.add_special_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)])
         text, added = tok.to_str(), True
     loaded = from_json_string(text, str(path))
-    if loaded.vocab_size > max(hf_vocab_size, 0) + (1 if added else 0):
+    if not added and loaded.vocab_size > hf_vocab_size:
         raise UsageError(f"--hf: {path} has {loaded.vocab_size} tokens, more than the model's "
                          f"{hf_vocab_size} embedding rows")
     if hf_eos_token_id is not None and loaded.eos_id != hf_eos_token_id:
