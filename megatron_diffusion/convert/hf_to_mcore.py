@@ -222,7 +222,10 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
                         params_dtype: str | None = None, force: bool = False,
                         progress: bool = True) -> Path:
     """Convert; returns the checkpoint directory (``OUT/checkpoints/iter_0000000``)."""
-    from megatron_diffusion.convert.dist_stream import PrebuiltChunk, prebuilt_sharded_state_dict
+    from megatron_diffusion.convert.dist_stream import (
+        PrebuiltChunk,
+        prebuilt_sharded_state_dict,
+    )
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.checkpoint import save_checkpoint
 

@@ -19,7 +19,11 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
 
-from megatron_diffusion.data.tokenizer import MASK_TOKEN, LoadedTokenizer, from_json_string
+from megatron_diffusion.data.tokenizer import (
+    MASK_TOKEN,
+    LoadedTokenizer,
+    from_json_string,
+)
 from megatron_diffusion.errors import UsageError
 
 

@@ -25,8 +25,12 @@ from pathlib import Path
 import torch
 
 from megatron_diffusion.convert.hf_config import export_config
+from megatron_diffusion.convert.hf_to_mcore import (
+    SIDECAR,
+    build_empty_model,
+    progress_bar,
+)
 from megatron_diffusion.convert.hf_tokenizer import export_tokenizer_files
-from megatron_diffusion.convert.hf_to_mcore import SIDECAR, build_empty_model, progress_bar
 from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
 from megatron_diffusion.convert.safetensors_io import write_shards
 from megatron_diffusion.convert.tensor_map import TensorLayout, hf_producers
@@ -51,7 +55,7 @@ def model_card(cfg, block: dict, architecture: str) -> str:
     mode = block["attention_mode"]
     how = ("block diffusion: blocks of {} tokens are denoised in parallel, left to right"
            .format(block["block_size"]) if mode == "block" else
-           "{} attention".format(mode))
+           f"{mode} attention")
     return f"""---
 library_name: transformers
 tags: [diffusion, masked-diffusion, code, megatron-diffusion]

@@ -28,7 +28,12 @@ def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = 
                   max_shard_size: str | None = None, num_layers: int = 4, **overrides) -> Path:
     """``arch``: 'llama' (eos '</s>', no [MASK]) or 'qwen2' (eos '<|endoftext|>', QKV bias).
     ``vocab_rows`` > tokenizer size leaves spare embedding rows, as Qwen2 does."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     special = ["<s>", "</s>"] if arch == "llama" else ["<|endoftext|>"]

@@ -5,7 +5,10 @@ import json
 import pytest
 from tokenizers import AddedToken
 
-from megatron_diffusion.convert.hf_tokenizer import export_tokenizer_files, prepare_tokenizer
+from megatron_diffusion.convert.hf_tokenizer import (
+    export_tokenizer_files,
+    prepare_tokenizer,
+)
 from megatron_diffusion.data.tokenizer import find_eos_id, from_json_string
 from megatron_diffusion.errors import UsageError
 from tests.convert.hf_fixtures import make_hf_tokenizer

@@ -7,7 +7,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from megatron_diffusion.convert.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, write_shards
+from megatron_diffusion.convert.safetensors_io import (
+    INDEX_NAME,
+    SafetensorsCheckpoint,
+    write_shards,
+)
 from megatron_diffusion.errors import UsageError
 
 

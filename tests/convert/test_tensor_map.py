@@ -5,7 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_diffusion.convert.tensor_map import (
-    TensorLayout, fuse_qkv, hf_producers, new_row_init, split_qkv)
+    TensorLayout,
+    fuse_qkv,
+    hf_producers,
+    new_row_init,
+    split_qkv,
+)
 
 
 def _labelled(num_heads: int, head_dim: int, hidden: int, base: float) -> torch.Tensor:
