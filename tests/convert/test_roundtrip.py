@@ -52,7 +52,7 @@ def test_reshard_from_one_process_launches_tp_times_pp_ranks(mc_llama, tmp_path,
 
     seen = {}
     monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setattr(subprocess, "run", lambda cmd, env: seen.update(cmd=cmd, env=env)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, check: seen.update(cmd=cmd, env=env)
                         or subprocess.CompletedProcess(cmd, 0))
     out = tmp_path / "out"
     assert reshard_module.reshard(mc_llama, out, tensor_model_parallel_size=2,
