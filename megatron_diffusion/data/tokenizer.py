@@ -27,6 +27,8 @@ EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "[MASK]"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOS_TOKEN, MASK_TOKEN, PAD_TOKEN)
+FOREIGN_EOS_NAMES = ("endoftext", "endofsentence")
+"""End-of-document tokens of converted tokenizers, lowercased with punctuation removed."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,21 @@ def tokenizer_hash(tokenizer_json: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def find_eos_id(tok: Tokenizer) -> int | None:
+    """Id of the end-of-document token: ``<|endoftext|>``, else (a converted Llama/Qwen2/
+    Seed-Coder tokenizer) the lowest-id special token spelled ``</s>`` or, ignoring case and
+    punctuation, "end of text"/"end of sentence" (``<|end_of_text|>``,
+    ``<｜end▁of▁sentence｜>``, ...)."""
+    tid = tok.token_to_id(EOS_TOKEN)
+    if tid is not None:
+        return tid
+    for tid, added in sorted(tok.get_added_tokens_decoder().items()):
+        name = "".join(c for c in added.content.lower() if c.isascii() and c.isalnum())
+        if added.special and (added.content == "</s>" or name in FOREIGN_EOS_NAMES):
+            return tid
+    return None
+
+
 def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedTokenizer:
     """Build a ``LoadedTokenizer``; UsageError naming ``path`` if EOS or MASK is missing."""
     try:
@@ -64,7 +81,7 @@ def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedToken
         raise UsageError(f"tokenizer {path}: not a valid tokenizer.json ({e})") from None
     ids = {}
     for name, token in (("eos", EOS_TOKEN), ("mask", MASK_TOKEN)):
-        tid = tok.token_to_id(token)
+        tid = find_eos_id(tok) if name == "eos" else tok.token_to_id(token)
         if tid is None:
             raise UsageError(
                 f"tokenizer {path}: lacks the {name} token {token!r}; "

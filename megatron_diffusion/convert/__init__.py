@@ -1,0 +1,19 @@
+"""Checkpoint conversion: Hugging Face (Llama family) <-> megatron-diffusion, resharding, verify.
+
+Reads in the order of the data flow (see docs/convert.md):
+
+* ``hf_config``: which HF architectures convert (``LlamaForCausalLM``, ``Qwen2ForCausalLM``) and
+  how their ``config.json`` maps onto ``ModelConfig`` (and back, for the export);
+* ``tensor_map``: HF tensor names <-> megatron's (layout-independent, *full*) names, and the
+  fused layouts (QKV grouped per query group, SwiGLU ``[gate; up]``, padded vocabulary);
+* ``safetensors_io``: a sharded safetensors reader that reads one tensor at a time with plain
+  ``readinto`` (no mmap, so RSS does not grow with the file) and a writer that streams tensors
+  into shards whose headers are computed up front;
+* ``hf_tokenizer``: adding ``[MASK]`` to an HF tokenizer, and the tokenizer files of an export;
+* ``dist_stream``: writing/reading megatron ``dist_checkpointing`` state without a second copy
+  of the weights (prebuilt sharded state dict on save, one layer at a time on load);
+* ``hf_to_mcore`` / ``mcore_to_hf`` / ``reshard`` / ``verify``: the four commands;
+* ``hf_export``: load an HF export (or any supported HF dir with ``[MASK]``) as a model, so the
+  sampler can start from the shipped format;
+* ``outdir``: every command writes into a temporary sibling and renames at the end.
+"""

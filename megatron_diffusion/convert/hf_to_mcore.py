@@ -1,0 +1,268 @@
+"""``convert hf-to-mcore``: an HF Llama/Qwen2 checkpoint -> a megatron-diffusion checkpoint.
+
+Streaming: the weights exist once in memory. The model is built uninitialised (its parameters
+are never touched, so they take no resident memory) to obtain megatron's sharded state dict;
+each entry then receives a fresh tensor from ``HFTensorView``, which reads only the HF tensors
+it is made of (``safetensors_io`` reads one tensor with ``readinto``) and fuses them
+(``tensor_map``); ``dist_stream`` explains why this beats loading into the parameters. Peak
+memory is one copy of the weights plus one tensor (measured in docs/convert.md).
+
+The result is exactly a trainer checkpoint at step 0 without optimizer state
+(``OUT/checkpoints/iter_0000000`` + ``latest``; ``OUT/tokenizer.json`` for preprocessing), so
+``train --init-from OUT`` loads its weights. Its ``meta.json`` config describes the converted
+model as what it is, an AR model: ``attention.mode=causal``, ``model.logit_shift=true``,
+``loss.objective=ar``; a CPT run sets its own mode. ``--tp/--pp`` are validated against the
+model (TP must divide the query and key/value heads, PP the layers), recorded in the config, and
+the vocabulary is padded for that TP as megatron pads it (a multiple of
+``make_vocab_size_divisible_by * tp``); the ``dist_checkpointing`` format itself loads under any
+layout (the vocabulary dimension may differ: padding rows are zeros).
+
+An HF directory written by ``mcore-to-hf`` carries ``megatron_diffusion.json`` (the original
+run config); it is used instead of the AR defaults, so export + import gives back the original
+checkpoint bit for bit.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_diffusion.config import RunConfig, config_from_dict
+from megatron_diffusion.convert.hf_config import HFModel, model_config, read_hf_config
+from megatron_diffusion.convert.hf_tokenizer import PreparedTokenizer, prepare_tokenizer
+from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
+from megatron_diffusion.convert.safetensors_io import SafetensorsCheckpoint
+from megatron_diffusion.convert.tensor_map import TensorLayout
+from megatron_diffusion.errors import UsageError
+
+SIDECAR = "megatron_diffusion.json"
+STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                     "ffn_hidden_size", "vocab_size", "mask_token_id", "add_qkv_bias",
+                     "untie_embeddings_and_output_weights", "rotary_base", "norm_epsilon")
+TE_NORM_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+                 "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+"""Local-spec norm name -> the Transformer Engine spec's name of the same tensor."""
+IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)
+"""Buffers some older checkpoints save; recomputed from the config."""
+
+
+@dataclass
+class ImportPlan:
+    hf_dir: Path
+    hf: HFModel
+    reader: SafetensorsCheckpoint
+    tokenizer: PreparedTokenizer
+    config: RunConfig
+    sidecar: dict | None
+
+    def layout(self, padded_vocab_size: int) -> TensorLayout:
+        return TensorLayout.for_model(self.config.model, hf_vocab_size=self.hf.vocab_size,
+                                      padded_vocab_size=padded_vocab_size)
+
+
+def read_sidecar(hf_dir) -> dict | None:
+    path = Path(hf_dir) / SIDECAR
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("format") != "megatron-diffusion-hf-export":
+        raise UsageError(f"--hf: {path} is not a megatron-diffusion export description")
+    return data
+
+
+def _default_dtype(reader: SafetensorsCheckpoint) -> str:
+    first = reader.entries.get("model.embed_tokens.weight")
+    return "bfloat16" if first is not None and first.dtype == torch.bfloat16 else "float32"
+
+
+def plan_import(hf_dir, *, add_mask_token: bool = False, params_dtype: str | None = None,
+                make_vocab_size_divisible_by: int = 128) -> ImportPlan:
+    """Read and check everything about an HF directory before any heavy work."""
+    hf_dir = Path(hf_dir)
+    hf = read_hf_config(hf_dir)
+    reader = SafetensorsCheckpoint(hf_dir)
+    tok = prepare_tokenizer(hf_dir, add_mask_token=add_mask_token,
+                            hf_eos_token_id=hf.eos_token_id, hf_vocab_size=hf.vocab_size)
+    vocab = max(hf.vocab_size, tok.loaded.vocab_size)
+    sidecar = read_sidecar(hf_dir)
+    dtype = params_dtype or _default_dtype(reader)
+    derived = model_config(hf, vocab_size=vocab, mask_token_id=tok.loaded.mask_id,
+                           params_dtype=dtype,
+                           make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+    if sidecar is not None:
+        cfg = config_from_dict(sidecar["meta"]["config"])
+        for name in STRUCTURAL_FIELDS:
+            if getattr(cfg.model, name) != getattr(derived, name):
+                raise UsageError(f"--hf: {hf_dir / SIDECAR} says model.{name}="
+                                 f"{getattr(cfg.model, name)!r} but config.json/tokenizer give "
+                                 f"{getattr(derived, name)!r}")
+        cfg.model.params_dtype = dtype
+    else:
+        cfg = RunConfig()
+        cfg.model = derived
+        cfg.attention.mode = "causal"
+        cfg.loss.objective = "ar"
+    plan = ImportPlan(hf_dir, hf, reader, tok, cfg, sidecar)
+    check_tensors(plan)
+    return plan
+
+
+def check_tensors(plan: ImportPlan) -> None:
+    """Every expected HF tensor present with its shape, nothing unexplained left over."""
+    expected = plan.layout(plan.config.model.vocab_size).hf_shapes()
+    reader = plan.reader
+    for name, shape in expected.items():
+        if name not in reader:
+            raise UsageError(f"--hf: tensor {name!r} is missing from {plan.hf_dir} (expected for "
+                             f"a {plan.hf.architecture} with this config.json)")
+        got = reader.entries[name].shape
+        if tuple(got) != tuple(shape):
+            raise UsageError(f"--hf: tensor {name!r} in {reader.entries[name].file.name} has shape "
+                             f"{list(got)}, expected {list(shape)} from config.json")
+    for name in reader.keys():
+        if name in expected or name.endswith(IGNORED_HF_TENSORS):
+            continue
+        if name == "lm_head.weight" and plan.hf.tied:
+            continue  # some tied checkpoints store the (identical) head too
+        raise UsageError(f"--hf: unexpected tensor {name!r} in {reader.entries[name].file.name}: "
+                         f"not part of a {plan.hf.architecture} with this config.json")
+
+
+class HFTensorView(Mapping):
+    """Megatron full name -> tensor, computed from the HF files when asked (one at a time)."""
+
+    def __init__(self, plan: ImportPlan, padded_vocab_size: int, on_read=None):
+        self.layout = plan.layout(padded_vocab_size)
+        self.reader = plan.reader
+        self.rules = {r.megatron: r for r in self.layout.rules()}
+        self.on_read = on_read
+        # Transformer Engine layers fuse the norms into the next linear; same tensors
+        self.aliases = {}
+        for name in self.rules:
+            for local, te in TE_NORM_NAMES.items():
+                if name.endswith(local):
+                    self.aliases[name[: -len(local)] + te] = name
+
+    def __contains__(self, name) -> bool:
+        return name in self.rules or name in self.aliases
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        rule = self.rules[self.aliases.get(name, name)]
+        if rule.kind == "vocab":  # read straight into the padded tensor: no second copy
+            (hf_name,) = rule.hf
+            tensor = self.layout.empty_vocab(self.reader.entries[hf_name].dtype)
+            self.reader.read(hf_name, out=tensor[: self.layout.hf_vocab_size])
+            self.layout.init_added_rows(tensor)
+        else:
+            tensor = self.layout.to_megatron(rule, [self.reader.read(n) for n in rule.hf])
+        if self.on_read is not None:
+            self.on_read(name)
+        return tensor
+
+    def pieces(self, name: str) -> list[torch.Tensor]:
+        """``[full tensor]``, or for a SwiGLU fc1 the HF ``[gate, up]`` as read (each its own
+        storage, so ``dist_stream`` can hand them to the fc1 shards without copies)."""
+        rule = self.rules[name]
+        if rule.kind == "glu":
+            return [self.reader.read(n) for n in rule.hf]
+        return [self[name]]
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def check_layout(model_cfg, tp: int, pp: int) -> None:
+    for option, value in (("--tp", tp), ("--pp", pp)):
+        if not isinstance(value, int) or value < 1:
+            raise UsageError(f"{option}: got {value!r}, expected an integer >= 1")
+    if model_cfg.num_attention_heads % tp or model_cfg.num_query_groups % tp:
+        raise UsageError(f"--tp: {tp} does not divide the model's attention heads "
+                         f"(num_attention_heads={model_cfg.num_attention_heads}, "
+                         f"num_key_value_heads={model_cfg.num_query_groups})")
+    if model_cfg.num_layers % pp:
+        raise UsageError(f"--pp: {pp} does not divide num_hidden_layers={model_cfg.num_layers}")
+
+
+def conversion_model_config(model_cfg):
+    """``model_cfg`` with megatron-core's local layers (runs anywhere). A checkpoint trained with
+    Transformer Engine layers has the same checkpoint keys: the local spec maps its separate
+    norms onto TE's fused ``layer_norm_weight`` names."""
+    import copy
+
+    cfg = copy.deepcopy(model_cfg)
+    cfg.transformer_impl, cfg.attention_backend, cfg.fp8 = "local", "sdpa", None
+    return cfg
+
+
+def build_empty_model(model_cfg, padded_for_tp: int = 1):
+    """A one-process model whose weights are about to be overwritten (no random init). The
+    vocabulary is padded as a ``padded_for_tp``-way TP run pads it."""
+    from megatron_diffusion.model.gpt import build_model, transformer_config
+
+    cfg = conversion_model_config(model_cfg)
+    cfg.make_vocab_size_divisible_by *= padded_for_tp
+    tcfg = transformer_config(cfg, use_cpu_initialization=True)  # host memory even with a GPU
+    tcfg.perform_initialization = False
+    return build_model(cfg, tcfg)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled)
+
+
+def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
+                        pipeline_model_parallel_size: int = 1, add_mask_token: bool = False,
+                        params_dtype: str | None = None, force: bool = False,
+                        progress: bool = True) -> Path:
+    """Convert; returns the checkpoint directory (``OUT/checkpoints/iter_0000000``)."""
+    from megatron_diffusion.convert.dist_stream import (
+        PrebuiltChunk,
+        prebuilt_sharded_state_dict,
+    )
+    from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+    from megatron_diffusion.training.checkpoint import save_checkpoint
+
+    tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
+    out = check_output_dir(out, force)
+    plan = plan_import(hf_dir, add_mask_token=add_mask_token, params_dtype=params_dtype)
+    cfg = plan.config
+    check_layout(cfg.model, tp, pp)
+    cfg.parallel.tensor_model_parallel_size = tp
+    cfg.parallel.pipeline_model_parallel_size = pp
+    cfg.parallel.virtual_pipeline_model_parallel_size = None
+    initialize_model_parallel(1, 1, seed=cfg.training.seed)
+    with atomic_output_dir(out, force) as tmp:
+        model = build_empty_model(cfg.model, padded_for_tp=tp)
+        view = HFTensorView(plan, model.vocab_size)
+        bar = progress_bar(len(view), "hf-to-mcore", progress)
+        sharded = prebuilt_sharded_state_dict(model, view.pieces, list(view),
+                                              on_tensor=lambda _: bar.update())
+        bar.close()
+        tok_path = tmp / "tokenizer.json"
+        tok_path.write_text(plan.tokenizer.json, encoding="utf-8")
+        meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
+                "config": cfg.to_dict(), "tokenizer_hash": plan.tokenizer.loaded.hash,
+                "consumed_samples": 0, "weights_only": True,
+                "converted_from": converted_from(plan)}
+        save_checkpoint(tmp, 0, [PrebuiltChunk(sharded)], None, meta=meta, loader_state={},
+                        tokenizer_path=str(tok_path))
+    return out / "checkpoints" / "iter_0000000"
+
+
+def converted_from(plan: ImportPlan) -> dict:
+    """Provenance kept in ``meta.json``; the export reuses the HF config and tokenizer config."""
+    if plan.sidecar is not None and "converted_from" in plan.sidecar["meta"]:
+        return plan.sidecar["meta"]["converted_from"]
+    return {"format": "hf", "path": str(plan.hf_dir.absolute()),
+            "architecture": plan.hf.architecture, "hf_vocab_size": plan.hf.vocab_size,
+            "added_mask_token": plan.tokenizer.added_mask_token,
+            "mask_token_id": plan.tokenizer.loaded.mask_id,
+            "eos_token_id": plan.tokenizer.loaded.eos_id,
+            "config": plan.hf.raw, "tokenizer_config": plan.tokenizer.hf_tokenizer_config}

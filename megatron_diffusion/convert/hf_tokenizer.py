@@ -1,0 +1,97 @@
+"""Tokenizers across the conversion: an HF ``tokenizer.json`` in, ours out, and back.
+
+Import: a masked diffusion LM needs a ``[MASK]`` token (METHOD.md 1). ``--add-mask-token`` adds
+it as a special token at the next free id (``len(tokenizer)``); if that id is past the HF
+embedding, the embedding (and an untied output layer) grows by one row, initialised as described
+in ``tensor_map.new_row_init``. If the HF embedding already has spare rows (Qwen2 pads its
+vocabulary), ``[MASK]`` takes the first spare row and no row is added; that row keeps its HF
+value. No pad token is added: ``data.tokenizer`` pads with EOS when ``<|pad|>`` is absent, and
+padding never carries loss. The result must be loadable by ``data.tokenizer.from_json_string``
+with the same EOS id as the HF config's ``eos_token_id``.
+
+Export: ``tokenizer.json`` unchanged plus a ``tokenizer_config.json`` naming the special tokens,
+so ``transformers.AutoTokenizer.from_pretrained`` loads it as a ``PreTrainedTokenizerFast``.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer
+
+from megatron_diffusion.data.tokenizer import (
+    MASK_TOKEN,
+    LoadedTokenizer,
+    from_json_string,
+)
+from megatron_diffusion.errors import UsageError
+
+
+@dataclass(frozen=True)
+class PreparedTokenizer:
+    json: str
+    """The tokenizer.json text for the converted checkpoint."""
+    loaded: LoadedTokenizer
+    added_mask_token: bool
+    hf_tokenizer_config: dict | None
+    """The HF ``tokenizer_config.json`` (bos/eos names, chat template), kept for the export."""
+
+
+def prepare_tokenizer(hf_dir, *, add_mask_token: bool, hf_eos_token_id: int | None,
+                      hf_vocab_size: int) -> PreparedTokenizer:
+    path = Path(hf_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise UsageError(f"--hf: {path} does not exist (a fast tokenizer is needed; save one with "
+                         "AutoTokenizer.from_pretrained(...).save_pretrained(DIR))")
+    text = path.read_text(encoding="utf-8")
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise UsageError(f"--hf: {path} is not a valid tokenizer.json ({e})") from None
+    added = False
+    if tok.token_to_id(MASK_TOKEN) is None:
+        if not add_mask_token:
+            raise UsageError(f"--hf: {path} has no {MASK_TOKEN} token; pass --add-mask-token to "
+                             "add it (diffusion training needs one)")
+        size_before = tok.get_vocab_size(with_added_tokens=True)
+        if size_before > hf_vocab_size:
+            raise UsageError(f"--hf: {path} has {size_before} tokens but the model's embedding "
+                             f"only {hf_vocab_size} rows (config.json vocab_size)")
+        tok.add_special_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)])
+        text, added = tok.to_str(), True
+    loaded = from_json_string(text, str(path))
+    if not added and loaded.vocab_size > hf_vocab_size:
+        raise UsageError(f"--hf: {path} has {loaded.vocab_size} tokens, more than the model's "
+                         f"{hf_vocab_size} embedding rows")
+    if hf_eos_token_id is not None and loaded.eos_id != hf_eos_token_id:
+        raise UsageError(
+            f"--hf: the tokenizer's end-of-document token is id {loaded.eos_id}, but config.json "
+            f"eos_token_id is {hf_eos_token_id} ({tok.id_to_token(hf_eos_token_id)!r}); "
+            "megatron-diffusion recognises '<|endoftext|>', '</s>' and '<|end_of_text|>'-like "
+            "special tokens (data/tokenizer.py find_eos_id)")
+    cfg_path = Path(hf_dir) / "tokenizer_config.json"
+    hf_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    return PreparedTokenizer(json=text, loaded=loaded, added_mask_token=added,
+                             hf_tokenizer_config=hf_cfg)
+
+
+def export_tokenizer_files(out_dir, tokenizer_json_path, *, max_length: int,
+                           hf_tokenizer_config: dict | None) -> LoadedTokenizer:
+    """Copy ``tokenizer.json`` and write ``tokenizer_config.json``; returns the loaded ids."""
+    out_dir = Path(out_dir)
+    text = Path(tokenizer_json_path).read_text(encoding="utf-8")
+    loaded = from_json_string(text, str(tokenizer_json_path))
+    (out_dir / "tokenizer.json").write_text(text, encoding="utf-8")
+    tok = loaded.tokenizer
+    config = {"tokenizer_class": "PreTrainedTokenizerFast",
+              "model_max_length": max_length,
+              "clean_up_tokenization_spaces": False,
+              "eos_token": tok.id_to_token(loaded.eos_id),
+              "pad_token": tok.id_to_token(loaded.pad_id),
+              "mask_token": MASK_TOKEN}
+    src = hf_tokenizer_config or {}
+    for key in ("bos_token", "unk_token", "chat_template", "add_bos_token", "add_eos_token"):
+        if src.get(key) is not None:
+            config[key] = src[key]
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return loaded

@@ -1,0 +1,147 @@
+"""``convert mcore-to-hf``: a megatron-diffusion checkpoint -> an HF directory ``transformers``
+loads (``LlamaForCausalLM``, or ``Qwen2ForCausalLM`` for a model with QKV bias).
+
+The checkpoint is read one transformer layer at a time (``dist_stream.GroupLoader``;
+``dist_checkpointing`` reassembles any TP/PP layout it was saved under); each HF tensor is
+computed from the loaded layer when its turn comes (``tensor_map.hf_producers``) and appended to
+the current shard (``safetensors_io.write_shards``), so the export holds about one layer. Padding rows of the vocabulary are dropped; ``[MASK]`` stays
+(its row is part of the model).
+
+Written next to the weights:
+
+* ``config.json``: the HF architecture, plus a ``"diffusion"`` block recording that these are
+  the weights of a diffusion LM (attention mode, block size, mask token id, logit shift, ...);
+  for a model converted from HF the original config is the base, so fields we do not model
+  (``bos_token_id``, ...) survive;
+* ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json``;
+* ``megatron_diffusion.json``: the checkpoint's ``meta.json`` (full run config), which
+  ``hf_export.load_hf_export`` and ``hf-to-mcore`` use to rebuild the exact model;
+* ``README.md``: a model card saying how (not) to sample from it.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from megatron_diffusion.convert.hf_config import export_config
+from megatron_diffusion.convert.hf_to_mcore import (
+    SIDECAR,
+    build_empty_model,
+    progress_bar,
+)
+from megatron_diffusion.convert.hf_tokenizer import export_tokenizer_files
+from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
+from megatron_diffusion.convert.safetensors_io import write_shards
+from megatron_diffusion.convert.tensor_map import TensorLayout, hf_producers
+from megatron_diffusion.errors import UsageError, check_choice
+
+EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def diffusion_block(cfg, meta: dict) -> dict:
+    """What a sampler needs to know about these weights, in ``config.json``."""
+    a = cfg.attention
+    return {"format": "megatron-diffusion", "model_kind": "masked-diffusion-lm",
+            "objective": cfg.loss.objective, "attention_mode": a.mode,
+            "block_size": a.block_size if a.mode == "block" else None,
+            "clean_stream": a.clean_stream if a.mode == "block" else None,
+            "visibility": a.visibility, "mask_token_id": cfg.model.mask_token_id,
+            "logit_shift": cfg.model.logit_shift, "step": meta.get("step"),
+            "tokenizer_hash": meta.get("tokenizer_hash")}
+
+
+def model_card(cfg, block: dict, architecture: str) -> str:
+    mode = block["attention_mode"]
+    how = ("block diffusion: blocks of {} tokens are denoised in parallel, left to right"
+           .format(block["block_size"]) if mode == "block" else
+           f"{mode} attention")
+    return f"""---
+library_name: transformers
+tags: [diffusion, masked-diffusion, code, megatron-diffusion]
+---
+# Masked diffusion language model (megatron-diffusion export)
+
+These are the weights of a **masked diffusion LM** trained with megatron-diffusion, stored in
+the `{architecture}` layout so that `transformers` loads them. Sampling mode: {how}.
+`[MASK]` is token id {block['mask_token_id']}; its logit must be set to `-inf` before sampling.
+Logit shift: {block['logit_shift']} (false: output `i` predicts token `i`).
+
+`AutoModelForCausalLM.generate()` runs these weights as a left-to-right AR model, which is
+{'what they are' if block['objective'] == 'ar' and mode == 'causal' else 'NOT how they were trained'}.
+Sample with megatron-diffusion instead: `megatron-diffusion sample --checkpoint THIS_DIR ...`
+(the sampler reads `megatron_diffusion.json` for the full run configuration).
+
+Architecture: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_size}, {cfg.model.num_attention_heads}
+query heads / {cfg.model.num_query_groups} key-value heads, vocabulary {cfg.model.vocab_size}.
+The `"diffusion"` block of `config.json` records attention mode, block size and mask token id.
+"""
+
+
+def _architecture(cfg, meta: dict) -> str:
+    source = meta.get("converted_from") or {}
+    if source.get("architecture"):
+        return source["architecture"]
+    return "Qwen2ForCausalLM" if cfg.model.add_qkv_bias else "LlamaForCausalLM"
+
+
+def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
+                        max_shard_bytes: int = 5 * 2**30, force: bool = False,
+                        progress: bool = True) -> Path:
+    from megatron_diffusion.config import config_from_dict
+    from megatron_diffusion.convert.dist_stream import GroupLoader
+    from megatron_diffusion.model.loading import resolve_checkpoint
+    from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+    from megatron_diffusion.training.checkpoint import read_meta
+
+    out = check_output_dir(out, force)
+    ckpt = resolve_checkpoint(checkpoint)
+    meta = read_meta(ckpt)
+    if meta.get("format") != "megatron-diffusion-checkpoint":
+        raise UsageError(f"--checkpoint: {ckpt} is not a megatron-diffusion checkpoint")
+    if not (ckpt / "tokenizer.json").is_file():
+        raise UsageError(f"--checkpoint: {ckpt} has no tokenizer.json to export")
+    cfg = config_from_dict(meta["config"])
+    dtype = dtype or cfg.model.params_dtype
+    check_choice("--dtype", dtype, tuple(EXPORT_DTYPES))
+    torch_dtype = EXPORT_DTYPES[dtype]
+    architecture = _architecture(cfg, meta)
+    initialize_model_parallel(1, 1, seed=cfg.training.seed)
+    model = build_empty_model(cfg.model)  # uninitialised: only its sharded state dict is used
+    loader = GroupLoader(model, str(ckpt / "model_optim"))
+
+    def get_full(name: str) -> torch.Tensor:
+        try:
+            return loader(name)
+        except Exception as e:  # dist_checkpointing: missing keys, shape mismatch
+            raise UsageError(f"--checkpoint: {ckpt} does not load into its own config's model "
+                             f"({name}): {str(e).splitlines()[0]}") from None
+
+    layout = TensorLayout.for_model(cfg.model, hf_vocab_size=cfg.model.vocab_size,
+                                    padded_vocab_size=model.vocab_size)
+    producers = hf_producers(layout, get_full)
+    specs = [(name, shape, torch_dtype) for name, shape in layout.hf_shapes(exported=True).items()]
+    source = meta.get("converted_from") or {}
+    with atomic_output_dir(out, force) as tmp:
+        bar = progress_bar(len(specs), "mcore-to-hf", progress)
+        write_shards(tmp, specs, lambda name: producers[name]().to(torch_dtype),
+                     max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update())
+        bar.close()
+        tok = export_tokenizer_files(tmp, ckpt / "tokenizer.json",
+                                     max_length=cfg.model.max_position_embeddings,
+                                     hf_tokenizer_config=source.get("tokenizer_config"))
+        token_ids = {"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+        base = source.get("config")
+        if base and base.get("bos_token_id") is not None:
+            token_ids["bos_token_id"] = base["bos_token_id"]
+        block = diffusion_block(cfg, meta)
+        hf_config = export_config(cfg.model, architecture=architecture, dtype=dtype,
+                                  token_ids=token_ids, diffusion=block, base=base)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {k: v for k, v in token_ids.items()}, indent=2))
+        (tmp / SIDECAR).write_text(json.dumps(
+            {"format": "megatron-diffusion-hf-export", "format_version": 1,
+             "source_checkpoint": str(ckpt.absolute()), "dtype": dtype, "meta": meta}, indent=2))
+        (tmp / "README.md").write_text(model_card(cfg, block, architecture))
+    return out
