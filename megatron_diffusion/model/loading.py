@@ -53,6 +53,11 @@ def load_model(path, *, tensor_model_parallel_size: int = 1, params_dtype: str |
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 
+    from megatron_diffusion.convert.hf_export import is_hf_export, load_hf_export
+
+    if is_hf_export(path):  # an `mcore-to-hf` export loads directly (config records the mode)
+        return load_hf_export(path, tensor_model_parallel_size=tensor_model_parallel_size,
+                              params_dtype=params_dtype, attention_backend=attention_backend)
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     if meta.get("format") != "megatron-diffusion-checkpoint":

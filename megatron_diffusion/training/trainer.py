@@ -104,7 +104,11 @@ class Trainer:
         cfg = self.cfg
         self.stores = resolve_vocab(cfg)
         cfg.validate()
+        self.converted_from = None
         if self.init_from is not None:
+            from megatron_diffusion.model.loading import resolve_checkpoint
+
+            self.init_from = resolve_checkpoint(self.init_from)
             self._check_init_from(self.init_from)
         resume_path = self._resume_path()
         if resume_path is not None:  # before anything is written
@@ -200,6 +204,7 @@ class Trainer:
         from megatron_diffusion.training.checkpoint import read_meta
 
         meta = read_meta(path)
+        self.converted_from = meta.get("converted_from")  # kept so the HF export knows its origin
         theirs = meta["config"]["model"]
         for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                     "ffn_hidden_size", "vocab_size", "add_qkv_bias",
@@ -222,6 +227,7 @@ class Trainer:
 
         meta = load_checkpoint(path, self.chunks, self.optimizer)
         self.step = int(meta["step"])
+        self.converted_from = meta.get("converted_from", self.converted_from)
         state = load_loader_state(path)
         if state is not None:
             self.loader.load_state_dict(state)
@@ -397,6 +403,8 @@ class Trainer:
                 "parallel": {"tensor_model_parallel_size": self.cfg.parallel.tensor_model_parallel_size,
                              "pipeline_model_parallel_size": self.cfg.parallel.pipeline_model_parallel_size,
                              "data_parallel_size": self.dp_size}}
+        if self.converted_from:
+            meta["converted_from"] = self.converted_from
         save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=meta,
                         loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
                         keep_last=self.cfg.training.keep_last)

@@ -101,3 +101,14 @@ def test_kill9_during_checkpoint_write_keeps_previous(tiny_store, tmp_path):
     assert (ckpts / "latest").read_text().strip() == "iter_0000004"
     assert not (ckpts / "iter_0000004.tmp").exists()
     assert sorted(losses(run)) == [1, 2, 3, 4]
+
+
+def test_init_from_loads_weights_only(tiny_store, tmp_path, straight):
+    src = tmp_path / "src"
+    run_train(tiny_store, src, "training.train_iters=4")
+    run = tmp_path / "cpt"
+    run_train(tiny_store, run, "training.train_iters=2", "--init-from", str(src))
+    got = losses(run)
+    assert sorted(got) == [1, 2]  # a new run: step counter and optimizer start fresh
+    assert got[1] != straight[1]  # but from the trained weights, not the seeded init
+    assert got[1] < straight[1]
