@@ -167,7 +167,7 @@ def run_infill(args) -> int:
             report["infill"].append({"mask_rate": r, "accuracy": acc, "ce_nats": ce})
         store_like = type("S", (), {"vocab_size": cfg.model.vocab_size,
                                     "eos_id": 0, "mask_id": cfg.model.mask_token_id, "pad_id": 0})
-        elbo, _, _ = evaluate_rows(forward, rows, make_corruptor(_eval_cfg(cfg), store_like).corrupt,
+        elbo, _, _ = evaluate_rows(forward, rows, make_corruptor(eval_corruption_config(cfg), store_like).corrupt,
                                    seed=4321, repeats=4)
         report["elbo_bits_per_token"] = elbo / math.log(2)
     if attn.mode == "causal" or cfg.loss.objective == "ar":
@@ -196,7 +196,7 @@ def run_infill(args) -> int:
     return 0
 
 
-def _eval_cfg(cfg):
+def eval_corruption_config(cfg):
     """The checkpoint's corruption, post-warmup and mask stage only (the ELBO's own process)."""
     import copy
 

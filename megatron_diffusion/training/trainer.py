@@ -159,6 +159,11 @@ class Trainer:
 
         store = self.stores[0]
         self.corruptor = make_corruptor(cfg, store)
+        # validation measures the objective itself (the ELBO): post-warmup, mask stage. The
+        # training corruptor would draw validation rows at its step 0, inside the warmup.
+        from megatron_diffusion.evaluation.infill import eval_corruption_config
+
+        self.val_corruptor = make_corruptor(eval_corruption_config(cfg), store)
         total_samples = cfg.training.train_iters * cfg.data.global_batch_size
         if self.rank == 0:
             build_indices(cfg.data, total_samples)
@@ -375,7 +380,7 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         """Validation loss (the training objective) and accuracy at its loss positions."""
-        res = self._evaluate(self.corruptor.corrupt, self.cfg.loss)
+        res = self._evaluate(self.val_corruptor.corrupt, self.cfg.loss)
         return res["loss"], res["acc"]
 
     def infill_eval(self, rates=(0.15, 0.5, 0.9)) -> dict:

@@ -112,3 +112,16 @@ def test_init_from_loads_weights_only(tiny_store, tmp_path, straight):
     assert sorted(got) == [1, 2]  # a new run: step counter and optimizer start fresh
     assert got[1] != straight[1]  # but from the trained weights, not the seeded init
     assert got[1] < straight[1]
+
+
+def test_validation_measures_the_objective_not_the_warmup(tiny_store, tmp_path):
+    """During the corruption warmup the training loss is tiny (few masks, w = 1); validation must
+    still report the full ELBO, so at step 1 it is far above the warmup training loss."""
+    run = tmp_path / "run"
+    run_train(tiny_store, run, "training.train_iters=2", "corruption.warmup_steps=100",
+              "training.eval_interval=1", "training.eval_iters=2")
+    import json
+
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["u_max"] < 0.05
+    assert first["val_loss"] > 2 * first["loss"]
