@@ -54,17 +54,32 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _die_with_parent() -> None:
+    """Linux: the Manager process gets SIGKILL when the trainer dies, even by ``kill -9``."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _ensure_writer_queue() -> None:
     """dist_checkpointing's file writer collects results through a Manager queue that it starts
     with the *spawn* context, which re-imports ``__main__``: any script without a main guard
     (and our own entry points run from ``python -c``) would start a second copy of itself. A
-    fork-context Manager serves the same queue without that."""
+    fork-context Manager serves the same queue without that, and is tied to the trainer's life
+    so a hard kill leaves no orphan behind."""
     import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
+        manager = SyncManager(ctx=mp.get_context("fork"))
+        manager.start(_die_with_parent)
+        filesystem_async._results_queue = manager.Queue()
 
 
 def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:

@@ -84,6 +84,19 @@ def test_sigterm_saves_and_resume_continues(tiny_store, tmp_path):
     assert sorted(losses(run)) == list(range(1, saved + 3))
 
 
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(f"{p.name}: {cmd[:120]}")
+    return found
+
+
 def test_kill9_during_checkpoint_write_keeps_previous(tiny_store, tmp_path):
     run = tmp_path / "run"
     run_train(tiny_store, run, "training.train_iters=2")  # a complete checkpoint at step 2
@@ -95,6 +108,9 @@ def test_kill9_during_checkpoint_write_keeps_previous(tiny_store, tmp_path):
                      and any((ckpts / "iter_0000004.tmp" / "rng").iterdir()))
     proc.kill()
     proc.wait()
+    # no helper process (checkpoint writer's Manager, loader workers) outlives the trainer
+    assert _wait_for(lambda: not _processes_mentioning(str(run)), timeout=20), \
+        _processes_mentioning(str(run))
     assert (ckpts / "latest").read_text().strip() == "iter_0000002"
     assert not (ckpts / "iter_0000004").exists()
     run_train(tiny_store, run, "training.train_iters=4")  # resumes from 2, cleans the .tmp
