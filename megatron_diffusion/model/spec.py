@@ -31,4 +31,9 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
         spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     if cfg.attention_backend != "te":
         spec.submodules.self_attention.submodules.core_attention = DiffusionCoreAttention
+    else:  # TE fused attention: the diffusion mask arrives as an additive attention_bias
+        from megatron.core.transformer.enums import AttnMaskType
+
+        spec.submodules.self_attention.params = dict(spec.submodules.self_attention.params,
+                                                     attn_mask_type=AttnMaskType.no_mask)
     return spec

@@ -18,7 +18,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_diffusion.loss import LossConfig, diffusion_loss
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.model.inputs import model_inputs
+from megatron_diffusion.model.inputs import forward_kwargs
 
 
 def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
@@ -31,22 +31,23 @@ def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
     return loss_sum, num_tokens, {"report": report}
 
 
-def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shift: bool):
+def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shift: bool,
+                      backend: str = "sdpa"):
     clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         batch = batch.to(device)
-        tokens, position_ids, mask = model_inputs(batch, attn_cfg)
-        output = model(tokens, position_ids, mask)
+        output = model(**forward_kwargs(batch, attn_cfg, backend))
         return output, partial(_loss_func, batch, loss_cfg, logit_shift, clean_causal)
 
     return forward_step
 
 
 def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss_cfg: LossConfig,
-                     *, logit_shift: bool = False, forward_only: bool = False) -> dict:
+                     *, logit_shift: bool = False, forward_only: bool = False,
+                     backend: str = "sdpa") -> dict:
     """Run the schedule over ``microbatches`` (this DP rank's share of the global batch).
 
     Returns the global-batch figures, reduced over micro-batches and data-parallel ranks and
@@ -55,7 +56,7 @@ def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss
     """
     first = microbatches[0]
     seq_length = first.tokens_BS.shape[1]
-    step = make_forward_step(attn_cfg, loss_cfg, logit_shift)
+    step = make_forward_step(attn_cfg, loss_cfg, logit_shift, backend)
     n_chunks = len(chunks)
     iterators = [iter(microbatches) for _ in range(n_chunks)] if n_chunks > 1 else iter(microbatches)
     reports = get_forward_backward_func()(

@@ -294,7 +294,8 @@ class Trainer:
                 self._zero_grads()
                 mbs = self._next_microbatches(it)
                 res = forward_backward(self.chunks, mbs, cfg.attention, cfg.loss,
-                                       logit_shift=cfg.model.logit_shift)
+                                       logit_shift=cfg.model.logit_shift,
+                                       backend=cfg.model.attention_backend)
                 if not math.isfinite(res["loss"]):
                     nan_in_a_row += 1
                     logger.write(f"step {self.step}: non-finite loss {res['loss']}, step skipped "
@@ -373,7 +374,8 @@ class Trainer:
         n = max(self.cfg.training.eval_iters, self.cfg.parallel.pipeline_model_parallel_size)
         batches = [next(it) for _ in range(n)]
         res = forward_backward(self.chunks, batches, self.cfg.attention, loss_cfg,
-                               logit_shift=self.cfg.model.logit_shift, forward_only=True)
+                               logit_shift=self.cfg.model.logit_shift, forward_only=True,
+                               backend=self.cfg.model.attention_backend)
         for c in self.chunks:
             c.train()
         return res
