@@ -1,0 +1,220 @@
+"""Block-wise parallel decoding with an exact KV cache (Seed Diffusion 3.4, METHOD.md 8).
+
+The generation after the prompt is cut into blocks of ``B`` tokens, decoded left to right. A
+block starts as ``B`` [MASK] tokens; every step predicts all of them in parallel and a commit
+rule (``strategies``) makes some final; when none is left the next block starts.
+
+**One forward per step, prefill and commit pass fused.** A forward feeds the clean tokens not yet
+in the cache followed by the current block: the first step of the first block feeds the whole
+prompt (its keys/values are cached: the prefill), the first step of block ``k + 1`` feeds the
+now-final block ``k`` as clean context (its keys/values are cached: SDAR's *commit pass*) plus
+block ``k + 1``. Masks (``masks.chunk_mask``) give the clean tokens exactly the attention they
+have in block-mode training, so the cached keys/values are those training computes and the
+logits of a block equal the training forward's (tests/sampling/test_exactness.py). Later steps
+of a block feed the block alone against the cache. Without a cache (``kv_cache=False``) every
+step feeds the whole sequence with the same mask: same logits up to float rounding, same tokens.
+
+**Which models.** ``block`` models as above (clean stream ``block_causal`` or ``causal``).
+``causal`` models: the block attends causally inside itself; block size 1 is plain AR decoding.
+``bidirectional`` (full-sequence) models: clean tokens attend masked ones too, so nothing can be
+cached; every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and
+blocks only restrict which positions may be committed (LLaDA's semi-autoregressive order; one
+block = the whole generation is plain full-sequence diffusion).
+
+**Logit shift** (converted AR checkpoints, causal/bidirectional only): output ``i - 1``
+predicts token ``i``. The last clean token is kept out of the cache ("pending") and fed with
+the block, so its output predicts the block's first token; outputs of block positions
+``0..B-2`` predict positions ``1..B-1``. For a causal model the block's last position is not
+fed at all (its output would predict the next block).
+
+**Batches.** Prompts are left-padded; positions start at 0 at each prompt's first token; pad
+keys are masked. Blocks are synchronous over rows; a row leaves the batch (and the cache) once it
+has committed an EOS with every earlier position final, and its output is cut after the EOS.
+Forwards are counted per row only when the row had something to decide in them.
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.sampling import strategies
+from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """What the sampler needs to know about the trained model."""
+
+    mode: str
+    """Training attention mode: ``block``, ``causal`` or ``bidirectional``."""
+    clean_stream: str
+    """Block mode: ``block_causal`` or ``causal``."""
+    training_block_size: int
+    logit_shift: bool
+    """Output ``i - 1`` predicts token ``i`` (model.logit_shift, or an AR-objective model)."""
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    max_positions: int
+    """model.max_position_embeddings: prompt + generation must fit."""
+
+    @staticmethod
+    def from_run_config(cfg, eos_id: int, pad_id: int) -> "ModelRules":
+        return ModelRules(mode=cfg.attention.mode, clean_stream=cfg.attention.clean_stream,
+                          training_block_size=cfg.attention.block_size,
+                          logit_shift=cfg.model.logit_shift or cfg.loss.objective == "ar",
+                          mask_id=cfg.model.mask_token_id, eos_id=eos_id, pad_id=pad_id,
+                          max_positions=cfg.model.max_position_embeddings)
+
+
+@dataclass
+class Completion:
+    """One decoded row."""
+
+    tokens: list[int]
+    """Generated ids after the prompt, up to and including the first EOS (if any)."""
+    num_forwards: int
+    """Forwards in which this row had positions to decide."""
+    seconds: float
+    """Time from the start of its batch until this row was done (its latency)."""
+    stopped_at_eos: bool
+
+
+class BlockSampler:
+    """Decode batches of token-id prompts with one backend and one resolved config."""
+
+    def __init__(self, backend, rules: ModelRules, cfg: SamplerConfig):
+        self.backend = backend
+        self.rules = rules
+        self.cfg = cfg.resolve(rules.mode, rules.training_block_size)
+        if rules.logit_shift and rules.mode == "block":
+            raise UsageError("model.logit_shift: block-mode models are trained without a shift")
+        self.mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
+        self.use_cache = self.cfg.kv_cache and backend.supports_cache
+        self.shift = int(rules.logit_shift)
+
+    def check_prompts(self, prompts: list[list[int]]) -> None:
+        for i, ids in enumerate(prompts):
+            if len(ids) == 0:
+                raise UsageError(f"prompt {i}: empty (encodes to no tokens)")
+            if len(ids) >= self.rules.max_positions:
+                raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
+                                 f"(model.max_position_embeddings={self.rules.max_positions})")
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]]) -> list[Completion]:
+        """Completions for one batch of prompts (token ids), in order."""
+        self.check_prompts(prompts)
+        start_time = time.perf_counter()
+        cfg, rules, device = self.cfg, self.rules, self.backend.device
+        num_rows = len(prompts)
+        P = max(len(p) for p in prompts)
+        G = min(cfg.max_new_tokens, rules.max_positions - P)
+        T, B = P + G, cfg.block_size
+
+        seq_BT = torch.full((num_rows, T), rules.pad_id, dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            seq_BT[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
+        seq_BT[:, P:] = rules.mask_id
+        seq_BT = seq_BT.to(device)
+        pad_B = torch.tensor([P - len(p) for p in prompts], dtype=torch.long, device=device)
+        pos_BT = (torch.arange(T, device=device) - pad_B[:, None]).clamp(min=0)
+        blocks_BT = clean_block_ids(pad_B, P, T, B)
+        rows_B = torch.arange(num_rows, device=device)  # original index of every live row
+        forwards = torch.zeros(num_rows, dtype=torch.long, device=device)
+        generator = None
+        if cfg.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        results: list[Completion | None] = [None] * num_rows
+        cached = 0
+
+        def finish(done_B: torch.Tensor, end_B: torch.Tensor, at_eos: bool) -> None:
+            now = time.perf_counter() - start_time
+            for r in done_B.nonzero()[:, 0].tolist():
+                row = int(rows_B[r])
+                results[row] = Completion(tokens=seq_BT[r, P:int(end_B[r])].tolist(),
+                                          num_forwards=int(forwards[row]), seconds=now,
+                                          stopped_at_eos=at_eos)
+
+        with self.backend.session(capacity=T, use_cache=self.use_cache):
+            for block_start in range(P, T, B):
+                block_end = min(block_start + B, T)
+                n = block_end - block_start
+                corrections_B = torch.zeros(seq_BT.shape[0], dtype=torch.long, device=device)
+                settled_B = torch.zeros(seq_BT.shape[0], dtype=torch.bool, device=device)
+                mask_key, mask = None, None
+                step = 0
+                while True:
+                    block_BN = seq_BT[:, block_start:block_end]
+                    masked_BN = block_BN == rules.mask_id
+                    active_B = masked_BN.any(dim=1)
+                    if cfg.self_correct:
+                        active_B |= ~settled_B
+                    if not bool(active_B.any()):
+                        break
+                    in_start = cached if self.use_cache else 0
+                    if rules.mode == "bidirectional":
+                        in_end = T
+                    elif rules.mode == "causal":
+                        in_end = block_end - self.shift
+                    else:
+                        in_end = block_end
+                    if mask_key != (in_start, in_end, seq_BT.shape[0]):
+                        mask_key = (in_start, in_end, seq_BT.shape[0])
+                        mask = chunk_mask(self.mask_rules, pad_B, blocks_BT, start=in_start,
+                                          block_start=block_start, end=in_end)
+                    num_commit = block_start - self.shift - cached if self.use_cache else 0
+                    logits_BNV = self.backend.forward(
+                        seq_BT[:, in_start:in_end], pos_BT[:, in_start:in_end], mask,
+                        num_commit=num_commit,
+                        num_logits=in_end - block_start + self.shift)[:, :n]
+                    cached += num_commit
+                    forwards[rows_B[active_B]] += 1
+                    step += 1
+
+                    tokens_BN, conf_BN, top1_BN, top1_prob_BN = strategies.propose(
+                        logits_BNV, cfg.temperature, generator)
+                    if cfg.strategy == "fixed":
+                        commit_BN = strategies.select_fixed(masked_BN, conf_BN,
+                                                            cfg.steps_per_block - step + 1)
+                    else:
+                        commit_BN = strategies.select_threshold(masked_BN, conf_BN, cfg.threshold)
+                    new_BN = torch.where(commit_BN, tokens_BN, block_BN)
+                    if cfg.self_correct:
+                        allowed_B = active_B & (corrections_B < cfg.max_corrections_per_block)
+                        fix_BN = strategies.select_correction(
+                            ~masked_BN, block_BN, top1_BN, top1_prob_BN,
+                            cfg.correction_threshold, allowed_B)
+                        new_BN = torch.where(fix_BN, top1_BN, new_BN)
+                        corrected_B = fix_BN.any(dim=1)
+                        corrections_B += corrected_B
+                        settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
+                    seq_BT[:, block_start:block_end] = new_BN
+
+                    # rows done: an EOS with every position before it final
+                    is_eos_BN = new_BN == rules.eos_id
+                    first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
+                    before_BN = torch.arange(n, device=device) < first_eos_B[:, None]
+                    still_masked_BN = new_BN == rules.mask_id
+                    done_B = is_eos_BN.any(dim=1) & ~(still_masked_BN & before_BN).any(dim=1)
+                    if cfg.self_correct:
+                        done_B &= settled_B
+                    if bool(done_B.any()):
+                        finish(done_B, block_start + first_eos_B + 1, at_eos=True)
+                        keep_B = (~done_B).nonzero()[:, 0]
+                        seq_BT, pos_BT, pad_B, blocks_BT, rows_B = (
+                            t[keep_B] for t in (seq_BT, pos_BT, pad_B, blocks_BT, rows_B))
+                        corrections_B, settled_B = corrections_B[keep_B], settled_B[keep_B]
+                        self.backend.select_rows(keep_B)
+                        mask_key = None
+                        if keep_B.numel() == 0:
+                            break
+                if seq_BT.shape[0] == 0:
+                    break
+            if seq_BT.shape[0]:
+                finish(torch.ones(seq_BT.shape[0], dtype=torch.bool, device=device),
+                       torch.full((seq_BT.shape[0],), T, device=device), at_eos=False)
+        return results
