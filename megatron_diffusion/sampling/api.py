@@ -49,13 +49,17 @@ class DiffusionSampler:
         self.core.check_prompts(ids)
         return ids
 
-    def generate_ids(self, prompts: list[list[int]]) -> tuple[list[Completion], list[float]]:
+    def generate_ids(self, prompts: list[list[int]],
+                     progress: bool = False) -> tuple[list[Completion], list[float]]:
         """Completions in order, and each one's share of its batch's wall time."""
+        from tqdm import tqdm
+
         self.core.check_prompts(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
         shares = [0.0] * len(prompts)
         size = self.cfg.batch_size
+        bar = tqdm(total=len(prompts), desc="sampling", unit="sample", disable=not progress)
         for first in range(0, len(order), size):
             chunk = order[first:first + size]
             if torch.cuda.is_available():
@@ -67,14 +71,16 @@ class DiffusionSampler:
             share = (time.perf_counter() - start) / len(chunk)
             for i, c in zip(chunk, done):
                 out[i], shares[i] = c, share
+            bar.update(len(chunk))
+        bar.close()
         return out, shares
 
     def decode(self, completion: Completion) -> str:
         ids = completion.tokens[:-1] if completion.stopped_at_eos else completion.tokens
         return self.tokenizer.decode(ids)
 
-    def complete(self, prompts: list[str]) -> list[GenerationResult]:
-        completions, shares = self.generate_ids(self.encode(prompts))
+    def complete(self, prompts: list[str], progress: bool = False) -> list[GenerationResult]:
+        completions, shares = self.generate_ids(self.encode(prompts), progress)
         return [GenerationResult(text=self.decode(c), num_forwards=c.num_forwards,
                                  num_tokens=len(c.tokens), seconds=s)
                 for c, s in zip(completions, shares)]

@@ -109,7 +109,9 @@ class ModelBackend:
                 gather_from_tensor_model_parallel_region)
 
             logits_BNV = gather_from_tensor_model_parallel_region(logits_BNV)
-        return logits_BNV.float()
+        # drop the vocabulary padding (its size depends on the TP size): sampling then draws
+        # the same tokens under any TP layout
+        return logits_BNV[..., :self.model.real_vocab_size].float()
 
     def select_rows(self, index_B: torch.Tensor) -> None:
         if self.cache is not None:

@@ -40,6 +40,7 @@ import torch
 
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.sampling import strategies
+from megatron_diffusion.sampling.backend import as_backend
 from megatron_diffusion.sampling.config import SamplerConfig
 from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
 
@@ -86,15 +87,19 @@ class Completion:
 class BlockSampler:
     """Decode batches of token-id prompts with one backend and one resolved config."""
 
-    def __init__(self, backend, rules: ModelRules, cfg: SamplerConfig):
-        self.backend = backend
+    def __init__(self, model, rules: ModelRules, cfg: SamplerConfig):
+        """``model``: a ``DiffusionGPTModel``, a backend, or any callable with the model's
+        forward signature ``(input_ids, position_ids, attention_mask) -> logits``."""
+        self.backend = as_backend(model)
         self.rules = rules
         self.cfg = cfg.resolve(rules.mode, rules.training_block_size)
         if rules.logit_shift and rules.mode == "block":
             raise UsageError("model.logit_shift: block-mode models are trained without a shift")
         self.mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
-        self.use_cache = self.cfg.kv_cache and backend.supports_cache
+        self.use_cache = self.cfg.kv_cache and self.backend.supports_cache
         self.shift = int(rules.logit_shift)
+        self.num_model_calls = 0
+        """Batched forwards run so far (each counts once, whatever the batch size)."""
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
         for i, ids in enumerate(prompts):
@@ -172,6 +177,7 @@ class BlockSampler:
                         num_commit=num_commit,
                         num_logits=in_end - block_start + self.shift)[:, :n]
                     cached += num_commit
+                    self.num_model_calls += 1
                     forwards[rows_B[active_B]] += 1
                     step += 1
 
