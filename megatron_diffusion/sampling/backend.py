@@ -142,8 +142,8 @@ class CallableBackend:
 
 def as_backend(model_or_fn, device=None):
     """A ``ModelBackend`` for a module with diffusion core attention, else a ``CallableBackend``."""
-    if isinstance(model_or_fn, (ModelBackend, CallableBackend)):
-        return model_or_fn
+    if hasattr(model_or_fn, "session") and hasattr(model_or_fn, "supports_cache"):
+        return model_or_fn  # already a backend (or a wrapper of one)
     from megatron_diffusion.model.attention import DiffusionCoreAttention
 
     if isinstance(model_or_fn, torch.nn.Module) and any(

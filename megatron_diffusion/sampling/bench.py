@@ -65,8 +65,11 @@ def measure(sampler, prompts: list[list[int]], warmup: bool = True) -> dict:
     num_forwards = sum(c.num_forwards for c in completions)
     latency = np.array([c.seconds for c in completions])
     cfg = sampler.cfg
+    tp = sampler.settings["tensor_model_parallel_size"]
     return {
         "tokens_per_second": num_tokens / wall,
+        "tokens_per_second_per_device": num_tokens / wall / tp,
+        "tensor_model_parallel_size": tp,
         "tokens_per_forward": num_tokens / max(num_forwards, 1),
         "num_forwards": num_forwards,
         "num_model_calls": sampler.core.num_model_calls - calls_before,

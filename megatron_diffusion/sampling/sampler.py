@@ -34,7 +34,7 @@ Forwards are counted per row only when the row had something to decide in them.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -84,6 +84,34 @@ class Completion:
     stopped_at_eos: bool
 
 
+@dataclass
+class _Rows:
+    """The live rows of a batch (finished rows are dropped from every tensor at once)."""
+
+    seq_BT: torch.Tensor
+    """Token buffer: left-padded prompt, then the generation ([MASK] until committed)."""
+    pos_BT: torch.Tensor
+    """RoPE positions, 0 at each prompt's first token."""
+    pad_B: torch.Tensor
+    """Pad columns at the left of each row."""
+    blocks_BT: torch.Tensor
+    """Clean-stream block id of every column (``masks.clean_block_ids``)."""
+    index_B: torch.Tensor
+    """Original index of each live row in the batch."""
+    corrections_B: torch.Tensor
+    """Self-correction: replacements made in the current block."""
+    settled_B: torch.Tensor
+    """Self-correction: the current block is final."""
+
+    def keep(self, index_B: torch.Tensor) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name)[index_B])
+
+    @property
+    def num(self) -> int:
+        return self.seq_BT.shape[0]
+
+
 class BlockSampler:
     """Decode batches of token-id prompts with one backend and one resolved config."""
 
@@ -109,118 +137,130 @@ class BlockSampler:
                 raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
                                  f"(model.max_position_embeddings={self.rules.max_positions})")
 
+    def _rows(self, prompts: list[list[int]], P: int, T: int) -> _Rows:
+        device, num = self.backend.device, len(prompts)
+        seq_BT = torch.full((num, T), self.rules.pad_id, dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            seq_BT[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
+        seq_BT[:, P:] = self.rules.mask_id
+        pad_B = torch.tensor([P - len(p) for p in prompts], dtype=torch.long, device=device)
+        return _Rows(seq_BT=seq_BT.to(device),
+                     pos_BT=(torch.arange(T, device=device) - pad_B[:, None]).clamp(min=0),
+                     pad_B=pad_B, blocks_BT=clean_block_ids(pad_B, P, T, self.cfg.block_size),
+                     index_B=torch.arange(num, device=device),
+                     corrections_B=torch.zeros(num, dtype=torch.long, device=device),
+                     settled_B=torch.zeros(num, dtype=torch.bool, device=device))
+
+    def _input_end(self, block_end: int, total: int) -> int:
+        """Last fed column + 1: the block, the whole generation (bidirectional), or the block
+        minus its last position (causal with logit shift: that output predicts the next block)."""
+        if self.rules.mode == "bidirectional":
+            return total
+        if self.rules.mode == "causal":
+            return block_end - self.shift
+        return block_end
+
+    def _decide(self, rows: _Rows, block_BN, masked_BN, active_B, logits_BNV, step: int,
+                generator) -> torch.Tensor:
+        """The block after this step's commits (and correction)."""
+        cfg = self.cfg
+        tokens_BN, conf_BN, top1_BN, top1_prob_BN = strategies.propose(
+            logits_BNV, cfg.temperature, generator)
+        if cfg.strategy == "fixed":
+            commit_BN = strategies.select_fixed(masked_BN, conf_BN, cfg.steps_per_block - step + 1)
+        else:
+            commit_BN = strategies.select_threshold(masked_BN, conf_BN, cfg.threshold)
+        new_BN = torch.where(commit_BN, tokens_BN, block_BN)
+        if cfg.self_correct:
+            allowed_B = active_B & (rows.corrections_B < cfg.max_corrections_per_block)
+            fix_BN = strategies.select_correction(~masked_BN, block_BN, top1_BN, top1_prob_BN,
+                                                  cfg.correction_threshold, allowed_B)
+            new_BN = torch.where(fix_BN, top1_BN, new_BN)
+            corrected_B = fix_BN.any(dim=1)
+            rows.corrections_B += corrected_B
+            # final: a step that saw no [MASK] in the block and changed nothing
+            rows.settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
+        return new_BN
+
+    def _done_at_eos(self, rows: _Rows, block_BN) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows with an EOS in the block and every position before it final; the EOS offset."""
+        n = block_BN.shape[1]
+        is_eos_BN = block_BN == self.rules.eos_id
+        first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
+        before_BN = torch.arange(n, device=block_BN.device) < first_eos_B[:, None]
+        open_before_B = ((block_BN == self.rules.mask_id) & before_BN).any(dim=1)
+        done_B = is_eos_BN.any(dim=1) & ~open_before_B
+        if self.cfg.self_correct:
+            done_B &= rows.settled_B
+        return done_B, first_eos_B
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> list[Completion]:
         """Completions for one batch of prompts (token ids), in order."""
         self.check_prompts(prompts)
         start_time = time.perf_counter()
-        cfg, rules, device = self.cfg, self.rules, self.backend.device
-        num_rows = len(prompts)
+        cfg, device = self.cfg, self.backend.device
         P = max(len(p) for p in prompts)
-        G = min(cfg.max_new_tokens, rules.max_positions - P)
-        T, B = P + G, cfg.block_size
-
-        seq_BT = torch.full((num_rows, T), rules.pad_id, dtype=torch.long)
-        for i, ids in enumerate(prompts):
-            seq_BT[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
-        seq_BT[:, P:] = rules.mask_id
-        seq_BT = seq_BT.to(device)
-        pad_B = torch.tensor([P - len(p) for p in prompts], dtype=torch.long, device=device)
-        pos_BT = (torch.arange(T, device=device) - pad_B[:, None]).clamp(min=0)
-        blocks_BT = clean_block_ids(pad_B, P, T, B)
-        rows_B = torch.arange(num_rows, device=device)  # original index of every live row
-        forwards = torch.zeros(num_rows, dtype=torch.long, device=device)
+        T = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
+        rows = self._rows(prompts, P, T)
+        forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None
         if cfg.temperature > 0:
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        results: list[Completion | None] = [None] * num_rows
-        cached = 0
+        results: list[Completion | None] = [None] * len(prompts)
+        cached = 0  # columns whose keys/values are in the cache
 
         def finish(done_B: torch.Tensor, end_B: torch.Tensor, at_eos: bool) -> None:
             now = time.perf_counter() - start_time
             for r in done_B.nonzero()[:, 0].tolist():
-                row = int(rows_B[r])
-                results[row] = Completion(tokens=seq_BT[r, P:int(end_B[r])].tolist(),
+                row = int(rows.index_B[r])
+                results[row] = Completion(tokens=rows.seq_BT[r, P:int(end_B[r])].tolist(),
                                           num_forwards=int(forwards[row]), seconds=now,
                                           stopped_at_eos=at_eos)
 
         with self.backend.session(capacity=T, use_cache=self.use_cache):
-            for block_start in range(P, T, B):
-                block_end = min(block_start + B, T)
-                n = block_end - block_start
-                corrections_B = torch.zeros(seq_BT.shape[0], dtype=torch.long, device=device)
-                settled_B = torch.zeros(seq_BT.shape[0], dtype=torch.bool, device=device)
-                mask_key, mask = None, None
-                step = 0
-                while True:
-                    block_BN = seq_BT[:, block_start:block_end]
-                    masked_BN = block_BN == rules.mask_id
+            for block_start in range(P, T, cfg.block_size):
+                if not rows.num:
+                    break
+                block_end = min(block_start + cfg.block_size, T)
+                rows.corrections_B.zero_()
+                rows.settled_B.zero_()
+                mask_key, step = None, 0
+                while rows.num:
+                    block_BN = rows.seq_BT[:, block_start:block_end]
+                    masked_BN = block_BN == self.rules.mask_id
                     active_B = masked_BN.any(dim=1)
                     if cfg.self_correct:
-                        active_B |= ~settled_B
+                        active_B |= ~rows.settled_B
                     if not bool(active_B.any()):
                         break
                     in_start = cached if self.use_cache else 0
-                    if rules.mode == "bidirectional":
-                        in_end = T
-                    elif rules.mode == "causal":
-                        in_end = block_end - self.shift
-                    else:
-                        in_end = block_end
-                    if mask_key != (in_start, in_end, seq_BT.shape[0]):
-                        mask_key = (in_start, in_end, seq_BT.shape[0])
-                        mask = chunk_mask(self.mask_rules, pad_B, blocks_BT, start=in_start,
-                                          block_start=block_start, end=in_end)
+                    in_end = self._input_end(block_end, T)
+                    if mask_key != (in_start, in_end, rows.num):  # reused within a block
+                        mask_key = (in_start, in_end, rows.num)
+                        mask = chunk_mask(self.mask_rules, rows.pad_B, rows.blocks_BT,
+                                          start=in_start, block_start=block_start, end=in_end)
+                    # clean columns not yet cached become final now (prefill / commit pass)
                     num_commit = block_start - self.shift - cached if self.use_cache else 0
                     logits_BNV = self.backend.forward(
-                        seq_BT[:, in_start:in_end], pos_BT[:, in_start:in_end], mask,
-                        num_commit=num_commit,
-                        num_logits=in_end - block_start + self.shift)[:, :n]
+                        rows.seq_BT[:, in_start:in_end], rows.pos_BT[:, in_start:in_end], mask,
+                        num_commit=num_commit, num_logits=in_end - block_start + self.shift,
+                    )[:, :block_end - block_start]
                     cached += num_commit
                     self.num_model_calls += 1
-                    forwards[rows_B[active_B]] += 1
+                    forwards.index_add_(0, rows.index_B, active_B.long())  # no host sync
                     step += 1
-
-                    tokens_BN, conf_BN, top1_BN, top1_prob_BN = strategies.propose(
-                        logits_BNV, cfg.temperature, generator)
-                    if cfg.strategy == "fixed":
-                        commit_BN = strategies.select_fixed(masked_BN, conf_BN,
-                                                            cfg.steps_per_block - step + 1)
-                    else:
-                        commit_BN = strategies.select_threshold(masked_BN, conf_BN, cfg.threshold)
-                    new_BN = torch.where(commit_BN, tokens_BN, block_BN)
-                    if cfg.self_correct:
-                        allowed_B = active_B & (corrections_B < cfg.max_corrections_per_block)
-                        fix_BN = strategies.select_correction(
-                            ~masked_BN, block_BN, top1_BN, top1_prob_BN,
-                            cfg.correction_threshold, allowed_B)
-                        new_BN = torch.where(fix_BN, top1_BN, new_BN)
-                        corrected_B = fix_BN.any(dim=1)
-                        corrections_B += corrected_B
-                        settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
-                    seq_BT[:, block_start:block_end] = new_BN
-
-                    # rows done: an EOS with every position before it final
-                    is_eos_BN = new_BN == rules.eos_id
-                    first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
-                    before_BN = torch.arange(n, device=device) < first_eos_B[:, None]
-                    still_masked_BN = new_BN == rules.mask_id
-                    done_B = is_eos_BN.any(dim=1) & ~(still_masked_BN & before_BN).any(dim=1)
-                    if cfg.self_correct:
-                        done_B &= settled_B
+                    new_BN = self._decide(rows, block_BN, masked_BN, active_B, logits_BNV, step,
+                                          generator)
+                    rows.seq_BT[:, block_start:block_end] = new_BN
+                    done_B, first_eos_B = self._done_at_eos(rows, new_BN)
                     if bool(done_B.any()):
                         finish(done_B, block_start + first_eos_B + 1, at_eos=True)
                         keep_B = (~done_B).nonzero()[:, 0]
-                        seq_BT, pos_BT, pad_B, blocks_BT, rows_B = (
-                            t[keep_B] for t in (seq_BT, pos_BT, pad_B, blocks_BT, rows_B))
-                        corrections_B, settled_B = corrections_B[keep_B], settled_B[keep_B]
+                        rows.keep(keep_B)
                         self.backend.select_rows(keep_B)
                         mask_key = None
-                        if keep_B.numel() == 0:
-                            break
-                if seq_BT.shape[0] == 0:
-                    break
-            if seq_BT.shape[0]:
-                finish(torch.ones(seq_BT.shape[0], dtype=torch.bool, device=device),
-                       torch.full((seq_BT.shape[0],), T, device=device), at_eos=False)
+            if rows.num:
+                finish(torch.ones(rows.num, dtype=torch.bool, device=device),
+                       torch.full((rows.num,), T, device=device), at_eos=False)
         return results

@@ -124,3 +124,19 @@ def test_temperature_sampling_is_seeded():
 
     assert run(3) == run(3) and run(3) != run(4)
     assert all(t < 50 for row in run(3) for t in row)
+
+
+class NextTokenStub:
+    """A logit-shift model: output ``i`` surely predicts the token at ``i + 1``, ``10 + (i+1) % 40``."""
+
+    def __call__(self, input_ids, position_ids, attention_mask):
+        return one_hot_logits(10 + (position_ids + 1) % 40, torch.full(input_ids.shape, SURE))
+
+
+def test_logit_shift_reads_the_previous_output():
+    for mode, block_size in (("causal", 1), ("causal", 4), ("bidirectional", None)):
+        cfg = SamplerConfig(max_new_tokens=6, block_size=block_size, strategy="fixed")
+        out = BlockSampler(NextTokenStub(), rules(mode=mode, logit_shift=True), cfg).generate(
+            [[3, 4, 5], [7]])
+        assert out[0].tokens == [10 + p for p in range(3, 9)], mode
+        assert out[1].tokens == [10 + p for p in range(1, 7)], mode
