@@ -58,7 +58,7 @@ class DiffusionSampler:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
         shares = [0.0] * len(prompts)
-        size = self.cfg.batch_size
+        size = self.cfg.batch_size or max(len(prompts), 1)
         bar = tqdm(total=len(prompts), desc="sampling", unit="sample", disable=not progress)
         for first in range(0, len(order), size):
             chunk = order[first:first + size]

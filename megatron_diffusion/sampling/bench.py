@@ -52,7 +52,7 @@ def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int) -> list[list[in
 def measure(sampler, prompts: list[list[int]], warmup: bool = True) -> dict:
     """Run ``sampler`` (a ``DiffusionSampler``) over ``prompts``; throughput and latency."""
     if warmup:
-        sampler.generate_ids(prompts[:sampler.cfg.batch_size])
+        sampler.generate_ids(prompts[:sampler.cfg.batch_size or len(prompts)])
     calls_before = sampler.core.num_model_calls
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -78,7 +78,7 @@ def measure(sampler, prompts: list[list[int]], warmup: bool = True) -> dict:
         "wall_seconds": wall,
         "latency_p50": float(np.percentile(latency, 50)),
         "latency_p90": float(np.percentile(latency, 90)),
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.batch_size or len(prompts),
         "block_size": cfg.block_size,
         "strategy": cfg.strategy,
         "steps_per_block": cfg.steps_per_block,

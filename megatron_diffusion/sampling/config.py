@@ -45,8 +45,9 @@ class SamplerConfig:
     ar_baseline: bool = False
     """Decode one token per forward (block size 1, fixed, one step) with the KV cache: the AR
     baseline of the same model."""
-    batch_size: int = 8
-    """Prompts decoded together (sorted by length first, to reduce padding)."""
+    batch_size: int | None = None
+    """Prompts decoded together (sorted by length first, to reduce padding); None = all the
+    prompts of one ``complete`` call (the evaluation harness sets its own batch size)."""
 
     def validate(self) -> "SamplerConfig":
         def positive_int(name, value, none_ok=False):
@@ -59,7 +60,7 @@ class SamplerConfig:
         positive_int("max_new_tokens", self.max_new_tokens)
         positive_int("block_size", self.block_size, none_ok=True)
         positive_int("steps_per_block", self.steps_per_block, none_ok=True)
-        positive_int("batch_size", self.batch_size)
+        positive_int("batch_size", self.batch_size, none_ok=True)
         if self.max_corrections_per_block is not None and (
                 not isinstance(self.max_corrections_per_block, int)
                 or self.max_corrections_per_block < 0):

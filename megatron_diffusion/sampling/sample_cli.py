@@ -39,7 +39,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute the whole sequence every step (reference path)")
     parser.add_argument("--ar-baseline", action="store_true",
                         help="one token per forward with the KV cache (block size 1)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1,
                         help="TP size (run under torchrun with this many processes)")
     parser.add_argument("--params-dtype", default=None, help="override: float32 or bfloat16")
