@@ -2,15 +2,13 @@
 
 ``ModelBackend`` wraps a ``DiffusionGPTModel`` (one TP shard):
 
-* **KV cache.** A ``PreallocatedKVCache`` (a ``BlockKVCache`` with one buffer per layer sized
-  for the whole sequence) is attached to every core-attention module for a generation. Each
-  forward writes its keys/values after the cached ones and attends ``buffer[:cached + n]`` — a
-  view, no concatenation. Only the first ``num_commit`` tokens of the chunk (clean context that
-  is now final) advance the cached length; the rest (the noisy block) are scratch, overwritten
-  by the next forward. This is exactly the arithmetic of ``BlockKVCache`` (same keys, same
-  order), without the copies.
-* **Only the logits needed.** A pre-hook on the output layer keeps the last ``num_logits``
-  hidden states, so a long prompt does not cost a ``[prompt, vocab]`` projection.
+* **KV cache.** A ``RaggedKVCache`` (a ``BlockKVCache`` with one buffer per layer sized for
+  the whole sequence, indexed by column) is attached to every core-attention module for a
+  generation. Each forward writes every row's chunk at that row's own column offset and attends
+  ``buffer[:key_len]`` — a view, no concatenation; the mask says which columns each row sees.
+* **Only the logits needed.** A pre-hook on the output layer gathers, per row, the hidden
+  states of the positions to predict, so a long prompt does not cost a ``[prompt, vocab]``
+  projection.
 * **Tensor parallelism.** Logits are vocabulary-parallel; they are all-gathered over the TP
   group, so every rank sees the same full-vocabulary logits and takes the same decisions.
 
@@ -26,36 +24,39 @@ import torch
 from megatron_diffusion.model.attention import BlockKVCache, attach_kv_cache
 
 
-class PreallocatedKVCache(BlockKVCache):
-    """Per-layer key/value buffers ``[capacity, b, ng, hn]``; ``num_cached`` rows are final."""
+class RaggedKVCache(BlockKVCache):
+    """Per-layer key/value buffers ``[capacity, b, ng, hn]`` indexed by buffer column.
+
+    Rows advance independently, so each forward writes row ``r``'s chunk at its own offset
+    ``write_start_B[r]`` and attends ``buffer[:key_len]``; what a row may see is the mask's job.
+    Columns before a row's chunk hold its final (cached) keys/values; a chunk's clean columns
+    become cached simply because the next chunk starts after them (``RaggedKVCache`` never
+    copies or concatenates). Same keys/values, same order as ``BlockKVCache``.
+    """
 
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
-        self.num_cached = 0
-        self.num_commit = 0
-        """Leading tokens of the current forward that become final (set before each forward)."""
+        self.write_start_B: torch.Tensor | None = None
+        self.key_len = 0
 
     @property
     def length(self) -> int:
-        return self.num_cached
+        return self.key_len
 
     def extend(self, layer_number: int, key, value):
-        start, end = self.num_cached, self.num_cached + key.shape[0]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        width, batch = key.shape[0], key.shape[1]
         if layer_number not in self.keys:
             shape = (self.capacity, *key.shape[1:])
-            self.keys[layer_number] = key.new_empty(shape)
-            self.values[layer_number] = value.new_empty(shape)
+            self.keys[layer_number] = key.new_zeros(shape)
+            self.values[layer_number] = value.new_zeros(shape)
         keys, values = self.keys[layer_number], self.values[layer_number]
-        keys[start:end] = key
-        values[start:end] = value
-        return keys[:end], values[:end]
-
-    def advance(self) -> None:
-        self.num_cached += self.num_commit
-        self.num_commit = 0
+        cols_WB = (self.write_start_B[None, :]
+                   + torch.arange(width, device=key.device)[:, None])
+        rows_WB = torch.arange(batch, device=key.device)[None, :].expand(width, batch)
+        keys[cols_WB, rows_WB] = key
+        values[cols_WB, rows_WB] = value
+        return keys[:self.key_len], values[:self.key_len]
 
 
 class ModelBackend:
@@ -65,8 +66,8 @@ class ModelBackend:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.cache: PreallocatedKVCache | None = None
-        self._num_logits: int | None = None
+        self.cache: RaggedKVCache | None = None
+        self._logit_index_NB: torch.Tensor | None = None
         from megatron.core import parallel_state
 
         self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
@@ -78,7 +79,7 @@ class ModelBackend:
     @contextlib.contextmanager
     def session(self, capacity: int, use_cache: bool):
         """One generation: a fresh cache (if used) and the output-layer slicing hook."""
-        self.cache = PreallocatedKVCache(capacity) if use_cache else None
+        self.cache = RaggedKVCache(capacity) if use_cache else None
         hook = self.model.output_layer.register_forward_pre_hook(self._keep_last_hidden)
         try:
             with attach_kv_cache(self.model, self.cache), torch.inference_mode():
@@ -88,22 +89,27 @@ class ModelBackend:
             self.cache = None
 
     def _keep_last_hidden(self, module, args):
-        if self._num_logits is None:
+        if self._logit_index_NB is None:
             return None
-        return (args[0][-self._num_logits:], *args[1:])
+        hidden_WBH = args[0]
+        index = self._logit_index_NB[:, :, None].expand(-1, -1, hidden_WBH.shape[-1])
+        return (hidden_WBH.gather(0, index), *args[1:])
 
-    def forward(self, tokens_BQ, positions_BQ, mask_B1QK, *, num_commit: int,
-                num_logits: int) -> torch.Tensor:
-        """Full-vocabulary float32 logits ``[b, num_logits, V]`` of the chunk's last positions."""
+    def forward(self, tokens_BW, positions_BW, mask_B1WK, *, write_start_B: torch.Tensor,
+                logit_index_BN: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary float32 logits ``[b, N, V]`` at chunk positions ``logit_index_BN``.
+
+        Row ``r``'s chunk is written to the cache from column ``write_start_B[r]``; the keys
+        attended are the cache's first ``mask_B1WK.shape[-1]`` columns.
+        """
         if self.cache is not None:
-            self.cache.num_commit = num_commit
-        self._num_logits = num_logits
+            self.cache.write_start_B = write_start_B
+            self.cache.key_len = mask_B1WK.shape[-1]
+        self._logit_index_NB = logit_index_BN.T
         try:
-            logits_BNV = self.model(tokens_BQ, positions_BQ, mask_B1QK)
+            logits_BNV = self.model(tokens_BW, positions_BW, mask_B1WK)
         finally:
-            self._num_logits = None
-        if self.cache is not None:
-            self.cache.advance()
+            self._logit_index_NB = None
         if self.tp_size > 1:
             from megatron.core.tensor_parallel.mappings import (
                 gather_from_tensor_model_parallel_region)
@@ -132,9 +138,11 @@ class CallableBackend:
         with torch.inference_mode():
             yield self
 
-    def forward(self, tokens_BQ, positions_BQ, mask_B1QK, *, num_commit: int,
-                num_logits: int) -> torch.Tensor:
-        return self.fn(tokens_BQ, positions_BQ, mask_B1QK)[:, -num_logits:].float()
+    def forward(self, tokens_BW, positions_BW, mask_B1WK, *, write_start_B: torch.Tensor,
+                logit_index_BN: torch.Tensor) -> torch.Tensor:
+        logits_BWV = self.fn(tokens_BW, positions_BW, mask_B1WK)
+        index = logit_index_BN[:, :, None].expand(-1, -1, logits_BWV.shape[-1])
+        return logits_BWV.gather(1, index).float()
 
     def select_rows(self, index_B: torch.Tensor) -> None:
         pass

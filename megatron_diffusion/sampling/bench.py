@@ -116,10 +116,14 @@ def block_nll(sampler, prompt: list[int], tokens: list[int]) -> tuple[float, int
             in_end = P + G if rules.mode == "bidirectional" else end
             inputs = seq[:, :in_end].clone()
             inputs[:, start:] = rules.mask_id
-            mask = chunk_mask(mask_rules, pad, blocks, start=0, block_start=start, end=in_end)
-            logits = core.backend.forward(inputs, positions[:, :in_end], mask, num_commit=0,
-                                          num_logits=in_end - start + core.shift)
-            logp = torch.log_softmax(logits[0, :end - start], dim=-1)
+            one = torch.ones(1, dtype=torch.long, device=device)
+            mask = chunk_mask(mask_rules, pad, blocks, in_start_B=0 * one, in_end_B=in_end * one,
+                              block_start_B=start * one, width=in_end, key_len=in_end,
+                              seq_end=P + G)
+            index = torch.arange(start - core.shift, end - core.shift, device=device)[None]
+            logits = core.backend.forward(inputs, positions[:, :in_end], mask,
+                                          write_start_B=0 * one, logit_index_BN=index)
+            logp = torch.log_softmax(logits[0], dim=-1)
             total -= float(logp.gather(-1, seq[0, start:end, None]).sum())
     return total, G
 

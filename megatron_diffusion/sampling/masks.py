@@ -1,14 +1,21 @@
-"""Attention masks of one sampler forward: clean context + the current noisy block, with a cache.
+"""Attention masks of one sampler forward: clean context + each row's current noisy block.
 
-A batch is a token buffer ``[b, T]``: each prompt left-padded to the longest (``P`` columns), then
-the generation region (``T - P`` columns, ``[MASK]`` until committed). Generation proceeds in
-blocks of the inference block size ``B`` starting at column ``P``. One forward feeds the columns
-``[start, end)``; the columns before ``start`` are in the KV cache (``start = 0`` without one).
-Columns before the current block ``[block_start, ...)`` are *clean* (prompt and finished
-blocks), the rest *noisy*. Query column ``i`` may attend key column ``j`` when (METHOD.md 3):
+A batch is a token buffer ``[b, C]``: each prompt left-padded to the longest (``P`` columns),
+then the generation (``G`` columns, ``[MASK]`` until committed), then right padding up to a whole
+number of blocks and scratch room. Generation proceeds in blocks of the inference block size
+``B`` from column ``P``. **Rows advance independently**: row ``r`` is at its own block
+``[block_start_r, block_start_r + B)``, so a row whose block is done never waits for the others.
 
-* ``j`` is not padding (``j >= pad_b``) — pad *queries* attend only themselves, so no softmax
-  row is empty (their outputs are never read);
+One forward feeds, for row ``r``, the columns ``[in_start_r, in_end_r)``; columns before
+``in_start_r`` are in the KV cache (``in_start = 0`` without one). Chunks are left-aligned in a
+``[b, W]`` input (``W`` the widest chunk); a row's chunk is written to the cache at its own
+offset, and the filler after a shorter chunk lands in scratch columns nobody reads. Columns
+before a row's block are *clean* (prompt and finished blocks), the rest *noisy*. Query column
+``i`` may attend key column ``j`` when (METHOD.md 3):
+
+* ``j`` is a real column of the row: not left/right padding, not past ``in_end_r`` (scratch);
+  queries that are padding or filler attend only themselves, so no softmax row is empty (their
+  outputs are never read);
 * clean ``i``, clean ``j``: the model's clean-stream rule — ``block``: block-causal over blocks
   of size ``B`` aligned to the prompt start (prompt) and to ``P`` (generation), the layout the
   clean copy ``x0`` has in block-mode training; ``causal``: ``j <= i``; ``all``: always;
@@ -18,15 +25,12 @@ blocks), the rest *noisy*. Query column ``i`` may attend key column ``j`` when (
 
 Because a clean column never attends a later one (for ``block``/``causal`` clean rules), its
 keys/values are final once computed: the cache is exact (SDAR's commit pass, METHOD.md 8).
-Shape suffixes: ``B`` batch rows, ``T`` buffer columns, ``Q`` query columns, ``K`` key columns.
+Shape suffixes: ``B`` batch rows, ``C`` buffer columns, ``W`` chunk width, ``K`` key columns.
 """
 
 from dataclasses import dataclass
 
 import torch
-
-CLEAN_RULES = ("block", "causal", "all")
-NOISY_RULES = ("all", "causal")
 
 
 @dataclass(frozen=True)
@@ -52,42 +56,51 @@ class MaskRules:
 
 def clean_block_ids(pad_B: torch.Tensor, prompt_columns: int, total_columns: int,
                     block_size: int) -> torch.Tensor:
-    """Block index of every buffer column ``[b, T]`` for the block-causal clean rule.
+    """Block index of every buffer column ``[b, C]`` for the block-causal clean rule.
 
     Prompt blocks are counted from each row's first real token; generation blocks from column
-    ``P`` on (the prompt's last block may be short). Padding gets -1 (never read).
+    ``P`` on (the prompt's last block may be short). Left padding gets -1 (never read).
     """
-    col_T = torch.arange(total_columns, device=pad_B.device)
+    col_C = torch.arange(total_columns, device=pad_B.device)
     prompt_len_B1 = (prompt_columns - pad_B)[:, None]
-    in_prompt_BT = (col_T - pad_B[:, None]) // block_size
+    in_prompt_BC = (col_C - pad_B[:, None]) // block_size
     num_prompt_blocks_B1 = (prompt_len_B1 + block_size - 1) // block_size
-    in_gen_BT = num_prompt_blocks_B1 + (col_T - prompt_columns) // block_size
-    ids_BT = torch.where(col_T < prompt_columns, in_prompt_BT, in_gen_BT)
-    return torch.where(col_T >= pad_B[:, None], ids_BT, torch.full_like(ids_BT, -1))
+    in_gen_BC = num_prompt_blocks_B1 + (col_C - prompt_columns) // block_size
+    ids_BC = torch.where(col_C < prompt_columns, in_prompt_BC, in_gen_BC)
+    return torch.where(col_C >= pad_B[:, None], ids_BC, torch.full_like(ids_BC, -1))
 
 
-def chunk_mask(rules: MaskRules, pad_B: torch.Tensor, clean_block_BT: torch.Tensor, *,
-               start: int, block_start: int, end: int) -> torch.Tensor:
-    """megatron mask ``[b, 1, end - start, end]`` (True = masked) for query columns
-    ``[start, end)`` against key columns ``[0, end)``; columns ``>= block_start`` are noisy."""
+def chunk_mask(rules: MaskRules, pad_B: torch.Tensor, blocks_BC: torch.Tensor, *,
+               in_start_B: torch.Tensor, in_end_B: torch.Tensor, block_start_B: torch.Tensor,
+               width: int, key_len: int, seq_end: int) -> torch.Tensor:
+    """megatron mask ``[b, 1, width, key_len]`` (True = masked).
+
+    Query ``w`` of row ``r`` is column ``in_start_r + w``; key ``k`` is column ``k``. Columns
+    ``>= block_start_r`` are noisy; columns ``>= seq_end`` are right padding.
+    """
     device = pad_B.device
-    q_Q1 = torch.arange(start, end, device=device)[:, None]
-    k_1K = torch.arange(end, device=device)[None, :]
-    clean_q_Q1, clean_k_1K = q_Q1 < block_start, k_1K < block_start
+    q_BW = in_start_B[:, None] + torch.arange(width, device=device)
+    k_K = torch.arange(key_len, device=device)
+    q_BW1, k_11K = q_BW[:, :, None], k_K[None, None, :]
+    start_B11 = block_start_B[:, None, None]
+    clean_q, clean_k = q_BW1 < start_B11, k_11K < start_B11
     if rules.clean == "block":
-        blocks_BT = clean_block_BT[:, :end]
-        clean_ok = blocks_BT[:, None, :] <= blocks_BT[:, start:end, None]  # [b, Q, K]
+        block_q_BW = blocks_BC.gather(1, q_BW.clamp(max=blocks_BC.shape[1] - 1))
+        clean_ok = blocks_BC[:, None, :key_len] <= block_q_BW[:, :, None]
     elif rules.clean == "causal":
-        clean_ok = (k_1K <= q_Q1)[None]
+        clean_ok = k_11K <= q_BW1
     else:
-        clean_ok = torch.ones(1, 1, 1, dtype=torch.bool, device=device)
-    noisy_ok = (k_1K <= q_Q1) if rules.noisy == "causal" else torch.ones_like(clean_k_1K)
-    from_clean = clean_k_1K & clean_ok
+        clean_ok = torch.ones((), dtype=torch.bool, device=device)
+    noisy_ok = (k_11K <= q_BW1) if rules.noisy == "causal" else torch.ones((), dtype=torch.bool,
+                                                                          device=device)
+    from_clean = clean_k & clean_ok
     if rules.clean_sees_noisy:
-        from_clean = from_clean | ~clean_k_1K
-    from_noisy = clean_k_1K | (~clean_k_1K & noisy_ok)
-    allowed = torch.where(clean_q_Q1, from_clean, from_noisy)  # [b or 1, Q, K]
-    pad_B11 = pad_B[:, None, None]
-    allowed = allowed & (k_1K >= pad_B11)
-    allowed = torch.where(q_Q1 < pad_B11, (k_1K == q_Q1), allowed)  # pad queries: self only
+        from_clean = from_clean | ~clean_k
+    from_noisy = clean_k | noisy_ok
+    allowed = torch.where(clean_q, from_clean, from_noisy)
+    pad_B1, end_B1 = pad_B[:, None], in_end_B[:, None]
+    key_ok_BK = (k_K >= pad_B1) & (k_K < end_B1) & (k_K < seq_end)
+    query_ok_BW = (q_BW >= pad_B1) & (q_BW < end_B1) & (q_BW < seq_end)
+    allowed = allowed & key_ok_BK[:, None, :]
+    allowed = torch.where(query_ok_BW[:, :, None], allowed, k_11K == q_BW1)  # self only
     return ~allowed[:, None]

@@ -28,9 +28,13 @@ the block, so its output predicts the block's first token; outputs of block posi
 fed at all (its output would predict the next block).
 
 **Batches.** Prompts are left-padded; positions start at 0 at each prompt's first token; pad
-keys are masked. Blocks are synchronous over rows; a row leaves the batch (and the cache) once it
-has committed an EOS with every earlier position final, and its output is cut after the EOS.
-Forwards are counted per row only when the row had something to decide in them.
+keys are masked. **Rows advance independently**: each row is at its own block, and a row whose
+block is final moves on at its next forward instead of waiting for the slowest row (with the
+threshold rule rows need different numbers of steps per block; synchronous blocks would make
+every row pay the slowest row's steps). Each forward feeds every row's own chunk, left-aligned
+and written to the cache at the row's own offset (``backend.RaggedKVCache``). A row leaves the
+batch (and the cache) once it has committed an EOS with every earlier position final, and its
+output is cut after the EOS; or when its blocks reach ``max_new_tokens``.
 """
 
 import time
@@ -88,16 +92,22 @@ class Completion:
 class _Rows:
     """The live rows of a batch (finished rows are dropped from every tensor at once)."""
 
-    seq_BT: torch.Tensor
-    """Token buffer: left-padded prompt, then the generation ([MASK] until committed)."""
-    pos_BT: torch.Tensor
+    seq_BC: torch.Tensor
+    """Token buffer: left-padded prompt, the generation ([MASK] until committed), right padding."""
+    pos_BC: torch.Tensor
     """RoPE positions, 0 at each prompt's first token."""
     pad_B: torch.Tensor
     """Pad columns at the left of each row."""
-    blocks_BT: torch.Tensor
+    blocks_BC: torch.Tensor
     """Clean-stream block id of every column (``masks.clean_block_ids``)."""
     index_B: torch.Tensor
     """Original index of each live row in the batch."""
+    block_start_B: torch.Tensor
+    """First column of the row's current block."""
+    cached_B: torch.Tensor
+    """Columns of the row whose keys/values are final in the cache."""
+    step_B: torch.Tensor
+    """Forwards spent on the current block."""
     corrections_B: torch.Tensor
     """Self-correction: replacements made in the current block."""
     settled_B: torch.Tensor
@@ -109,7 +119,7 @@ class _Rows:
 
     @property
     def num(self) -> int:
-        return self.seq_BT.shape[0]
+        return self.seq_BC.shape[0]
 
 
 class BlockSampler:
@@ -137,43 +147,49 @@ class BlockSampler:
                 raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
                                  f"(model.max_position_embeddings={self.rules.max_positions})")
 
-    def _rows(self, prompts: list[list[int]], P: int, T: int) -> _Rows:
+    def _rows(self, prompts: list[list[int]], P: int, seq_end: int, C: int) -> _Rows:
         device, num = self.backend.device, len(prompts)
-        seq_BT = torch.full((num, T), self.rules.pad_id, dtype=torch.long)
+        seq_BC = torch.full((num, C), self.rules.pad_id, dtype=torch.long)
         for i, ids in enumerate(prompts):
-            seq_BT[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
-        seq_BT[:, P:] = self.rules.mask_id
+            seq_BC[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
+        seq_BC[:, P:seq_end] = self.rules.mask_id
         pad_B = torch.tensor([P - len(p) for p in prompts], dtype=torch.long, device=device)
-        return _Rows(seq_BT=seq_BT.to(device),
-                     pos_BT=(torch.arange(T, device=device) - pad_B[:, None]).clamp(min=0),
-                     pad_B=pad_B, blocks_BT=clean_block_ids(pad_B, P, T, self.cfg.block_size),
-                     index_B=torch.arange(num, device=device),
-                     corrections_B=torch.zeros(num, dtype=torch.long, device=device),
+        zeros_B = torch.zeros(num, dtype=torch.long, device=device)
+        return _Rows(seq_BC=seq_BC.to(device),
+                     pos_BC=(torch.arange(C, device=device) - pad_B[:, None]).clamp(min=0),
+                     pad_B=pad_B, blocks_BC=clean_block_ids(pad_B, P, C, self.cfg.block_size),
+                     index_B=torch.arange(num, device=device), block_start_B=zeros_B + P,
+                     cached_B=zeros_B.clone(), step_B=zeros_B.clone(),
+                     corrections_B=zeros_B.clone(),
                      settled_B=torch.zeros(num, dtype=torch.bool, device=device))
 
-    def _input_end(self, block_end: int, total: int) -> int:
-        """Last fed column + 1: the block, the whole generation (bidirectional), or the block
-        minus its last position (causal with logit shift: that output predicts the next block)."""
+    def _chunk(self, rows: _Rows, gen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns ``[in_start_B, in_end_B)`` each row feeds: the uncached clean columns and
+        the block; the whole generation for bidirectional models; for a causal model with logit
+        shift the block minus its last position (whose output would predict the next block)."""
+        in_start_B = rows.cached_B if self.use_cache else torch.zeros_like(rows.cached_B)
         if self.rules.mode == "bidirectional":
-            return total
-        if self.rules.mode == "causal":
-            return block_end - self.shift
-        return block_end
+            in_end_B = torch.full_like(in_start_B, gen_end)
+        else:
+            shift = self.shift if self.rules.mode == "causal" else 0
+            in_end_B = rows.block_start_B + self.cfg.block_size - shift
+        return in_start_B, in_end_B
 
-    def _decide(self, rows: _Rows, block_BN, masked_BN, active_B, logits_BNV, step: int,
+    def _decide(self, rows: _Rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
                 generator) -> torch.Tensor:
         """The block after this step's commits (and correction)."""
         cfg = self.cfg
         tokens_BN, conf_BN, top1_BN, top1_prob_BN = strategies.propose(
             logits_BNV, cfg.temperature, generator)
         if cfg.strategy == "fixed":
-            commit_BN = strategies.select_fixed(masked_BN, conf_BN, cfg.steps_per_block - step + 1)
+            commit_BN = strategies.select_fixed(masked_BN, conf_BN,
+                                                cfg.steps_per_block - rows.step_B + 1)
         else:
             commit_BN = strategies.select_threshold(masked_BN, conf_BN, cfg.threshold)
         new_BN = torch.where(commit_BN, tokens_BN, block_BN)
         if cfg.self_correct:
-            allowed_B = active_B & (rows.corrections_B < cfg.max_corrections_per_block)
-            fix_BN = strategies.select_correction(~masked_BN, block_BN, top1_BN, top1_prob_BN,
+            allowed_B = rows.corrections_B < cfg.max_corrections_per_block
+            fix_BN = strategies.select_correction(~masked_BN & in_sequence_BN, block_BN, top1_BN, top1_prob_BN,
                                                   cfg.correction_threshold, allowed_B)
             new_BN = torch.where(fix_BN, top1_BN, new_BN)
             corrected_B = fix_BN.any(dim=1)
@@ -182,10 +198,10 @@ class BlockSampler:
             rows.settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
         return new_BN
 
-    def _done_at_eos(self, rows: _Rows, block_BN) -> tuple[torch.Tensor, torch.Tensor]:
+    def _done_at_eos(self, rows: _Rows, block_BN, in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows with an EOS in the block and every position before it final; the EOS offset."""
         n = block_BN.shape[1]
-        is_eos_BN = block_BN == self.rules.eos_id
+        is_eos_BN = (block_BN == self.rules.eos_id) & in_sequence_BN  # pad may equal EOS
         first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
         before_BN = torch.arange(n, device=block_BN.device) < first_eos_B[:, None]
         open_before_B = ((block_BN == self.rules.mask_id) & before_BN).any(dim=1)
@@ -199,68 +215,76 @@ class BlockSampler:
         """Completions for one batch of prompts (token ids), in order."""
         self.check_prompts(prompts)
         start_time = time.perf_counter()
-        cfg, device = self.cfg, self.backend.device
+        cfg, device, B = self.cfg, self.backend.device, self.cfg.block_size
         P = max(len(p) for p in prompts)
-        T = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
-        rows = self._rows(prompts, P, T)
+        seq_end = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
+        gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
+        C = gen_end + 2 * B + 2  # + scratch where short chunks' filler is written
+        rows = self._rows(prompts, P, seq_end, C)
+        offsets_N = torch.arange(B, device=device)
         forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None
         if cfg.temperature > 0:
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
         results: list[Completion | None] = [None] * len(prompts)
-        cached = 0  # columns whose keys/values are in the cache
 
         def finish(done_B: torch.Tensor, end_B: torch.Tensor, at_eos: bool) -> None:
             now = time.perf_counter() - start_time
+            ends = end_B.tolist()
             for r in done_B.nonzero()[:, 0].tolist():
                 row = int(rows.index_B[r])
-                results[row] = Completion(tokens=rows.seq_BT[r, P:int(end_B[r])].tolist(),
+                results[row] = Completion(tokens=rows.seq_BC[r, P:ends[r]].tolist(),
                                           num_forwards=int(forwards[row]), seconds=now,
                                           stopped_at_eos=at_eos)
+            keep_B = (~done_B).nonzero()[:, 0]
+            rows.keep(keep_B)
+            self.backend.select_rows(keep_B)
 
-        with self.backend.session(capacity=T, use_cache=self.use_cache):
-            for block_start in range(P, T, cfg.block_size):
-                if not rows.num:
-                    break
-                block_end = min(block_start + cfg.block_size, T)
-                rows.corrections_B.zero_()
-                rows.settled_B.zero_()
-                mask_key, step = None, 0
-                while rows.num:
-                    block_BN = rows.seq_BT[:, block_start:block_end]
-                    masked_BN = block_BN == self.rules.mask_id
-                    active_B = masked_BN.any(dim=1)
-                    if cfg.self_correct:
-                        active_B |= ~rows.settled_B
-                    if not bool(active_B.any()):
-                        break
-                    in_start = cached if self.use_cache else 0
-                    in_end = self._input_end(block_end, T)
-                    if mask_key != (in_start, in_end, rows.num):  # reused within a block
-                        mask_key = (in_start, in_end, rows.num)
-                        mask = chunk_mask(self.mask_rules, rows.pad_B, rows.blocks_BT,
-                                          start=in_start, block_start=block_start, end=in_end)
-                    # clean columns not yet cached become final now (prefill / commit pass)
-                    num_commit = block_start - self.shift - cached if self.use_cache else 0
-                    logits_BNV = self.backend.forward(
-                        rows.seq_BT[:, in_start:in_end], rows.pos_BT[:, in_start:in_end], mask,
-                        num_commit=num_commit, num_logits=in_end - block_start + self.shift,
-                    )[:, :block_end - block_start]
-                    cached += num_commit
-                    self.num_model_calls += 1
-                    forwards.index_add_(0, rows.index_B, active_B.long())  # no host sync
-                    step += 1
-                    new_BN = self._decide(rows, block_BN, masked_BN, active_B, logits_BNV, step,
-                                          generator)
-                    rows.seq_BT[:, block_start:block_end] = new_BN
-                    done_B, first_eos_B = self._done_at_eos(rows, new_BN)
-                    if bool(done_B.any()):
-                        finish(done_B, block_start + first_eos_B + 1, at_eos=True)
-                        keep_B = (~done_B).nonzero()[:, 0]
-                        rows.keep(keep_B)
-                        self.backend.select_rows(keep_B)
-                        mask_key = None
-            if rows.num:
-                finish(torch.ones(rows.num, dtype=torch.bool, device=device),
-                       torch.full((rows.num,), T, device=device), at_eos=False)
+        with self.backend.session(capacity=C, use_cache=self.use_cache):
+            while rows.num:
+                # rows whose block is final move to their next block (no waiting for others)
+                block_cols_BN = rows.block_start_B[:, None] + offsets_N
+                masked_BN = rows.seq_BC.gather(1, block_cols_BN) == self.rules.mask_id
+                final_B = ~masked_BN.any(dim=1)
+                if cfg.self_correct:
+                    final_B &= rows.settled_B
+                rows.block_start_B += B * final_B
+                rows.step_B *= ~final_B
+                rows.corrections_B *= ~final_B
+                rows.settled_B &= ~final_B
+                in_start_B, in_end_B = self._chunk(rows, gen_end)
+                ended_B = rows.block_start_B >= seq_end
+                any_ended, width, key_len = torch.stack([
+                    ended_B.any().long(), (in_end_B - in_start_B).max(),
+                    in_start_B.max()]).tolist()  # the one host sync before the forward
+                if any_ended:
+                    finish(ended_B, torch.full_like(ended_B, seq_end, dtype=torch.long),
+                           at_eos=False)
+                    continue
+                key_len = key_len + width if self.use_cache else width
+                mask = chunk_mask(self.mask_rules, rows.pad_B, rows.blocks_BC,
+                                  in_start_B=in_start_B, in_end_B=in_end_B,
+                                  block_start_B=rows.block_start_B, width=width,
+                                  key_len=key_len, seq_end=seq_end)
+                cols_BW = (in_start_B[:, None] + torch.arange(width, device=device)).clamp(max=C - 1)
+                block_cols_BN = rows.block_start_B[:, None] + offsets_N
+                logits_BNV = self.backend.forward(
+                    rows.seq_BC.gather(1, cols_BW), rows.pos_BC.gather(1, cols_BW), mask,
+                    write_start_B=in_start_B,
+                    logit_index_BN=block_cols_BN - self.shift - in_start_B[:, None])
+                # the clean columns fed are now final in the cache (prefill / commit pass)
+                rows.cached_B = rows.block_start_B - self.shift
+                self.num_model_calls += 1
+                forwards.index_add_(0, rows.index_B, torch.ones_like(rows.index_B))
+                rows.step_B += 1
+
+                block_BN = rows.seq_BC.gather(1, block_cols_BN)
+                masked_BN = block_BN == self.rules.mask_id
+                in_sequence_BN = block_cols_BN < seq_end  # not right padding
+                new_BN = self._decide(rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
+                                      generator)
+                rows.seq_BC.scatter_(1, block_cols_BN, new_BN)
+                done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
+                if bool(done_B.any()):
+                    finish(done_B, rows.block_start_B + first_eos_B + 1, at_eos=True)
         return results

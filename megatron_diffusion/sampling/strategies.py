@@ -48,11 +48,13 @@ def _rank_among_masked(masked_BN: torch.Tensor, confidence_BN: torch.Tensor) -> 
 
 
 def select_fixed(masked_BN: torch.Tensor, confidence_BN: torch.Tensor,
-                 steps_left: int) -> torch.Tensor:
-    """Commit ``ceil(masked_left / steps_left)`` most confident masked positions per row."""
-    steps_left = max(steps_left, 1)  # self-correction can run steps past the planned ones
+                 steps_left) -> torch.Tensor:
+    """Commit ``ceil(masked_left / steps_left)`` most confident masked positions per row
+    (``steps_left``: an int or one per row)."""
+    # self-correction can run steps past the planned ones
+    steps_left_B = torch.as_tensor(steps_left, device=masked_BN.device).clamp(min=1)
     remaining_B = masked_BN.sum(dim=-1)
-    num_B = (remaining_B + steps_left - 1) // steps_left
+    num_B = (remaining_B + steps_left_B - 1) // steps_left_B
     return masked_BN & (_rank_among_masked(masked_BN, confidence_BN) < num_B[:, None])
 
 

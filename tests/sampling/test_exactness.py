@@ -26,11 +26,12 @@ class Recorder:
     def select_rows(self, index):
         self.inner.select_rows(index)
 
-    def forward(self, tokens, positions, mask, *, num_commit, num_logits):
-        logits = self.inner.forward(tokens, positions, mask, num_commit=num_commit,
-                                    num_logits=num_logits)
-        self.records.append((positions[0, -num_logits:].clone(), tokens[0, -num_logits:].clone(),
-                             logits[0].clone(), num_commit))
+    def forward(self, tokens, positions, mask, *, write_start_B, logit_index_BN):
+        logits = self.inner.forward(tokens, positions, mask, write_start_B=write_start_B,
+                                    logit_index_BN=logit_index_BN)
+        index = logit_index_BN[0]
+        self.records.append((positions[0, index].clone(), tokens[0, index].clone(),
+                             logits[0].clone(), tokens.shape[1]))
         return logits
 
 
@@ -49,8 +50,8 @@ def test_cached_block_logits_equal_training_forward(block_model, clean_stream):
                            SamplerConfig(max_new_tokens=12, block_size=B, strategy="fixed",
                                          steps_per_block=2))
     completion = sampler.generate([prompt])[0]
-    # 3 blocks x 2 steps; the first step of a block also commits the previous clean context
-    assert [r[3] for r in recorder.records] == [8, 0, 4, 0, 4, 0]
+    # 3 blocks x 2 steps; the first step of a block also feeds the previous clean context
+    assert [r[3] for r in recorder.records] == [12, 4, 8, 4, 8, 4]
     L = prompt_len + 12
     x0 = torch.tensor(prompt + completion.tokens + [0] * (L - prompt_len - len(completion.tokens)))
     for positions, block_tokens, logits_NV, _ in recorder.records:
@@ -81,6 +82,27 @@ def test_kv_cache_gives_the_same_tokens(block_model, block_size, strategy):
         outs.append(BlockSampler(ModelBackend(block_model), rules(), cfg).generate(batch))
     assert [c.tokens for c in outs[0]] == [c.tokens for c in outs[1]]
     assert [c.num_forwards for c in outs[0]] == [c.num_forwards for c in outs[1]]
+
+
+def test_rows_at_different_blocks_stay_exact(block_model):
+    """With the threshold rule rows need different numbers of steps and advance on their own
+    (ragged chunks and cache offsets); cached, uncached and one-row-at-a-time decoding agree."""
+    batch = prompts([7, 3, 12, 5], seed=1)
+    runs = []
+    for kv_cache in (True, False):
+        cfg = SamplerConfig(max_new_tokens=16, block_size=4, threshold=0.04, kv_cache=kv_cache)
+        sampler = BlockSampler(ModelBackend(block_model), rules(), cfg)
+        runs.append(sampler.generate(batch))
+        if kv_cache:
+            num_calls = sampler.num_model_calls
+    forwards = [c.num_forwards for c in runs[0]]
+    assert len(set(forwards)) >= 3  # rows really progressed at different rates
+    assert num_calls == max(forwards)  # and nobody waited for the slowest row
+    assert [c.tokens for c in runs[0]] == [c.tokens for c in runs[1]]
+    assert forwards == [c.num_forwards for c in runs[1]]
+    solo = [sampler.generate([p])[0] for p in batch]
+    assert [c.tokens for c in solo] == [c.tokens for c in runs[0]]
+    assert [c.num_forwards for c in solo] == forwards
 
 
 def test_batched_rows_equal_solo_rows(block_model):

@@ -60,34 +60,53 @@ def test_clean_block_ids_align_to_prompt_start_and_generation_start():
     assert ids.tolist() == [[-1, 0, 0, 1, 1, 2, 2], [0, 0, 1, 2, 2, 3, 3]]
 
 
+def allowed(mode, pad, in_start, in_end, block_start, width, key_len, seq_end=7, P=3, C=9):
+    pad = torch.tensor(pad)
+    rows = lambda v: torch.tensor(v) if isinstance(v, list) else torch.full_like(pad, v)
+    mask = chunk_mask(MaskRules.for_model(mode, "block_causal"), pad,
+                      clean_block_ids(pad, P, C, 2), in_start_B=rows(in_start),
+                      in_end_B=rows(in_end), block_start_B=rows(block_start), width=width,
+                      key_len=key_len, seq_end=seq_end)
+    return (~mask[:, 0]).int().tolist()
+
+
 def test_chunk_mask_block_model_by_hand():
-    pad = torch.tensor([1, 0])
-    blocks = clean_block_ids(pad, 3, 7, 2)
-    allowed = ~chunk_mask(MaskRules.for_model("block", "block_causal"), pad, blocks, start=0,
-                          block_start=3, end=5)[:, 0]
-    assert allowed[0].int().tolist() == [[1, 0, 0, 0, 0],   # pad query: itself only
-                                         [0, 1, 1, 0, 0],   # prompt block: bidirectional
-                                         [0, 1, 1, 0, 0],
-                                         [0, 1, 1, 1, 1],   # noisy block: clean + whole block
-                                         [0, 1, 1, 1, 1]]
-    assert allowed[1].int().tolist() == [[1, 1, 0, 0, 0],   # prompt blocks [0,1] [2]
-                                         [1, 1, 0, 0, 0],
-                                         [1, 1, 1, 0, 0],
-                                         [1, 1, 1, 1, 1],
-                                         [1, 1, 1, 1, 1]]
-    # with a cache of 3 columns only the block's queries are fed
-    cached = ~chunk_mask(MaskRules.for_model("block", "block_causal"), pad, blocks, start=3,
-                         block_start=3, end=5)[:, 0]
-    assert torch.equal(cached, allowed[:, 3:])
+    # row 0: 1 pad + 2 prompt tokens, row 1: 3 prompt tokens; P = 3, B = 2, first block [3, 5)
+    got = allowed("block", [1, 0], 0, 5, 3, width=5, key_len=5)
+    assert got[0] == [[1, 0, 0, 0, 0],   # pad query: itself only
+                      [0, 1, 1, 0, 0],   # prompt block: bidirectional
+                      [0, 1, 1, 0, 0],
+                      [0, 1, 1, 1, 1],   # noisy block: clean + whole block
+                      [0, 1, 1, 1, 1]]
+    assert got[1] == [[1, 1, 0, 0, 0],   # prompt blocks [0, 1] [2]
+                      [1, 1, 0, 0, 0],
+                      [1, 1, 1, 0, 0],
+                      [1, 1, 1, 1, 1],
+                      [1, 1, 1, 1, 1]]
+    # with 3 cached columns only the block's queries are fed
+    cached = allowed("block", [1, 0], 3, 5, 3, width=2, key_len=5)
+    assert cached == [rows[3:] for rows in got]
 
 
-def test_chunk_mask_causal_and_bidirectional_by_hand():
-    pad = torch.tensor([1])
-    blocks = clean_block_ids(pad, 3, 7, 2)
-    causal = ~chunk_mask(MaskRules.for_model("causal", "block_causal"), pad, blocks, start=0,
-                         block_start=3, end=5)[0, 0]
-    assert causal.int().tolist() == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 0, 0],
-                                     [0, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
-    bidir = ~chunk_mask(MaskRules.for_model("bidirectional", "block_causal"), pad, blocks,
-                        start=0, block_start=3, end=7)[0, 0]
-    assert bidir.int().tolist() == [[1, 0, 0, 0, 0, 0, 0]] + [[0, 1, 1, 1, 1, 1, 1]] * 6
+def test_chunk_mask_rows_at_different_blocks():
+    # row 0 feeds its finished block [3, 5) + its next block [5, 7); row 1 only block [3, 5):
+    # its chunk is shorter, the filler queries attend themselves, its keys stop at column 5
+    got = allowed("block", [1, 0], 3, [7, 5], [5, 3], width=4, key_len=7)
+    assert got[0] == [[0, 1, 1, 1, 1, 0, 0],
+                      [0, 1, 1, 1, 1, 0, 0],
+                      [0, 1, 1, 1, 1, 1, 1],
+                      [0, 1, 1, 1, 1, 1, 1]]
+    assert got[1] == [[1, 1, 1, 1, 1, 0, 0],
+                      [1, 1, 1, 1, 1, 0, 0],
+                      [0, 0, 0, 0, 0, 1, 0],
+                      [0, 0, 0, 0, 0, 0, 1]]
+
+
+def test_chunk_mask_causal_bidirectional_and_right_padding_by_hand():
+    causal = allowed("causal", [1], 0, 5, 3, width=5, key_len=5)[0]
+    assert causal == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 0, 0],
+                      [0, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
+    # full-sequence model, generation [3, 6) and one column of right padding (seq_end = 6)
+    bidir = allowed("bidirectional", [1], 0, 7, 3, width=7, key_len=7, seq_end=6)[0]
+    assert bidir == ([[1, 0, 0, 0, 0, 0, 0]] + [[0, 1, 1, 1, 1, 1, 0]] * 5
+                     + [[0, 0, 0, 0, 0, 0, 1]])
