@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-eos", action="store_true",
                         help="always generate --max-new-tokens (fixed-length throughput)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each setting this many times, report the fastest")
     parser.add_argument("--sweep", action="store_true",
                         help="speed/quality sweep over block sizes and thresholds")
     parser.add_argument("--sweep-block-sizes", default="4,8,16,32")
@@ -56,8 +58,8 @@ def _public(result: dict) -> dict:
 
 
 def run(args) -> int:
-    if args.num_prompts <= 0 or args.prompt_len <= 0:
-        raise UsageError("--num-prompts/--prompt-len: expected positive integers")
+    if args.num_prompts <= 0 or args.prompt_len <= 0 or args.repeats <= 0:
+        raise UsageError("--num-prompts/--prompt-len/--repeats: expected positive integers")
     block_sizes = _floats("--sweep-block-sizes", args.sweep_block_sizes, int)
     thresholds = _floats("--sweep-thresholds", args.sweep_thresholds, float)
     if not block_sizes or min(block_sizes) <= 0 or not thresholds or not all(
@@ -76,10 +78,10 @@ def run(args) -> int:
         prompts = bench.stdlib_prompts(sampler.tokenizer, args.num_prompts, args.prompt_len)
         sampler.core.check_prompts(prompts)
     ar = _variant(sampler, ar_baseline=True, kv_cache=True)
-    ar_result = bench.measure(ar, prompts)
+    ar_result = bench.measure(ar, prompts, repeats=args.repeats)
     if args.sweep:
         return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds)
-    result = bench.measure(sampler, prompts)
+    result = bench.measure(sampler, prompts, repeats=args.repeats)
     out = {**_public(result), "ar_baseline": _public(ar_result),
            "speedup_tokens_per_second": result["tokens_per_second"] / ar_result["tokens_per_second"],
            "forwards_ratio_ar_over_diffusion": ar_result["num_forwards"] / max(result["num_forwards"], 1)}
@@ -98,26 +100,34 @@ def run(args) -> int:
 def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds) -> int:
     from tqdm import tqdm
 
-    reference = ar_result["_completions"]
-    rows = [{**_public(ar_result), "threshold": None,
-             **bench.quality(sampler, prompts, reference, reference), "label": "AR"}]
+    # reference: the training block size, one token per step (the model's most careful decode)
+    careful = _variant(sampler, block_size=None, strategy="fixed", steps_per_block=None,
+                       ar_baseline=False)
+    ref_result = bench.measure(careful, prompts, warmup=False, repeats=args.repeats)
+    reference = ref_result["_completions"]
+    rows = [{**_public(ref_result), "threshold": None, "label": "reference",
+             **bench.quality(sampler, prompts, reference, reference)},
+            {**_public(ar_result), "threshold": None, "label": "AR",
+             **bench.quality(sampler, prompts, ar_result["_completions"], reference)}]
     grid = [(b, t) for b in block_sizes for t in thresholds]
     for block_size, threshold in tqdm(grid, desc="sweep", disable=not is_rank_zero()):
         variant = _variant(sampler, block_size=block_size, strategy="threshold",
                            threshold=threshold, ar_baseline=False)
-        result = bench.measure(variant, prompts, warmup=False)
+        result = bench.measure(variant, prompts, warmup=False, repeats=args.repeats)
         rows.append({**_public(result), "label": f"B={block_size}",
                      **bench.quality(sampler, prompts, result["_completions"], reference)})
     if not is_rank_zero():
         return 0
     out_dir = Path(args.sweep_out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = ["| decode | block | threshold | tok/s | tok/forward | latency p50 s | agreement w/ AR | NLL/token |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    table = ["| decode | block | threshold | tok/s | tok/forward | batched forwards | latency p50 s "
+             "| agreement | NLL/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        thr = "-" if r["threshold"] is None or r["label"] == "AR" else f"{r['threshold']:g}"
+        thr = "-" if r["label"] in ("AR", "reference") else f"{r['threshold']:g}"
         table.append(f"| {r['label']} | {r['block_size']} | {thr} | {r['tokens_per_second']:.1f} | "
-                     f"{r['tokens_per_forward']:.2f} | {r['latency_p50']:.3f} | "
+                     f"{r['tokens_per_forward']:.2f} | {r['num_model_calls']} | "
+                     f"{r['latency_p50']:.3f} | "
                      f"{r['agreement']:.3f} | {r['nll']:.3f} |")
     _atomic_write(out_dir / "sweep.md", "\n".join(table) + "\n")
     _atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=1) + "\n")
@@ -143,17 +153,24 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for label in dict.fromkeys(r["label"] for r in rows):
-        pts = sorted((r for r in rows if r["label"] == label), key=lambda r: r["tokens_per_second"])
+        pts = sorted((r for r in rows if r["label"] == label),
+                     key=lambda r: r["threshold"] if label.startswith("B=") else 0)
         for ax, key in zip(axes, ("agreement", "nll")):
-            ax.plot([r["tokens_per_second"] for r in pts], [r[key] for r in pts],
-                    marker="*" if label == "AR" else "o", label=label)
-    axes[0].set_ylabel("agreement with AR decode")
+            line = ax.plot([r["tokens_per_forward"] for r in pts], [r[key] for r in pts],
+                           marker="o" if label.startswith("B=") else "*", markersize=8,
+                           label=label)[0]
+            if label.startswith("B="):
+                for r in pts:
+                    ax.annotate(f"{r['threshold']:g}", (r["tokens_per_forward"], r[key]),
+                                fontsize=7, color=line.get_color(), xytext=(3, 3),
+                                textcoords="offset points")
+    axes[0].set_ylabel("agreement with the one-token-per-step decode")
     axes[1].set_ylabel("model NLL / token (lower is better)")
     for ax in axes:
-        ax.set_xlabel("tokens / second")
+        ax.set_xlabel("tokens per forward (hardware-independent speed)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("threshold sampler: speed vs quality (points: thresholds)")
+    fig.suptitle("threshold sampler: speed vs quality (labels: thresholds; tok/s in sweep.md)")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)

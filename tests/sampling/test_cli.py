@@ -70,9 +70,11 @@ def test_bench_sweep_writes_table_and_plot(checkpoint, tmp_path, capsys):
                "2,8", "--sweep-thresholds", "0.5,1.0", "--sweep-out", str(tmp_path / "sw")])
     assert rc == 0
     table = (tmp_path / "sw" / "sweep.md").read_text().splitlines()
-    assert len(table) == 2 + 1 + 4  # header, AR row, 2 block sizes x 2 thresholds
+    assert len(table) == 2 + 2 + 4  # header, reference and AR rows, 2 block sizes x 2 thresholds
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-    assert rows[0]["label"] == "AR" and rows[0]["agreement"] == 1.0
+    assert [r["label"] for r in rows[:2]] == ["reference", "AR"] and rows[0]["agreement"] == 1.0
+    assert rows[0]["block_size"] == 4 and rows[0]["tokens_per_forward"] == 1.0
+    assert all(0 <= r["agreement"] <= 1 and r["nll"] > 0 for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
 
 
