@@ -1,0 +1,114 @@
+"""Text in, completions out: the sampler behind ``eval``, ``sample`` and ``bench-sampler``.
+
+``load_sampler(checkpoint, **knobs)`` is the contract of docs/evaluation.md: it loads the model
+(any TP size under torchrun) and its tokenizer and returns a ``DiffusionSampler`` whose
+``settings`` records every decoding setting in effect and whose ``complete(prompts)`` returns one
+``GenerationResult`` per prompt. Prompts are sorted by length and decoded ``batch_size`` at a
+time (less padding), then put back in order.
+"""
+
+import dataclasses
+import time
+
+import torch
+
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.evaluation.generation import GenerationResult
+from megatron_diffusion.sampling.backend import ModelBackend
+from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.sampler import BlockSampler, Completion, ModelRules
+
+KNOBS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
+
+
+class DiffusionSampler:
+    """A loaded checkpoint + tokenizer + decoding settings."""
+
+    def __init__(self, loaded, tokenizer, cfg: SamplerConfig):
+        self.loaded = loaded
+        self.tokenizer = tokenizer
+        rules = ModelRules.from_run_config(loaded.config, eos_id=tokenizer.eos_id,
+                                           pad_id=tokenizer.pad_id)
+        self.core = BlockSampler(ModelBackend(loaded.model), rules, cfg)
+        self.cfg = self.core.cfg
+        self.settings = {
+            **self.cfg.settings(),
+            "kv_cache": self.core.use_cache,
+            "model_attention_mode": rules.mode,
+            "model_clean_stream": rules.clean_stream,
+            "model_training_block_size": rules.training_block_size,
+            "model_logit_shift": rules.logit_shift,
+            "params_dtype": loaded.config.model.params_dtype,
+            "tensor_model_parallel_size": self.core.backend.tp_size,
+            "device": str(self.core.backend.device),
+            "checkpoint_step": loaded.meta.get("step"),
+        }
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        self.core.check_prompts(ids)
+        return ids
+
+    def generate_ids(self, prompts: list[list[int]],
+                     progress: bool = False) -> tuple[list[Completion], list[float]]:
+        """Completions in order, and each one's share of its batch's wall time."""
+        from tqdm import tqdm
+
+        self.core.check_prompts(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[Completion | None] = [None] * len(prompts)
+        shares = [0.0] * len(prompts)
+        size = self.cfg.batch_size or max(len(prompts), 1)
+        bar = tqdm(total=len(prompts), desc="sampling", unit="sample", disable=not progress)
+        for first in range(0, len(order), size):
+            chunk = order[first:first + size]
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            done = self.core.generate([prompts[i] for i in chunk])
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            share = (time.perf_counter() - start) / len(chunk)
+            for i, c in zip(chunk, done):
+                out[i], shares[i] = c, share
+            bar.update(len(chunk))
+        bar.close()
+        return out, shares
+
+    def decode(self, completion: Completion) -> str:
+        ids = completion.tokens[:-1] if completion.stopped_at_eos else completion.tokens
+        return self.tokenizer.decode(ids)
+
+    def complete(self, prompts: list[str], progress: bool = False) -> list[GenerationResult]:
+        completions, shares = self.generate_ids(self.encode(prompts), progress)
+        return [GenerationResult(text=self.decode(c), num_forwards=c.num_forwards,
+                                 num_tokens=len(c.tokens), seconds=s)
+                for c, s in zip(completions, shares)]
+
+
+def load_sampler(checkpoint, *, tensor_model_parallel_size: int = 1,
+                 params_dtype: str | None = None, **knobs) -> DiffusionSampler:
+    """Load ``checkpoint`` (a checkpoint dir or a run dir: its latest) as a ``DiffusionSampler``.
+
+    ``knobs`` are ``SamplerConfig`` fields (``max_new_tokens, block_size, strategy,
+    steps_per_block, threshold, temperature, seed, self_correct, ...``); unset ones keep their
+    defaults. Under torchrun with ``tensor_model_parallel_size = N`` every rank calls this and
+    ``complete`` with the same prompts; all return the same completions.
+    """
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+    from megatron_diffusion.model.loading import load_model
+
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise UsageError(f"load_sampler: unknown setting(s) {', '.join(unknown)}; expected some "
+                         f"of {', '.join(KNOBS)}")
+    cfg = SamplerConfig(**knobs).validate()  # fail on bad knobs before loading weights
+    loaded = load_model(checkpoint, tensor_model_parallel_size=tensor_model_parallel_size,
+                        params_dtype=params_dtype)
+    if loaded.tokenizer_path is None:
+        raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json")
+    tokenizer = load_tokenizer(loaded.tokenizer_path)
+    if tokenizer.mask_id != loaded.config.model.mask_token_id:
+        raise UsageError(f"--checkpoint: {loaded.path}: tokenizer [MASK] id {tokenizer.mask_id} "
+                         f"differs from model.mask_token_id={loaded.config.model.mask_token_id}")
+    return DiffusionSampler(loaded, tokenizer, cfg)

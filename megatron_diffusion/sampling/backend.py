@@ -1,0 +1,160 @@
+"""What the sampler drives: a model forward with an exact KV cache, or any plain callable.
+
+``ModelBackend`` wraps a ``DiffusionGPTModel`` (one TP shard):
+
+* **KV cache.** A ``RaggedKVCache`` (a ``BlockKVCache`` with one buffer per layer sized for
+  the whole sequence, indexed by column) is attached to every core-attention module for a
+  generation. Each forward writes every row's chunk at that row's own column offset and attends
+  ``buffer[:key_len]`` — a view, no concatenation; the mask says which columns each row sees.
+* **Only the logits needed.** A pre-hook on the output layer gathers, per row, the hidden
+  states of the positions to predict, so a long prompt does not cost a ``[prompt, vocab]``
+  projection.
+* **Tensor parallelism.** Logits are vocabulary-parallel; they are all-gathered over the TP
+  group, so every rank sees the same full-vocabulary logits and takes the same decisions.
+
+``CallableBackend`` adapts any ``fn(input_ids, position_ids, attention_mask) -> logits`` (the
+model's forward signature; stubs in tests). It has no cache: the sampler then feeds the whole
+sequence every step, which is the same computation.
+"""
+
+import contextlib
+
+import torch
+
+from megatron_diffusion.model.attention import BlockKVCache, attach_kv_cache
+
+
+class RaggedKVCache(BlockKVCache):
+    """Per-layer key/value buffers ``[capacity, b, ng, hn]`` indexed by buffer column.
+
+    Rows advance independently, so each forward writes row ``r``'s chunk at its own offset
+    ``write_start_B[r]`` and attends ``buffer[:key_len]``; what a row may see is the mask's job.
+    Columns before a row's chunk hold its final (cached) keys/values; a chunk's clean columns
+    become cached simply because the next chunk starts after them (``RaggedKVCache`` never
+    copies or concatenates). Same keys/values, same order as ``BlockKVCache``.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.write_start_B: torch.Tensor | None = None
+        self.key_len = 0
+
+    @property
+    def length(self) -> int:
+        return self.key_len
+
+    def extend(self, layer_number: int, key, value):
+        width, batch = key.shape[0], key.shape[1]
+        if layer_number not in self.keys:
+            shape = (self.capacity, *key.shape[1:])
+            self.keys[layer_number] = key.new_zeros(shape)
+            self.values[layer_number] = value.new_zeros(shape)
+        keys, values = self.keys[layer_number], self.values[layer_number]
+        cols_WB = (self.write_start_B[None, :]
+                   + torch.arange(width, device=key.device)[:, None])
+        rows_WB = torch.arange(batch, device=key.device)[None, :].expand(width, batch)
+        keys[cols_WB, rows_WB] = key
+        values[cols_WB, rows_WB] = value
+        return keys[:self.key_len], values[:self.key_len]
+
+
+class ModelBackend:
+    """A ``DiffusionGPTModel`` as the sampler's forward, with cache and TP gather."""
+
+    supports_cache = True
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.cache: RaggedKVCache | None = None
+        self._logit_index_NB: torch.Tensor | None = None
+        from megatron.core import parallel_state
+
+        self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def session(self, capacity: int, use_cache: bool):
+        """One generation: a fresh cache (if used) and the output-layer slicing hook."""
+        self.cache = RaggedKVCache(capacity) if use_cache else None
+        hook = self.model.output_layer.register_forward_pre_hook(self._keep_last_hidden)
+        try:
+            with attach_kv_cache(self.model, self.cache), torch.inference_mode():
+                yield self
+        finally:
+            hook.remove()
+            self.cache = None
+
+    def _keep_last_hidden(self, module, args):
+        if self._logit_index_NB is None:
+            return None
+        hidden_WBH = args[0]
+        index = self._logit_index_NB[:, :, None].expand(-1, -1, hidden_WBH.shape[-1])
+        return (hidden_WBH.gather(0, index), *args[1:])
+
+    def forward(self, tokens_BW, positions_BW, mask_B1WK, *, write_start_B: torch.Tensor,
+                logit_index_BN: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary float32 logits ``[b, N, V]`` at chunk positions ``logit_index_BN``.
+
+        Row ``r``'s chunk is written to the cache from column ``write_start_B[r]``; the keys
+        attended are the cache's first ``mask_B1WK.shape[-1]`` columns.
+        """
+        if self.cache is not None:
+            self.cache.write_start_B = write_start_B
+            self.cache.key_len = mask_B1WK.shape[-1]
+        self._logit_index_NB = logit_index_BN.T
+        try:
+            logits_BNV = self.model(tokens_BW, positions_BW, mask_B1WK)
+        finally:
+            self._logit_index_NB = None
+        if self.tp_size > 1:
+            from megatron.core.tensor_parallel.mappings import (
+                gather_from_tensor_model_parallel_region)
+
+            logits_BNV = gather_from_tensor_model_parallel_region(logits_BNV)
+        # drop the vocabulary padding (its size depends on the TP size): sampling then draws
+        # the same tokens under any TP layout
+        return logits_BNV[..., :self.model.real_vocab_size].float()
+
+    def select_rows(self, index_B: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.select_batch(index_B)
+
+
+class CallableBackend:
+    """Any callable with the model's forward signature; recomputes the sequence every step."""
+
+    supports_cache = False
+
+    def __init__(self, fn, device: torch.device | str = "cpu"):
+        self.fn = fn
+        self.device = torch.device(device)
+
+    @contextlib.contextmanager
+    def session(self, capacity: int, use_cache: bool):
+        with torch.inference_mode():
+            yield self
+
+    def forward(self, tokens_BW, positions_BW, mask_B1WK, *, write_start_B: torch.Tensor,
+                logit_index_BN: torch.Tensor) -> torch.Tensor:
+        logits_BWV = self.fn(tokens_BW, positions_BW, mask_B1WK)
+        index = logit_index_BN[:, :, None].expand(-1, -1, logits_BWV.shape[-1])
+        return logits_BWV.gather(1, index).float()
+
+    def select_rows(self, index_B: torch.Tensor) -> None:
+        pass
+
+
+def as_backend(model_or_fn, device=None):
+    """A ``ModelBackend`` for a module with diffusion core attention, else a ``CallableBackend``."""
+    if hasattr(model_or_fn, "session") and hasattr(model_or_fn, "supports_cache"):
+        return model_or_fn  # already a backend (or a wrapper of one)
+    from megatron_diffusion.model.attention import DiffusionCoreAttention
+
+    if isinstance(model_or_fn, torch.nn.Module) and any(
+            isinstance(m, DiffusionCoreAttention) for m in model_or_fn.modules()):
+        return ModelBackend(model_or_fn)
+    return CallableBackend(model_or_fn, device or "cpu")

@@ -1,0 +1,144 @@
+"""Sampler throughput against the AR baseline of the same model, and a speed/quality sweep.
+
+Measured (METHOD.md 8): generated tokens per second of wall time, tokens per forward (decoding
+parallelism; a batched forward counts once per row in it, as in ``GenerationResult``), the number
+of batched model calls, and per-sample latency (time from the start of its batch until the row
+was done) at p50/p90. The AR baseline decodes the same prompts one token per forward with the
+same KV cache (block size 1); ``speedup`` is the ratio of tokens per second.
+
+Quality proxies for the sweep (``quality``), both against the same model, no references needed:
+
+* ``agreement``: fraction of positions where the output equals the reference decode's (greedy,
+  the training block size, one token per step: the model's most careful decode in its own
+  training layout); positions past the shorter of the two count as disagreements. 1.0 means
+  parallel decoding changed nothing. (The AR baseline is not the reference for a block model:
+  block size 1 gives its clean context a causal layout it was not trained with.)
+* ``nll``: the model's own negative log-likelihood per token of the output, scored block by
+  block with the training block size: each block fully masked, given the clean prompt and the
+  earlier blocks (the block-wise ELBO term at ``t = 1``; plain AR NLL for a causal model).
+  Lower is better; parallel commits that the model finds unlikely raise it.
+
+Prompts default to snippets of the interpreter's standard library (deterministic): from the first
+``def``/``class`` line of each sorted top-level module, the first ``prompt_len`` tokens.
+"""
+
+import dataclasses
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+
+
+def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int) -> list[list[int]]:
+    """``num_prompts`` token prompts of exactly ``prompt_len`` tokens from stdlib modules."""
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)
+        first = next((i for i, line in enumerate(lines)
+                      if line.startswith(("def ", "class "))), None)
+        if first is None:
+            continue
+        ids = tokenizer.encode("".join(lines[first:]))
+        if len(ids) >= prompt_len:
+            out.append(ids[:prompt_len])
+        if len(out) == num_prompts:
+            return out
+    raise RuntimeError(f"the standard library gave only {len(out)} prompts of {prompt_len} tokens")
+
+
+def measure(sampler, prompts: list[list[int]], warmup: bool = True, repeats: int = 1) -> dict:
+    """Run ``sampler`` (a ``DiffusionSampler``) over ``prompts``; throughput and latency of the
+    fastest of ``repeats`` runs (decoding is deterministic, only the timing varies)."""
+    if warmup:
+        sampler.generate_ids(prompts[:sampler.cfg.batch_size or len(prompts)])
+    wall = float("inf")
+    for _ in range(repeats):
+        calls_before = sampler.core.num_model_calls
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run, _ = sampler.generate_ids(prompts)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if time.perf_counter() - start < wall:
+            wall, completions = time.perf_counter() - start, run
+            num_calls = sampler.core.num_model_calls - calls_before
+    num_tokens = sum(len(c.tokens) for c in completions)
+    num_forwards = sum(c.num_forwards for c in completions)
+    latency = np.array([c.seconds for c in completions])
+    cfg = sampler.cfg
+    tp = sampler.settings["tensor_model_parallel_size"]
+    return {
+        "tokens_per_second": num_tokens / wall,
+        "tokens_per_second_per_device": num_tokens / wall / tp,
+        "tensor_model_parallel_size": tp,
+        "tokens_per_forward": num_tokens / max(num_forwards, 1),
+        "num_forwards": num_forwards,
+        "num_model_calls": num_calls,
+        "num_tokens": num_tokens,
+        "num_prompts": len(prompts),
+        "wall_seconds": wall,
+        "latency_p50": float(np.percentile(latency, 50)),
+        "latency_p90": float(np.percentile(latency, 90)),
+        "batch_size": cfg.batch_size or len(prompts),
+        "block_size": cfg.block_size,
+        "strategy": cfg.strategy,
+        "steps_per_block": cfg.steps_per_block,
+        "threshold": cfg.threshold,
+        "kv_cache": sampler.core.use_cache,
+        "max_new_tokens": cfg.max_new_tokens,
+        "device": sampler.settings["device"],
+        "_completions": completions,
+    }
+
+
+def agreement(tokens: list[int], reference: list[int]) -> float:
+    n = max(len(tokens), len(reference))
+    same = sum(a == b for a, b in zip(tokens, reference))
+    return same / n if n else 1.0
+
+
+@torch.no_grad()
+def block_nll(sampler, prompt: list[int], tokens: list[int]) -> tuple[float, int]:
+    """Summed NLL of ``tokens`` after ``prompt``, block by block at the training block size."""
+    core = sampler.core
+    rules = core.rules
+    B = dataclasses.replace(core.cfg, block_size=None, ar_baseline=False).resolve(
+        rules.mode, rules.training_block_size).block_size
+    mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
+    device, P, G = core.backend.device, len(prompt), len(tokens)
+    seq = torch.tensor(prompt + tokens, device=device)[None]
+    pad = torch.zeros(1, dtype=torch.long, device=device)
+    blocks = clean_block_ids(pad, P, P + G, B)
+    positions = torch.arange(P + G, device=device)[None]
+    total = 0.0
+    with core.backend.session(capacity=P + G, use_cache=False):
+        for start in range(P, P + G, B):
+            end = min(start + B, P + G)
+            in_end = P + G if rules.mode == "bidirectional" else end
+            inputs = seq[:, :in_end].clone()
+            inputs[:, start:] = rules.mask_id
+            one = torch.ones(1, dtype=torch.long, device=device)
+            mask = chunk_mask(mask_rules, pad, blocks, in_start_B=0 * one, in_end_B=in_end * one,
+                              block_start_B=start * one, width=in_end, key_len=in_end,
+                              seq_end=P + G)
+            index = torch.arange(start - core.shift, end - core.shift, device=device)[None]
+            logits = core.backend.forward(inputs, positions[:, :in_end], mask,
+                                          write_start_B=0 * one, logit_index_BN=index)
+            logp = torch.log_softmax(logits[0], dim=-1)
+            total -= float(logp.gather(-1, seq[0, start:end, None]).sum())
+    return total, G
+
+
+def quality(sampler, prompts, completions, reference) -> dict:
+    nll = [block_nll(sampler, p, c.tokens) for p, c in zip(prompts, completions)]
+    return {
+        "agreement": float(np.mean([agreement(c.tokens, r.tokens)
+                                    for c, r in zip(completions, reference)])),
+        "nll": sum(s for s, _ in nll) / max(sum(n for _, n in nll), 1),
+    }

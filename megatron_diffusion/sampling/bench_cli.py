@@ -1,0 +1,178 @@
+"""``megatron-diffusion bench-sampler``: sampler throughput vs the AR baseline (docs/sampling.md).
+
+Default: decode ``--num-prompts`` prompts with the given settings and with the AR baseline of
+the same model, print one JSON object (``--json``) or a short table. ``--sweep`` runs the
+threshold strategy over block sizes x thresholds and writes ``sweep.md`` (table), ``sweep.png``
+(speed vs quality) and ``sweep.json`` into ``--sweep-out``.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.sampling import bench
+from megatron_diffusion.sampling.sample_cli import (add_sampler_arguments, is_rank_zero,
+                                                    load_from_args, read_prompts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_sampler_arguments(parser)
+    parser.add_argument("--num-prompts", type=int, default=16)
+    parser.add_argument("--prompt-len", type=int, default=64,
+                        help="tokens per prompt (stdlib snippets)")
+    parser.add_argument("--prompts", default=None,
+                        help="JSON lines {\"prompt\": TEXT} instead of stdlib snippets")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="always generate --max-new-tokens (fixed-length throughput)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each setting this many times, report the fastest")
+    parser.add_argument("--sweep", action="store_true",
+                        help="speed/quality sweep over block sizes and thresholds")
+    parser.add_argument("--sweep-block-sizes", default="4,8,16,32")
+    parser.add_argument("--sweep-thresholds", default="0.5,0.7,0.9,0.99")
+    parser.add_argument("--sweep-out", default=None, help="directory for sweep.md/png/json")
+
+
+def _floats(name, text, cast):
+    try:
+        return [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{name}: got {text!r}, expected a comma-separated list") from None
+
+
+def _variant(sampler, **changes):
+    from megatron_diffusion.sampling.api import DiffusionSampler
+
+    cfg = dataclasses.replace(sampler.cfg, **changes)
+    out = DiffusionSampler(sampler.loaded, sampler.tokenizer, cfg)
+    out.core.rules = sampler.core.rules  # keeps --ignore-eos
+    return out
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def run(args) -> int:
+    if args.num_prompts <= 0 or args.prompt_len <= 0 or args.repeats <= 0:
+        raise UsageError("--num-prompts/--prompt-len/--repeats: expected positive integers")
+    block_sizes = _floats("--sweep-block-sizes", args.sweep_block_sizes, int)
+    thresholds = _floats("--sweep-thresholds", args.sweep_thresholds, float)
+    if not block_sizes or min(block_sizes) <= 0 or not thresholds or not all(
+            0 < t <= 1 for t in thresholds):
+        raise UsageError("--sweep-block-sizes/--sweep-thresholds: expected positive block sizes "
+                         "and thresholds in (0, 1]")
+    if args.sweep and args.sweep_out is None:
+        raise UsageError("--sweep: needs --sweep-out DIR")
+    text_prompts = read_prompts(args.prompts) if args.prompts else None
+    sampler = load_from_args(args)
+    if args.ignore_eos:
+        sampler.core.rules = dataclasses.replace(sampler.core.rules, eos_id=-1)
+    if text_prompts is not None:
+        prompts = sampler.encode(text_prompts)[:args.num_prompts]
+    else:
+        prompts = bench.stdlib_prompts(sampler.tokenizer, args.num_prompts, args.prompt_len)
+        sampler.core.check_prompts(prompts)
+    ar = _variant(sampler, ar_baseline=True, kv_cache=True)
+    ar_result = bench.measure(ar, prompts, repeats=args.repeats)
+    if args.sweep:
+        return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds)
+    result = bench.measure(sampler, prompts, repeats=args.repeats)
+    out = {**_public(result), "ar_baseline": _public(ar_result),
+           "speedup_tokens_per_second": result["tokens_per_second"] / ar_result["tokens_per_second"],
+           "forwards_ratio_ar_over_diffusion": ar_result["num_forwards"] / max(result["num_forwards"], 1)}
+    if is_rank_zero():
+        if args.json:
+            print(json.dumps(out))
+        else:
+            for name, r in (("diffusion", result), ("ar baseline", ar_result)):
+                print(f"{name:12s} {r['tokens_per_second']:9.1f} tok/s  "
+                      f"{r['tokens_per_forward']:5.2f} tok/fwd  p50 {r['latency_p50']:.3f}s  "
+                      f"p90 {r['latency_p90']:.3f}s  (block {r['block_size']}, batch {r['batch_size']})")
+            print(f"speedup {out['speedup_tokens_per_second']:.2f}x tokens/s on {result['device']}")
+    return 0
+
+
+def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds) -> int:
+    from tqdm import tqdm
+
+    # reference: the training block size, one token per step (the model's most careful decode)
+    careful = _variant(sampler, block_size=None, strategy="fixed", steps_per_block=None,
+                       ar_baseline=False)
+    ref_result = bench.measure(careful, prompts, warmup=False, repeats=args.repeats)
+    reference = ref_result["_completions"]
+    rows = [{**_public(ref_result), "threshold": None, "label": "reference",
+             **bench.quality(sampler, prompts, reference, reference)},
+            {**_public(ar_result), "threshold": None, "label": "AR",
+             **bench.quality(sampler, prompts, ar_result["_completions"], reference)}]
+    grid = [(b, t) for b in block_sizes for t in thresholds]
+    for block_size, threshold in tqdm(grid, desc="sweep", disable=not is_rank_zero()):
+        variant = _variant(sampler, block_size=block_size, strategy="threshold",
+                           threshold=threshold, ar_baseline=False)
+        result = bench.measure(variant, prompts, warmup=False, repeats=args.repeats)
+        rows.append({**_public(result), "label": f"B={block_size}",
+                     **bench.quality(sampler, prompts, result["_completions"], reference)})
+    if not is_rank_zero():
+        return 0
+    out_dir = Path(args.sweep_out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = ["| decode | block | threshold | tok/s | tok/forward | batched forwards | latency p50 s "
+             "| agreement | NLL/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        thr = "-" if r["label"] in ("AR", "reference") else f"{r['threshold']:g}"
+        table.append(f"| {r['label']} | {r['block_size']} | {thr} | {r['tokens_per_second']:.1f} | "
+                     f"{r['tokens_per_forward']:.2f} | {r['num_model_calls']} | "
+                     f"{r['latency_p50']:.3f} | "
+                     f"{r['agreement']:.3f} | {r['nll']:.3f} |")
+    _atomic_write(out_dir / "sweep.md", "\n".join(table) + "\n")
+    _atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=1) + "\n")
+    _plot(rows, out_dir / "sweep.png")
+    if args.json:
+        print(json.dumps({"rows": rows}))
+    else:
+        print("\n".join(table))
+    return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        pts = sorted((r for r in rows if r["label"] == label),
+                     key=lambda r: r["threshold"] if label.startswith("B=") else 0)
+        for ax, key in zip(axes, ("agreement", "nll")):
+            line = ax.plot([r["tokens_per_forward"] for r in pts], [r[key] for r in pts],
+                           marker="o" if label.startswith("B=") else "*", markersize=8,
+                           label=label)[0]
+            if label.startswith("B="):
+                for r in pts:
+                    ax.annotate(f"{r['threshold']:g}", (r["tokens_per_forward"], r[key]),
+                                fontsize=7, color=line.get_color(), xytext=(3, 3),
+                                textcoords="offset points")
+    axes[0].set_ylabel("agreement with the one-token-per-step decode")
+    axes[1].set_ylabel("model NLL / token (lower is better)")
+    for ax in axes:
+        ax.set_xlabel("tokens per forward (hardware-independent speed)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("threshold sampler: speed vs quality (labels: thresholds; tok/s in sweep.md)")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

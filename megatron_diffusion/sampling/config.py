@@ -1,0 +1,102 @@
+"""``SamplerConfig``: every decoding setting of the block sampler (METHOD.md 8).
+
+Defaults that depend on the checkpoint (the block size) are resolved by ``resolve`` from the
+model's training ``AttentionConfig``, so ``settings`` always records what was in effect.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from megatron_diffusion.errors import UsageError, check_choice
+
+STRATEGIES = ("fixed", "threshold")
+
+
+@dataclass
+class SamplerConfig:
+    max_new_tokens: int = 256
+    """Most tokens generated after the prompt (decoding stops earlier at EOS)."""
+    block_size: int | None = None
+    """Inference block size ``B`` (any value, independent of training). None: the training block
+    size for a block-mode model, 1 for a causal one, ``max_new_tokens`` (one block, full-sequence
+    diffusion) for a bidirectional one."""
+    strategy: str = "threshold"
+    """Commit rule inside a block: ``fixed`` (``steps_per_block`` steps, ``ceil(masked left /
+    steps left)`` tokens each) or ``threshold`` (every masked position whose probability is at
+    least ``threshold``, at least the most confident one per step; Fast-dLLM)."""
+    steps_per_block: int | None = None
+    """``fixed``: denoising steps per block; None = ``block_size`` (one token per step)."""
+    threshold: float = 0.9
+    """``threshold``: confidence (probability of the proposed token) needed to commit; in (0, 1]."""
+    temperature: float = 0.0
+    """0: greedy argmax. > 0: proposals sampled from ``softmax(logits / temperature)``."""
+    seed: int = 0
+    """Seed of the ``torch.Generator`` used when ``temperature > 0``."""
+    self_correct: bool = False
+    """Re-score committed tokens of the current block and replace one per step when the model's
+    top-1 disagrees with probability >= ``correction_threshold`` (edit-trained models)."""
+    correction_threshold: float = 0.9
+    """Probability the model's top-1 needs to overwrite a committed token; in (0, 1]."""
+    max_corrections_per_block: int | None = None
+    """Upper bound on replacements per row and block (termination); None = ``block_size``."""
+    kv_cache: bool = True
+    """Cache keys/values of the prompt and finished blocks (exact for block-causal models); False
+    recomputes the whole sequence every step (reference path, same tokens)."""
+    ar_baseline: bool = False
+    """Decode one token per forward (block size 1, fixed, one step) with the KV cache: the AR
+    baseline of the same model."""
+    batch_size: int | None = None
+    """Prompts decoded together (sorted by length first, to reduce padding); None = all the
+    prompts of one ``complete`` call (the evaluation harness sets its own batch size)."""
+
+    def validate(self) -> "SamplerConfig":
+        def positive_int(name, value, none_ok=False):
+            if value is None and none_ok:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "
+                                 "positive integer")
+
+        positive_int("max_new_tokens", self.max_new_tokens)
+        positive_int("block_size", self.block_size, none_ok=True)
+        positive_int("steps_per_block", self.steps_per_block, none_ok=True)
+        positive_int("batch_size", self.batch_size, none_ok=True)
+        if self.max_corrections_per_block is not None and (
+                not isinstance(self.max_corrections_per_block, int)
+                or self.max_corrections_per_block < 0):
+            raise UsageError(f"--max-corrections-per-block: got {self.max_corrections_per_block!r},"
+                             " expected an integer >= 0")
+        check_choice("--strategy", self.strategy, STRATEGIES)
+        for name in ("threshold", "correction_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+                raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "
+                                 "probability in (0, 1]")
+        if (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
+                or self.temperature < 0):
+            raise UsageError(f"--temperature: got {self.temperature!r}, expected a number >= 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise UsageError(f"--seed: got {self.seed!r}, expected an integer")
+        return self
+
+    def resolve(self, attention_mode: str, training_block_size: int) -> "SamplerConfig":
+        """A validated copy with the model-dependent defaults filled in."""
+        cfg = dataclasses.replace(self).validate()
+        if cfg.ar_baseline:
+            if attention_mode == "bidirectional":
+                raise UsageError("--ar-baseline: a bidirectional (full-sequence) model cannot be "
+                                 "decoded one token at a time with a cache")
+            cfg.block_size, cfg.strategy, cfg.steps_per_block = 1, "fixed", 1
+        if attention_mode == "bidirectional":
+            cfg.kv_cache = False  # clean tokens attend to masked ones: nothing is final to cache
+        if cfg.block_size is None:
+            cfg.block_size = {"block": training_block_size, "causal": 1,
+                              "bidirectional": cfg.max_new_tokens}[attention_mode]
+        if cfg.steps_per_block is None:
+            cfg.steps_per_block = cfg.block_size
+        if cfg.max_corrections_per_block is None:
+            cfg.max_corrections_per_block = cfg.block_size
+        return cfg
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self)

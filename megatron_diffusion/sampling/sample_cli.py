@@ -1,0 +1,123 @@
+"""``megatron-diffusion sample``: block-wise parallel sampling from a checkpoint (docs/sampling.md).
+
+Writes one JSON line per prompt: ``prompt, completion, num_forwards, num_tokens, seconds``. Under
+``torchrun`` with ``--tensor-model-parallel-size N`` every rank decodes (identical decisions from
+the gathered logits) and rank 0 writes.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.sampling.config import SamplerConfig
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoint and decoding options shared by ``sample`` and ``bench-sampler``."""
+    d = SamplerConfig()
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint directory, or a run directory (its latest checkpoint)")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="inference block size (default: the training block size)")
+    parser.add_argument("--strategy", default=d.strategy, help="'fixed' or 'threshold'")
+    parser.add_argument("--steps-per-block", type=int, default=None,
+                        help="fixed: steps per block (default: the block size)")
+    parser.add_argument("--threshold", type=float, default=d.threshold,
+                        help="threshold: commit probability, in (0, 1]")
+    parser.add_argument("--temperature", type=float, default=d.temperature,
+                        help="0 = greedy; > 0 samples (seeded by --seed)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--self-correct", action="store_true",
+                        help="revisit committed tokens of the block (edit-trained models)")
+    parser.add_argument("--correction-threshold", type=float, default=d.correction_threshold)
+    parser.add_argument("--max-corrections-per-block", type=int, default=None)
+    parser.add_argument("--no-kv-cache", action="store_true",
+                        help="recompute the whole sequence every step (reference path)")
+    parser.add_argument("--ar-baseline", action="store_true",
+                        help="one token per forward with the KV cache (block size 1)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                        help="TP size (run under torchrun with this many processes)")
+    parser.add_argument("--params-dtype", default=None, help="override: float32 or bfloat16")
+
+
+def sampler_config(args) -> SamplerConfig:
+    return SamplerConfig(
+        max_new_tokens=args.max_new_tokens, block_size=args.block_size, strategy=args.strategy,
+        steps_per_block=args.steps_per_block, threshold=args.threshold,
+        temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
+        correction_threshold=args.correction_threshold,
+        max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
+        ar_baseline=args.ar_baseline, batch_size=args.batch_size).validate()
+
+
+def load_from_args(args):
+    from megatron_diffusion.sampling.api import DiffusionSampler, load_sampler
+
+    cfg = sampler_config(args)  # bad knobs fail before the model loads
+    if not os.path.exists(args.checkpoint):
+        raise UsageError(f"--checkpoint: {args.checkpoint} does not exist")
+    sampler: DiffusionSampler = load_sampler(
+        args.checkpoint, tensor_model_parallel_size=args.tensor_model_parallel_size,
+        params_dtype=args.params_dtype, **cfg.settings())
+    return sampler
+
+
+def is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_sampler_arguments(parser)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt text")
+    src.add_argument("--prompts", help="JSON lines file, one {\"prompt\": TEXT} per line")
+    parser.add_argument("--out", default=None, help="write JSON lines here (default: stdout)")
+
+
+def read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--prompts: {p} does not exist")
+    prompts = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"--prompts: {p} line {n} is not JSON") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise UsageError(f"--prompts: {p} line {n}: expected an object with a string "
+                             "'prompt'")
+        prompts.append(item["prompt"])
+    if not prompts:
+        raise UsageError(f"--prompts: {p} holds no prompts")
+    return prompts
+
+
+def run(args) -> int:
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    if args.out is not None and not Path(args.out).parent.is_dir():
+        raise UsageError(f"--out: directory {Path(args.out).parent} does not exist")
+    sampler = load_from_args(args)
+    sampler.encode(prompts)  # empty / too long prompts fail before any decoding
+    results = sampler.complete(prompts, progress=is_rank_zero())
+    if not is_rank_zero():
+        return 0
+    lines = [json.dumps({"prompt": p, "completion": r.text, "num_forwards": r.num_forwards,
+                         "num_tokens": r.num_tokens, "seconds": round(r.seconds, 6)})
+             for p, r in zip(prompts, results)]
+    if args.out is None:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    else:
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, args.out)
+    return 0

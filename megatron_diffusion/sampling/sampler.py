@@ -1,0 +1,290 @@
+"""Block-wise parallel decoding with an exact KV cache (Seed Diffusion 3.4, METHOD.md 8).
+
+The generation after the prompt is cut into blocks of ``B`` tokens, decoded left to right. A
+block starts as ``B`` [MASK] tokens; every step predicts all of them in parallel and a commit
+rule (``strategies``) makes some final; when none is left the next block starts.
+
+**One forward per step, prefill and commit pass fused.** A forward feeds the clean tokens not yet
+in the cache followed by the current block: the first step of the first block feeds the whole
+prompt (its keys/values are cached: the prefill), the first step of block ``k + 1`` feeds the
+now-final block ``k`` as clean context (its keys/values are cached: SDAR's *commit pass*) plus
+block ``k + 1``. Masks (``masks.chunk_mask``) give the clean tokens exactly the attention they
+have in block-mode training, so the cached keys/values are those training computes and the
+logits of a block equal the training forward's (tests/sampling/test_exactness.py). Later steps
+of a block feed the block alone against the cache. Without a cache (``kv_cache=False``) every
+step feeds the whole sequence with the same mask: same logits up to float rounding, same tokens.
+
+**Which models.** ``block`` models as above (clean stream ``block_causal`` or ``causal``).
+``causal`` models: the block attends causally inside itself; block size 1 is plain AR decoding.
+``bidirectional`` (full-sequence) models: clean tokens attend masked ones too, so nothing can be
+cached; every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and
+blocks only restrict which positions may be committed (LLaDA's semi-autoregressive order; one
+block = the whole generation is plain full-sequence diffusion).
+
+**Logit shift** (converted AR checkpoints, causal/bidirectional only): output ``i - 1``
+predicts token ``i``. The last clean token is kept out of the cache ("pending") and fed with
+the block, so its output predicts the block's first token; outputs of block positions
+``0..B-2`` predict positions ``1..B-1``. For a causal model the block's last position is not
+fed at all (its output would predict the next block).
+
+**Batches.** Prompts are left-padded; positions start at 0 at each prompt's first token; pad
+keys are masked. **Rows advance independently**: each row is at its own block, and a row whose
+block is final moves on at its next forward instead of waiting for the slowest row (with the
+threshold rule rows need different numbers of steps per block; synchronous blocks would make
+every row pay the slowest row's steps). Each forward feeds every row's own chunk, left-aligned
+and written to the cache at the row's own offset (``backend.RaggedKVCache``). A row leaves the
+batch (and the cache) once it has committed an EOS with every earlier position final, and its
+output is cut after the EOS; or when its blocks reach ``max_new_tokens``.
+"""
+
+import time
+from dataclasses import dataclass, fields
+
+import torch
+
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.sampling import strategies
+from megatron_diffusion.sampling.backend import as_backend
+from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """What the sampler needs to know about the trained model."""
+
+    mode: str
+    """Training attention mode: ``block``, ``causal`` or ``bidirectional``."""
+    clean_stream: str
+    """Block mode: ``block_causal`` or ``causal``."""
+    training_block_size: int
+    logit_shift: bool
+    """Output ``i - 1`` predicts token ``i`` (model.logit_shift, or an AR-objective model)."""
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    max_positions: int
+    """model.max_position_embeddings: prompt + generation must fit."""
+
+    @staticmethod
+    def from_run_config(cfg, eos_id: int, pad_id: int) -> "ModelRules":
+        return ModelRules(mode=cfg.attention.mode, clean_stream=cfg.attention.clean_stream,
+                          training_block_size=cfg.attention.block_size,
+                          logit_shift=cfg.model.logit_shift or cfg.loss.objective == "ar",
+                          mask_id=cfg.model.mask_token_id, eos_id=eos_id, pad_id=pad_id,
+                          max_positions=cfg.model.max_position_embeddings)
+
+
+@dataclass
+class Completion:
+    """One decoded row."""
+
+    tokens: list[int]
+    """Generated ids after the prompt, up to and including the first EOS (if any)."""
+    num_forwards: int
+    """Forwards in which this row had positions to decide."""
+    seconds: float
+    """Time from the start of its batch until this row was done (its latency)."""
+    stopped_at_eos: bool
+
+
+@dataclass
+class _Rows:
+    """The live rows of a batch (finished rows are dropped from every tensor at once)."""
+
+    seq_BC: torch.Tensor
+    """Token buffer: left-padded prompt, the generation ([MASK] until committed), right padding."""
+    pos_BC: torch.Tensor
+    """RoPE positions, 0 at each prompt's first token."""
+    pad_B: torch.Tensor
+    """Pad columns at the left of each row."""
+    blocks_BC: torch.Tensor
+    """Clean-stream block id of every column (``masks.clean_block_ids``)."""
+    index_B: torch.Tensor
+    """Original index of each live row in the batch."""
+    block_start_B: torch.Tensor
+    """First column of the row's current block."""
+    cached_B: torch.Tensor
+    """Columns of the row whose keys/values are final in the cache."""
+    step_B: torch.Tensor
+    """Forwards spent on the current block."""
+    corrections_B: torch.Tensor
+    """Self-correction: replacements made in the current block."""
+    settled_B: torch.Tensor
+    """Self-correction: the current block is final."""
+
+    def keep(self, index_B: torch.Tensor) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name)[index_B])
+
+    @property
+    def num(self) -> int:
+        return self.seq_BC.shape[0]
+
+
+class BlockSampler:
+    """Decode batches of token-id prompts with one backend and one resolved config."""
+
+    def __init__(self, model, rules: ModelRules, cfg: SamplerConfig):
+        """``model``: a ``DiffusionGPTModel``, a backend, or any callable with the model's
+        forward signature ``(input_ids, position_ids, attention_mask) -> logits``."""
+        self.backend = as_backend(model)
+        self.rules = rules
+        self.cfg = cfg.resolve(rules.mode, rules.training_block_size)
+        if rules.logit_shift and rules.mode == "block":
+            raise UsageError("model.logit_shift: block-mode models are trained without a shift")
+        self.mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
+        self.use_cache = self.cfg.kv_cache and self.backend.supports_cache
+        self.shift = int(rules.logit_shift)
+        self.num_model_calls = 0
+        """Batched forwards run so far (each counts once, whatever the batch size)."""
+
+    def check_prompts(self, prompts: list[list[int]]) -> None:
+        for i, ids in enumerate(prompts):
+            if len(ids) == 0:
+                raise UsageError(f"prompt {i}: empty (encodes to no tokens)")
+            if len(ids) >= self.rules.max_positions:
+                raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
+                                 f"(model.max_position_embeddings={self.rules.max_positions})")
+
+    def _rows(self, prompts: list[list[int]], P: int, seq_end: int, C: int) -> _Rows:
+        device, num = self.backend.device, len(prompts)
+        seq_BC = torch.full((num, C), self.rules.pad_id, dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            seq_BC[i, P - len(ids):P] = torch.as_tensor(ids, dtype=torch.long)
+        seq_BC[:, P:seq_end] = self.rules.mask_id
+        pad_B = torch.tensor([P - len(p) for p in prompts], dtype=torch.long, device=device)
+        zeros_B = torch.zeros(num, dtype=torch.long, device=device)
+        return _Rows(seq_BC=seq_BC.to(device),
+                     pos_BC=(torch.arange(C, device=device) - pad_B[:, None]).clamp(min=0),
+                     pad_B=pad_B, blocks_BC=clean_block_ids(pad_B, P, C, self.cfg.block_size),
+                     index_B=torch.arange(num, device=device), block_start_B=zeros_B + P,
+                     cached_B=zeros_B.clone(), step_B=zeros_B.clone(),
+                     corrections_B=zeros_B.clone(),
+                     settled_B=torch.zeros(num, dtype=torch.bool, device=device))
+
+    def _chunk(self, rows: _Rows, gen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns ``[in_start_B, in_end_B)`` each row feeds: the uncached clean columns and
+        the block; the whole generation for bidirectional models; for a causal model with logit
+        shift the block minus its last position (whose output would predict the next block)."""
+        in_start_B = rows.cached_B if self.use_cache else torch.zeros_like(rows.cached_B)
+        if self.rules.mode == "bidirectional":
+            in_end_B = torch.full_like(in_start_B, gen_end)
+        else:
+            shift = self.shift if self.rules.mode == "causal" else 0
+            in_end_B = rows.block_start_B + self.cfg.block_size - shift
+        return in_start_B, in_end_B
+
+    def _decide(self, rows: _Rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
+                generator) -> torch.Tensor:
+        """The block after this step's commits (and correction)."""
+        cfg = self.cfg
+        tokens_BN, conf_BN, top1_BN, top1_prob_BN = strategies.propose(
+            logits_BNV, cfg.temperature, generator)
+        if cfg.strategy == "fixed":
+            commit_BN = strategies.select_fixed(masked_BN, conf_BN,
+                                                cfg.steps_per_block - rows.step_B + 1)
+        else:
+            commit_BN = strategies.select_threshold(masked_BN, conf_BN, cfg.threshold)
+        new_BN = torch.where(commit_BN, tokens_BN, block_BN)
+        if cfg.self_correct:
+            allowed_B = rows.corrections_B < cfg.max_corrections_per_block
+            fix_BN = strategies.select_correction(~masked_BN & in_sequence_BN, block_BN, top1_BN, top1_prob_BN,
+                                                  cfg.correction_threshold, allowed_B)
+            new_BN = torch.where(fix_BN, top1_BN, new_BN)
+            corrected_B = fix_BN.any(dim=1)
+            rows.corrections_B += corrected_B
+            # final: a step that saw no [MASK] in the block and changed nothing
+            rows.settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
+        return new_BN
+
+    def _done_at_eos(self, rows: _Rows, block_BN, in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows with an EOS in the block and every position before it final; the EOS offset."""
+        n = block_BN.shape[1]
+        is_eos_BN = (block_BN == self.rules.eos_id) & in_sequence_BN  # pad may equal EOS
+        first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
+        before_BN = torch.arange(n, device=block_BN.device) < first_eos_B[:, None]
+        open_before_B = ((block_BN == self.rules.mask_id) & before_BN).any(dim=1)
+        done_B = is_eos_BN.any(dim=1) & ~open_before_B
+        if self.cfg.self_correct:
+            done_B &= rows.settled_B
+        return done_B, first_eos_B
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]]) -> list[Completion]:
+        """Completions for one batch of prompts (token ids), in order."""
+        self.check_prompts(prompts)
+        start_time = time.perf_counter()
+        cfg, device, B = self.cfg, self.backend.device, self.cfg.block_size
+        P = max(len(p) for p in prompts)
+        seq_end = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
+        gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
+        C = gen_end + 2 * B + 2  # + scratch where short chunks' filler is written
+        rows = self._rows(prompts, P, seq_end, C)
+        offsets_N = torch.arange(B, device=device)
+        forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        generator = None
+        if cfg.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        results: list[Completion | None] = [None] * len(prompts)
+
+        def finish(done_B: torch.Tensor, end_B: torch.Tensor, at_eos: bool) -> None:
+            now = time.perf_counter() - start_time
+            ends = end_B.tolist()
+            for r in done_B.nonzero()[:, 0].tolist():
+                row = int(rows.index_B[r])
+                results[row] = Completion(tokens=rows.seq_BC[r, P:ends[r]].tolist(),
+                                          num_forwards=int(forwards[row]), seconds=now,
+                                          stopped_at_eos=at_eos)
+            keep_B = (~done_B).nonzero()[:, 0]
+            rows.keep(keep_B)
+            self.backend.select_rows(keep_B)
+
+        with self.backend.session(capacity=C, use_cache=self.use_cache):
+            while rows.num:
+                # rows whose block is final move to their next block (no waiting for others)
+                block_cols_BN = rows.block_start_B[:, None] + offsets_N
+                masked_BN = rows.seq_BC.gather(1, block_cols_BN) == self.rules.mask_id
+                final_B = ~masked_BN.any(dim=1)
+                if cfg.self_correct:
+                    final_B &= rows.settled_B
+                rows.block_start_B += B * final_B
+                rows.step_B *= ~final_B
+                rows.corrections_B *= ~final_B
+                rows.settled_B &= ~final_B
+                in_start_B, in_end_B = self._chunk(rows, gen_end)
+                ended_B = rows.block_start_B >= seq_end
+                any_ended, width, key_len = torch.stack([
+                    ended_B.any().long(), (in_end_B - in_start_B).max(),
+                    in_start_B.max()]).tolist()  # the one host sync before the forward
+                if any_ended:
+                    finish(ended_B, torch.full_like(ended_B, seq_end, dtype=torch.long),
+                           at_eos=False)
+                    continue
+                key_len = key_len + width if self.use_cache else width
+                mask = chunk_mask(self.mask_rules, rows.pad_B, rows.blocks_BC,
+                                  in_start_B=in_start_B, in_end_B=in_end_B,
+                                  block_start_B=rows.block_start_B, width=width,
+                                  key_len=key_len, seq_end=seq_end)
+                cols_BW = (in_start_B[:, None] + torch.arange(width, device=device)).clamp(max=C - 1)
+                block_cols_BN = rows.block_start_B[:, None] + offsets_N
+                logits_BNV = self.backend.forward(
+                    rows.seq_BC.gather(1, cols_BW), rows.pos_BC.gather(1, cols_BW), mask,
+                    write_start_B=in_start_B,
+                    logit_index_BN=block_cols_BN - self.shift - in_start_B[:, None])
+                # the clean columns fed are now final in the cache (prefill / commit pass)
+                rows.cached_B = rows.block_start_B - self.shift
+                self.num_model_calls += 1
+                forwards.index_add_(0, rows.index_B, torch.ones_like(rows.index_B))
+                rows.step_B += 1
+
+                block_BN = rows.seq_BC.gather(1, block_cols_BN)
+                masked_BN = block_BN == self.rules.mask_id
+                in_sequence_BN = block_cols_BN < seq_end  # not right padding
+                new_BN = self._decide(rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
+                                      generator)
+                rows.seq_BC.scatter_(1, block_cols_BN, new_BN)
+                done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
+                if bool(done_B.any()):
+                    finish(done_B, rows.block_start_B + first_eos_B + 1, at_eos=True)
+        return results

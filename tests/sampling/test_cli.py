@@ -1,0 +1,114 @@
+"""load_sampler (the evaluation contract), the sample and bench-sampler commands, bad input."""
+
+import json
+
+import pytest
+
+from megatron_diffusion.cli import main
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.evaluation.generation import GenerationResult
+from megatron_diffusion.masks.config import AttentionConfig
+from tests.helpers import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    make_checkpoint(run_dir, attention=AttentionConfig(mode="block", block_size=4), num_layers=2)
+    return run_dir  # a run directory: its latest checkpoint is used
+
+
+def test_load_sampler_contract(checkpoint):
+    from megatron_diffusion.sampling.api import load_sampler
+
+    sampler = load_sampler(checkpoint, max_new_tokens=10, threshold=0.5, seed=3)
+    for key in ("max_new_tokens", "block_size", "strategy", "steps_per_block", "threshold",
+                "temperature", "seed", "kv_cache", "self_correct", "batch_size"):
+        assert key in sampler.settings
+    assert sampler.settings["block_size"] == 4  # the training block size by default
+    assert sampler.settings["threshold"] == 0.5 and sampler.settings["seed"] == 3
+    out = sampler.complete(["def add(a, b):\n", "import os"])
+    assert len(out) == 2 and all(isinstance(r, GenerationResult) for r in out)
+    assert all(1 <= r.num_tokens <= 10 and r.num_forwards >= 1 and r.seconds > 0 for r in out)
+    with pytest.raises(UsageError, match="unknown setting"):
+        load_sampler(checkpoint, beam_width=4)
+
+
+def test_sample_writes_json_lines(checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "def f(x):"}\n{"prompt": "class A:"}\n')
+    out = tmp_path / "out.jsonl"
+    rc = main(["sample", "--checkpoint", str(checkpoint), "--prompts", str(prompts),
+               "--max-new-tokens", "6", "--block-size", "3", "--strategy", "fixed",
+               "--steps-per-block", "2", "--out", str(out)])
+    assert rc == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == ["def f(x):", "class A:"]
+    for x in lines:
+        assert set(x) == {"prompt", "completion", "num_forwards", "num_tokens", "seconds"}
+        assert x["num_tokens"] <= 6 and x["num_forwards"] >= 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bench_prints_one_json_object(checkpoint, capsys):
+    rc = main(["bench-sampler", "--checkpoint", str(checkpoint), "--num-prompts", "3",
+               "--prompt-len", "8", "--max-new-tokens", "8", "--batch-size", "2", "--json",
+               "--ignore-eos"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    for key in ("tokens_per_second", "tokens_per_forward", "num_forwards", "latency_p50",
+                "latency_p90", "batch_size", "block_size", "strategy", "device"):
+        assert key in result and key in result["ar_baseline"]
+    assert result["num_tokens"] == result["ar_baseline"]["num_tokens"] == 24
+    assert result["ar_baseline"]["tokens_per_forward"] == 1.0
+    assert result["speedup_tokens_per_second"] > 0
+
+
+def test_bench_sweep_writes_table_and_plot(checkpoint, tmp_path, capsys):
+    rc = main(["bench-sampler", "--checkpoint", str(checkpoint), "--num-prompts", "2",
+               "--prompt-len", "8", "--max-new-tokens", "8", "--sweep", "--sweep-block-sizes",
+               "2,8", "--sweep-thresholds", "0.5,1.0", "--sweep-out", str(tmp_path / "sw")])
+    assert rc == 0
+    table = (tmp_path / "sw" / "sweep.md").read_text().splitlines()
+    assert len(table) == 2 + 2 + 4  # header, reference and AR rows, 2 block sizes x 2 thresholds
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["label"] for r in rows[:2]] == ["reference", "AR"] and rows[0]["agreement"] == 1.0
+    assert rows[0]["block_size"] == 4 and rows[0]["tokens_per_forward"] == 1.0
+    assert all(0 <= r["agreement"] <= 1 and r["nll"] > 0 for r in rows)
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--block-size", "0"], "--block-size"),
+    (["--threshold", "1.5"], "--threshold"),
+    (["--threshold", "0"], "--threshold"),
+    (["--steps-per-block", "0"], "--steps-per-block"),
+    (["--strategy", "greedy"], "--strategy"),
+    (["--prompt", "x = 1 " * 400], "longer than the context"),
+    (["--prompt", ""], "empty"),
+])
+def test_bad_input_is_one_line(checkpoint, capsys, extra, message):
+    argv = ["sample", "--checkpoint", str(checkpoint), "--max-new-tokens", "4", *extra]
+    if "--prompt" not in extra:
+        argv += ["--prompt", "def f():"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bad_checkpoint_and_prompt_files(tmp_path, capsys):
+    not_ckpt = tmp_path / "not_a_checkpoint"
+    not_ckpt.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "meta.json").write_text('{"format": "hf-llama"}')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    for argv, message in (
+            (["--checkpoint", str(tmp_path / "missing"), "--prompt", "a"], "does not exist"),
+            (["--checkpoint", str(not_ckpt), "--prompt", "a"], "not a megatron-diffusion"),
+            (["--checkpoint", str(other), "--prompt", "a"], "format"),
+            (["--checkpoint", str(other), "--prompts", str(empty)], "no prompts")):
+        assert main(["sample", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

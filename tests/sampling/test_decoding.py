@@ -1,0 +1,142 @@
+"""Decoding behaviour on stub models whose logits the test controls (fast, no megatron)."""
+
+import torch
+
+from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.sampler import BlockSampler
+from tests.helpers import MASK_ID
+from tests.sampling._helpers import EOS_ID, rules
+
+V = 61
+SURE, UNSURE = 30.0, 0.0
+
+
+def one_hot_logits(tokens_BS: torch.Tensor, strength_BS: torch.Tensor) -> torch.Tensor:
+    logits = torch.zeros(*tokens_BS.shape, V)
+    logits.scatter_(-1, tokens_BS[..., None], strength_BS[..., None].float())
+    logits[..., MASK_ID] = float("-inf")
+    return logits
+
+
+def first_prompt_token(input_ids, position_ids):
+    """The row's key: its first real token (the last column at position 0; pads are at 0 too)."""
+    col = (position_ids == 0).int().cumsum(dim=1).argmax(dim=1)
+    return input_ids[torch.arange(input_ids.shape[0]), col]
+
+
+class EosAt:
+    """Predicts token ``10 + position % 40`` surely, and EOS at position == the row's key."""
+
+    def __init__(self, unsure_before_eos=0):
+        self.unsure_before_eos = unsure_before_eos
+
+    def __call__(self, input_ids, position_ids, attention_mask):
+        key_B1 = first_prompt_token(input_ids, position_ids)[:, None]
+        tokens = torch.where(position_ids == key_B1, EOS_ID, 10 + position_ids % 40)
+        strength = torch.full(tokens.shape, SURE)
+        near = (position_ids < key_B1) & (position_ids >= key_B1 - self.unsure_before_eos)
+        strength[near] = 2.0  # below any threshold: committed one at a time, after the EOS
+        return one_hot_logits(tokens, strength)
+
+
+def test_eos_stops_rows_at_variable_lengths_and_trims():
+    # keys (first prompt token) 9, 6 and 30: EOS at those positions
+    batch = [[9, 1, 2], [6, 1, 2, 3, 4], [30, 1]]
+    cfg = SamplerConfig(max_new_tokens=12, block_size=4, strategy="threshold", threshold=0.9)
+    out = BlockSampler(EosAt(), rules(), cfg).generate(batch)
+    assert out[0].tokens == [13, 14, 15, 16, 17, 18, EOS_ID] and out[0].stopped_at_eos
+    assert out[1].tokens == [15, EOS_ID] and out[1].stopped_at_eos
+    assert out[2].tokens == [10 + p for p in range(2, 14)] and not out[2].stopped_at_eos
+    # everything sure: one forward per block the row needed
+    assert [c.num_forwards for c in out] == [2, 1, 3]
+    solo = [BlockSampler(EosAt(), rules(), cfg).generate([p])[0].tokens for p in batch]
+    assert solo == [c.tokens for c in out]
+
+
+def test_eos_waits_for_every_earlier_position():
+    # EOS at position 7 is committed first; positions 5, 6 are unsure and come one per step
+    cfg = SamplerConfig(max_new_tokens=8, block_size=8, strategy="threshold", threshold=0.9)
+    out = BlockSampler(EosAt(unsure_before_eos=2), rules(), cfg).generate([[7, 1, 2]])[0]
+    assert out.tokens == [13, 14, 15, 16, EOS_ID]
+    assert MASK_ID not in out.tokens and out.num_forwards == 3
+
+
+def test_fixed_strategy_spends_its_steps():
+    cfg = SamplerConfig(max_new_tokens=12, block_size=4, strategy="fixed", steps_per_block=3)
+    out = BlockSampler(EosAt(), rules(), cfg).generate([[50, 1]])[0]
+    assert out.num_forwards == 9 and len(out.tokens) == 12  # 3 blocks x 3 steps (2 + 1 + 1)
+
+
+class PlantedMistake:
+    """First forward: position ``wrong_at`` confidently predicts a wrong token; afterwards every
+    position confidently predicts the right one (``20 + position``)."""
+
+    def __init__(self, wrong_at):
+        self.wrong_at, self.calls = wrong_at, 0
+
+    def __call__(self, input_ids, position_ids, attention_mask):
+        tokens = 20 + position_ids
+        if self.calls == 0:
+            tokens = torch.where(position_ids == self.wrong_at, 3, tokens)
+        self.calls += 1
+        return one_hot_logits(tokens, torch.full(tokens.shape, SURE))
+
+
+def test_self_correction_fixes_a_planted_token():
+    base = dict(max_new_tokens=4, block_size=4, strategy="threshold", threshold=0.9)
+    plain = BlockSampler(PlantedMistake(5), rules(), SamplerConfig(**base)).generate([[1, 2, 3]])[0]
+    assert plain.tokens == [23, 24, 3, 26] and plain.num_forwards == 1
+    fixed = BlockSampler(PlantedMistake(5), rules(),
+                         SamplerConfig(**base, self_correct=True)).generate([[1, 2, 3]])[0]
+    # commit all, correct the planted token, verify: three forwards
+    assert fixed.tokens == [23, 24, 25, 26] and fixed.num_forwards == 3
+
+
+class NeverSatisfied:
+    """Committed tokens are always 'wrong': the top-1 is the input token + 1, surely."""
+
+    def __call__(self, input_ids, position_ids, attention_mask):
+        tokens = torch.where(input_ids == MASK_ID, 10, (input_ids + 1) % 50)
+        return one_hot_logits(tokens, torch.full(tokens.shape, SURE))
+
+
+def test_self_correction_terminates_within_its_budget():
+    cfg = SamplerConfig(max_new_tokens=8, block_size=4, strategy="threshold", self_correct=True,
+                        max_corrections_per_block=3)
+    out = BlockSampler(NeverSatisfied(), rules(), cfg).generate([[1, 2], [3, 4, 5]])
+    # per block: 1 commit step + 3 corrections + 1 step that may not correct = 5 forwards
+    assert [c.num_forwards for c in out] == [10, 10]
+    assert all(len(c.tokens) == 8 for c in out)
+
+
+class Uniform:
+    def __call__(self, input_ids, position_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, V)
+        logits[..., 50:] = float("-inf")
+        return logits
+
+
+def test_temperature_sampling_is_seeded():
+    def run(seed):
+        cfg = SamplerConfig(max_new_tokens=16, block_size=4, strategy="fixed", temperature=1.0,
+                            seed=seed)
+        return [c.tokens for c in BlockSampler(Uniform(), rules(), cfg).generate([[1], [2, 3]])]
+
+    assert run(3) == run(3) and run(3) != run(4)
+    assert all(t < 50 for row in run(3) for t in row)
+
+
+class NextTokenStub:
+    """A logit-shift model: output ``i`` surely predicts the token at ``i + 1``, ``10 + (i+1) % 40``."""
+
+    def __call__(self, input_ids, position_ids, attention_mask):
+        return one_hot_logits(10 + (position_ids + 1) % 40, torch.full(input_ids.shape, SURE))
+
+
+def test_logit_shift_reads_the_previous_output():
+    for mode, block_size in (("causal", 1), ("causal", 4), ("bidirectional", None)):
+        cfg = SamplerConfig(max_new_tokens=6, block_size=block_size, strategy="fixed")
+        out = BlockSampler(NextTokenStub(), rules(mode=mode, logit_shift=True), cfg).generate(
+            [[3, 4, 5], [7]])
+        assert out[0].tokens == [10 + p for p in range(3, 9)], mode
+        assert out[1].tokens == [10 + p for p in range(1, 7)], mode

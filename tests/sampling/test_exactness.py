@@ -1,0 +1,139 @@
+"""The cached sampler computes what block-mode training computes, and caching changes no token."""
+
+import pytest
+import torch
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.model.inputs import model_inputs
+from megatron_diffusion.sampling.backend import ModelBackend
+from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.sampler import BlockSampler
+from tests.helpers import MASK_ID
+from tests.sampling._helpers import prompts, rules, tiny_model
+
+
+class Recorder:
+    """A backend that remembers, for every forward, the block it predicted and the logits."""
+
+    def __init__(self, inner):
+        self.inner, self.records = inner, []
+        self.supports_cache, self.device = inner.supports_cache, inner.device
+
+    def session(self, capacity, use_cache):
+        return self.inner.session(capacity, use_cache)
+
+    def select_rows(self, index):
+        self.inner.select_rows(index)
+
+    def forward(self, tokens, positions, mask, *, write_start_B, logit_index_BN):
+        logits = self.inner.forward(tokens, positions, mask, write_start_B=write_start_B,
+                                    logit_index_BN=logit_index_BN)
+        index = logit_index_BN[0]
+        self.records.append((positions[0, index].clone(), tokens[0, index].clone(),
+                             logits[0].clone(), tokens.shape[1]))
+        return logits
+
+
+@pytest.fixture(scope="module")
+def block_model():
+    return tiny_model()
+
+
+@pytest.mark.parametrize("clean_stream", ["block_causal", "causal"])
+def test_cached_block_logits_equal_training_forward(block_model, clean_stream):
+    B, prompt_len = 4, 8
+    attn = AttentionConfig(mode="block", block_size=B, clean_stream=clean_stream)
+    prompt = prompts([prompt_len], seed=3)[0]
+    recorder = Recorder(ModelBackend(block_model))
+    sampler = BlockSampler(recorder, rules(clean_stream=clean_stream),
+                           SamplerConfig(max_new_tokens=12, block_size=B, strategy="fixed",
+                                         steps_per_block=2))
+    completion = sampler.generate([prompt])[0]
+    # 3 blocks x 2 steps; the first step of a block also feeds the previous clean context
+    assert [r[3] for r in recorder.records] == [12, 4, 8, 4, 8, 4]
+    L = prompt_len + 12
+    x0 = torch.tensor(prompt + completion.tokens + [0] * (L - prompt_len - len(completion.tokens)))
+    for positions, block_tokens, logits_NV, _ in recorder.records:
+        xt = torch.full((L,), MASK_ID)
+        xt[positions] = block_tokens
+        batch = DiffusionBatch(
+            tokens_BS=torch.cat([xt, x0])[None], labels_BL=x0[None],
+            loss_weights_BL=torch.ones(1, L), document_ids_BL=torch.zeros(1, L, dtype=torch.long),
+            loss_mask_BL=torch.ones(1, L, dtype=torch.bool), t_BN=torch.ones(1, L // B),
+            num_edits_B=torch.zeros(1, dtype=torch.long))
+        with torch.no_grad():
+            expected = block_model(*model_inputs(batch, attn))[0, positions].float()
+        assert logits_NV.shape[-1] == block_model.real_vocab_size  # vocabulary padding cut off
+        expected = expected[:, :block_model.real_vocab_size]
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(logits_NV))  # [MASK] stays -inf
+        assert (expected[finite] - logits_NV[finite]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("block_size,strategy", [(4, "fixed"), (3, "threshold"), (1, "fixed"),
+                                                 (6, "fixed")])
+def test_kv_cache_gives_the_same_tokens(block_model, block_size, strategy):
+    batch = prompts([7, 3, 12], seed=1)
+    outs = []
+    for kv_cache in (True, False):
+        cfg = SamplerConfig(max_new_tokens=13, block_size=block_size, strategy=strategy,
+                            steps_per_block=2, threshold=0.05, kv_cache=kv_cache)
+        outs.append(BlockSampler(ModelBackend(block_model), rules(), cfg).generate(batch))
+    assert [c.tokens for c in outs[0]] == [c.tokens for c in outs[1]]
+    assert [c.num_forwards for c in outs[0]] == [c.num_forwards for c in outs[1]]
+
+
+def test_rows_at_different_blocks_stay_exact(block_model):
+    """With the threshold rule rows need different numbers of steps and advance on their own
+    (ragged chunks and cache offsets); cached, uncached and one-row-at-a-time decoding agree."""
+    batch = prompts([7, 3, 12, 5], seed=1)
+    runs = []
+    for kv_cache in (True, False):
+        cfg = SamplerConfig(max_new_tokens=16, block_size=4, threshold=0.04, kv_cache=kv_cache)
+        sampler = BlockSampler(ModelBackend(block_model), rules(), cfg)
+        runs.append(sampler.generate(batch))
+        if kv_cache:
+            num_calls = sampler.num_model_calls
+    forwards = [c.num_forwards for c in runs[0]]
+    assert len(set(forwards)) >= 3  # rows really progressed at different rates
+    assert num_calls == max(forwards)  # and nobody waited for the slowest row
+    assert [c.tokens for c in runs[0]] == [c.tokens for c in runs[1]]
+    assert forwards == [c.num_forwards for c in runs[1]]
+    solo = [sampler.generate([p])[0] for p in batch]
+    assert [c.tokens for c in solo] == [c.tokens for c in runs[0]]
+    assert [c.num_forwards for c in solo] == forwards
+
+
+def test_batched_rows_equal_solo_rows(block_model):
+    """Left padding is invisible: a prompt decodes the same alone and in a batch."""
+    batch = prompts([5, 11, 2, 8], seed=2)
+    sampler = BlockSampler(ModelBackend(block_model), rules(),
+                           SamplerConfig(max_new_tokens=10, block_size=4, strategy="fixed"))
+    together = [c.tokens for c in sampler.generate(batch)]
+    assert together == [sampler.generate([p])[0].tokens for p in batch]
+
+
+@pytest.mark.parametrize("mode,logit_shift", [("causal", False), ("causal", True),
+                                              ("bidirectional", False)])
+def test_other_modes_cache_and_batch_consistent(mode, logit_shift):
+    model = tiny_model()
+    r = rules(mode=mode, logit_shift=logit_shift)
+    batch = prompts([6, 3], seed=4)
+    outs = []
+    for kv_cache in (True, False):
+        cfg = SamplerConfig(max_new_tokens=9, block_size=3, strategy="fixed", kv_cache=kv_cache)
+        sampler = BlockSampler(ModelBackend(model), r, cfg)
+        outs.append([c.tokens for c in sampler.generate(batch)])
+    assert outs[0] == outs[1]
+    assert outs[0] == [[c.tokens for c in sampler.generate([p])][0] for p in batch]
+    if mode == "bidirectional":
+        assert not sampler.use_cache
+
+
+def test_ar_baseline_is_one_token_per_forward(block_model):
+    cfg = SamplerConfig(max_new_tokens=9, ar_baseline=True, block_size=8, strategy="threshold")
+    sampler = BlockSampler(ModelBackend(block_model), rules(), cfg)
+    assert (sampler.cfg.block_size, sampler.cfg.strategy, sampler.cfg.steps_per_block) == (1, "fixed", 1)
+    out = sampler.generate(prompts([5], seed=5))[0]
+    assert out.num_forwards == len(out.tokens)
