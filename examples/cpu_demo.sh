@@ -33,8 +33,14 @@ val = [r for r in recs if "val_loss" in r]
 if val:
     print(f"final validation loss (ELBO, nats/token): {val[-1]['val_loss']:.3f} at step {val[-1]['step']}")
 PY
-if megatron-diffusion sample --help >/dev/null 2>&1; then
-  megatron-diffusion sample --checkpoint "$RUN_DIR" --max-new-tokens 64 --block-size 4 \
-    --strategy threshold --threshold 0.9 \
-    --prompt $'import os\n\n\ndef ' --prompt $'class Queue:\n    def __init__(self' || true
-fi
+# a few samples from the trained model: block-wise parallel decoding with the exact KV cache
+megatron-diffusion sample --checkpoint "$RUN_DIR" --prompts examples/demo_prompts.jsonl \
+  --max-new-tokens 48 --block-size 4 --strategy threshold --threshold 0.9 \
+  --out "$RUN_DIR/samples.jsonl"
+python - "$RUN_DIR/samples.jsonl" <<'PY'
+import json, sys
+for r in map(json.loads, open(sys.argv[1])):
+    print("-" * 60)
+    print(r["prompt"] + "\033[1m" + r["completion"] + "\033[0m")
+    print(f"[{r['num_tokens']} tokens in {r['num_forwards']} forwards]")
+PY

@@ -159,7 +159,7 @@ def test_time_limit_signal_reaches_the_batch_shell(local_slurm, tmp_path):
 def test_throughput_and_convert_scripts_pass_arguments(local_slurm, tmp_path):
     # A stand-in python records the command line the script ran through srun.
     fake = tmp_path / "fake-python"
-    fake.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    fake.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\necho \'{"ok": 1}\'\n')
     fake.chmod(0o755)
     jobs = {}
     for script, extra in [
@@ -179,8 +179,8 @@ def test_throughput_and_convert_scripts_pass_arguments(local_slurm, tmp_path):
         assert info["ExitCode"] == "0:0", (tmp_path / f"{script}.out").read_text()
     bench = (tmp_path / "throughput.sbatch.args").read_text().splitlines()
     assert bench == ["-m", "megatron_diffusion.cli", "bench-sampler", "--checkpoint",
-                     "ckpts/iter 10", "--json", str(tmp_path / "bench.json"),
-                     "--flag", "two words", "x=1"]
+                     "ckpts/iter 10", "--json", "--flag", "two words", "x=1"]
+    assert (tmp_path / "bench.json").read_text() == '{"ok": 1}\n'  # the JSON lands in OUT
     convert = (tmp_path / "convert.sbatch.args").read_text().splitlines()
     assert convert == ["-m", "megatron_diffusion.cli", "convert", "--flag", "two words", "x=1"]
 
