@@ -13,6 +13,9 @@ Quality proxies for the sweep (``quality``), both against the same model, no ref
   training layout); positions past the shorter of the two count as disagreements. 1.0 means
   parallel decoding changed nothing. (The AR baseline is not the reference for a block model:
   block size 1 gives its clean context a causal layout it was not trained with.)
+* ``heldout_accuracy`` (stdlib prompts only): fraction of generated positions equal to the
+  file's true continuation after the prompt: the held-out infill accuracy of the decode, a
+  ground-truth quality measure that needs no execution (pass@k is 0 for small models).
 * ``nll``: the model's own negative log-likelihood per token of the output, scored block by
   block with the training block size: each block fully masked, given the clean prompt and the
   earlier blocks (the block-wise ELBO term at ``t = 1``; plain AR NLL for a causal model).
@@ -33,8 +36,12 @@ import torch
 from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
 
 
-def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int) -> list[list[int]]:
-    """``num_prompts`` token prompts of exactly ``prompt_len`` tokens from stdlib modules."""
+def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int,
+                   continuation_len: int = 0) -> list[list[int]]:
+    """``num_prompts`` token prompts of exactly ``prompt_len`` tokens from stdlib modules.
+
+    With ``continuation_len`` the list holds ``prompt_len + continuation_len`` tokens per entry
+    (the caller splits off the true continuation)."""
     out = []
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -44,8 +51,8 @@ def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int) -> list[list[in
         if first is None:
             continue
         ids = tokenizer.encode("".join(lines[first:]))
-        if len(ids) >= prompt_len:
-            out.append(ids[:prompt_len])
+        if len(ids) >= prompt_len + continuation_len:
+            out.append(ids[:prompt_len + continuation_len])
         if len(out) == num_prompts:
             return out
     raise RuntimeError(f"the standard library gave only {len(out)} prompts of {prompt_len} tokens")
@@ -135,10 +142,19 @@ def block_nll(sampler, prompt: list[int], tokens: list[int]) -> tuple[float, int
     return total, G
 
 
-def quality(sampler, prompts, completions, reference) -> dict:
+def heldout_accuracy(tokens: list[int], truth: list[int]) -> float:
+    """Fraction of the true continuation's positions that the output reproduces."""
+    return sum(a == b for a, b in zip(tokens, truth)) / len(truth) if truth else float("nan")
+
+
+def quality(sampler, prompts, completions, reference, truths=None) -> dict:
     nll = [block_nll(sampler, p, c.tokens) for p, c in zip(prompts, completions)]
-    return {
+    out = {
         "agreement": float(np.mean([agreement(c.tokens, r.tokens)
                                     for c, r in zip(completions, reference)])),
         "nll": sum(s for s, _ in nll) / max(sum(n for _, n in nll), 1),
     }
+    if truths is not None:
+        out["heldout_accuracy"] = float(np.mean([heldout_accuracy(c.tokens, t)
+                                                 for c, t in zip(completions, truths)]))
+    return out

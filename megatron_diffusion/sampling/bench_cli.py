@@ -72,15 +72,19 @@ def run(args) -> int:
     sampler = load_from_args(args)
     if args.ignore_eos:
         sampler.core.rules = dataclasses.replace(sampler.core.rules, eos_id=-1)
+    truths = None
     if text_prompts is not None:
         prompts = sampler.encode(text_prompts)[:args.num_prompts]
     else:
-        prompts = bench.stdlib_prompts(sampler.tokenizer, args.num_prompts, args.prompt_len)
+        full = bench.stdlib_prompts(sampler.tokenizer, args.num_prompts, args.prompt_len,
+                                    continuation_len=args.max_new_tokens)
+        prompts = [ids[:args.prompt_len] for ids in full]
+        truths = [ids[args.prompt_len:] for ids in full]  # the held-out true continuations
         sampler.core.check_prompts(prompts)
     ar = _variant(sampler, ar_baseline=True, kv_cache=True)
     ar_result = bench.measure(ar, prompts, repeats=args.repeats)
     if args.sweep:
-        return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds)
+        return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths)
     result = bench.measure(sampler, prompts, repeats=args.repeats)
     out = {**_public(result), "ar_baseline": _public(ar_result),
            "speedup_tokens_per_second": result["tokens_per_second"] / ar_result["tokens_per_second"],
@@ -97,7 +101,7 @@ def run(args) -> int:
     return 0
 
 
-def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds) -> int:
+def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=None) -> int:
     from tqdm import tqdm
 
     # reference: the training block size, one token per step (the model's most careful decode)
@@ -106,29 +110,31 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds) -> int:
     ref_result = bench.measure(careful, prompts, warmup=False, repeats=args.repeats)
     reference = ref_result["_completions"]
     rows = [{**_public(ref_result), "threshold": None, "label": "reference",
-             **bench.quality(sampler, prompts, reference, reference)},
+             **bench.quality(sampler, prompts, reference, reference, truths)},
             {**_public(ar_result), "threshold": None, "label": "AR",
-             **bench.quality(sampler, prompts, ar_result["_completions"], reference)}]
+             **bench.quality(sampler, prompts, ar_result["_completions"], reference, truths)}]
     grid = [(b, t) for b in block_sizes for t in thresholds]
     for block_size, threshold in tqdm(grid, desc="sweep", disable=not is_rank_zero()):
         variant = _variant(sampler, block_size=block_size, strategy="threshold",
                            threshold=threshold, ar_baseline=False)
         result = bench.measure(variant, prompts, warmup=False, repeats=args.repeats)
         rows.append({**_public(result), "label": f"B={block_size}",
-                     **bench.quality(sampler, prompts, result["_completions"], reference)})
+                     **bench.quality(sampler, prompts, result["_completions"], reference, truths)})
     if not is_rank_zero():
         return 0
     out_dir = Path(args.sweep_out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    held = truths is not None
     table = ["| decode | block | threshold | tok/s | tok/forward | batched forwards | latency p50 s "
-             "| agreement | NLL/token |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| agreement | NLL/token |" + (" held-out accuracy |" if held else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if held else "")]
     for r in rows:
         thr = "-" if r["label"] in ("AR", "reference") else f"{r['threshold']:g}"
         table.append(f"| {r['label']} | {r['block_size']} | {thr} | {r['tokens_per_second']:.1f} | "
                      f"{r['tokens_per_forward']:.2f} | {r['num_model_calls']} | "
                      f"{r['latency_p50']:.3f} | "
-                     f"{r['agreement']:.3f} | {r['nll']:.3f} |")
+                     f"{r['agreement']:.3f} | {r['nll']:.3f} |"
+                     + (f" {r['heldout_accuracy']:.3f} |" if held else ""))
     _atomic_write(out_dir / "sweep.md", "\n".join(table) + "\n")
     _atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=1) + "\n")
     _plot(rows, out_dir / "sweep.png")
@@ -151,11 +157,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    keys = ["agreement", "nll"] + (["heldout_accuracy"] if "heldout_accuracy" in rows[0] else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
     for label in dict.fromkeys(r["label"] for r in rows):
         pts = sorted((r for r in rows if r["label"] == label),
                      key=lambda r: r["threshold"] if label.startswith("B=") else 0)
-        for ax, key in zip(axes, ("agreement", "nll")):
+        for ax, key in zip(axes, keys):
             line = ax.plot([r["tokens_per_forward"] for r in pts], [r[key] for r in pts],
                            marker="o" if label.startswith("B=") else "*", markersize=8,
                            label=label)[0]
@@ -166,6 +173,8 @@ def _plot(rows: list[dict], path: Path) -> None:
                                 textcoords="offset points")
     axes[0].set_ylabel("agreement with the one-token-per-step decode")
     axes[1].set_ylabel("model NLL / token (lower is better)")
+    if len(keys) == 3:
+        axes[2].set_ylabel("held-out accuracy (true continuation)")
     for ax in axes:
         ax.set_xlabel("tokens per forward (hardware-independent speed)")
         ax.grid(alpha=0.3)

@@ -110,3 +110,11 @@ def test_chunk_mask_causal_bidirectional_and_right_padding_by_hand():
     bidir = allowed("bidirectional", [1], 0, 7, 3, width=7, key_len=7, seq_end=6)[0]
     assert bidir == ([[1, 0, 0, 0, 0, 0, 0]] + [[0, 1, 1, 1, 1, 1, 0]] * 5
                      + [[0, 0, 0, 0, 0, 0, 1]])
+
+
+def test_heldout_accuracy_against_the_true_continuation():
+    from megatron_diffusion.sampling.bench import heldout_accuracy
+
+    assert heldout_accuracy([1, 2, 3, 4], [1, 2, 9, 4]) == 0.75
+    assert heldout_accuracy([1, 2], [1, 2, 3, 4]) == 0.5  # stopping early counts as misses
+    assert heldout_accuracy([5, 6, 7], [1, 2, 3]) == 0.0
