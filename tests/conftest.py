@@ -22,3 +22,16 @@ def tiny_store(tmp_path_factory):
     return d / "s.zarr"
 
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_process_group_leaks_between_modules():
+    """Tests that start torch.distributed in-process (one-rank megatron models) leave it to this
+    teardown, so every test module starts without a live process group."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from megatron_diffusion.parallel.process_groups import destroy
+
+        destroy()
