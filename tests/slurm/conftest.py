@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,10 @@ def local_slurm(tmp_path_factory):
         pytest.skip("slurm tier: needs root to run slurmctld/slurmd")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("slurm tier: SLURM is not installed and apt-get is not available")
-    state_dir = tmp_path_factory.mktemp("slurm")
+    # munged runs as user munge and must reach its pid/socket dirs: pytest's own temp root is
+    # mode 0700 (root only), so the cluster state lives in its own traversable directory.
+    state_dir = Path(tempfile.mkdtemp(prefix="md-slurm-"))
+    state_dir.chmod(0o755)
     # Free ports, so a cluster left running by someone else on this machine does not interfere.
     with socket.socket() as a, socket.socket() as b:
         a.bind(("", 0))
@@ -113,3 +117,4 @@ def local_slurm(tmp_path_factory):
         yield LocalSlurm(conf=state_dir / "slurm.conf", host=host)
     finally:
         subprocess.run(["bash", str(LOCAL_SLURM), "stop", str(state_dir)], timeout=120)
+        shutil.rmtree(state_dir, ignore_errors=True)
