@@ -24,11 +24,24 @@ def tiny_store(tmp_path_factory):
 
 
 
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_process_group_leaks_between_modules():
     """Tests that start torch.distributed in-process (one-rank megatron models) leave it to this
-    teardown, so every test module starts without a live process group."""
+    teardown, so every test module starts without a live process group, and without the launcher
+    variables init_distributed exports (they would leak into subprocesses and SLURM jobs)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in LAUNCHER_VARS}
     yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
