@@ -22,12 +22,12 @@ def main():
 
     from megatron_diffusion.config import load_config
     from megatron_diffusion.data.loader import DiffusionDataLoader
-    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab
+    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab, store_vocabulary
 
     cfg = load_config(a.config, a.overrides + [f"data.num_workers={a.workers}"], validate=False)
     stores = resolve_vocab(cfg)
     cfg.validate()
-    loader = DiffusionDataLoader(cfg.data, corrupt_fn=make_corruptor(cfg, stores[0]).corrupt,
+    loader = DiffusionDataLoader(cfg.data, corrupt_fn=make_corruptor(cfg, **store_vocabulary(stores[0])).corrupt,
                                  tokenizer_hash=stores[0].tokenizer_hash, vocab_size=stores[0].vocab_size)
     it = iter(loader)
     next(it)  # worker start-up

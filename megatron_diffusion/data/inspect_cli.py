@@ -52,7 +52,7 @@ def sample_records(batch, block_size: int | None):
 def run(args) -> int:
     from megatron_diffusion.config import load_config
     from megatron_diffusion.data.loader import DiffusionDataLoader
-    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab
+    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab, store_vocabulary
 
     if args.num_batches < 1:
         raise UsageError(f"--num-batches: got {args.num_batches}, expected >= 1")
@@ -63,7 +63,7 @@ def run(args) -> int:
     cfg.validate()
     if args.step >= cfg.training.train_iters:
         raise UsageError(f"--step: {args.step} is past training.train_iters={cfg.training.train_iters}")
-    corruptor = make_corruptor(cfg, stores[0])
+    corruptor = make_corruptor(cfg, **store_vocabulary(stores[0]))
     loader = DiffusionDataLoader(cfg.data, data_parallel_rank=args.data_parallel_rank,
                                  data_parallel_size=args.data_parallel_size,
                                  corrupt_fn=corruptor.corrupt,

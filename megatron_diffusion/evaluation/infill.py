@@ -165,10 +165,10 @@ def run_infill(args) -> int:
                                   visibility=attn.visibility).corrupt
             _, ce, acc = evaluate_rows(forward, rows, fn, seed=1234)
             report["infill"].append({"mask_rate": r, "accuracy": acc, "ce_nats": ce})
-        store_like = type("S", (), {"vocab_size": cfg.model.vocab_size,
-                                    "eos_id": 0, "mask_id": cfg.model.mask_token_id, "pad_id": 0})
-        elbo, _, _ = evaluate_rows(forward, rows, make_corruptor(eval_corruption_config(cfg), store_like).corrupt,
-                                   seed=4321, repeats=4)
+        # the ELBO's own process: mask stage only, so no edit draws random tokens
+        corruptor = make_corruptor(eval_corruption_config(cfg), vocab_size=cfg.model.vocab_size,
+                                   special_ids={cfg.model.mask_token_id})
+        elbo, _, _ = evaluate_rows(forward, rows, corruptor.corrupt, seed=4321, repeats=4)
         report["elbo_bits_per_token"] = elbo / math.log(2)
     if attn.mode == "causal" or cfg.loss.objective == "ar":
         from megatron_diffusion.training.trainer import CleanBatcher

@@ -71,7 +71,9 @@ def random_token_ids(vocab_size: int, special_ids) -> torch.Tensor:
     return ids[keep]
 
 
-def make_corruptor(cfg: RunConfig, store):
+def make_corruptor(cfg: RunConfig, *, vocab_size: int, special_ids):
+    """The run's corruption (or the clean batcher of the AR objective). Edits insert and
+    substitute only ordinary tokens: ``special_ids`` (EOS, [MASK], pad) are excluded."""
     if cfg.loss.objective == "ar":
         return CleanBatcher()
     from megatron_diffusion.corruption.corruptor import Corruptor
@@ -80,9 +82,13 @@ def make_corruptor(cfg: RunConfig, store):
     return Corruptor(cfg.corruption, seq_len=cfg.data.seq_len, mode=mode,
                      block_size=cfg.attention.block_size, visibility=cfg.attention.visibility,
                      mask_token_id=cfg.model.mask_token_id,
-                     random_token_ids=random_token_ids(store.vocab_size,
-                                                       {store.eos_id, store.mask_id, store.pad_id}),
+                     random_token_ids=random_token_ids(vocab_size, special_ids),
                      total_steps=cfg.training.train_iters)
+
+
+def store_vocabulary(store) -> dict:
+    """``make_corruptor``'s vocabulary arguments from a token store."""
+    return {"vocab_size": store.vocab_size, "special_ids": {store.eos_id, store.mask_id, store.pad_id}}
 
 
 class Trainer:
@@ -158,12 +164,12 @@ class Trainer:
             self.num_params = int(t.item())
 
         store = self.stores[0]
-        self.corruptor = make_corruptor(cfg, store)
+        self.corruptor = make_corruptor(cfg, **store_vocabulary(store))
         # validation measures the objective itself (the ELBO): post-warmup, mask stage. The
         # training corruptor would draw validation rows at its step 0, inside the warmup.
         from megatron_diffusion.evaluation.infill import eval_corruption_config
 
-        self.val_corruptor = make_corruptor(eval_corruption_config(cfg), store)
+        self.val_corruptor = make_corruptor(eval_corruption_config(cfg), **store_vocabulary(store))
         total_samples = cfg.training.train_iters * cfg.data.global_batch_size
         if self.rank == 0:
             build_indices(cfg.data, total_samples)
