@@ -33,7 +33,7 @@ import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_diffusion.batch import DiffusionBatch
-from megatron_diffusion.errors import check_choice
+from megatron_diffusion.errors import UsageError, check_choice
 
 NORMALIZATIONS = ("token", "sequence")
 OBJECTIVES = ("diffusion", "ar")
@@ -53,8 +53,6 @@ class LossConfig:
         check_choice("loss.normalization", self.normalization, NORMALIZATIONS)
         check_choice("loss.objective", self.objective, OBJECTIVES)
         if self.ar_loss_weight < 0:
-            from megatron_diffusion.errors import UsageError
-
             raise UsageError(f"loss.ar_loss_weight: got {self.ar_loss_weight}, expected >= 0")
 
 
@@ -123,8 +121,6 @@ def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossCon
     }
     if cfg.ar_loss_weight > 0:
         if not clean_stream_causal or logits_BSV.shape[1] != 2 * L:
-            from megatron_diffusion.errors import UsageError
-
             raise UsageError("loss.ar_loss_weight: an AR loss on the clean stream needs "
                              "attention.mode=block with attention.clean_stream=causal")
         ar_ce_BL = _token_ce(logits_BSV[:, L:2 * L - 1], labels_BL[:, 1:])

@@ -114,13 +114,18 @@ class Trainer:
         if self.init_from is not None:
             from megatron_diffusion.model.loading import resolve_checkpoint
 
+            from megatron_diffusion.training.checkpoint import read_meta
+
             self.init_from = resolve_checkpoint(self.init_from)
-            self._check_init_from(self.init_from)
+            meta = read_meta(self.init_from)
+            self.converted_from = meta.get("converted_from")  # the HF export keeps its origin
+            self._check_same_model(meta, self.init_from, "--init-from",
+                                   ("add_qkv_bias", "untie_embeddings_and_output_weights"))
         resume_path = self._resume_path()
         if resume_path is not None:  # before anything is written
             from megatron_diffusion.training.checkpoint import read_meta
 
-            self._check_resume_shape(read_meta(resume_path), resume_path)
+            self._check_same_model(read_meta(resume_path), resume_path, "--resume")
         par = cfg.parallel
         initialize_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                                   par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed)
@@ -179,12 +184,12 @@ class Trainer:
                                           corrupt_fn=self.corruptor.corrupt,
                                           tokenizer_hash=store.tokenizer_hash,
                                           vocab_size=store.vocab_size)
-        self.val_cfg = None
-        if cfg.training.eval_interval and cfg.training.eval_iters:
-            import dataclasses
+        import dataclasses
 
-            self.val_cfg = dataclasses.replace(cfg.data, split="validation", num_workers=0,
-                                               global_batch_size=cfg.data.micro_batch_size * self.dp_size)
+        # validation and infill evaluation read the store's validation split, one micro-batch
+        # per DP rank at a time, in the training process
+        self.val_cfg = dataclasses.replace(cfg.data, split="validation", num_workers=0,
+                                           global_batch_size=cfg.data.micro_batch_size * self.dp_size)
         self.step = 0
         if resume_path is not None:
             self._load(resume_path)
@@ -211,26 +216,16 @@ class Trainer:
             raise UsageError(f"--resume: {path} is not a complete checkpoint (no meta.json)")
         return path
 
-    def _check_init_from(self, path):
-        from megatron_diffusion.training.checkpoint import read_meta
+    SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                  "ffn_hidden_size", "vocab_size")
 
-        meta = read_meta(path)
-        self.converted_from = meta.get("converted_from")  # kept so the HF export knows its origin
+    def _check_same_model(self, meta, path, option: str, extra_keys=()) -> None:
+        """Refuse a checkpoint whose model differs from this run's, naming the field."""
         theirs = meta["config"]["model"]
-        for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                    "ffn_hidden_size", "vocab_size", "add_qkv_bias",
-                    "untie_embeddings_and_output_weights"):
+        for key in self.SHAPE_KEYS + tuple(extra_keys):
             if theirs.get(key) != getattr(self.cfg.model, key):
-                raise UsageError(f"--init-from: checkpoint {path} has model.{key}="
+                raise UsageError(f"{option}: checkpoint {path} has model.{key}="
                                  f"{theirs.get(key)!r}, this run has {getattr(self.cfg.model, key)!r}")
-
-    def _check_resume_shape(self, meta, path):
-        theirs = meta["config"]["model"]
-        for key in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                    "ffn_hidden_size", "vocab_size"):
-            if theirs.get(key) != getattr(self.cfg.model, key):
-                raise UsageError(f"--resume: checkpoint {path} has model.{key}={theirs.get(key)!r}, "
-                                 f"this run has {getattr(self.cfg.model, key)!r}")
 
     def _load(self, path):
         from megatron_diffusion.training.checkpoint import (load_checkpoint, load_loader_state,
@@ -323,7 +318,7 @@ class Trainer:
                           "stage": stage, "u_max": self._u_max(self.step - 1)}
                 if peak:
                     record["mfu"] = flops_step / dt / (peak * world)
-                if self.val_cfg is not None and self.step % tr.eval_interval == 0:
+                if tr.eval_interval and tr.eval_iters and self.step % tr.eval_interval == 0:
                     record["val_loss"], record["val_acc"] = self.validate()
                 if tr.infill_eval_interval and self.step % tr.infill_eval_interval == 0:
                     record.update(self.infill_eval())
@@ -362,17 +357,12 @@ class Trainer:
     def _evaluate(self, corrupt_fn, loss_cfg) -> dict:
         """Forward-only over ``eval_iters`` validation micro-batches (the same ones every time:
         a fresh loader from sample 0, per-sample seeds as in training)."""
-        import dataclasses
-
         from megatron_diffusion.data.loader import DiffusionDataLoader
         from megatron_diffusion.training.step import forward_backward
 
-        val_cfg = self.val_cfg or dataclasses.replace(
-            self.cfg.data, split="validation", num_workers=0,
-            global_batch_size=self.cfg.data.micro_batch_size * self.dp_size)
         for c in self.chunks:
             c.eval()
-        loader = DiffusionDataLoader(val_cfg, data_parallel_rank=self.dp_rank,
+        loader = DiffusionDataLoader(self.val_cfg, data_parallel_rank=self.dp_rank,
                                      data_parallel_size=self.dp_size, corrupt_fn=corrupt_fn,
                                      tokenizer_hash=self.stores[0].tokenizer_hash,
                                      vocab_size=self.stores[0].vocab_size)
