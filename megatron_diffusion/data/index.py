@@ -28,7 +28,6 @@ written to a temp name and renamed, so ranks racing to build the same plan are s
 """
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from megatron_diffusion.data import hashing
 from megatron_diffusion.data.writer import SPLITS
 from megatron_diffusion.data.store import TokenStore, save_npy_atomic
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,7 @@ def extra_eos(key: PlanKey, epoch: int, doc_ids: np.ndarray) -> np.ndarray:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(meta))
 
 
 def _doc_lengths(offsets: np.ndarray, step: int = 1 << 24) -> np.ndarray:

@@ -10,10 +10,10 @@ it); the loader starts at the first sample of that step.
 
 import json
 import math
-import os
 from pathlib import Path
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import atomic_path
 
 
 def add_arguments(p) -> None:
@@ -72,14 +72,9 @@ def run(args) -> int:
     loader.consumed_samples = args.step * cfg.data.global_batch_size
     block = cfg.attention.block_size if cfg.attention.mode == "block" else None
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w") as f:
-            for n, batch in zip(range(args.num_batches), loader):
-                for rec in sample_records(batch, block):
-                    f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, tmp.open("w") as f:
+        for n, batch in zip(range(args.num_batches), loader):
+            for rec in sample_records(batch, block):
+                f.write(json.dumps(rec) + "\n")
     print(f"wrote {out}: {args.num_batches} micro-batches of {cfg.data.micro_batch_size} at step {args.step}")
     return 0

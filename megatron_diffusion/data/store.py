@@ -7,7 +7,6 @@ memory-mapped from there (``cached_doc_array``), the equivalent of Megatron's ``
 a rank touches only the pages of the documents it reads.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import zarr
 
 from megatron_diffusion.data.writer import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import atomic_path
 
 DOC_ARRAYS = ("doc_offsets", "prompt_lengths", "split")
 _ATTRS = ("store_id", "tokenizer_hash", "vocab_size", "eos_id", "mask_id", "pad_id", "num_tokens", "num_docs")
@@ -23,14 +23,8 @@ _ATTRS = ("store_id", "tokenizer_hash", "vocab_size", "eos_id", "mask_id", "pad_
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temp file then rename, so concurrent builders/readers never see a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 class TokenStore:
@@ -122,19 +116,14 @@ class TokenStore:
         path = Path(cache_dir) / f"{name}.npy"
         if not path.exists():
             src = self._group[name]
-            tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            with atomic_path(path) as tmp:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=src.shape)
                 step = src.chunks[0]
                 for i in range(0, src.shape[0], step):
                     out[i:i + step] = src[i:i + step]
                 out.flush()
                 del out
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
         return np.load(path, mmap_mode="r")
 
     def __repr__(self) -> str:

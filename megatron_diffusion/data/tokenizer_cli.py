@@ -4,14 +4,13 @@
 """
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
 from megatron_diffusion.data.tokenizer import iter_text_files, load_tokenizer, train_tokenizer
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import atomic_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,15 +32,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # temp file + rename: an interrupted run never leaves a half-written tokenizer.json
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tok.save(tmp)
+    with atomic_path(out) as tmp:
+        tok.save(str(tmp))
         loaded = load_tokenizer(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"wrote {out}: vocab_size={loaded.vocab_size} eos={loaded.eos_id} "
           f"mask={loaded.mask_id} pad={loaded.pad_id} hash={loaded.hash[:12]}")
     return 0

@@ -25,12 +25,12 @@ setting, forwards per sample, tokens per forward, tokens/s, the executor limits 
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.evaluation.executor import ExecutorConfig, resolve_sandbox, run_checks
 from megatron_diffusion.evaluation.generation import GenerationResult
 
@@ -171,16 +171,7 @@ def write_outputs(out_dir: str, results: list[dict], summary: dict) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--out: {out_dir!r} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
-    _write_atomic(os.path.join(out_dir, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in results))
-    _write_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(os.path.join(out_dir, "results.jsonl"), "".join(json.dumps(r) + "\n" for r in results))
+    write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
 
 
-def _write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -17,13 +17,13 @@ Used by ``megatron-diffusion eval infill`` and by the trainer's periodic
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.layout import block_ids
 
 DEFAULT_RATES = (0.15, 0.3, 0.5, 0.7, 0.9)
@@ -190,9 +190,7 @@ def run_infill(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".infill.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, out / "infill.json")
+        write_text_atomic(out / "infill.json", json.dumps(report, indent=2))
     return 0
 
 

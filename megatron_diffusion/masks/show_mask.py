@@ -9,12 +9,12 @@ temporary file and renamed, so a failed run never leaves a partial file.
 
 import json
 import os
-import tempfile
 
 import torch
 
 from megatron_diffusion import layout
 from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.fileio import atomic_path
 from megatron_diffusion.masks.config import CLEAN_STREAMS, MODES, AttentionConfig
 from megatron_diffusion.masks.dense import attention_allowed
 
@@ -79,14 +79,8 @@ def _write_atomically(out: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise UsageError(f"--out: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".show-mask-", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp:
+        write(str(tmp))
 
 
 def settings_dict(cfg: AttentionConfig, seq_len: int, doc_lengths: list[int]) -> dict:

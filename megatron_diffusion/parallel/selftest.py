@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.parallel.launch_env import detect_launch_env, init_distributed
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 
@@ -75,13 +76,6 @@ def check_views(views: list[dict], reduced: float) -> list[str]:
     return problems
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` whole: a reader (the tests, a person) never sees it half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _run_steps(args, env, preemption, device) -> int:
     import torch
     import torch.distributed as dist
@@ -103,7 +97,7 @@ def _run_steps(args, env, preemption, device) -> int:
         time.sleep(args.step_seconds)
         step += 1
         if env.is_main:
-            _write_atomic(run_dir / PROGRESS_FILE, f"{env.restart_count} {step}\n")
+            write_text_atomic(run_dir / PROGRESS_FILE, f"{env.restart_count} {step}\n")
         if preemption.should_stop():
             break
     signal_name = preemption.received.name if preemption.received else "none"
@@ -117,7 +111,7 @@ def _run_steps(args, env, preemption, device) -> int:
         state["step"] = step
         run = {"restart": env.restart_count, "start_step": start, "end_step": step}
         state["runs"].append(dict(run, preempted=preempted, signal=signal_name))
-        _write_atomic(state_path, json.dumps(state) + "\n")  # the "checkpoint"
+        write_text_atomic(state_path, json.dumps(state) + "\n")  # the "checkpoint"
         if preempted:
             write_marker(run_dir, f"selftest step {step} {signal_name}")
         print(f"selftest: {'preempted' if preempted else 'finished'} at step {step}", flush=True)

@@ -9,10 +9,10 @@ threshold strategy over block sizes x thresholds and writes ``sweep.md`` (table)
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import atomic_path, write_text_atomic
 from megatron_diffusion.sampling import bench
 from megatron_diffusion.sampling.sample_cli import (add_sampler_arguments, is_rank_zero,
                                                     load_from_args, read_prompts)
@@ -135,8 +135,8 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=No
                      f"{r['latency_p50']:.3f} | "
                      f"{r['agreement']:.3f} | {r['nll']:.3f} |"
                      + (f" {r['heldout_accuracy']:.3f} |" if held else ""))
-    _atomic_write(out_dir / "sweep.md", "\n".join(table) + "\n")
-    _atomic_write(out_dir / "sweep.json", json.dumps(rows, indent=1) + "\n")
+    write_text_atomic(out_dir / "sweep.md", "\n".join(table) + "\n")
+    write_text_atomic(out_dir / "sweep.json", json.dumps(rows, indent=1) + "\n")
     _plot(rows, out_dir / "sweep.png")
     if args.json:
         print(json.dumps({"rows": rows}))
@@ -145,10 +145,6 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=No
     return 0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -181,7 +177,6 @@ def _plot(rows: list[dict], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("threshold sampler: speed vs quality (labels: thresholds; tok/s in sweep.md)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.sampling.config import SamplerConfig
 
 
@@ -117,7 +118,5 @@ def run(args) -> int:
     if args.out is None:
         sys.stdout.write("".join(line + "\n" for line in lines))
     else:
-        tmp = Path(f"{args.out}.tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
     return 0

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import write_text_atomic
 
 _ITER = re.compile(r"^iter_(\d{7})$")
 SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
@@ -46,12 +47,6 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _die_with_parent() -> None:
@@ -149,7 +144,7 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
         if final.exists():  # re-saving the same step (e.g. preemption right after a save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_text_atomic(root / "latest", name)
+        write_text_atomic(root / "latest", name)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_diffusion.fileio import write_text_atomic
+
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "H800": 989.0,
                     "B200": 2250.0}
 
@@ -61,9 +63,7 @@ class RunLogger:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, record: dict) -> None:
         if not self.enabled:
