@@ -14,7 +14,8 @@ network).
 
 Completions are cut the way the common harnesses do (Codex paper, bigcode-evaluation-harness):
 at the first line that starts a new top-level ``def``/``class``/``if``/``print``/decorator/
-comment or a Markdown fence, and at an end-of-sequence text. The model's body of the function
+comment or a Markdown fence (the completion's first line included), and at an end-of-sequence
+text. The model's body of the function
 is what gets tested, not whatever it wrote after.
 
 Outputs (written atomically; summary.json last, so its presence means the run completed):
@@ -36,7 +37,10 @@ from megatron_diffusion.evaluation.generation import GenerationResult
 
 NUM_PROBLEMS = 164
 EOS_TEXTS = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>", "<eos>")
-STOP_RE = re.compile(r"\n(?=(?:(?:async\s+)?def|class|if|print)\b|#|@|```)")
+# A stop line starts at column 0: after a newline, or at the very start of the completion (the
+# prompt ends with a newline, so a completion opening with a fence or a ``def`` restarts at the top
+# level; without the ``^`` such a completion was kept whole and failed as a syntax "error").
+STOP_RE = re.compile(r"(?:^|\n)(?=(?:(?:async\s+)?def|class|if|print)\b|#|@|```)")
 
 
 @dataclass

@@ -72,6 +72,26 @@ def test_postprocess_stops_at_a_new_top_level_statement(tail):
 
 
 @pytest.mark.parametrize("text", [
+    "```python\ndef f(x):\n    return x + 1\n```\n", "def f(x):\n    return x + 1\n",
+    "async def g():\n    pass\n", "# explanation\n    return x\n", "if True:\n    pass\n",
+])
+def test_postprocess_stops_at_the_very_start(text):
+    # the prompt ends with a newline, so column 0 of the completion is a new top-level line
+    assert postprocess_completion(text) == ""
+
+
+def test_a_leading_fence_or_def_is_a_wrong_answer_not_an_error(problems):
+    first = problems[0]
+    texts = ["```python\n" + first["prompt"] + first["canonical_solution"] + "```\n",
+             "def helper():\n    return 1\n"]
+    completions = {first["task_id"]: [GenerationResult(t, 1, 1, 0.1) for t in texts]}
+    results, _ = evaluate([first], completions,
+                          HumanEvalConfig(num_samples=2, executor=sandbox_config()))
+    assert [r["completion"] for r in results] == ["", ""]
+    assert [r["status"] for r in results] == ["failed", "failed"], results
+
+
+@pytest.mark.parametrize("text", [
     "    def inner(y):\n        return y\n    return inner(x)\n",  # nested def: indented, kept
     "    # a comment in the body\n    return x\n",
     "    if x:\n        print(x)\n    return x\n",
