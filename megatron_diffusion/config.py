@@ -164,9 +164,6 @@ class RunConfig:
                              f" is shorter than data.seq_len={self.data.seq_len}")
         if self.loss.objective == "ar" and self.attention.mode != "causal":
             raise UsageError("loss.objective: 'ar' needs attention.mode=causal")
-        if self.model.logit_shift and self.attention.mode == "block":
-            raise UsageError("model.logit_shift: not supported with attention.mode=block "
-                             "(shift is for converted AR checkpoints in causal/bidirectional mode)")
         return self
 
     def to_dict(self) -> dict:

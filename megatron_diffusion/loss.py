@@ -21,10 +21,25 @@ Normalisation (``LossConfig.normalization``):
   (the count returned is the number of rows).
 
 Logits are vocabulary-parallel (``[b, s, V/tp]``); cross entropy is megatron's
-``vocab_parallel_cross_entropy``, so tensor parallelism needs no gather. With ``logit_shift``
-the output at ``i-1`` predicts token ``i`` (a converted AR checkpoint's convention); the first
-token of a row then has no loss. ``objective='ar'`` is plain next-token training of the same
-model (the AR baseline).
+``vocab_parallel_cross_entropy``, so tensor parallelism needs no gather. ``objective='ar'`` is
+plain next-token training of the same model (the AR baseline).
+
+Logit shift (``model.logit_shift``; a converted AR checkpoint's convention). The target ``x0_j``
+is read from the output at ``shift_sources(...)[:, j - 1]`` (``shift_sources`` is the one
+definition, the sampler decodes with the same one); the first token of a row has no loss:
+
+* ``causal`` / ``bidirectional``: the output at ``j - 1`` predicts token ``j``;
+* ``block`` (Fast-dLLM v2 "token shift"): inside block ``b`` the noisy output at ``j - 1``
+  predicts token ``j``; the block's first token ``s_b`` is predicted from the *clean* stream's
+  output at ``s_b - 1`` (index ``L + s_b - 1`` of the ``x_t (+) x0`` input: the last clean
+  position of the previous block, which sees exactly the context ``x0_{<s_b}``). Reading it from
+  the previous noisy block instead would predict a token from a position that never sees the
+  block's context.
+
+The targets' weights stay with the targets (``loss_weights_BL[:, 1:]``), so the edit stage's
+all-position loss and the accuracy are computed over the same shifted pairs. Under the shift
+an edit-stage visible token ``j`` is predicted by ``j - 1``, which sees ``x_t^j`` inside the
+block: the loss then teaches to keep or correct it, as without shift.
 """
 
 from dataclasses import dataclass
@@ -81,39 +96,73 @@ def vocab_parallel_argmax(logits_BLV: torch.Tensor) -> torch.Tensor:
     return cand
 
 
-def _shift(logits_BLV: torch.Tensor, weights_BL: torch.Tensor):
-    """Output i-1 predicts token i: drop the last output and the first target."""
-    return logits_BLV[:, :-1], weights_BL[:, 1:]
+def shift_sources(batch_size: int, seq_len: int, blocks_BL: torch.Tensor | None = None,
+                  device=None) -> torch.Tensor:
+    """``[B, L - 1]`` output index predicting token ``j = 1 .. L-1`` under the logit shift.
+
+    Without blocks: ``j - 1``. With ``blocks_BL`` (block ids, ``layout.block_ids``; the output
+    covers ``x_t (+) x0``): ``j - 1`` when ``j - 1`` is in ``j``'s block, else ``L + j - 1``
+    (the clean stream's last position before the block).
+    """
+    L = seq_len
+    prev_K = torch.arange(L - 1, device=device)
+    src_BK = prev_K.expand(batch_size, L - 1)
+    if blocks_BL is None:
+        return src_BK.clone()
+    block_start_BK = blocks_BL[:, 1:] != blocks_BL[:, :-1]
+    return torch.where(block_start_BK, src_BK + L, src_BK)
+
+
+def _shifted(logits_BSV: torch.Tensor, batch: DiffusionBatch, blocks_BL):
+    """Outputs gathered so position ``k`` predicts target ``k + 1``: ``[B, L - 1, V/tp]``.
+    Gathers along the sequence only, so each TP rank gathers its own vocabulary shard."""
+    src_BK = shift_sources(batch.batch_size, batch.seq_len, blocks_BL, logits_BSV.device)
+    if blocks_BL is None:
+        return logits_BSV[:, :batch.seq_len - 1]
+    index_BKV = src_BK.unsqueeze(-1).expand(-1, -1, logits_BSV.shape[-1])
+    return logits_BSV.gather(1, index_BKV)
+
+
+def _block_ids_for(logits_BSV, batch, block_size, visibility):
+    """Block ids of the row in block mode (output of length 2L), else None."""
+    if logits_BSV.shape[1] != 2 * batch.seq_len:
+        return None
+    if block_size is None:
+        raise UsageError("model.logit_shift: the block-mode shift needs attention.block_size")
+    from megatron_diffusion.layout import block_ids
+
+    return block_ids(batch.document_ids_BL, block_size, visibility)
 
 
 def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossConfig, *,
-                   logit_shift: bool = False, clean_stream_causal: bool = False):
+                   logit_shift: bool = False, clean_stream_causal: bool = False,
+                   block_size: int | None = None, visibility: str = "shared"):
     """Return ``(loss_sum, num_tokens, metrics)``; the caller divides the summed parts.
 
     ``logits_BSV`` covers the model input (``S = L``, or ``2L`` in block mode: noisy half first).
+    ``block_size``/``visibility`` (attention config) place the block-mode shift.
     """
     L = batch.seq_len
     labels_BL = batch.labels_BL
     eligible_BL = batch.loss_mask_BL
     if cfg.objective == "ar":
-        logits_BLV = logits_BSV[:, :L]
-        weights_BL = eligible_BL.float()
-        logits_BLV, weights_BL = _shift(logits_BLV, weights_BL)
-        ce_BL = _token_ce(logits_BLV, labels_BL[:, 1:])
-        per_pos_BL = ce_BL * weights_BL
+        logits_BLV = logits_BSV[:, :L - 1]
+        weights_BL = eligible_BL[:, 1:].float()
+        targets_BL = labels_BL[:, 1:]
+    elif logit_shift:
+        blocks_BL = _block_ids_for(logits_BSV, batch, block_size, visibility)
+        logits_BLV = _shifted(logits_BSV, batch, blocks_BL)
+        weights_BL = batch.loss_weights_BL[:, 1:]
+        targets_BL = labels_BL[:, 1:]
     else:
         logits_BLV = logits_BSV[:, :L]
         weights_BL = batch.loss_weights_BL
         targets_BL = labels_BL
-        if logit_shift:
-            logits_BLV, weights_BL = _shift(logits_BLV, weights_BL)
-            targets_BL = labels_BL[:, 1:]
-        ce_BL = _token_ce(logits_BLV, targets_BL)
-        per_pos_BL = ce_BL * weights_BL
+    ce_BL = _token_ce(logits_BLV, targets_BL)
+    per_pos_BL = ce_BL * weights_BL
     has_loss = weights_BL > 0
     with torch.no_grad():
-        targets_for_acc = labels_BL[:, 1:] if (cfg.objective == "ar" or logit_shift) else labels_BL
-        correct = (vocab_parallel_argmax(logits_BLV.detach()) == targets_for_acc) & has_loss
+        correct = (vocab_parallel_argmax(logits_BLV.detach()) == targets_BL) & has_loss
     metrics = {
         "ce_sum": (ce_BL.detach() * has_loss).sum(),
         "ce_count": has_loss.sum(),

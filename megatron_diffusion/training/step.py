@@ -21,10 +21,13 @@ from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
 
 
-def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
+def _loss_func(batch, loss_cfg, logit_shift, attn_cfg, output_BSV):
+    clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
     loss_sum, num_tokens, metrics = diffusion_loss(output_BSV, batch, loss_cfg,
                                                    logit_shift=logit_shift,
-                                                   clean_stream_causal=clean_causal)
+                                                   clean_stream_causal=clean_causal,
+                                                   block_size=attn_cfg.block_size,
+                                                   visibility=attn_cfg.visibility)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
                           metrics["ce_sum"].float(), metrics["ce_count"].float(),
                           metrics["correct"].float()])
@@ -33,14 +36,12 @@ def _loss_func(batch, loss_cfg, logit_shift, clean_causal, output_BSV):
 
 def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shift: bool,
                       backend: str = "sdpa"):
-    clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
-
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         batch = batch.to(device)
         output = model(**forward_kwargs(batch, attn_cfg, backend))
-        return output, partial(_loss_func, batch, loss_cfg, logit_shift, clean_causal)
+        return output, partial(_loss_func, batch, loss_cfg, logit_shift, attn_cfg)
 
     return forward_step
 
