@@ -1,7 +1,7 @@
 """``megatron-diffusion eval``: HumanEval pass@k with decoding speed, and held-out infilling.
 
     megatron-diffusion eval humaneval --checkpoint DIR --allow-code-execution --out DIR \\
-        [--num-samples N] [--k 1,10] [--limit N] [sampler knobs]
+        [--num-samples N] [--k 1,10] [--limit N] [sampler knobs | --ar-baseline]
     megatron-diffusion eval infill --checkpoint DIR --data FILE_OR_STORE --out DIR \\
         [--mask-rates 0.15,0.3,0.5,0.7,0.9]
 
@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--threshold", type=float)
     knobs.add_argument("--temperature", type=float)
     knobs.add_argument("--seed", type=int)
+    knobs.add_argument("--ar-baseline", action="store_true", default=None,
+                       help="decode one token per forward with the KV cache (the model's AR baseline, "
+                            "as bench-sampler measures it) instead of the block sampler")
     sandbox = he.add_argument_group("sandbox")
     sandbox.add_argument("--timeout-s", type=float, default=10.0, help="wall-clock limit per check (default 10)")
     sandbox.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="checks at once (default: cores)")
@@ -145,7 +148,7 @@ def _sample(problems: list[dict], args: argparse.Namespace):
     from megatron_diffusion.sampling.api import load_sampler
 
     knobs = {name: getattr(args, name) for name in ("max_new_tokens", "block_size", "strategy",
-                                                    "steps_per_block", "threshold", "temperature", "seed")}
+                                                    "steps_per_block", "threshold", "temperature", "seed", "ar_baseline")}
     sampler = load_sampler(args.checkpoint, **{k: v for k, v in knobs.items() if v is not None})
     prompts = [p["prompt"] for p in problems for _ in range(args.num_samples)]
     generated, seconds = generate(prompts, sampler.complete, args.batch_size)

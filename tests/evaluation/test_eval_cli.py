@@ -91,6 +91,26 @@ def test_model_path_with_a_fake_sampler(tmp_path, monkeypatch, capsys):
     assert summary["speed"]["tokens_per_forward"] == 4 and summary["speed"]["tokens_per_second"] == 32
 
 
+def test_ar_baseline_reaches_the_sampler(tmp_path, monkeypatch):
+    made = {}
+
+    def load_sampler(checkpoint, **knobs):
+        made["knobs"] = knobs
+        return FakeSampler(checkpoint, **knobs)
+
+    monkeypatch.setitem(sys.modules, "megatron_diffusion.sampling.api",
+                        types.SimpleNamespace(load_sampler=load_sampler))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    argv = ["eval", "humaneval", "--checkpoint", str(ckpt), "--allow-code-execution", "--limit", "1",
+            "--workers", "1", "--out", str(tmp_path / "out")]
+    assert run_cli(argv + ["--ar-baseline"]) == 0
+    assert made["knobs"] == {"ar_baseline": True}
+    assert json.load(open(tmp_path / "out" / "summary.json"))["decoding"]["ar_baseline"] is True
+    assert run_cli(argv) == 0
+    assert made["knobs"] == {}  # not given: the block sampler, the sampler's own default
+
+
 def test_infill_arguments_reach_run_infill(tmp_path, monkeypatch):
     seen = {}
 
