@@ -16,9 +16,18 @@ resume. The corruption callable is ``megatron_diffusion.corruption.corruptor``'s
 
 called with ``B = 1`` per sample and collated with ``DiffusionBatch.collate``. Without one the
 loader yields ``PackedRows``. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
+
+Worker processes ignore SIGTERM and SIGUSR2 (the preemption signals, ``parallel/preemption``):
+``scancel``, a SLURM preemption and torchrun's shutdown signal every process of a rank, and a
+worker dying of the default action would crash the trainer before it reaches the step boundary
+where it saves. The signals are blocked while the workers start, so none falls into the window
+before a worker has installed its ``SIG_IGN``; a worker still ends with its parent (torch's
+watchdog) and when the loader shuts it down.
 """
 
+import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
@@ -161,6 +170,26 @@ class _MicroBatchSampler:
             m += 1
 
 
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """``worker_init_fn``: ignore the preemption signals, then unblock them (pending ones drop)."""
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
+
+
+@contextlib.contextmanager
+def _preemption_signals_blocked():
+    """Hold the preemption signals while workers fork; the parent gets a pending one after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class DiffusionDataLoader:
     """Iterate micro-batches for one DP rank; ``state_dict``/``load_state_dict`` resume exactly."""
 
@@ -190,8 +219,11 @@ class DiffusionDataLoader:
         loader = DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=self.collate,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
+            worker_init_fn=_ignore_preemption_signals if cfg.num_workers > 0 else None,
         )
-        for batch in loader:
+        with _preemption_signals_blocked():
+            batches = iter(loader)  # starts the workers
+        for batch in batches:
             self.consumed_samples += cfg.micro_batch_size * self.size
             yield batch
 

@@ -99,6 +99,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self):
+        """Build everything; the preemption handlers are installed first, so a SIGTERM/SIGUSR2
+        during setup (the run dir exists, no step done) ends in ``train`` with PREEMPTED, exit 0."""
+        self.preemption = Preemption().install()
+        try:
+            return self._setup()
+        except BaseException:
+            self.preemption.uninstall()
+            raise
+
+    def _setup(self):
         from megatron.core import parallel_state as ps
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -108,18 +118,12 @@ class Trainer:
         from megatron_diffusion.training.model_setup import build_training_model
 
         cfg = self.cfg
+        self.converted_from = self.generation = None
+        init_meta = self._read_init_meta()  # adopts the checkpoint's architecture first
         self.stores = resolve_vocab(cfg)
         cfg.validate()
-        self.converted_from = None
-        if self.init_from is not None:
-            from megatron_diffusion.model.loading import resolve_checkpoint
-
-            from megatron_diffusion.training.checkpoint import read_meta
-
-            self.init_from = resolve_checkpoint(self.init_from)
-            meta = read_meta(self.init_from)
-            self.converted_from = meta.get("converted_from")  # the HF export keeps its origin
-            self._check_same_model(meta, self.init_from, "--init-from",
+        if init_meta is not None:
+            self._check_same_model(init_meta, self.init_from, "--init-from",
                                    ("add_qkv_bias", "untie_embeddings_and_output_weights"))
         resume_path = self._resume_path()
         if resume_path is not None:  # before anything is written
@@ -200,6 +204,21 @@ class Trainer:
         self.tokenizer_path = cfg.training.tokenizer or self._store_tokenizer()
         return self
 
+    def _read_init_meta(self):
+        """``--init-from``'s meta.json; its architecture fields fill this run's unset ones."""
+        if self.init_from is None:
+            return None
+        from megatron_diffusion.model.loading import resolve_checkpoint
+        from megatron_diffusion.training.checkpoint import read_meta
+        from megatron_diffusion.training.init_from import adopt_model_config
+
+        self.init_from = resolve_checkpoint(self.init_from)
+        meta = read_meta(self.init_from)
+        adopt_model_config(self.cfg, meta, self.init_from)
+        self.converted_from = meta.get("converted_from")  # the HF export keeps its origin
+        self.generation = meta.get("generation")  # stop tokens, chat template (conversion)
+        return meta
+
     def _store_tokenizer(self):
         p = Path(self.stores[0].path) / "tokenizer.json"
         return str(p) if p.is_file() else None
@@ -234,6 +253,7 @@ class Trainer:
         meta = load_checkpoint(path, self.chunks, self.optimizer)
         self.step = int(meta["step"])
         self.converted_from = meta.get("converted_from", self.converted_from)
+        self.generation = meta.get("generation", self.generation)
         state = load_loader_state(path)
         if state is not None:
             self.loader.load_state_dict(state)
@@ -274,7 +294,7 @@ class Trainer:
         logger = RunLogger(self.run_dir, enabled=self.rank == 0, total_steps=tr.train_iters,
                            start_step=self.step, wandb_mode=tr.wandb, wandb_project=tr.wandb_project,
                            config=cfg.to_dict(), tensorboard=tr.tensorboard)
-        flag = Preemption().install()
+        flag = getattr(self, "preemption", None) or Preemption().install()
         seq = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
         tokens_per_step = cfg.data.global_batch_size * seq
         flops_step = flops_per_token(self.num_params, cfg.model.num_layers, cfg.model.hidden_size,
@@ -285,6 +305,11 @@ class Trainer:
         last_saved = self.step if self.resume != "none" else -1
         first_step = self.step
         try:
+            if flag.should_stop():  # signalled during setup: requeue without a step
+                logger.write(f"preemption signal during setup: exiting at step {self.step}")
+                if self.rank == 0:
+                    write_marker(self.run_dir, str(self.step))
+                return 0
             while self.step < tr.train_iters:
                 t0 = time.perf_counter()
                 lr = lr_at(self.step, lr=cfg.optimizer.lr, min_lr=cfg.optimizer.min_lr,
@@ -408,6 +433,8 @@ class Trainer:
                              "data_parallel_size": self.dp_size}}
         if self.converted_from:
             meta["converted_from"] = self.converted_from
+        if self.generation:
+            meta["generation"] = self.generation
         save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=meta,
                         loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
                         keep_last=self.cfg.training.keep_last)

@@ -1,0 +1,48 @@
+"""Shared pieces of the fault tier: start a tiny training run, wait for it, signal it.
+
+The runs use the demo-sized model of ``tests/training/conftest.py`` (2 layers, hidden 32,
+16-token rows) on the session's ``tiny_store``; each costs a few seconds on 2 CPU cores.
+"""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.training.conftest import env, train_cmd
+
+FAULTS_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/faults/ carries the ``faults`` marker (``-m faults`` runs the tier)."""
+    for item in items:
+        if FAULTS_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.faults)
+
+
+def wait_for(predicate, timeout=120, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metric_lines(run_dir) -> int:
+    f = Path(run_dir) / "metrics.jsonl"
+    return len(f.read_text().splitlines()) if f.is_file() else 0
+
+
+def start_train(store, run_dir, *overrides, nproc=1, extra_env=None, resume=True):
+    """Popen of ``train`` in its own session (so a test can signal the whole process group)."""
+    cmd = train_cmd(store, run_dir, *overrides, nproc=nproc)
+    if not resume:
+        i = cmd.index("--resume")
+        del cmd[i:i + 2]
+    return subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), **(extra_env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
