@@ -169,6 +169,16 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def is_explicit(self, key: str) -> bool:
+        """Did the YAML or an override set ``section.field``? (``load_config`` records the keys;
+        for a config built otherwise, a value that differs from the default counts as set.)"""
+        keys = getattr(self, "_explicit_keys", None)
+        if keys is not None:
+            return key in keys
+        section_name, _, name = key.partition(".")
+        section = getattr(self, section_name)
+        return getattr(section, name) != getattr(type(section)(), name)
+
 
 # ---------------------------------------------------------------- loading and overrides
 
@@ -270,6 +280,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
                 validate: bool = True) -> RunConfig:
     """defaults < YAML file < overrides (``["model.num_layers=2", ...]`` or a flat dict)."""
     cfg = RunConfig()
+    explicit = set()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -285,9 +296,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
                 raise UsageError(f"config section {section!r} in {path}: expected a mapping")
         for key, value in _flatten(data).items():
             _apply(cfg, key, value)
+            explicit.add(key)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for key, value in items:
         _apply(cfg, key, value)
+        explicit.add(key)
+    cfg._explicit_keys = explicit  # not a field: read by is_explicit (--init-from adoption)
     return cfg.validate() if validate else cfg
 
 
