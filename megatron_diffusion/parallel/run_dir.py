@@ -86,6 +86,19 @@ def resolve_run_dir(
     raise UsageError("--run-dir: required outside a SLURM job (no SLURM_JOB_ID to name it)")
 
 
+def remove_run(run_dir: str | os.PathLike) -> None:
+    """Delete a run directory for ``train --overwrite``: renamed aside first (one atomic step,
+    so nobody sees a half-deleted run mixed with a new one), then removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    aside = run_dir.with_name(f".{run_dir.name}.removing-{os.getpid()}")
+    os.replace(run_dir, aside)
+    shutil.rmtree(aside)
+
+
 def wandb_run_id(run_dir: str | os.PathLike) -> str:
     """The run's wandb id: read from ``RUN_DIR/wandb_id``, created there on the first call.
 

@@ -97,6 +97,12 @@ def list_checkpoints(run_dir) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def has_checkpoints(run_dir) -> bool:
+    """True when ``run_dir`` holds a run's checkpoints (complete ones or a ``latest`` pointer)."""
+    root = checkpoint_root(run_dir)
+    return bool(list_checkpoints(run_dir)) or (root / "latest").exists()
+
+
 def latest_checkpoint(run_dir) -> Path | None:
     """The checkpoint named by ``latest`` (falling back to the newest complete one)."""
     root = checkpoint_root(run_dir)

@@ -17,6 +17,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", default="none",
                    help="'auto' (newest complete checkpoint in the run dir, if any), 'none', "
                         "or a checkpoint directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --run-dir (a run dir with checkpoints needs this or "
+                        "--resume auto)")
     p.add_argument("--init-from", default=None,
                    help="load weights only from this checkpoint (CPT from a converted AR model)")
     p.add_argument("--wandb", choices=("off", "offline", "online"), default=None,
@@ -47,7 +50,7 @@ def run(args) -> int:
     from megatron_diffusion.training.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir, resume=args.resume, init_from=args.init_from,
-                      argv=sys.argv).setup()
+                      argv=sys.argv, overwrite=args.overwrite).setup()
     code = trainer.train()
     from megatron_diffusion.parallel.process_groups import destroy
 

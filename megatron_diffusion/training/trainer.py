@@ -93,9 +93,10 @@ def store_vocabulary(store) -> dict:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir, *, resume: str = "none", init_from=None,
-                 argv=None):
+                 argv=None, overwrite: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.resume, self.init_from, self.argv = resume, init_from, argv or []
+        self.overwrite = overwrite
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -143,6 +144,10 @@ class Trainer:
                              f"micro-batches ({self.num_microbatches}) to be a multiple of "
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
         if self.rank == 0:
+            if self.overwrite:  # the old run goes whole, before the new one writes anything
+                from megatron_diffusion.parallel.run_dir import remove_run
+
+                remove_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clear_marker(self.run_dir)
             self._snapshot()
@@ -224,8 +229,14 @@ class Trainer:
         return str(p) if p.is_file() else None
 
     def _resume_path(self):
-        from megatron_diffusion.training.checkpoint import latest_checkpoint
+        from megatron_diffusion.training.checkpoint import has_checkpoints, latest_checkpoint
 
+        if self.overwrite and self.resume != "none":
+            raise UsageError(f"--overwrite: replaces the run in {self.run_dir}, it cannot be "
+                             f"combined with --resume {self.resume}")
+        if self.resume == "none" and not self.overwrite and has_checkpoints(self.run_dir):
+            raise UsageError(f"--run-dir: {self.run_dir} holds checkpoints of an earlier run; "
+                             "pass --resume auto to continue it or --overwrite to replace it")
         if self.resume == "none":
             return None
         if self.resume == "auto":

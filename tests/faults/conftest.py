@@ -46,3 +46,16 @@ def start_train(store, run_dir, *overrides, nproc=1, extra_env=None, resume=True
     return subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), **(extra_env or {})),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+def run_cli(store, run_dir, *overrides, nproc=1, resume="auto", extra=(), check=True,
+            extra_env=None, timeout=300):
+    """Run ``train`` to the end; ``resume=None`` leaves ``--resume`` out, ``extra`` adds options."""
+    cmd = train_cmd(store, run_dir, *overrides, nproc=nproc)
+    i = cmd.index("--resume")
+    cmd[i:i + 2] = (["--resume", resume] if resume else []) + list(extra)
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(env(), **(extra_env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+    return proc
