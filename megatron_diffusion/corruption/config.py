@@ -10,6 +10,7 @@ from megatron_diffusion.errors import UsageError, check_choice
 from megatron_diffusion.corruption.schedules import SCHEDULES
 
 WEIGHTINGS = ("elbo", "none")
+BLOCK_WARMUPS = ("floor", "cap")
 EDIT_OPS = ("deletion", "insertion", "substitution")
 
 
@@ -28,6 +29,10 @@ class CorruptionConfig:
     During warmup ``t ~ U(0, u_max(step))`` and ``w = 1``."""
     warmup_u_init: float = 1e-3
     """``u_init``: the warmup cap at step 0; ``u_max(s) = u_init + (1 - u_init) * s / S_warmup``."""
+    block_warmup: str = "floor"
+    """Block mode during the warmup: 'floor' (default) keeps the rate ``max(u(t_b), 1/B)``, so
+    the warmup starts at ~33% masking for B=4; 'cap' lets the warmup cap apply to the per-block
+    rate too (``u(t_b) <= u_max``, no 1/B floor), the one-token fallback kept: ~1/B at step 0."""
     edit_stage_fraction: float = 0.2
     """Fraction of ``total_steps`` at the END of training that adds edit corruption (Seed Diffusion
     3.1 TSC: last 20%); 0 = never. The edit stage starts at
@@ -45,6 +50,7 @@ class CorruptionConfig:
     def validate(self) -> "CorruptionConfig":
         check_choice("schedule", self.schedule, tuple(SCHEDULES))
         check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("block_warmup", self.block_warmup, BLOCK_WARMUPS)
         _check_range("t_min", self.t_min, 0.0, 1.0, hi_open=True)
         if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) \
                 or self.warmup_steps < 0:

@@ -7,7 +7,8 @@
 2. edit stage only (the last ``edit_stage_fraction`` of training): edit ``x0`` with a budget
    ``k_t = stochastic_round(eps * mean u(t) * n)`` capped at ``floor(eps * n)`` (``edit.py``);
 3. masking on top: rate ``u(t)`` (single) or ``u_blk(t_b) = min(1, max(u(t_b), 1/B))`` with a
-   one-token fallback per block (``block.py``);
+   one-token fallback per block (``block.py``); with ``block_warmup='cap'`` the warmup drops the
+   1/B floor (rate ``u(t_b) <= u_max``), the fallback kept;
 4. weights: mask stage -- masked tokens weigh ``u'(t)/u(t)`` (``u'(t_b)/u_blk`` in block mode),
    others 0; edit stage -- every non-prompt token carries loss: masked ones ``w(t)``, visible ones
    1 (Seed Diffusion eq. 5/6: the edit term has weight 1); during warmup or with weighting
@@ -101,7 +102,8 @@ class Corruptor:
                                             cfg.edit_op_probs(), self.random_token_ids, generator)
 
         if self.mode == "block":
-            rate_BL = clipped_rate(u_BL, self.block_size)
+            capped = warmup and cfg.block_warmup == "cap"  # no 1/B floor while warming up
+            rate_BL = u_BL.clamp(max=1.0) if capped else clipped_rate(u_BL, self.block_size)
             masked_BL = sample_mask(rate_BL, editable_BL, generator)
             masked_BL = ensure_one_masked(masked_BL, blocks_BL, editable_BL, self.num_blocks,
                                           generator)

@@ -71,6 +71,32 @@ def test_warmup_in_block_mode_keeps_the_one_over_b_floor():
     assert torch.equal(b.loss_weights_BL, (b.loss_weights_BL > 0).float())  # w = 1 during warmup
 
 
+def test_block_warmup_cap_masks_one_per_block_at_the_start():
+    """'cap': no 1/B floor during warmup, so at step 0 (u <= 1e-3) each block has exactly its
+    fallback token masked: 1/B = 25%, where 'floor' masks ~33% (1/B + P(none masked) / B)."""
+    x = clean_rows(500, 16)
+    rates = {}
+    for reading in ("floor", "cap"):
+        c = make_corruptor(seq_len=16, mode="block", block_size=4, warmup_steps=1000,
+                           block_warmup=reading)
+        b = c.corrupt(x, torch.zeros_like(x), step=0, generator=gen(8))
+        per_block = (b.tokens_BS[:, :16] == MASK_ID).view(500, 4, 4).sum(-1)
+        assert bool((per_block >= 1).all())  # the forced mask is kept in both readings
+        rates[reading] = per_block.float().mean().item() / 4
+    assert 0.25 <= rates["cap"] < 0.252
+    expected_floor = 0.25 + 0.75 ** 4 / 4  # E[#masked] = B/B + P(none masked) per block
+    assert abs(rates["floor"] - expected_floor) < 0.015
+
+
+def test_block_warmup_cap_changes_nothing_after_warmup():
+    x = clean_rows(50, 16)
+    out = [make_corruptor(seq_len=16, mode="block", block_size=4, warmup_steps=10,
+                          block_warmup=r).corrupt(x, torch.zeros_like(x), step=10,
+                                                  generator=gen(3)) for r in ("floor", "cap")]
+    assert torch.equal(out[0].tokens_BS, out[1].tokens_BS)
+    assert torch.equal(out[0].loss_weights_BL, out[1].loss_weights_BL)
+
+
 def test_isolated_blocks_restart_per_document():
     doc = document_ids_from_lengths([3, 5]).unsqueeze(0).repeat(200, 1)
     c = make_corruptor(seq_len=8, mode="block", block_size=2, visibility="isolated", t_min=0.0)

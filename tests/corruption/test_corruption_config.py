@@ -10,7 +10,7 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("schedule", "square"), ("weighting", "uniform"), ("t_min", 1.0), ("t_min", -0.1),
+    ("schedule", "square"), ("weighting", "uniform"), ("block_warmup", "none"), ("t_min", 1.0), ("t_min", -0.1),
     ("warmup_steps", -1), ("warmup_steps", 2.5), ("warmup_u_init", 0.0),
     ("edit_stage_fraction", 1.5), ("edit_max_rate", 0.0), ("edit_deletion_prob", -0.1),
 ])
