@@ -1,9 +1,11 @@
-"""``megatron-diffusion eval``: HumanEval pass@k with decoding speed, and held-out infilling.
+"""``megatron-diffusion eval``: HumanEval pass@k with decoding speed, held-out infilling, quality.
 
     megatron-diffusion eval humaneval --checkpoint DIR --allow-code-execution --out DIR \\
         [--num-samples N] [--k 1,10] [--limit N] [sampler knobs | --ar-baseline]
     megatron-diffusion eval infill --checkpoint DIR --data FILE_OR_STORE --out DIR \\
         [--mask-rates 0.15,0.3,0.5,0.7,0.9]
+    megatron-diffusion eval quality --checkpoint DIR --heldout FILE [FILE ...] --out REPORT.json \\
+        [--thresholds 0.9,0.7,0.5,0.3] [--block-size B]
 
 HumanEval runs the code the model writes, so it refuses to start without
 ``--allow-code-execution``; the checks run sandboxed (docs/evaluation.md). The sandbox is set up
@@ -39,6 +41,38 @@ def _rate_list(text: str) -> list[float]:
     if not values or not all(0.0 < v < 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"expected mask rates strictly between 0 and 1, got {text!r}")
     return values
+
+
+def _threshold_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected thresholds in (0, 1], got {text!r}")
+    return values
+
+
+def _add_quality(sub) -> None:
+    q = sub.add_parser("quality", help="held-out next-token / masked-token / continuation accuracy, "
+                       "the speed/quality curve and AUP (docs/evaluation.md)",
+                       description="quality report of a checkpoint on held-out source files")
+    q.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint or run directory")
+    q.add_argument("--heldout", metavar="FILE", nargs="+", required=True,
+                   help="held-out source files (not seen in training)")
+    q.add_argument("--out", metavar="FILE", required=True, help="writes the report as JSON here")
+    q.add_argument("--thresholds", type=_threshold_list, default=[0.9, 0.7, 0.5, 0.3], metavar="T[,T...]",
+                   help="threshold sampler points of the curve (default 0.9,0.7,0.5,0.3)")
+    q.add_argument("--block-size", type=int, help="inference block size (default: the training block size)")
+    q.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per window (default 64)")
+    q.add_argument("--continuation-len", type=int, default=32,
+                   help="tokens generated and compared with the true continuation (default 32)")
+    q.add_argument("--prompts-per-file", type=int, default=1, help="windows per file (default 1)")
+    q.add_argument("--seq-len", type=int, default=128, help="row length of the token metrics (default 128)")
+    q.add_argument("--max-rows", type=int, default=8, help="rows for the token metrics (default 8)")
+    q.add_argument("--mask-rates", type=_rate_list, default=[0.15, 0.5, 0.9], metavar="R[,R...]",
+                   help="masked-token metric rates (default 0.15,0.5,0.9)")
+    q.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default 4)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     infill.add_argument("--mask-rates", type=_rate_list, default=_rate_list(DEFAULT_MASK_RATES),
                         metavar="R[,R...]", help=f"fractions of tokens masked (default {DEFAULT_MASK_RATES})")
     infill.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    _add_quality(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("infill: not available in this build (megatron_diffusion.evaluation.infill "
                              "is missing)") from None
         return run_infill(args)
+    if args.task == "quality":
+        from megatron_diffusion.evaluation.quality import run_quality
+
+        return run_quality(args)
     return run_humaneval(args)
 
 

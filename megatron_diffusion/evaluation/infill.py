@@ -89,10 +89,14 @@ def _rows_from_file(path: Path, tokenizer_path: str, seq_len: int, eos_id: int) 
 
 
 def evaluate_rows(forward, rows_BL: torch.Tensor, corrupt_fn, *, seed: int, repeats: int = 1,
-                  batch_size: int = 8):
-    """Mean (per-token loss, ce at loss positions, accuracy) of ``forward(batch) -> logits``."""
+                  batch_size: int = 8, loss_cfg=None, loss_kwargs: dict | None = None):
+    """Mean (per-token loss, ce at loss positions, accuracy) of ``forward(batch) -> logits``.
+
+    ``loss_cfg``/``loss_kwargs`` go to ``diffusion_loss`` (default: the diffusion objective, no
+    shift; ``loss_kwargs_for(cfg)`` gives a checkpoint's own readout)."""
     from megatron_diffusion.loss import LossConfig, diffusion_loss
 
+    loss_cfg = loss_cfg or LossConfig()
     g = torch.Generator().manual_seed(seed)
     tot = torch.zeros(5, dtype=torch.float64)
     for _ in range(repeats):
@@ -102,15 +106,103 @@ def evaluate_rows(forward, rows_BL: torch.Tensor, corrupt_fn, *, seed: int, repe
             batch = corrupt_fn(x0, doc, step=0, generator=g)
             with torch.no_grad():
                 logits = forward(batch)
-                loss_sum, n, m = diffusion_loss(logits, batch, LossConfig())
+                loss_sum, n, m = diffusion_loss(logits, batch, loss_cfg, **(loss_kwargs or {}))
             tot += torch.tensor([loss_sum.item(), float(n), m["ce_sum"].item(),
                                  m["ce_count"].item(), m["correct"].item()], dtype=torch.float64)
     loss_sum, n, ce_sum, ce_count, correct = tot.tolist()
     return loss_sum / max(n, 1), ce_sum / max(ce_count, 1), correct / max(ce_count, 1)
 
 
-def run_infill(args) -> int:
+def loss_kwargs_for(cfg) -> dict:
+    """``diffusion_loss`` keywords that read a checkpoint's outputs as it was trained: with
+    ``model.logit_shift`` (a converted AR checkpoint, or shifted block CPT) output ``i - 1``
+    predicts token ``i``; the block-mode shift also needs the block layout."""
+    if not cfg.model.logit_shift:
+        return {}
+    if cfg.attention.mode == "block":
+        return {"logit_shift": True, "block_size": cfg.attention.block_size,
+                "visibility": cfg.attention.visibility}
+    return {"logit_shift": True}
+
+
+def has_ar_readout(cfg) -> bool:
+    """Whether output ``i - 1`` of the clean sequence under a causal mask predicts token ``i``:
+    a causal / AR-objective checkpoint, or one trained with the logit shift (its AR baseline
+    decode, block size 1, reads exactly this)."""
+    return cfg.attention.mode == "causal" or cfg.loss.objective == "ar" or cfg.model.logit_shift
+
+
+def make_forward(model, attn):
+    """``forward(batch) -> fp32 logits on the CPU`` of ``model`` under attention ``attn``."""
     from megatron_diffusion.model.inputs import model_inputs
+
+    device = next(model.parameters()).device
+
+    def forward(batch):
+        b = batch.to(device)
+        return model(*model_inputs(b, attn)).float().cpu()
+
+    return forward
+
+
+def masked_metrics(model, cfg, rows_BL: torch.Tensor, rates, seed: int = 1234) -> list[dict]:
+    """Masked-token accuracy and cross entropy at each fixed mask rate, in the checkpoint's own
+    layout and readout (a causal checkpoint: masked input, causal mask, shifted readout)."""
+    attn = cfg.attention
+    block = attn.block_size if attn.mode == "block" else None
+    forward = make_forward(model, attn)
+    out = []
+    for r in rates:
+        fn = FixedRateMasking(r, mask_token_id=cfg.model.mask_token_id, block_size=block,
+                              visibility=attn.visibility).corrupt
+        _, ce, acc = evaluate_rows(forward, rows_BL, fn, seed=seed, loss_kwargs=loss_kwargs_for(cfg))
+        out.append({"mask_rate": r, "accuracy": acc, "ce_nats": ce})
+    return out
+
+
+def next_token_metrics(model, cfg, rows_BL: torch.Tensor) -> dict | None:
+    """Next-token accuracy and NLL (nats) of the clean rows under a causal mask, read shifted;
+    None for a checkpoint without an AR readout (``has_ar_readout``)."""
+    from megatron_diffusion.loss import LossConfig
+    from megatron_diffusion.masks.config import AttentionConfig
+    from megatron_diffusion.training.trainer import CleanBatcher
+
+    if not has_ar_readout(cfg):
+        return None
+    causal = cfg.attention if cfg.attention.mode == "causal" else AttentionConfig(mode="causal")
+    _, nll, acc = evaluate_rows(make_forward(model, causal), rows_BL, CleanBatcher().corrupt, seed=0,
+                                loss_cfg=LossConfig(objective="ar"))
+    return {"accuracy": acc, "nll_nats": nll, "nll_bits": nll / math.log(2)}
+
+
+def heldout_rows(data: Path, loaded, seq_len: int, max_rows: int) -> torch.Tensor:
+    """Up to ``max_rows`` rows of ``seq_len`` held-out tokens: a store's validation split, or a
+    jsonl / text file encoded with the checkpoint's tokenizer (documents joined by EOS)."""
+    if (data / "zarr.json").is_file():
+        from megatron_diffusion.data.store import TokenStore
+
+        store = TokenStore(data)
+        store.check_compatible(vocab_size=loaded.config.model.vocab_size,
+                               tokenizer_hash=loaded.meta.get("tokenizer_hash"))
+        offsets, split = store.read_doc_array("doc_offsets"), store.read_doc_array("split")
+        ids: list[int] = []
+        for d in torch.nonzero(torch.as_tensor(split) == 1).flatten().tolist():
+            ids += store.read_tokens(int(offsets[d]), int(offsets[d + 1])).tolist()
+            if len(ids) >= max_rows * seq_len:
+                break
+        if len(ids) < seq_len:
+            raise UsageError(f"--data: store {data} has fewer than {seq_len} validation tokens")
+        n = min(max_rows, len(ids) // seq_len)
+        return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    if loaded.tokenizer_path is None:
+        raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json to encode {data}")
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+
+    eos = load_tokenizer(loaded.tokenizer_path).eos_id
+    return _rows_from_file(data, loaded.tokenizer_path, seq_len, eos)[:max_rows]
+
+
+def run_infill(args) -> int:
     from megatron_diffusion.model.loading import load_model
     from megatron_diffusion.training.trainer import make_corruptor
 
@@ -122,68 +214,26 @@ def run_infill(args) -> int:
     cfg, model = loaded.config, loaded.model
     attn = cfg.attention
     L = cfg.data.seq_len
-    max_rows = getattr(args, "max_rows", 64) or 64
-    if (data / "zarr.json").is_file():
-        from megatron_diffusion.data.store import TokenStore
-
-        store = TokenStore(data)
-        store.check_compatible(vocab_size=cfg.model.vocab_size,
-                               tokenizer_hash=loaded.meta.get("tokenizer_hash"))
-        offsets, split = store.read_doc_array("doc_offsets"), store.read_doc_array("split")
-        ids: list[int] = []
-        for d in torch.nonzero(torch.as_tensor(split) == 1).flatten().tolist():
-            ids += store.read_tokens(int(offsets[d]), int(offsets[d + 1])).tolist()
-            if len(ids) >= max_rows * L:
-                break
-        if len(ids) < L:
-            raise UsageError(f"--data: store {data} has fewer than {L} validation tokens")
-        n = min(max_rows, len(ids) // L)
-        rows = torch.tensor(ids[: n * L]).view(n, L)
-    else:
-        if loaded.tokenizer_path is None:
-            raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json to encode {data}")
-        from megatron_diffusion.data.tokenizer import load_tokenizer
-
-        eos = load_tokenizer(loaded.tokenizer_path).eos_id
-        rows = _rows_from_file(data, loaded.tokenizer_path, L, eos)[:max_rows]
-
-    device = next(model.parameters()).device
-
-    def forward(batch):
-        b = batch.to(device)
-        return model(*model_inputs(b, attn)).float().cpu()
-
+    rows = heldout_rows(data, loaded, L, getattr(args, "max_rows", 64) or 64)
     block = attn.block_size if attn.mode == "block" else None
     report = {"checkpoint": str(loaded.path), "step": loaded.meta.get("step"), "data": str(data),
               "rows": int(rows.shape[0]), "seq_len": L, "attention_mode": attn.mode,
-              "block_size": block, "infill": []}
-    if attn.mode == "causal":
+              "block_size": block, "logit_shift": cfg.model.logit_shift, "infill": []}
+    if attn.mode == "causal" and not cfg.model.logit_shift:
         report["infill_note"] = "causal checkpoint: masked infill is not its task; see ar_nll"
     else:
-        for r in rates:
-            fn = FixedRateMasking(r, mask_token_id=cfg.model.mask_token_id, block_size=block,
-                                  visibility=attn.visibility).corrupt
-            _, ce, acc = evaluate_rows(forward, rows, fn, seed=1234)
-            report["infill"].append({"mask_rate": r, "accuracy": acc, "ce_nats": ce})
+        report["infill"] = masked_metrics(model, cfg, rows, rates)
+    if attn.mode != "causal":
         # the ELBO's own process: mask stage only, so no edit draws random tokens
         corruptor = make_corruptor(eval_corruption_config(cfg), vocab_size=cfg.model.vocab_size,
                                    special_ids={cfg.model.mask_token_id})
-        elbo, _, _ = evaluate_rows(forward, rows, corruptor.corrupt, seed=4321, repeats=4)
+        elbo, _, _ = evaluate_rows(make_forward(model, attn), rows, corruptor.corrupt, seed=4321,
+                                   repeats=4, loss_kwargs=loss_kwargs_for(cfg))
         report["elbo_bits_per_token"] = elbo / math.log(2)
-    if attn.mode == "causal" or cfg.loss.objective == "ar":
-        from megatron_diffusion.training.trainer import CleanBatcher
-        from megatron_diffusion.loss import LossConfig, diffusion_loss
-
-        g = torch.Generator().manual_seed(0)
-        tot, cnt = 0.0, 0
-        for i in range(0, rows.shape[0], 8):
-            b = CleanBatcher().corrupt(rows[i:i + 8], torch.zeros_like(rows[i:i + 8]), step=0, generator=g)
-            with torch.no_grad():
-                s, n, _ = diffusion_loss(forward(b), b, LossConfig(objective="ar"))
-            tot, cnt = tot + s.item(), cnt + int(n)
-        report["ar_nll_bits_per_token"] = tot / max(cnt, 1) / math.log(2)
-    else:
-        report["ar_nll_bits_per_token"] = None
+    ar = next_token_metrics(model, cfg, rows)
+    report["ar_nll_bits_per_token"] = ar and ar["nll_bits"]
+    report["next_token_accuracy"] = ar and ar["accuracy"]
+    if ar is None:
         report["ar_note"] = (f"{attn.mode}-mode checkpoint without a causal AR readout "
                              "(output i predicts token i); no AR likelihood")
     _print_report(report)
