@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from megatron_diffusion.data import checksums
 from megatron_diffusion.data.writer import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path
@@ -49,6 +50,20 @@ class TokenStore:
         if missing:
             raise UsageError(f"store {self.path}: incomplete, missing {', '.join(missing)}")
         self._tokens = self._group["tokens"]
+        self._check_chunk_files()
+
+    def _check_chunk_files(self) -> None:
+        """Every chunk file ``checksums.json`` lists is there whole (a stat each, no reads)."""
+        try:
+            manifest = checksums.read_manifest(self.path)
+        except ValueError as e:
+            raise UsageError(f"store {self.path}: {e}") from None
+        if manifest is None:  # a store from before checksums: nothing to check against
+            return
+        problems = checksums.missing_or_truncated(self.path, manifest)
+        if problems:
+            more = f" (and {len(problems) - 1} more; run check-store)" if len(problems) > 1 else ""
+            raise UsageError(f"store {self.path}: {problems[0]}{more}")
 
     # metadata ---------------------------------------------------------------------------------
     num_docs = property(lambda self: int(self.attrs["num_docs"]))
@@ -82,7 +97,12 @@ class TokenStore:
         arr = cache.pop(c, None)
         if arr is None:
             cs = self._tokens.chunks[0]
-            arr = np.asarray(self._tokens[c * cs:min((c + 1) * cs, self.num_tokens)], dtype=np.int32)
+            try:
+                arr = np.asarray(self._tokens[c * cs:min((c + 1) * cs, self.num_tokens)], dtype=np.int32)
+            except Exception as e:  # a corrupt shard: crc32c/blosc errors from zarr's codecs
+                shard = c * cs // self._tokens.shards[0] if self._tokens.shards else c
+                raise UsageError(f"store {self.path}: token chunk {c} (file tokens/c/{shard}) "
+                                 f"is unreadable ({type(e).__name__}: {e}); run check-store") from None
             if len(cache) >= self.CHUNK_CACHE:
                 cache.pop(next(iter(cache)))
         cache[c] = arr  # most recently used last

@@ -14,6 +14,7 @@ Store layout (format version 1; docs/data.md has the full description):
                      reproducible from the attrs alone.
 * attrs: format, format_version, store_id (a fresh uuid that keys the loader's index cache),
   tokenizer hash and special ids, counts, mode, source description.
+* ``checksums.json``: size and CRC-32 of every chunk file (``checksums``), written last.
 
 Writes go through buffers that flush whole shards (whole chunks for the per-document arrays),
 so every shard file is written exactly once: zarr rewrites a whole shard on a partial write.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from megatron_diffusion.data import hashing
+from megatron_diffusion.data import checksums, hashing
 
 FORMAT = "megatron-diffusion-token-store"
 FORMAT_VERSION = 1
@@ -78,6 +79,7 @@ class StoreWriter:
     def __init__(self, path: str | Path, *, split_seed: int, validation_fraction: float,
                  token_chunk: int = TOKEN_CHUNK, token_shard: int = TOKEN_SHARD):
         self.split_seed, self.validation_fraction = split_seed, validation_fraction
+        self.path = Path(path)
         self.group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
         codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
@@ -123,4 +125,5 @@ class StoreWriter:
             "validation_fraction": self.validation_fraction,
         }
         self.group.attrs.update(full)
+        checksums.write_manifest(self.path)
         return full

@@ -1,0 +1,87 @@
+"""A token store with a missing, truncated or corrupted chunk file.
+
+zarr reads a missing chunk as the fill value (0, the EOS id of the test tokenizer): before the
+fix ``train``, ``inspect-data`` and ``eval infill`` all ran on EOS-only data and exited 0. The
+store now carries ``checksums.json`` (size and CRC-32 of every chunk file, written by
+``preprocess``); opening it checks that every listed file is there whole, and ``check-store``
+verifies every checksum.
+"""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from megatron_diffusion.cli import main
+from tests.helpers import ROOT, make_tokenizer
+from tests.training.conftest import TINY
+
+CFG = str(ROOT / "examples" / "cpu_demo.yaml")
+
+
+@pytest.fixture
+def store(tmp_path):
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    tok = make_tokenizer(tmp_path / "tokenizer.json", 300)
+    out = tmp_path / "s.zarr"
+    preprocess(IngestConfig(inputs=[str(lib / "json")], output=str(out), tokenizer=str(tok),
+                            glob="*.py", validation_fraction=0.2))
+    return out
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr()
+
+
+def _inspect(capsys, store, tmp_path):
+    return _cli(capsys, "inspect-data", "--config", CFG, "--out", str(tmp_path / "o.jsonl"),
+                f"data.blend=[[1.0, {store}]]", *TINY, "training.train_iters=10")
+
+
+def _one_error_line(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_token_chunk_is_an_error_not_zeros(store, tmp_path, capsys):
+    (store / "tokens" / "c" / "0").unlink()
+    code, out = _inspect(capsys, store, tmp_path)
+    assert code == 2
+    _one_error_line(out.err, str(store), "tokens/c/0", "missing")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_truncated_token_chunk_is_one_line_naming_it(store, tmp_path, capsys):
+    chunk = store / "tokens" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-100])
+    code, out = _inspect(capsys, store, tmp_path)
+    assert code == 2
+    _one_error_line(out.err, str(store), "tokens/c/0", "truncated")
+
+
+def test_check_store_verifies_every_checksum(store, capsys):
+    code, out = _cli(capsys, "check-store", str(store))
+    assert code == 0, out.err
+    listed = json.loads((store / "checksums.json").read_text())["files"]
+    assert "tokens/c/0" in listed and "doc_offsets/c/0" in listed
+    assert f"{len(listed)} chunk files" in out.out
+    chunk = store / "tokens" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    chunk.write_bytes(bytes(data))
+    code, out = _cli(capsys, "check-store", str(store))
+    assert code == 2
+    assert "tokens/c/0" in out.err and "checksum" in out.err
+
+
+def test_check_store_reports_a_missing_file(store, capsys):
+    (store / "doc_offsets" / "c" / "0").unlink()
+    code, out = _cli(capsys, "check-store", str(store))
+    assert code == 2
+    assert "doc_offsets/c/0" in out.err and "missing" in out.err
