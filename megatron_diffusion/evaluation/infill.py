@@ -7,9 +7,15 @@
 * **ELBO** (bits per token): the training objective with its own corruption (the checkpoint's
   schedule, ``w(t)``, block clipping) averaged over several draws per row: an upper bound on the
   model's negative log-likelihood.
-* **AR mode**, side by side, where the checkpoint has one: a ``causal``/``ar`` checkpoint's
-  next-token NLL. Block- and bidirectional-trained checkpoints have no AR readout (their output
+* **AR mode**, side by side, where the checkpoint has one (``has_ar_readout``: causal, AR
+  objective, or logit shift): next-token NLL and accuracy of the clean row under a causal mask,
+  read shifted. No-shift block and bidirectional checkpoints have no AR readout (their output
   ``i`` predicts token ``i``), which the report says.
+* **Readout**: a ``model.logit_shift`` checkpoint (converted AR models, shifted block CPT) is
+  scored as it was trained, output ``i - 1`` predicting token ``i`` (``loss_kwargs_for``); a
+  causal logit-shift checkpoint gets the masked-token metrics too (masked row, causal mask).
+
+``masked_metrics`` and ``next_token_metrics`` are shared with ``eval quality`` (quality.py).
 
 Used by ``megatron-diffusion eval infill`` and by the trainer's periodic
 ``training.infill_eval_interval`` (same batches, same metrics, logged as ``infill_acc@r``).

@@ -13,7 +13,8 @@ decoding costs on a real model (issue 12, item 5):
   its first top-level ``def``/``class``, as ``bench-sampler``'s stdlib prompts), the model
   generates exactly ``continuation_len`` tokens (EOS ignored, so every decode is scored over the
   same positions), and each generated token is compared with the file's true next token at the
-  same position (``bench.heldout_accuracy``). Measured for the AR baseline (one token per
+  same position (``bench.heldout_accuracy``); also the mean matching prefix (tokens before the
+  first divergence). Measured for the AR baseline (one token per
   forward, KV cache), the block sampler at ``block_size`` with one token per step (the careful
   decode, ``strategy=fixed``), and the threshold sampler at each ``threshold``: tokens per
   forward, accuracy and tokens/s per point (``bench.measure``), the speed/quality curve.
@@ -113,6 +114,15 @@ def continuation_accuracy(outputs: list[list[int]], truths: list[list[int]]) -> 
     return sum(heldout_accuracy(o, t) for o, t in zip(outputs, truths)) / len(truths)
 
 
+def matching_prefix(outputs: list[list[int]], truths: list[list[int]]) -> float:
+    """Mean number of leading generated tokens equal to the true continuation (the run before
+    the first divergence; after it, positions rarely line up again)."""
+    def run(o, t):
+        return next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), min(len(o), len(t)))
+
+    return sum(run(o, t) for o, t in zip(outputs, truths)) / max(len(truths), 1)
+
+
 def heldout_windows(tokenizer, files: list[Path], prompt_len: int, continuation_len: int,
                     per_file: int) -> tuple[list[list[int]], list[list[int]]]:
     """(prompts, true continuations): ``per_file`` consecutive windows of each file, from its
@@ -169,7 +179,8 @@ def decode_point(sampler, prompts, truths, label: str) -> dict:
             "tokens_per_forward": r["tokens_per_forward"], "tokens_per_second": r["tokens_per_second"],
             "num_forwards": r["num_forwards"], "num_tokens": r["num_tokens"],
             "wall_seconds": r["wall_seconds"],
-            "accuracy": continuation_accuracy([c.tokens for c in r["_completions"]], truths)}
+            "accuracy": continuation_accuracy([c.tokens for c in r["_completions"]], truths),
+            "matching_prefix_tokens": matching_prefix([c.tokens for c in r["_completions"]], truths)}
 
 
 def decoding_curve(sampler, prompts, truths, qc: QualityConfig) -> tuple[dict | None, list[dict]]:
@@ -251,10 +262,11 @@ def format_report(r: dict) -> str:
                  if nt else "  next-token: no AR readout")
     for m in r["masked"] or []:
         lines.append(f"  masked @{m['mask_rate']:.2f}: accuracy {m['accuracy']:.3f}, CE {m['ce_nats']:.3f} nats")
-    lines.append(f"  {'decode':16s} {'block':>5s} {'tok/fwd':>8s} {'accuracy':>9s} {'tok/s':>8s}")
+    lines.append(f"  {'decode':16s} {'block':>5s} {'tok/fwd':>8s} {'accuracy':>9s} {'prefix':>7s} "
+                 f"{'tok/s':>8s}")
     for p in ([r["ar_baseline"]] if r["ar_baseline"] else []) + r["curve"]:
         lines.append(f"  {p['label']:16s} {p['block_size']:5d} {p['tokens_per_forward']:8.2f} "
-                     f"{p['accuracy']:9.3f} {p['tokens_per_second']:8.1f}")
+                     f"{p['accuracy']:9.3f} {p['matching_prefix_tokens']:7.2f} {p['tokens_per_second']:8.1f}")
     best = r["best_within_1pt"]
     speed = best.get("speedup_tokens_per_second_over_ar")
     lines.append(f"  AUP {r['aup']:.1f} (d3LLM: alpha 3, within 5 points), within 1 point "

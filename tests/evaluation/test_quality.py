@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron_diffusion.cli import main
-from megatron_diffusion.evaluation.quality import aup, continuation_accuracy, summarize_curve
+from megatron_diffusion.evaluation.quality import aup, continuation_accuracy, matching_prefix, summarize_curve
 from megatron_diffusion.masks.config import AttentionConfig
 from tests.helpers import make_checkpoint
 
@@ -40,6 +40,8 @@ def test_continuation_accuracy_by_hand():
     assert continuation_accuracy([[6, 7, 8, 9], [1, 2, 3, 4, 5]], truths) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         continuation_accuracy([[1]], truths)
+    assert matching_prefix([[5, 6, 0, 8], [1, 2]], truths) == pytest.approx((2 + 2) / 2)
+    assert matching_prefix([[6, 7, 8, 9], [1, 2, 3, 4, 5]], truths) == pytest.approx((0 + 4) / 2)
 
 
 def _point(label, tpf, acc, tps):
