@@ -1,4 +1,5 @@
-"""``megatron-diffusion convert {hf-to-mcore,mcore-to-hf,reshard,verify}`` (docs/convert.md)."""
+"""``megatron-diffusion convert {hf-to-mcore,gguf-to-mcore,mcore-to-hf,reshard,verify}``
+(docs/convert.md)."""
 
 import argparse
 
@@ -37,10 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "recorded (default 1)")
     p.add_argument("--add-mask-token", action="store_true", help="add [MASK] to the tokenizer "
                    "and grow the embedding/output layer (new row = mean of the existing rows)")
-    p.add_argument("--params-dtype", choices=PARAMS_DTYPES, default=None,
-                   help="stored dtype (default: bfloat16 for a bf16 model, else float32)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_import_options(p)
+
+    p = sub.add_parser("gguf-to-mcore", help="llama.cpp GGUF (Llama/Qwen2; F32/F16/BF16/Q8_0/"
+                       "Q4_0/Q4_1/Q4_K/Q6_K) -> megatron-diffusion checkpoint (dequantised)")
+    p.add_argument("--gguf", required=True, help="the .gguf file")
+    p.add_argument("--out", required=True, help="output run directory (checkpoints/iter_0000000)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint is "
+                   "meant for (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    p.add_argument("--add-mask-token", action="store_true", help="add [MASK] to the tokenizer "
+                   "and grow the embedding/output layer (new row = mean of the existing rows)")
+    _add_import_options(p)
 
     p = sub.add_parser("mcore-to-hf", help="megatron-diffusion checkpoint -> HF safetensors, "
                        "config (with a 'diffusion' block) and tokenizer")
@@ -72,6 +81,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
 
 
+def _add_import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eos-token", default=None, metavar="TOKEN",
+                   help="the token that ends documents in the data (default: '<|endoftext|>' or "
+                   "the tokenizer's '</s>'-like special token); the model's own stop tokens "
+                   "are kept in meta.json generation.stop_token_ids either way")
+    p.add_argument("--params-dtype", choices=PARAMS_DTYPES, default=None,
+                   help="stored dtype (default: bfloat16 for a bf16 model, else float32)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def run(args) -> int:
     command = args.convert_command
     if command == "hf-to-mcore":
@@ -79,9 +99,19 @@ def run(args) -> int:
 
         path = convert_hf_to_mcore(args.hf, args.out, tensor_model_parallel_size=args.tp,
                                    pipeline_model_parallel_size=args.pp,
-                                   add_mask_token=args.add_mask_token,
+                                   add_mask_token=args.add_mask_token, eos_token=args.eos_token,
                                    params_dtype=args.params_dtype, force=args.force,
                                    progress=not args.no_progress)
+        print(f"wrote {path}")
+        return 0
+    if command == "gguf-to-mcore":
+        from megatron_diffusion.convert.gguf_to_mcore import convert_gguf_to_mcore
+
+        path = convert_gguf_to_mcore(args.gguf, args.out, tensor_model_parallel_size=args.tp,
+                                     pipeline_model_parallel_size=args.pp,
+                                     add_mask_token=args.add_mask_token, eos_token=args.eos_token,
+                                     params_dtype=args.params_dtype, force=args.force,
+                                     progress=not args.no_progress)
         print(f"wrote {path}")
         return 0
     if command == "mcore-to-hf":

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from megatron_diffusion.config import RunConfig, config_from_dict
+from megatron_diffusion.convert.generation import hf_generation
 from megatron_diffusion.convert.hf_config import HFModel, model_config, read_hf_config
 from megatron_diffusion.convert.hf_tokenizer import PreparedTokenizer, prepare_tokenizer
 from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
@@ -50,12 +51,20 @@ IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)
 
 @dataclass
 class ImportPlan:
+    """Everything an import writes, checked before any heavy work (HF or GGUF source)."""
+
     hf_dir: Path
+    """The source: an HF directory, or the GGUF file."""
     hf: HFModel
     reader: SafetensorsCheckpoint
+    """HF tensor name -> tensor (``gguf_file.GGUFTensors`` for a GGUF)."""
     tokenizer: PreparedTokenizer
     config: RunConfig
     sidecar: dict | None
+    converted_from: dict
+    generation: dict
+    """``meta.json`` ``generation`` (``convert.generation``)."""
+    option: str = "--hf"
 
     def layout(self, padded_vocab_size: int) -> TensorLayout:
         return TensorLayout.for_model(self.config.model, hf_vocab_size=self.hf.vocab_size,
@@ -78,16 +87,31 @@ def _default_dtype(reader: SafetensorsCheckpoint) -> str:
 
 
 def plan_import(hf_dir, *, add_mask_token: bool = False, params_dtype: str | None = None,
+                eos_token: str | None = None,
                 make_vocab_size_divisible_by: int = 128) -> ImportPlan:
     """Read and check everything about an HF directory before any heavy work."""
     hf_dir = Path(hf_dir)
     hf = read_hf_config(hf_dir)
     reader = SafetensorsCheckpoint(hf_dir)
-    tok = prepare_tokenizer(hf_dir, add_mask_token=add_mask_token,
-                            hf_eos_token_id=hf.eos_token_id, hf_vocab_size=hf.vocab_size)
-    vocab = max(hf.vocab_size, tok.loaded.vocab_size)
+    tok = prepare_tokenizer(hf_dir, add_mask_token=add_mask_token, hf_vocab_size=hf.vocab_size,
+                            eos_token=eos_token)
     sidecar = read_sidecar(hf_dir)
-    dtype = params_dtype or _default_dtype(reader)
+    cfg = run_config(hf, tok, params_dtype or _default_dtype(reader), sidecar,
+                     f"--hf: {hf_dir / SIDECAR}", make_vocab_size_divisible_by)
+    if sidecar is not None and "generation" in sidecar["meta"]:
+        generation = sidecar["meta"]["generation"]
+    else:
+        generation = hf_generation(hf_dir, hf.raw, tok.hf_tokenizer_config, tok.loaded.eos_id)
+    plan = ImportPlan(hf_dir, hf, reader, tok, cfg, sidecar, {}, generation)
+    plan.converted_from = hf_converted_from(plan)
+    check_tensors(plan)
+    return plan
+
+
+def run_config(hf: HFModel, tok: PreparedTokenizer, dtype: str, sidecar: dict | None,
+               sidecar_where: str, make_vocab_size_divisible_by: int = 128) -> RunConfig:
+    """The run config of an imported model: the AR defaults, or an export's own config."""
+    vocab = max(hf.vocab_size, tok.loaded.vocab_size)
     derived = model_config(hf, vocab_size=vocab, mask_token_id=tok.loaded.mask_id,
                            params_dtype=dtype,
                            make_vocab_size_divisible_by=make_vocab_size_divisible_by)
@@ -95,7 +119,7 @@ def plan_import(hf_dir, *, add_mask_token: bool = False, params_dtype: str | Non
         cfg = config_from_dict(sidecar["meta"]["config"])
         for name in STRUCTURAL_FIELDS:
             if getattr(cfg.model, name) != getattr(derived, name):
-                raise UsageError(f"--hf: {hf_dir / SIDECAR} says model.{name}="
+                raise UsageError(f"{sidecar_where} says model.{name}="
                                  f"{getattr(cfg.model, name)!r} but config.json/tokenizer give "
                                  f"{getattr(derived, name)!r}")
         cfg.model.params_dtype = dtype
@@ -104,9 +128,7 @@ def plan_import(hf_dir, *, add_mask_token: bool = False, params_dtype: str | Non
         cfg.model = derived
         cfg.attention.mode = "causal"
         cfg.loss.objective = "ar"
-    plan = ImportPlan(hf_dir, hf, reader, tok, cfg, sidecar)
-    check_tensors(plan)
-    return plan
+    return cfg
 
 
 def check_tensors(plan: ImportPlan) -> None:
@@ -115,18 +137,18 @@ def check_tensors(plan: ImportPlan) -> None:
     reader = plan.reader
     for name, shape in expected.items():
         if name not in reader:
-            raise UsageError(f"--hf: tensor {name!r} is missing from {plan.hf_dir} (expected for "
+            raise UsageError(f"{plan.option}: tensor {name!r} is missing from {plan.hf_dir} (expected for "
                              f"a {plan.hf.architecture} with this config.json)")
         got = reader.entries[name].shape
         if tuple(got) != tuple(shape):
-            raise UsageError(f"--hf: tensor {name!r} in {reader.entries[name].file.name} has shape "
-                             f"{list(got)}, expected {list(shape)} from config.json")
+            raise UsageError(f"{plan.option}: tensor {name!r} in {reader.entries[name].file.name} "
+                             f"has shape {list(got)}, expected {list(shape)} from its config")
     for name in reader.keys():
         if name in expected or name.endswith(IGNORED_HF_TENSORS):
             continue
         if name == "lm_head.weight" and plan.hf.tied:
             continue  # some tied checkpoints store the (identical) head too
-        raise UsageError(f"--hf: unexpected tensor {name!r} in {reader.entries[name].file.name}: "
+        raise UsageError(f"{plan.option}: unexpected tensor {name!r} in {reader.entries[name].file.name}: "
                          f"not part of a {plan.hf.architecture} with this config.json")
 
 
@@ -219,9 +241,21 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
                         pipeline_model_parallel_size: int = 1, add_mask_token: bool = False,
-                        params_dtype: str | None = None, force: bool = False,
-                        progress: bool = True) -> Path:
+                        eos_token: str | None = None, params_dtype: str | None = None,
+                        force: bool = False, progress: bool = True) -> Path:
     """Convert; returns the checkpoint directory (``OUT/checkpoints/iter_0000000``)."""
+    out = check_output_dir(out, force)
+    plan = plan_import(hf_dir, add_mask_token=add_mask_token, params_dtype=params_dtype,
+                       eos_token=eos_token)
+    return write_import(plan, out, tensor_model_parallel_size=tensor_model_parallel_size,
+                        pipeline_model_parallel_size=pipeline_model_parallel_size, force=force,
+                        progress=progress, desc="hf-to-mcore")
+
+
+def write_import(plan: ImportPlan, out, *, tensor_model_parallel_size: int,
+                 pipeline_model_parallel_size: int, force: bool, progress: bool,
+                 desc: str) -> Path:
+    """Stream ``plan``'s tensors into a step-0 trainer checkpoint under ``out`` (atomically)."""
     from megatron_diffusion.convert.dist_stream import (
         PrebuiltChunk,
         prebuilt_sharded_state_dict,
@@ -230,8 +264,6 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
     from megatron_diffusion.training.checkpoint import save_checkpoint
 
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
-    out = check_output_dir(out, force)
-    plan = plan_import(hf_dir, add_mask_token=add_mask_token, params_dtype=params_dtype)
     cfg = plan.config
     check_layout(cfg.model, tp, pp)
     cfg.parallel.tensor_model_parallel_size = tp
@@ -241,7 +273,7 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
     with atomic_output_dir(out, force) as tmp:
         model = build_empty_model(cfg.model, padded_for_tp=tp)
         view = HFTensorView(plan, model.vocab_size)
-        bar = progress_bar(len(view), "hf-to-mcore", progress)
+        bar = progress_bar(len(view), desc, progress)
         sharded = prebuilt_sharded_state_dict(model, view.pieces, list(view),
                                               on_tensor=lambda _: bar.update())
         bar.close()
@@ -250,17 +282,21 @@ def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,
         meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
                 "config": cfg.to_dict(), "tokenizer_hash": plan.tokenizer.loaded.hash,
                 "consumed_samples": 0, "weights_only": True,
-                "converted_from": converted_from(plan)}
+                "converted_from": plan.converted_from, "generation": plan.generation}
         save_checkpoint(tmp, 0, [PrebuiltChunk(sharded)], None, meta=meta, loader_state={},
                         tokenizer_path=str(tok_path))
-    return out / "checkpoints" / "iter_0000000"
+    return Path(out) / "checkpoints" / "iter_0000000"
 
 
-def converted_from(plan: ImportPlan) -> dict:
+def hf_converted_from(plan: ImportPlan) -> dict:
     """Provenance kept in ``meta.json``; the export reuses the HF config and tokenizer config."""
     if plan.sidecar is not None and "converted_from" in plan.sidecar["meta"]:
         return plan.sidecar["meta"]["converted_from"]
-    return {"format": "hf", "path": str(plan.hf_dir.absolute()),
+    return source_description(plan, "hf")
+
+
+def source_description(plan: ImportPlan, kind: str) -> dict:
+    return {"format": kind, "path": str(plan.hf_dir.absolute()),
             "architecture": plan.hf.architecture, "hf_vocab_size": plan.hf.vocab_size,
             "added_mask_token": plan.tokenizer.added_mask_token,
             "mask_token_id": plan.tokenizer.loaded.mask_id,

@@ -13,7 +13,9 @@ Written next to the weights:
   the weights of a diffusion LM (attention mode, block size, mask token id, logit shift, ...);
   for a model converted from HF the original config is the base, so fields we do not model
   (``bos_token_id``, ...) survive;
-* ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json``;
+* ``generation_config.json`` (``eos_token_id``: every stop id of ``meta.json`` ``generation``),
+  ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` (the chat template,
+  when the source model had one; see ``convert.generation``);
 * ``megatron_diffusion.json``: the checkpoint's ``meta.json`` (full run config), which
   ``hf_export.load_hf_export`` and ``hf-to-mcore`` use to rebuild the exact model;
 * ``README.md``: a model card saying how (not) to sample from it.
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_diffusion.convert.generation import export_generation
 from megatron_diffusion.convert.hf_config import export_config
 from megatron_diffusion.convert.hf_to_mcore import (
     SIDECAR,
@@ -127,9 +130,13 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
         write_shards(tmp, specs, lambda name: producers[name]().to(torch_dtype),
                      max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update())
         bar.close()
+        generation = meta.get("generation") or {}
+        tok_config = dict(source.get("tokenizer_config") or {})
+        if generation.get("chat_template") is not None:
+            tok_config["chat_template"] = generation["chat_template"]
         tok = export_tokenizer_files(tmp, ckpt / "tokenizer.json",
                                      max_length=cfg.model.max_position_embeddings,
-                                     hf_tokenizer_config=source.get("tokenizer_config"))
+                                     hf_tokenizer_config=tok_config)
         token_ids = {"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
         base = source.get("config")
         if base and base.get("bos_token_id") is not None:
@@ -138,8 +145,7 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
         hf_config = export_config(cfg.model, architecture=architecture, dtype=dtype,
                                   token_ids=token_ids, diffusion=block, base=base)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {k: v for k, v in token_ids.items()}, indent=2))
+        export_generation(tmp, generation, token_ids)
         (tmp / SIDECAR).write_text(json.dumps(
             {"format": "megatron-diffusion-hf-export", "format_version": 1,
              "source_checkpoint": str(ckpt.absolute()), "dtype": dtype, "meta": meta}, indent=2))

@@ -25,9 +25,11 @@ def make_hf_tokenizer(path: Path, vocab_size: int, special: list[str]) -> Tokeni
 
 def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = None,
                   tokenizer_vocab: int = 300, dtype=torch.float32, seed: int = 0,
-                  max_shard_size: str | None = None, num_layers: int = 4, **overrides) -> Path:
+                  max_shard_size: str | None = None, num_layers: int = 4,
+                  special: list[str] | None = None, **overrides) -> Path:
     """``arch``: 'llama' (eos '</s>', no [MASK]) or 'qwen2' (eos '<|endoftext|>', QKV bias).
-    ``vocab_rows`` > tokenizer size leaves spare embedding rows, as Qwen2 does."""
+    ``vocab_rows`` > tokenizer size leaves spare embedding rows, as Qwen2 does. ``special``:
+    other special tokens (the last one is ``eos_token_id``)."""
     from transformers import (
         LlamaConfig,
         LlamaForCausalLM,
@@ -36,7 +38,7 @@ def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = 
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    special = ["<s>", "</s>"] if arch == "llama" else ["<|endoftext|>"]
+    special = special or (["<s>", "</s>"] if arch == "llama" else ["<|endoftext|>"])
     tok = make_hf_tokenizer(out / "tokenizer.json", tokenizer_vocab, special)
     eos = tok.token_to_id(special[-1])
     kw = dict(vocab_size=vocab_rows or tok.get_vocab_size(), hidden_size=64,

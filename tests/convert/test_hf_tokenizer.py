@@ -41,32 +41,43 @@ def _hf_dir(tmp_path, special, vocab=280):
 
 def test_mask_added_at_the_next_id_and_special(tmp_path):
     hf = _hf_dir(tmp_path, ["<s>", "</s>"])
-    prepared = prepare_tokenizer(hf, add_mask_token=True, hf_eos_token_id=1, hf_vocab_size=280)
+    prepared = prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280)
     assert prepared.added_mask_token
     loaded = prepared.loaded
     assert (loaded.mask_id, loaded.eos_id, loaded.pad_id, loaded.vocab_size) == (280, 1, 1, 281)
     assert loaded.encode("x = [MASK]").count(280) == 0  # text never becomes the mask id
 
-    spare = prepare_tokenizer(hf, add_mask_token=True, hf_eos_token_id=1, hf_vocab_size=300)
+    spare = prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=300)
     assert spare.loaded.mask_id == 280  # first spare row, no growth
 
 
-def test_tokenizer_and_config_disagree_on_eos(tmp_path):
+def test_eos_token_names_the_document_eos_or_is_refused(tmp_path):
     hf = _hf_dir(tmp_path, ["<s>", "</s>", "<|eot_id|>"])
-    with pytest.raises(UsageError, match="eos_token_id is 2 \\('<\\|eot_id\\|>'\\)"):
-        prepare_tokenizer(hf, add_mask_token=True, hf_eos_token_id=2, hf_vocab_size=280)
+    ok = prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280, eos_token="</s>")
+    assert ok.loaded.eos_id == 1
+    with pytest.raises(UsageError, match="--eos-token: '<\\|eot_id\\|>' \\(id 2\\) is not the "
+                                         "token the data tools end documents with: '</s>'"):
+        prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280, eos_token="<|eot_id|>")
+    with pytest.raises(UsageError, match="--eos-token: '<nope>' is not a token of"):
+        prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280, eos_token="<nope>")
+
+
+def test_no_document_eos_is_named_before_anything_is_written(tmp_path):
+    hf = _hf_dir(tmp_path, ["<s>", "<|eot_id|>"])
+    with pytest.raises(UsageError, match="has no end-of-document token the data tools recognise"):
+        prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280)
 
 
 def test_tokenizer_larger_than_the_embedding(tmp_path):
     hf = _hf_dir(tmp_path, ["<s>", "</s>"])
     with pytest.raises(UsageError, match="280 tokens but the model's embedding only 200 rows"):
-        prepare_tokenizer(hf, add_mask_token=True, hf_eos_token_id=1, hf_vocab_size=200)
+        prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=200)
 
 
 def test_export_tokenizer_config_names_the_special_tokens(tmp_path):
     (tmp_path / "hf").mkdir()
     hf = _hf_dir(tmp_path / "hf", ["<s>", "</s>"])
-    prepared = prepare_tokenizer(hf, add_mask_token=True, hf_eos_token_id=1, hf_vocab_size=280)
+    prepared = prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280)
     (tmp_path / "tok.json").write_text(prepared.json)
     out = tmp_path / "out"
     out.mkdir()
