@@ -78,8 +78,9 @@ def open_gguf(path) -> "gguf.GGUFReader":  # noqa: F821
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad bytes
-        raise UsageError(f"--gguf: {path} is not a readable GGUF file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'truncated or corrupt'})") from None
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"--gguf: {path} is not a readable GGUF file (truncated or corrupt: "
+                         f"{type(e).__name__} {detail})") from None
     size = path.stat().st_size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
