@@ -2,20 +2,28 @@
 
 megatron-core has no CPU mode: ~100 sites build tensors on ``torch.cuda.current_device()``, some
 hard-code ``"cuda"``, grad clipping and the optimizers check ``Tensor.type()`` names, and the
-tensor-parallel RNG tracker forks the CUDA generator. Four process-wide patches make it run
-(measured one by one in shared/docs/CPU_MEGATRON.md; tests/parallel/test_cpu_runtime.py keeps a
-test per patch showing it is still needed, so an upgrade that adds a new hard-coded ``"cuda"``
-shows up as a failure):
+tensor-parallel RNG tracker forks the CUDA generator. These patches make it run (measured one by
+one in shared/docs/CPU_MEGATRON.md; tests/model/test_cpu_runtime.py keeps a test per patch
+showing it is still needed, so an upgrade that drops a site shows up as a failing test and one
+that adds a new hard-coded ``"cuda"`` as a failing trainer test):
 
 1. ``torch.cuda.current_device()`` returns ``torch.device("cpu")``.
-2. A ``TorchFunctionMode`` rewrites ``device="cuda"`` (or a bare int ordinal), ``.cuda()`` and
-   ``.to("cuda")`` to CPU.
-3. Inside that mode ``Tensor.type()`` of a CPU tensor reports the ``torch.cuda.*Tensor`` name.
-4. An RNG tracker with ``CudaRNGStatesTracker``'s interface that forks the CPU generator,
+2. In the megatron modules that hard-code ``device="cuda"`` (``CUDA_LITERAL_MODULES``) the
+   module's ``torch`` is a proxy whose functions build on the CPU when asked for a CUDA device.
+3. ``Tensor.cuda()`` returns the tensor itself (megatron calls it on tied embeddings with
+   pipeline parallelism, on optimizer state and in checkpoint exchange).
+4. ``Tensor.type()`` of a CPU tensor reports the ``torch.cuda.*Tensor`` name (grad clipping and
+   the bf16/distributed optimizers check it).
+5. An RNG tracker with ``CudaRNGStatesTracker``'s interface that forks the CPU generator,
    installed as megatron's module-level tracker (``model_parallel_cuda_manual_seed`` would call
    ``torch.cuda.get_rng_state()``).
-5. ``torch.cuda.synchronize()`` is a no-op: ``dist_checkpointing``'s file writer calls it
+6. ``torch.cuda.synchronize()`` is a no-op: ``dist_checkpointing``'s file writer calls it
    before copying tensors (``strategies/filesystem_async.py``); CPU work is already synchronous.
+
+**Nothing per op.** Every patch sits at the call sites that need it: the model's forward (training
+and sampling) runs plain torch, no ``TorchFunctionMode`` (an earlier version redirected every
+torch call of the process through one: ~3.4k Python calls per SmolLM2 forward, ~15% of AR
+decoding time).
 
 Also needed, as configuration (``model/gpt.py``): ``batch_p2p_comm=False`` on CPU — gloo's
 batched isend/irecv raced in the interleaved pipeline schedule (micro-batches past the warm-up
@@ -25,12 +33,28 @@ Nothing here runs when CUDA is available: ``activate()`` returns False and chang
 """
 
 import contextlib
+import functools
+import importlib
+import types
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 _ACTIVE = False
-_MODE = None
+
+CUDA_LITERAL_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",  # total_num_tokens in every schedule
+    "megatron.core.optimizer.optimizer",  # found_inf, _scale_one, _dummy_overflow_buf
+    "megatron.core.optimizer.clip_grads",  # total norm, overflow buffer, zero count
+    "megatron.core.optimizer.grad_scaler",  # loss scale (fp16)
+    "megatron.core.utils",  # local_multi_tensor_l2_norm (the grad norm)
+    "megatron.core.transformer.utils",  # the default causal mask
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",  # save-plan reuse check
+    "megatron.core.dist_checkpointing.exchange_utils",  # fully parallel load exchange
+    "megatron.core.tensor_parallel.data",  # broadcast_data
+)
+"""Modules whose source builds tensors with a literal ``device="cuda"`` on our code paths."""
+
+_ORIGINAL = {}
 
 
 def _is_cuda_device(device) -> bool:
@@ -45,38 +69,67 @@ def _cpu_type_name(name: str) -> str:
     return name.replace("torch.cuda.", "torch.")
 
 
-class CudaToCpuMode(TorchFunctionMode):
-    """Patches 2 and 3: every request for a CUDA device lands on the CPU."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch.Tensor.cuda:
-            return args[0]
-        if func is torch.Tensor.type:
-            if len(args) == 1 and not kwargs:
-                name = func(*args)
-                return name.replace("torch.", "torch.cuda.", 1) if "cuda" not in name else name
-            args = list(args)
-            if len(args) > 1 and isinstance(args[1], str):
-                args[1] = _cpu_type_name(args[1])
-            if isinstance(kwargs.get("dtype"), str):
-                kwargs["dtype"] = _cpu_type_name(kwargs["dtype"])
-            return func(*args, **kwargs)
+def _on_cpu(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs["device"] = torch.device("cpu")
-        if func in (torch.Tensor.to, torch.Tensor.new_empty, torch.Tensor.new_zeros) or (
-            getattr(func, "__name__", "") == "to"
-        ):
-            args = tuple(
-                torch.device("cpu") if i > 0 and _is_cuda_device(a) and not isinstance(a, int)
-                else a
-                for i, a in enumerate(args)
-            )
-        return func(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+class CpuDeviceTorch(types.ModuleType):
+    """Patch 2: ``torch`` as one megatron module sees it; ``device="cuda"`` lands on the CPU.
+
+    Only the module's own ``torch.<function>(...)`` calls go through here (a few per training
+    step); attributes are looked up once and then cached on the proxy.
+    """
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        value = getattr(torch, name)
+        if isinstance(value, (types.BuiltinFunctionType, types.FunctionType)):
+            value = _on_cpu(value)
+        setattr(self, name, value)
+        return value
+
+
+def _tensor_cuda(self, device=None, non_blocking=False, memory_format=None):
+    """Patch 3: ``Tensor.cuda()`` keeps the tensor where it is (on the CPU)."""
+    return self
+
+
+def _tensor_type(self, dtype=None, non_blocking=False, **kwargs):
+    """Patch 4: CPU tensors report CUDA type names; CUDA type names convert to CPU types."""
+    original = _ORIGINAL["type"]
+    if dtype is None and not kwargs:
+        name = original(self)
+        return name.replace("torch.", "torch.cuda.", 1) if "cuda" not in name else name
+    if isinstance(dtype, str):
+        dtype = _cpu_type_name(dtype)
+    return original(self, dtype, non_blocking, **kwargs)
+
+
+def redirect_cuda_literals(on: bool = True) -> None:
+    """Install (``on``) or remove patch 2 in ``CUDA_LITERAL_MODULES``."""
+    for name in CUDA_LITERAL_MODULES:
+        module = importlib.import_module(name)
+        module.torch = CpuDeviceTorch() if on else torch
+
+
+def patch_tensor_methods(on: bool = True) -> None:
+    """Install (``on``) or remove patches 3 and 4 on ``torch.Tensor``."""
+    _ORIGINAL.setdefault("cuda", torch.Tensor.cuda)
+    _ORIGINAL.setdefault("type", torch.Tensor.type)
+    torch.Tensor.cuda = _tensor_cuda if on else _ORIGINAL["cuda"]
+    torch.Tensor.type = _tensor_type if on else _ORIGINAL["type"]
 
 
 class CPURNGStatesTracker:
-    """Patch 4: ``CudaRNGStatesTracker``'s interface over the CPU generator."""
+    """Patch 5: ``CudaRNGStatesTracker``'s interface over the CPU generator."""
 
     def __init__(self, *args, **kwargs):
         self.reset()
@@ -121,18 +174,18 @@ class CPURNGStatesTracker:
 
 def activate() -> bool:
     """Apply the CPU patches once per process; a no-op (returns False) when CUDA is present."""
-    global _ACTIVE, _MODE
+    global _ACTIVE
     if torch.cuda.is_available():
         return False
     if _ACTIVE:
         return True
     torch.cuda.current_device = lambda: torch.device("cpu")  # patch 1
-    torch.cuda.synchronize = lambda device=None: None  # patch 5
-    _MODE = CudaToCpuMode()
-    _MODE.__enter__()  # patches 2 and 3, for the rest of the process
+    torch.cuda.synchronize = lambda device=None: None  # patch 6
+    redirect_cuda_literals()  # patch 2
+    patch_tensor_methods()  # patches 3 and 4
     from megatron.core.tensor_parallel import random as mcore_random
 
-    mcore_random._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()  # patch 4
+    mcore_random._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()  # patch 5
     mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     _ACTIVE = True
     return True

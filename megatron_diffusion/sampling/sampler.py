@@ -248,6 +248,10 @@ class BlockSampler:
                 final_B = ~masked_BN.any(dim=1)
                 if cfg.self_correct:
                     final_B &= rows.settled_B
+                # a finished block's clean columns, and the pending column before it, are final
+                rows.cached_B = torch.where(final_B, torch.maximum(rows.cached_B,
+                                                                   rows.block_start_B),
+                                            rows.cached_B)
                 rows.block_start_B += B * final_B
                 rows.step_B *= ~final_B
                 rows.corrections_B *= ~final_B
