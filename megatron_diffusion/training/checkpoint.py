@@ -117,9 +117,19 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader_state: dict,
                     tokenizer_path: str | None = None, keep_last: int = 3) -> Path:
-    """Write checkpoint ``step`` from every rank; returns its final path."""
+    """Write checkpoint ``step`` from every rank; returns its final path.
+
+    Refuses (RuntimeError on every rank, nothing written, nothing pruned) when any weight is
+    not finite: the previous checkpoint stays the newest and ``latest``."""
+    from megatron_diffusion.training.finite import weights_finite
+
     root = checkpoint_root(run_dir)
     name = f"iter_{step:07d}"
+    if not weights_finite(chunks):
+        kept = latest_checkpoint(run_dir)
+        raise RuntimeError(f"step {step}: non-finite weights, checkpoint not saved (the newest "
+                           f"checkpoint {kept.name if kept else 'none'} is kept); resume from it "
+                           "with a lower optimizer.lr")
     final, tmp = root / name, root / f"{name}.tmp"
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,24 @@ def resolve_vocab(cfg: RunConfig):
         elif mine != value:
             raise UsageError(f"model.{name}: config says {mine} but store {store.path} has "
                              f"{value} (tokenized with another vocabulary?)")
+    check_run_tokenizer(cfg.training.tokenizer, store)
     return stores
+
+
+def check_run_tokenizer(path, store) -> None:
+    """``training.tokenizer`` (shipped in every checkpoint) must be the store's tokenizer."""
+    if path is None:
+        return
+    from megatron_diffusion.data.tokenizer import tokenizer_hash
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"training.tokenizer: cannot read {path} ({e.strerror})") from None
+    if tokenizer_hash(text) != store.tokenizer_hash:
+        raise UsageError(f"training.tokenizer: {path} is not the tokenizer store {store.path} was "
+                         f"made with (hash {tokenizer_hash(text)[:12]}..., store "
+                         f"{store.tokenizer_hash[:12]}...)")
 
 
 def random_token_ids(vocab_size: int, special_ids) -> torch.Tensor:
@@ -199,6 +216,7 @@ class Trainer:
         # per DP rank at a time, in the training process
         self.val_cfg = dataclasses.replace(cfg.data, split="validation", num_workers=0,
                                            global_batch_size=cfg.data.micro_batch_size * self.dp_size)
+        self._check_validation_split()
         self.step = 0
         if resume_path is not None:
             self._load(resume_path)
@@ -223,6 +241,21 @@ class Trainer:
         self.converted_from = meta.get("converted_from")  # the HF export keeps its origin
         self.generation = meta.get("generation")  # stop tokens, chat template (conversion)
         return meta
+
+    def _check_validation_split(self) -> None:
+        """Validation and infill evaluation need validation rows: find out now, not after the
+        steps (opening the split builds its packing plan, or says why there is none)."""
+        tr = self.cfg.training
+        if not ((tr.eval_interval and tr.eval_iters) or tr.infill_eval_interval):
+            return
+        from megatron_diffusion.data.loader import PackedDataset
+
+        try:
+            PackedDataset(self.val_cfg, None, self.stores[0].tokenizer_hash, self.stores[0].vocab_size)
+        except UsageError as e:
+            raise UsageError(f"training.eval_interval/infill_eval_interval: no validation data "
+                             f"({e}); preprocess with --validation-fraction > 0 or set both "
+                             "to 0") from None
 
     def _store_tokenizer(self):
         p = Path(self.stores[0].path) / "tokenizer.json"
@@ -299,6 +332,7 @@ class Trainer:
     def train(self) -> int:
         from megatron_diffusion.training.lr_schedule import lr_at
         from megatron_diffusion.training.observability import RunLogger, flops_per_token, peak_flops
+        from megatron_diffusion.training.finite import grads_finite
         from megatron_diffusion.training.step import forward_backward
 
         cfg, tr = self.cfg, self.cfg.training
@@ -333,13 +367,16 @@ class Trainer:
                 res = forward_backward(self.chunks, mbs, cfg.attention, cfg.loss,
                                        logit_shift=cfg.model.logit_shift,
                                        backend=cfg.model.attention_backend)
-                if not math.isfinite(res["loss"]):
+                bad = None if math.isfinite(res["loss"]) else f"non-finite loss {res['loss']}"
+                if bad is None and not grads_finite(self.chunks):  # all ranks agree
+                    bad = "non-finite gradient (finite loss)"
+                if bad is not None:  # steps are numbered from 1, as in metrics.jsonl
                     nan_in_a_row += 1
-                    logger.write(f"step {self.step}: non-finite loss {res['loss']}, step skipped "
+                    logger.write(f"step {self.step + 1}: {bad}, step skipped "
                                  f"({nan_in_a_row}/{tr.max_nan_steps} in a row)")
                     if nan_in_a_row > tr.max_nan_steps:
-                        raise RuntimeError(f"{nan_in_a_row} non-finite losses in a row at step "
-                                           f"{self.step}; stopping (training.max_nan_steps="
+                        raise RuntimeError(f"{nan_in_a_row} non-finite steps in a row at step "
+                                           f"{self.step + 1}; stopping (training.max_nan_steps="
                                            f"{tr.max_nan_steps}). Lower optimizer.lr or check data.")
                     self.step += 1
                     continue
