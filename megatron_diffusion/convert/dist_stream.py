@@ -44,6 +44,13 @@ class PrebuiltChunk:
     def sharded_state_dict(self, metadata=None) -> dict:
         return self._sharded
 
+    def parameters(self):
+        """The prepared tensors (``save_checkpoint`` refuses to save non-finite weights)."""
+        for entry in self._sharded.values():
+            for sh in entry if isinstance(entry, list) else [entry]:
+                if isinstance(sh, ShardedTensor):
+                    yield sh.data
+
 
 def _fit(sh: ShardedTensor, tensor: torch.Tensor, name: str) -> torch.Tensor:
     if tuple(tensor.shape) != tuple(sh.local_shape):
