@@ -1,0 +1,74 @@
+"""Instruct checkpoints: stop tokens, chat template and generation config through hf-to-mcore
+and mcore-to-hf (meta.json ``generation``), and ``--eos-token``."""
+
+import json
+
+import pytest
+
+from megatron_diffusion import cli
+from megatron_diffusion.convert.generation import stop_token_ids
+from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
+from megatron_diffusion.data.tokenizer import load_tokenizer
+from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
+from tests.convert.hf_fixtures import make_hf_model
+
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+
+
+def test_stop_token_ids_join_ints_and_lists_in_order():
+    assert stop_token_ids(2, [2, 5], None, document_eos=0) == [2, 5, 0]
+    assert stop_token_ids(None, None, document_eos=7) == [7]
+
+
+@pytest.fixture(scope="module")
+def hf_instruct(tmp_path_factory):
+    """config.json eos '<|im_end|>' (2), generation_config eos [2, 1], a chat template."""
+    hf = make_hf_model(tmp_path_factory.mktemp("hf") / "instruct", "llama", tied=True,
+                       special=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    (hf / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [2, 1], "temperature": 0.2, "do_sample": True}))
+    tok_cfg = json.loads((hf / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = TEMPLATE
+    (hf / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    return hf
+
+
+def test_instruct_checkpoint_converts_with_all_stop_tokens(hf_instruct, tmp_path):
+    convert_hf_to_mcore(hf_instruct, tmp_path / "mc", add_mask_token=True, progress=False)
+    ckpt = latest_checkpoint(tmp_path / "mc")
+    assert load_tokenizer(ckpt / "tokenizer.json").eos_id == 0  # documents end <|endoftext|>
+    generation = read_meta(ckpt)["generation"]
+    assert generation["stop_token_ids"] == [2, 1, 0]
+    assert generation["chat_template"] == TEMPLATE
+    assert generation["generation_config"]["temperature"] == 0.2
+
+
+def test_export_writes_stop_tokens_and_chat_template_back(hf_instruct, tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
+
+    convert_hf_to_mcore(hf_instruct, tmp_path / "mc", add_mask_token=True, progress=False)
+    out = convert_mcore_to_hf(tmp_path / "mc", tmp_path / "hf", progress=False)
+    gen = GenerationConfig.from_pretrained(out)
+    assert gen.eos_token_id == [2, 1, 0] and gen.temperature == 0.2
+    assert (out / "chat_template.jinja").read_text() == TEMPLATE
+    tok = AutoTokenizer.from_pretrained(out)
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<|im_start|>hi<|im_end|>"
+
+    back = tmp_path / "back"  # export -> import keeps the same generation entry
+    convert_hf_to_mcore(out, back, progress=False)
+    assert read_meta(latest_checkpoint(back))["generation"]["stop_token_ids"] == [2, 1, 0]
+
+
+def test_eos_token_flag_on_hf_to_mcore(hf_instruct, tmp_path, capsys):
+    args = ["convert", "hf-to-mcore", "--hf", str(hf_instruct), "--add-mask-token",
+            "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "ok"), "--eos-token", "<|endoftext|>"]) == 0
+    rc = cli.main(args + ["--out", str(tmp_path / "bad"), "--eos-token", "<|im_end|>"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "--eos-token: '<|im_end|>' (id 2) is not the token the data tools end documents " \
+           "with: '<|endoftext|>' (id 0" in err
+    assert not (tmp_path / "bad").exists()
