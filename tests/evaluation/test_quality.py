@@ -143,3 +143,37 @@ def test_a_file_too_short_for_a_window_is_refused(causal_ckpt, tmp_path, capsys)
     assert main(["eval", "quality", "--checkpoint", str(causal_ckpt), "--heldout", str(short),
                  "--out", str(out), *ARGS]) == 2
     assert "--heldout:" in capsys.readouterr().err and not out.exists()
+
+
+def test_block_shift_checkpoint_is_read_with_its_shift(tmp_path):
+    """Masked accuracy of a block-mode logit-shift checkpoint, by hand: target ``j`` is read from
+    the noisy output ``j - 1``, a block's first token from the clean output before the block."""
+    from megatron_diffusion.evaluation.infill import FixedRateMasking, masked_metrics
+    from megatron_diffusion.evaluation.quality import heldout_token_rows, load_for_quality, quality_report
+    from megatron_diffusion.evaluation.quality import QualityConfig
+    from megatron_diffusion.model.inputs import model_inputs
+
+    run = tmp_path / "run"
+    make_checkpoint(run, attention=AttentionConfig(mode="block", block_size=4), logit_shift=True)
+    qc = QualityConfig(prompt_len=16, continuation_len=8, seq_len=32, max_rows=4, thresholds=(0.5,),
+                       mask_rates=(0.5,))
+    loaded, sampler = load_for_quality(str(run), qc)
+    r = quality_report(loaded, sampler, HELDOUT, qc)
+    assert r["next_token"] is not None  # the shift gives it an AR readout
+    assert r["curve"] is not None or "sampler refused" in r["decoding_skipped"]
+
+    rows = heldout_token_rows(loaded, HELDOUT, 32, 4)
+    cfg = loaded.config
+    batch = FixedRateMasking(0.5, mask_token_id=cfg.model.mask_token_id, block_size=4).corrupt(
+        rows, torch.zeros_like(rows), generator=torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        logp = torch.log_softmax(loaded.model(*model_inputs(batch, cfg.attention)).float(), -1)  # [4, 64, V]
+    L = 32
+    src = torch.tensor([j - 1 + (L if j % 4 == 0 else 0) for j in range(1, L)])
+    targets, weights = rows[:, 1:], batch.loss_weights_BL[:, 1:] > 0
+    ce = -logp[:, src].gather(-1, targets[..., None])[..., 0]
+    hand_ce = ce[weights].mean().item()
+    hand_acc = ((logp[:, src].argmax(-1) == targets) & weights).sum().item() / weights.sum().item()
+    assert r["masked"][0]["ce_nats"] == pytest.approx(hand_ce, rel=1e-5)
+    assert r["masked"][0]["accuracy"] == pytest.approx(hand_acc)
+    assert masked_metrics(loaded.model, cfg, rows, [0.5])[0]["ce_nats"] == pytest.approx(hand_ce, rel=1e-5)
