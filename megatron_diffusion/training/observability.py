@@ -4,10 +4,14 @@
 grad_norm, tokens_per_s, mfu, stage, u_max, and val_loss when validation ran). On resume, lines
 past the checkpoint's step are dropped first, so the file always describes one consistent run.
 
-MFU uses the standard estimate of model FLOPs per token, ``6 N + 12 n_layers h S`` (parameters
-plus attention scores, forward + backward), counted over the tokens the model actually
-processes (``2L`` per row in block mode), divided by the device's peak dense BF16 FLOP/s (known
-for H100/H200/H20/A100; unknown on CPU, where MFU is not reported).
+MFU uses the standard estimate of model FLOPs per token, ``6 N + 12 n_layers h P / S``
+(parameters plus attention scores and values, forward + backward), counted over the tokens the
+model actually processes (``S = 2L`` per row in block mode), divided by the device's peak dense
+BF16 FLOP/s (known for H100/H200/H20/A100; unknown on CPU, where MFU is not reported). ``P`` is
+the number of (query, key) pairs a row attends: ``S * S`` when every pair is counted (the
+textbook ``12 n_layers h S``), or the pairs the mask really allows (``attended_pairs``: about
+``L * L + L * B`` of the ``4 L * L`` in block mode, ``S (S + 1) / 2`` causal), which is the
+honest count for a kernel that skips masked tiles (FlexAttention).
 """
 
 import json
@@ -32,8 +36,33 @@ def peak_flops() -> float | None:
     return None
 
 
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int) -> float:
-    return 6.0 * num_params + 12.0 * num_layers * hidden * seq
+def flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int,
+                    attended_pairs: float | None = None) -> float:
+    """Training FLOPs per model token; ``attended_pairs`` per row (None: all ``seq * seq``)."""
+    pairs = float(seq) * seq if attended_pairs is None else attended_pairs
+    return 6.0 * num_params + 12.0 * num_layers * hidden * pairs / seq
+
+
+def attended_pairs(cfg, document_ids_BL: torch.Tensor, query_chunk: int | None = None) -> float:
+    """Mean (query, key) pairs per row that the attention mask of ``cfg`` (an
+    ``AttentionConfig``) allows, counted from the mask predicate itself a chunk of query rows at a
+    time (memory ``chunk x S``, so 2 x 8192-token block rows are cheap)."""
+    from megatron_diffusion.masks.dense import make_mask_mod, mask_tokens
+
+    tokens = mask_tokens(cfg, document_ids_BL)
+    B, S = tokens.document_BS.shape
+    mask_mod = make_mask_mod(cfg, tokens)
+    device = document_ids_BL.device
+    chunk = query_chunk or max(1, (1 << 24) // S)
+    b_idx = torch.arange(B, device=device).view(B, 1, 1)
+    h_idx = torch.zeros((), dtype=torch.long, device=device)
+    kv_idx = torch.arange(S, device=device).view(1, 1, S)
+    total = 0
+    for start in range(0, S, chunk):
+        q_idx = torch.arange(start, min(start + chunk, S), device=device).view(1, -1, 1)
+        allowed = mask_mod(b_idx, h_idx, q_idx, kv_idx)
+        total += int(allowed.expand(B, q_idx.shape[1], S).sum())
+    return total / B
 
 
 class RunLogger:

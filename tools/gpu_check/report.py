@@ -1,0 +1,123 @@
+"""Stage runner: time budget, per-stage cap (SIGALRM), failures recorded, JSON after each stage.
+
+A stage is ``fn(ctx) -> dict``. Its result goes into ``results.json`` under the stage's name with
+``status`` (``ok``, ``failed``, ``skipped``), ``seconds`` and, unless ok, a one-line ``reason``.
+Inside a stage, ``ctx.guard(rows, name, fn)`` does the same per measurement, so one failing
+configuration costs only its own row.
+"""
+
+import json
+import signal
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_diffusion.fileio import write_text_atomic
+
+STAGES = ("env", "ceilings", "pytest_gpu", "train", "attention", "sampler", "cpt")
+
+
+class StageTimeout(Exception):
+    pass
+
+
+class Skip(Exception):
+    """Raised by a measurement that cannot run here (recorded as skipped with its reason)."""
+
+
+@contextmanager
+def alarm(seconds: float):
+    """Raise ``StageTimeout`` in the main thread after ``seconds`` (Python-level code only)."""
+    def _raise(signum, frame):
+        raise StageTimeout(f"stage cap of {seconds:.0f} s reached")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def reason_of(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+@dataclass
+class Context:
+    """What every stage sees: the mode, the results so far, the clock and a shared scratch dir."""
+
+    results_dir: Path
+    dry_run: bool
+    deadline: float
+    """``time.monotonic()`` by which the whole check must be done."""
+    work_dir: Path
+    checkpoint: str | None = None
+    """A megatron-diffusion checkpoint to use instead of converting the GGUF (tests, CPU)."""
+    results: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
+    """Objects stages hand on (the converted checkpoint, the measured bandwidth)."""
+    stage_deadline: float = 0.0
+    partial: dict = field(default_factory=dict)
+    """A stage's figures so far (kept when the stage fails or hits its cap half-way)."""
+
+    def left(self) -> float:
+        return min(self.deadline, self.stage_deadline or self.deadline) - time.monotonic()
+
+    def log(self, message: str) -> None:
+        print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def guard(self, rows: list, name: str, fn, *, need_s: float = 0.0) -> dict:
+        """Append ``{"name": name, **fn()}`` to ``rows``, or the reason it was not measured."""
+        start = time.monotonic()
+        if self.left() < need_s:
+            row = {"name": name, "status": "skipped",
+                   "reason": f"time budget: {self.left():.0f} s left, needs ~{need_s:.0f} s"}
+        else:
+            try:
+                row = {"name": name, "status": "ok", **fn()}
+            except StageTimeout:
+                raise
+            except Skip as e:
+                row = {"name": name, "status": "skipped", "reason": str(e)}
+            except Exception as e:  # recorded, the next configuration still runs
+                row = {"name": name, "status": "failed", "reason": reason_of(e)}
+                self.log(f"{name} failed:\n{traceback.format_exc()}")
+        row["seconds"] = round(time.monotonic() - start, 2)
+        rows.append(row)
+        self.log(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'name'})[:400]}")
+        return row
+
+    def write(self) -> Path:
+        path = self.results_dir / "results.json"
+        write_text_atomic(path, json.dumps(self.results, indent=1, default=str) + "\n")
+        return path
+
+
+def run_stage(ctx: Context, name: str, fn, cap_s: float, min_s: float = 5.0) -> dict:
+    """Run one stage under ``min(cap_s, time left)``; record its result whatever happens."""
+    start = time.monotonic()
+    left = ctx.deadline - start
+    if left < min_s:
+        result = {"status": "skipped", "reason": f"time budget: {left:.0f} s left of the run"}
+    else:
+        cap = min(cap_s, left)
+        ctx.stage_deadline = start + cap
+        ctx.partial = {}
+        ctx.log(f"stage {name} (cap {cap:.0f} s)")
+        try:
+            with alarm(cap + 5.0):  # the stage's own checks stop it first; this catches hangs
+                result = {"status": "ok", **fn(ctx)}
+        except Exception as e:
+            result = {**ctx.partial, "status": "failed", "reason": reason_of(e),
+                      "traceback": traceback.format_exc()[-3000:]}
+            ctx.log(f"stage {name} failed:\n{traceback.format_exc()}")
+        ctx.stage_deadline = 0.0
+    result["seconds"] = round(time.monotonic() - start, 2)
+    ctx.results[name] = result
+    ctx.write()
+    return result
