@@ -3,7 +3,8 @@
 A conversion writes into ``.NAME.tmp-XXXX`` next to ``--out`` and renames it to ``--out`` only
 when everything is written; on any error (or Ctrl-C) the temporary directory is removed. An
 existing non-empty ``--out`` is refused unless ``--force``, and then replaced only at the end,
-so a failed ``--force`` run leaves the old output in place.
+so a failed ``--force`` run leaves the old output in place. The directory gets the mode
+``mkdir`` would give it (0755 under the usual umask 022), not ``mkdtemp``'s private 0700.
 
 Under torchrun (``reshard``), rank 0 creates and commits the directory and the path is
 broadcast; the other ranks write their shards into it.
@@ -31,6 +32,13 @@ def check_output_dir(out, force: bool, option: str = "--out") -> Path:
     return out
 
 
+def mkdir_mode() -> int:
+    """The mode ``mkdir`` gives a new directory: 0777 less the process umask (0755 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -44,6 +52,7 @@ def atomic_output_dir(out, force: bool, option: str = "--out"):
     if _rank() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp.chmod(mkdir_mode())  # mkdtemp makes it 0700: colleagues could not read the output
     if distributed:
         box = [str(tmp) if tmp else None]
         dist.broadcast_object_list(box, src=0)

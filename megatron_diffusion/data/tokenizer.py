@@ -82,6 +82,13 @@ def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedToken
     ids = {}
     for name, token in (("eos", EOS_TOKEN), ("mask", MASK_TOKEN)):
         tid = find_eos_id(tok) if name == "eos" else tok.token_to_id(token)
+        if tid is None and name == "mask":  # an HF/GGUF model's own tokenizer: use the converted one
+            raise UsageError(
+                f"tokenizer {path}: lacks the mask token {token!r}; for a converted model use the "
+                "OUT/tokenizer.json written by `megatron-diffusion convert hf-to-mcore "
+                "--add-mask-token` (or gguf-to-mcore), else train one with "
+                "`megatron-diffusion train-tokenizer`"
+            )
         if tid is None:
             raise UsageError(
                 f"tokenizer {path}: lacks the {name} token {token!r}; "
