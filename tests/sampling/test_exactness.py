@@ -137,3 +137,19 @@ def test_ar_baseline_is_one_token_per_forward(block_model):
     assert (sampler.cfg.block_size, sampler.cfg.strategy, sampler.cfg.steps_per_block) == (1, "fixed", 1)
     out = sampler.generate(prompts([5], seed=5))[0]
     assert out.num_forwards == len(out.tokens)
+
+
+def test_lean_linears_are_bit_identical(block_model):
+    """The sampler's TP=1 linears (``single_rank_linear``) compute megatron's forward exactly,
+    and leave the model as it was."""
+    from megatron_diffusion.sampling.backend import lean_linears
+
+    tokens = torch.tensor(prompts([10], seed=7))
+    args = (tokens, torch.arange(10)[None], None)
+    with torch.no_grad():
+        plain = block_model(*args)
+        with lean_linears(block_model, tp_size=1):
+            assert any("forward" in vars(m) for m in block_model.modules())
+            lean = block_model(*args)
+    assert torch.equal(plain, lean)
+    assert not any("forward" in vars(m) for m in block_model.modules())
