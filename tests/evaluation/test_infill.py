@@ -43,3 +43,25 @@ def test_eval_infill_and_training_hook(tiny_store, tmp_path, capsys):
     code = main(["eval", "infill", "--checkpoint", str(tmp_path / "missing"), "--data",
                  str(tiny_store), "--out", str(out)])
     assert code == 2
+
+
+def test_eval_infill_on_a_converted_ar_layout(tmp_path, capsys):
+    """A causal logit-shift checkpoint (what convert writes for an AR model) gets the masked
+    metrics too, read shifted, and its next-token accuracy next to the AR NLL."""
+    import sysconfig
+    from pathlib import Path
+
+    from megatron_diffusion.cli import main
+    from megatron_diffusion.masks.config import AttentionConfig
+    from tests.helpers import make_checkpoint
+
+    run = tmp_path / "run"
+    make_checkpoint(run, attention=AttentionConfig(mode="causal"), logit_shift=True)
+    data = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
+    out = tmp_path / "infill"
+    assert main(["eval", "infill", "--checkpoint", str(run), "--data", str(data), "--mask-rates", "0.5",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    rep = json.loads((out / "infill.json").read_text())
+    assert [r["mask_rate"] for r in rep["infill"]] == [0.5] and rep["logit_shift"] is True
+    assert rep["ar_nll_bits_per_token"] > 0 and 0 <= rep["next_token_accuracy"] <= 1
+    assert "elbo_bits_per_token" not in rep  # a causal model has no diffusion ELBO
