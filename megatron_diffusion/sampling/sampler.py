@@ -21,11 +21,19 @@ cached; every step feeds the prompt and the *whole* generation (future blocks as
 blocks only restrict which positions may be committed (LLaDA's semi-autoregressive order; one
 block = the whole generation is plain full-sequence diffusion).
 
-**Logit shift** (converted AR checkpoints, causal/bidirectional only): output ``i - 1``
-predicts token ``i``. The last clean token is kept out of the cache ("pending") and fed with
-the block, so its output predicts the block's first token; outputs of block positions
-``0..B-2`` predict positions ``1..B-1``. For a causal model the block's last position is not
-fed at all (its output would predict the next block).
+**Logit shift** (converted AR checkpoints; any mode): output ``i - 1`` predicts token ``i``.
+The last clean column before the block (the prompt's last token, or the previous block's last
+token, fed in its commit pass) is "pending": kept out of the cached columns while its block is
+open and fed again with the block, so its output predicts the block's first token; outputs of
+block positions ``0..B-2`` predict positions ``1..B-1``. In block mode this is Fast-dLLM v2's
+token shift as block-mode training applies it (``model.logit_shift``): the block's first token
+is read from the last *clean* position of the previous block (in the ``x_t (+) x0`` layout the
+clean stream's position ``start_b - 1``), which a clean query computes exactly here (it sees
+only clean columns), so the cache stays exact; the whole block is fed (its last position is a
+key of the others). For a causal model the block's last position is not fed at all (nothing
+before it attends to it, and its output would predict the next block). Once a block is final
+the pending column is cached for good: the next block's first forward starts at the finished
+block.
 
 **Batches.** Prompts are left-padded; positions start at 0 at each prompt's first token; pad
 keys are masked. **Rows advance independently**: each row is at its own block, and a row whose
@@ -131,8 +139,6 @@ class BlockSampler:
         self.backend = as_backend(model)
         self.rules = rules
         self.cfg = cfg.resolve(rules.mode, rules.training_block_size)
-        if rules.logit_shift and rules.mode == "block":
-            raise UsageError("model.logit_shift: block-mode models are trained without a shift")
         self.mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
         self.use_cache = self.cfg.kv_cache and self.backend.supports_cache
         self.shift = int(rules.logit_shift)

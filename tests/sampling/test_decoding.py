@@ -134,7 +134,8 @@ class NextTokenStub:
 
 
 def test_logit_shift_reads_the_previous_output():
-    for mode, block_size in (("causal", 1), ("causal", 4), ("bidirectional", None)):
+    for mode, block_size in (("causal", 1), ("causal", 4), ("bidirectional", None),
+                             ("block", 4), ("block", 1)):
         cfg = SamplerConfig(max_new_tokens=6, block_size=block_size, strategy="fixed")
         out = BlockSampler(NextTokenStub(), rules(mode=mode, logit_shift=True), cfg).generate(
             [[3, 4, 5], [7]])

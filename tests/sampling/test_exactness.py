@@ -153,3 +153,67 @@ def test_lean_linears_are_bit_identical(block_model):
             lean = block_model(*args)
     assert torch.equal(plain, lean)
     assert not any("forward" in vars(m) for m in block_model.modules())
+
+
+class ChunkRecorder(Recorder):
+    """Also keeps every forward's whole chunk (tokens, positions) of row 0."""
+
+    def forward(self, tokens, positions, mask, *, write_start_B, logit_index_BN):
+        logits = self.inner.forward(tokens, positions, mask, write_start_B=write_start_B,
+                                    logit_index_BN=logit_index_BN)
+        self.records.append((tokens[0].clone(), positions[0].clone(), logits[0].clone()))
+        return logits
+
+
+@pytest.mark.parametrize("clean_stream", ["block_causal", "causal"])
+def test_block_logit_shift_equals_training_convention(block_model, clean_stream):
+    """Block mode with ``model.logit_shift`` (Fast-dLLM v2's token shift): the sampler's logits
+    for block position 0 are the training forward's clean-stream output at ``L + start - 1``,
+    for position j > 0 its noisy output at ``start + j - 1`` (built by hand from one full
+    ``x_t (+) x0`` forward per step), through a cached decode whose chunks are as short as the
+    pending column allows."""
+    from megatron_diffusion.loss import shift_sources
+
+    B, prompt_len, gen = 4, 8, 12
+    attn = AttentionConfig(mode="block", block_size=B, clean_stream=clean_stream)
+    prompt = prompts([prompt_len], seed=5)[0]
+    recorder = ChunkRecorder(ModelBackend(block_model))
+    sampler = BlockSampler(recorder, rules(clean_stream=clean_stream, logit_shift=True),
+                           SamplerConfig(max_new_tokens=gen, block_size=B, strategy="fixed",
+                                         steps_per_block=2))
+    completion = sampler.generate([prompt])[0]
+    assert len(completion.tokens) == gen
+    # prefill + block; pending column + block; finished block + next block; ...
+    assert [len(r[0]) for r in recorder.records] == [12, 5, 8, 5, 8, 5]
+    L = prompt_len + gen
+    x0 = torch.tensor(prompt + completion.tokens)
+    blocks = torch.arange(L) // B  # aligned: the prompt is two whole blocks
+    sources = shift_sources(1, L, blocks[None])[0]  # the trainer's definition
+    for tokens, positions, logits_NV in recorder.records:
+        start = int(positions[-B])  # the chunk ends with the block
+        xt = torch.full((L,), MASK_ID)
+        xt[start:start + B] = tokens[-B:]
+        batch = DiffusionBatch(
+            tokens_BS=torch.cat([xt, x0])[None], labels_BL=x0[None],
+            loss_weights_BL=torch.ones(1, L), document_ids_BL=torch.zeros(1, L, dtype=torch.long),
+            loss_mask_BL=torch.ones(1, L, dtype=torch.bool), t_BN=torch.ones(1, L // B),
+            num_edits_B=torch.zeros(1, dtype=torch.long))
+        with torch.no_grad():
+            out = block_model(*model_inputs(batch, attn))[0].float()
+        by_hand = [L + start - 1] + list(range(start, start + B - 1))
+        assert by_hand == sources[start - 1:start + B - 1].tolist()
+        expected = out[by_hand, :block_model.real_vocab_size]
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(logits_NV))
+        assert (expected[finite] - logits_NV[finite]).abs().max() <= 1e-5
+
+
+def test_block_logit_shift_cache_and_batch_consistent(block_model):
+    batch = prompts([7, 3, 12], seed=6)
+    outs = []
+    for kv_cache in (True, False):
+        cfg = SamplerConfig(max_new_tokens=11, block_size=4, threshold=0.05, kv_cache=kv_cache)
+        sampler = BlockSampler(ModelBackend(block_model), rules(logit_shift=True), cfg)
+        outs.append([c.tokens for c in sampler.generate(batch)])
+    assert outs[0] == outs[1]
+    assert outs[0] == [sampler.generate([p])[0].tokens for p in batch]
