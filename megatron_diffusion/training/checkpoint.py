@@ -103,16 +103,89 @@ def has_checkpoints(run_dir) -> bool:
     return bool(list_checkpoints(run_dir)) or (root / "latest").exists()
 
 
-def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint named by ``latest`` (falling back to the newest complete one)."""
+def _pointer_target(run_dir, say=None) -> Path | None:
+    """The checkpoint ``latest`` names, if it names one; ``say`` hears about a bad pointer."""
     root = checkpoint_root(run_dir)
     pointer = root / "latest"
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if (path / "meta.json").is_file():
-            return path
+    if not pointer.is_file():
+        return None
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if _ITER.match(name) and (root / name / "meta.json").is_file():
+        return root / name
+    if say is not None:
+        say(f"{pointer} names {name[:40]!r}, not a complete checkpoint; using the newest "
+            "complete one")
+    return None
+
+
+def latest_checkpoint(run_dir, say=None) -> Path | None:
+    """The checkpoint named by ``latest`` (falling back to the newest complete one)."""
+    target = _pointer_target(run_dir, say)
+    if target is not None:
+        return target
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_loadable_checkpoint(run_dir, say) -> Path | None:
+    """``--resume auto``: ``latest``'s target, else the newest checkpoint whose files are all
+    there whole (``checkpoint_problem``); ``say`` is told about every one skipped. None when
+    the run has no checkpoint; UsageError when it has some and none loads."""
+    told = []
+
+    def tell(message):
+        told.append(message)
+        say(message)
+
+    candidates = [p for p in [_pointer_target(run_dir, tell)] if p is not None]
+    candidates += [p for p in reversed(list_checkpoints(run_dir)) if p not in candidates]
+    problems = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if told:
+                say(f"resuming from {path.name}")
+            return path
+        problems.append(problem)
+        tell(f"{problem}; falling back to an older checkpoint")
+    if problems:
+        raise UsageError(f"--resume auto: no checkpoint in {checkpoint_root(run_dir)} loads "
+                         f"(newest: {problems[0]}); pass --overwrite to start again")
+    return None
+
+
+def checkpoint_problem(path) -> str | None:
+    """What makes checkpoint ``path`` unloadable, naming the file, or None. Reads only
+    ``meta.json``, the loader states and the shard index (``.metadata``); every shard file it
+    lists must exist and hold its last byte."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    try:
+        read_meta(path)
+        for f in sorted((path / "loader").glob("*.json")):
+            _read_json(f, path)
+    except UsageError as e:
+        return str(e)
+    shards = path / "model_optim"
+    for name in (".metadata", "common.pt", "metadata.json"):
+        if not (shards / name).is_file():
+            return f"checkpoint {path}: model_optim/{name} is missing"
+    try:
+        storage = FileSystemReader(str(shards)).read_metadata().storage_data
+    except Exception as e:  # a truncated pickle: EOFError, UnpicklingError, ...
+        return f"checkpoint {path}: model_optim/.metadata is unreadable ({type(e).__name__})"
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for rel, size in sorted(needed.items()):
+        f = shards / rel
+        if not f.is_file():
+            return f"checkpoint {path}: model_optim/{rel} is missing"
+        if f.stat().st_size < size:
+            return (f"checkpoint {path}: model_optim/{rel} is truncated ({f.stat().st_size} "
+                    f"bytes, the index needs {size})")
+    return None
 
 
 def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader_state: dict,
@@ -167,21 +240,39 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
     return final
 
 
+def _read_json(f: Path, checkpoint: Path):
+    try:
+        return json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"checkpoint {checkpoint}: {f.relative_to(checkpoint)} is unreadable "
+                         f"(truncated? {type(e).__name__})") from None
+
+
 def read_meta(path) -> dict:
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise UsageError(f"checkpoint {path}: no meta.json (not a megatron-diffusion checkpoint, "
                          "or an incomplete one)")
-    return json.loads(meta_file.read_text())
+    meta = _read_json(meta_file, path)
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise UsageError(f"checkpoint {path}: meta.json has no run config (truncated?)")
+    return meta
 
 
 def load_checkpoint(path, chunks, optimizer=None) -> dict:
     """Load model (and optimizer) shards for this rank's layout; returns ``meta``."""
     path = Path(path)
     meta = read_meta(path)
-    state = dist_checkpointing.load(sharded_state_dict(chunks, optimizer, is_loading=True),
-                                    str(path / "model_optim"))
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UsageError(problem)
+    try:
+        state = dist_checkpointing.load(sharded_state_dict(chunks, optimizer, is_loading=True),
+                                        str(path / "model_optim"))
+    except Exception as e:  # corrupted bytes the size check cannot see
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"checkpoint {path}: model_optim cannot be loaded ({first})") from None
     for i, chunk in enumerate(chunks):
         module = getattr(chunk, "module", chunk)
         module.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"])
@@ -193,7 +284,7 @@ def load_checkpoint(path, chunks, optimizer=None) -> dict:
 def load_loader_state(path) -> dict | None:
     dp = parallel_state.get_data_parallel_rank()
     f = Path(path) / "loader" / f"dp_{dp:03d}.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    return _read_json(f, Path(path)) if f.is_file() else None
 
 
 def rng_state() -> dict:
@@ -210,7 +301,11 @@ def restore_rng(path) -> None:
     f = Path(path) / "rng" / f"rank_{_rank():05d}.pt"
     if not f.is_file():  # a different world size: keep the freshly seeded states
         return
-    st = torch.load(f, weights_only=False)
+    try:
+        st = torch.load(f, weights_only=False)
+    except Exception as e:
+        raise UsageError(f"checkpoint {path}: {f.relative_to(path)} is unreadable "
+                         f"(truncated? {type(e).__name__})") from None
     torch.set_rng_state(st["torch"])
     if st["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])

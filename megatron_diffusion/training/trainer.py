@@ -108,6 +108,15 @@ def store_vocabulary(store) -> dict:
     return {"vocab_size": store.vocab_size, "special_ids": {store.eos_id, store.mask_id, store.pad_id}}
 
 
+def _say_on_rank0(message: str) -> None:
+    """A warning before torch.distributed is up (rank from the launcher's environment)."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"--resume auto: {message}", file=sys.stderr, flush=True)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir, *, resume: str = "none", init_from=None,
                  argv=None, overwrite: bool = False):
@@ -262,7 +271,8 @@ class Trainer:
         return str(p) if p.is_file() else None
 
     def _resume_path(self):
-        from megatron_diffusion.training.checkpoint import has_checkpoints, latest_checkpoint
+        from megatron_diffusion.training.checkpoint import (has_checkpoints,
+                                                            newest_loadable_checkpoint)
 
         if self.overwrite and self.resume != "none":
             raise UsageError(f"--overwrite: replaces the run in {self.run_dir}, it cannot be "
@@ -272,11 +282,16 @@ class Trainer:
                              "pass --resume auto to continue it or --overwrite to replace it")
         if self.resume == "none":
             return None
-        if self.resume == "auto":
-            return latest_checkpoint(self.run_dir)
+        if self.resume == "auto":  # a damaged newest checkpoint: the newest that loads
+            return newest_loadable_checkpoint(self.run_dir, say=_say_on_rank0)
         path = Path(self.resume)
         if not (path / "meta.json").is_file():
             raise UsageError(f"--resume: {path} is not a complete checkpoint (no meta.json)")
+        from megatron_diffusion.training.checkpoint import checkpoint_problem
+
+        problem = checkpoint_problem(path)  # before anything is written
+        if problem is not None:
+            raise UsageError(f"--resume: {problem}")
         return path
 
     SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
