@@ -18,10 +18,13 @@ Written next to the weights:
   when the source model had one; see ``convert.generation``);
 * ``megatron_diffusion.json``: the checkpoint's ``meta.json`` (full run config), which
   ``hf_export.load_hf_export`` and ``hf-to-mcore`` use to rebuild the exact model;
-* ``README.md``: a model card saying how (not) to sample from it.
+* ``README.md``: a model card saying how (not) to sample from it;
+* ``block_diffusion.py`` (block-mode models): ``hf_block_diffusion``, which runs the export with
+  ``transformers`` alone (masks, readout, commit rule of our sampler, without the KV cache).
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,6 +42,8 @@ from megatron_diffusion.convert.safetensors_io import write_shards
 from megatron_diffusion.convert.tensor_map import TensorLayout, hf_producers
 from megatron_diffusion.errors import UsageError, check_choice
 
+BLOCK_HELPER = "block_diffusion.py"
+"""Copied into block-mode exports: ``hf_block_diffusion`` (sampling with transformers alone)."""
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -150,4 +155,7 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
             {"format": "megatron-diffusion-hf-export", "format_version": 1,
              "source_checkpoint": str(ckpt.absolute()), "dtype": dtype, "meta": meta}, indent=2))
         (tmp / "README.md").write_text(model_card(cfg, block, architecture))
+        if cfg.attention.mode == "block":  # how to run it with transformers alone
+            shutil.copyfile(Path(__file__).with_name("hf_block_diffusion.py"),
+                            tmp / BLOCK_HELPER)
     return out
