@@ -21,14 +21,34 @@ from megatron_diffusion.sampling.sampler import BlockSampler, Completion, ModelR
 KNOBS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
 
 
+def stop_token_ids(tokenizer, stop_tokens, meta: dict) -> tuple[int, ...]:
+    """Ids that end a row: ``stop_tokens`` (texts or ids; ``--stop-token``) if given, else the
+    checkpoint's meta.json ``generation.stop_token_ids``, else the tokenizer's EOS."""
+    if not stop_tokens:
+        stored = (meta.get("generation") or {}).get("stop_token_ids")
+        return tuple(int(i) for i in stored) if stored else (tokenizer.eos_id,)
+    vocab = tokenizer.vocab_size
+    out = []
+    for token in stop_tokens:
+        text = str(token)
+        tid = int(text) if text.isdigit() else tokenizer.tokenizer.token_to_id(text)
+        if tid is None or not 0 <= tid < vocab:
+            raise UsageError(f"--stop-token: {text!r} is not a token of the checkpoint's "
+                             f"tokenizer (expected a token text such as '<|im_end|>' or an id "
+                             f"below {vocab})")
+        out.append(tid)
+    return tuple(dict.fromkeys(out))
+
+
 class DiffusionSampler:
     """A loaded checkpoint + tokenizer + decoding settings."""
 
     def __init__(self, loaded, tokenizer, cfg: SamplerConfig):
         self.loaded = loaded
         self.tokenizer = tokenizer
-        rules = ModelRules.from_run_config(loaded.config, eos_id=tokenizer.eos_id,
-                                           pad_id=tokenizer.pad_id)
+        rules = ModelRules.from_run_config(
+            loaded.config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+            stop_ids=stop_token_ids(tokenizer, cfg.stop_tokens, loaded.meta))
         self.core = BlockSampler(ModelBackend(loaded.model), rules, cfg)
         self.cfg = self.core.cfg
         self.settings = {
@@ -38,6 +58,7 @@ class DiffusionSampler:
             "model_clean_stream": rules.clean_stream,
             "model_training_block_size": rules.training_block_size,
             "model_logit_shift": rules.logit_shift,
+            "stop_token_ids": list(rules.stops),
             "params_dtype": loaded.config.model.params_dtype,
             "tensor_model_parallel_size": self.core.backend.tp_size,
             "device": str(self.core.backend.device),
@@ -76,6 +97,7 @@ class DiffusionSampler:
         return out, shares
 
     def decode(self, completion: Completion) -> str:
+        """The completion's text without its stop token."""
         ids = completion.tokens[:-1] if completion.stopped_at_eos else completion.tokens
         return self.tokenizer.decode(ids)
 

@@ -5,6 +5,7 @@ model's training ``AttentionConfig``, so ``settings`` always records what was in
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from megatron_diffusion.errors import UsageError, check_choice
@@ -15,7 +16,7 @@ STRATEGIES = ("fixed", "threshold")
 @dataclass
 class SamplerConfig:
     max_new_tokens: int = 256
-    """Most tokens generated after the prompt (decoding stops earlier at EOS)."""
+    """Most tokens generated after the prompt (decoding stops earlier at a stop token)."""
     block_size: int | None = None
     """Inference block size ``B`` (any value, independent of training). None: the training block
     size for a block-mode model, 1 for a causal one, ``max_new_tokens`` (one block, full-sequence
@@ -45,6 +46,9 @@ class SamplerConfig:
     ar_baseline: bool = False
     """Decode one token per forward (block size 1, fixed, one step) with the KV cache: the AR
     baseline of the same model."""
+    stop_tokens: tuple = ()
+    """Tokens that end a row (``--stop-token``, repeatable): token texts (``<|im_end|>``) or ids.
+    Empty: the checkpoint's meta.json ``generation.stop_token_ids``, else the tokenizer's EOS."""
     batch_size: int | None = None
     """Prompts decoded together (sorted by length first, to reduce padding); None = all the
     prompts of one ``complete`` call (the evaluation harness sets its own batch size)."""
@@ -73,8 +77,14 @@ class SamplerConfig:
                 raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "
                                  "probability in (0, 1]")
         if (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
-                or self.temperature < 0):
-            raise UsageError(f"--temperature: got {self.temperature!r}, expected a number >= 0")
+                or not math.isfinite(self.temperature) or self.temperature < 0):
+            raise UsageError(f"--temperature: got {self.temperature!r}, expected a finite "
+                             "number >= 0")
+        if not isinstance(self.stop_tokens, (tuple, list)) or not all(
+                isinstance(t, (str, int)) and not isinstance(t, bool) and str(t) != ""
+                for t in self.stop_tokens):
+            raise UsageError(f"--stop-token: got {self.stop_tokens!r}, expected token texts "
+                             "or ids")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UsageError(f"--seed: got {self.seed!r}, expected an integer")
         return self

@@ -40,6 +40,10 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute the whole sequence every step (reference path)")
     parser.add_argument("--ar-baseline", action="store_true",
                         help="one token per forward with the KV cache (block size 1)")
+    parser.add_argument("--stop-token", action="append", default=None, metavar="TOKEN",
+                        help="a token text (e.g. '<|im_end|>') or id that ends a row; "
+                             "repeatable (default: the checkpoint's generation.stop_token_ids, "
+                             "else EOS)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1,
                         help="TP size (run under torchrun with this many processes)")
@@ -53,7 +57,8 @@ def sampler_config(args) -> SamplerConfig:
         temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
         correction_threshold=args.correction_threshold,
         max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
-        ar_baseline=args.ar_baseline, batch_size=args.batch_size).validate()
+        ar_baseline=args.ar_baseline, batch_size=args.batch_size,
+        stop_tokens=tuple(args.stop_token or ())).validate()
 
 
 def load_from_args(args):
@@ -82,6 +87,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write JSON lines here (default: stdout)")
 
 
+def check_out_file(path: str) -> None:
+    """UsageError unless ``path`` can be written as a file: its directory exists and is
+    writable, and ``path`` is not a directory."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out: {out} is a directory, expected a file path")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists()
+                                                        and not os.access(out, os.W_OK)):
+        raise UsageError(f"--out: {out} is not writable")
+
+
 def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -105,8 +123,8 @@ def read_prompts(path: str) -> list[str]:
 
 def run(args) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
-    if args.out is not None and not Path(args.out).parent.is_dir():
-        raise UsageError(f"--out: directory {Path(args.out).parent} does not exist")
+    if args.out is not None:
+        check_out_file(args.out)  # before the model loads and decodes, not after
     sampler = load_from_args(args)
     sampler.encode(prompts)  # empty / too long prompts fail before any decoding
     results = sampler.complete(prompts, progress=is_rank_zero())

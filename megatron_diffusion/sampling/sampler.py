@@ -41,8 +41,10 @@ block is final moves on at its next forward instead of waiting for the slowest r
 threshold rule rows need different numbers of steps per block; synchronous blocks would make
 every row pay the slowest row's steps). Each forward feeds every row's own chunk, left-aligned
 and written to the cache at the row's own offset (``backend.RaggedKVCache``). A row leaves the
-batch (and the cache) once it has committed an EOS with every earlier position final, and its
-output is cut after the EOS; or when its blocks reach ``max_new_tokens``.
+batch (and the cache) once it has committed a stop token (any of ``ModelRules.stops``: the
+checkpoint's ``generation.stop_token_ids``, e.g. both ``<|im_end|>`` and ``<|endoftext|>`` of
+an Instruct model) with every earlier position final, and its output is cut after it; or when
+its blocks reach ``max_new_tokens``.
 """
 
 import time
@@ -70,17 +72,28 @@ class ModelRules:
     """Output ``i - 1`` predicts token ``i`` (model.logit_shift, or an AR-objective model)."""
     mask_id: int
     eos_id: int
+    """The tokenizer's EOS; ``< 0`` turns stopping off (``--ignore-eos``: fixed-length rows)."""
     pad_id: int
     max_positions: int
     """model.max_position_embeddings: prompt + generation must fit."""
+    stop_ids: tuple[int, ...] | None = None
+    """Ids any of which ends a row (meta.json ``generation.stop_token_ids``, ``--stop-token``);
+    None = ``(eos_id,)``."""
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        if self.eos_id < 0:
+            return ()
+        return (self.eos_id,) if self.stop_ids is None else tuple(self.stop_ids)
 
     @staticmethod
-    def from_run_config(cfg, eos_id: int, pad_id: int) -> "ModelRules":
+    def from_run_config(cfg, eos_id: int, pad_id: int,
+                        stop_ids: tuple[int, ...] | None = None) -> "ModelRules":
         return ModelRules(mode=cfg.attention.mode, clean_stream=cfg.attention.clean_stream,
                           training_block_size=cfg.attention.block_size,
                           logit_shift=cfg.model.logit_shift or cfg.loss.objective == "ar",
                           mask_id=cfg.model.mask_token_id, eos_id=eos_id, pad_id=pad_id,
-                          max_positions=cfg.model.max_position_embeddings)
+                          max_positions=cfg.model.max_position_embeddings, stop_ids=stop_ids)
 
 
 @dataclass
@@ -88,12 +101,13 @@ class Completion:
     """One decoded row."""
 
     tokens: list[int]
-    """Generated ids after the prompt, up to and including the first EOS (if any)."""
+    """Generated ids after the prompt, up to and including the first stop token (if any)."""
     num_forwards: int
     """Forwards in which this row had positions to decide."""
     seconds: float
     """Time from the start of its batch until this row was done (its latency)."""
     stopped_at_eos: bool
+    """The row ended at a stop token (``ModelRules.stops``), its last id."""
 
 
 @dataclass
@@ -205,9 +219,9 @@ class BlockSampler:
         return new_BN
 
     def _done_at_eos(self, rows: _Rows, block_BN, in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows with an EOS in the block and every position before it final; the EOS offset."""
+        """Rows with a stop token in the block and every position before it final; its offset."""
         n = block_BN.shape[1]
-        is_eos_BN = (block_BN == self.rules.eos_id) & in_sequence_BN  # pad may equal EOS
+        is_eos_BN = torch.isin(block_BN, self._stops_S) & in_sequence_BN  # pad may equal EOS
         first_eos_B = torch.argmax(is_eos_BN.int(), dim=1)
         before_BN = torch.arange(n, device=block_BN.device) < first_eos_B[:, None]
         open_before_B = ((block_BN == self.rules.mask_id) & before_BN).any(dim=1)
@@ -227,6 +241,8 @@ class BlockSampler:
         gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
         C = gen_end + 2 * B + 2  # + scratch where short chunks' filler is written
         rows = self._rows(prompts, P, seq_end, C)
+        # read per call: callers swap ``rules`` (``--ignore-eos``)
+        self._stops_S = torch.tensor(self.rules.stops, dtype=torch.long, device=device)
         offsets_N = torch.arange(B, device=device)
         forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None

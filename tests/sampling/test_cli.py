@@ -86,6 +86,9 @@ def test_bench_sweep_writes_table_and_plot(checkpoint, tmp_path, capsys):
     (["--strategy", "greedy"], "--strategy"),
     (["--prompt", "x = 1 " * 400], "longer than the context"),
     (["--prompt", ""], "empty"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"),
+    (["--stop-token", "<|not a token|>"], "--stop-token"),
 ])
 def test_bad_input_is_one_line(checkpoint, capsys, extra, message):
     argv = ["sample", "--checkpoint", str(checkpoint), "--max-new-tokens", "4", *extra]
@@ -101,7 +104,7 @@ def test_bad_checkpoint_and_prompt_files(tmp_path, capsys):
     not_ckpt.mkdir()
     other = tmp_path / "other"
     other.mkdir()
-    (other / "meta.json").write_text('{"format": "hf-llama"}')
+    (other / "meta.json").write_text('{"format": "hf-llama", "config": {}}')
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     for argv, message in (
@@ -112,3 +115,37 @@ def test_bad_checkpoint_and_prompt_files(tmp_path, capsys):
         assert main(["sample", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_out_is_checked_before_decoding(checkpoint, tmp_path, capsys, monkeypatch):
+    """A bad ``--out`` fails in one line before the model loads (it used to fail after the
+    whole decode: a directory passed the parent-exists check)."""
+    from megatron_diffusion.sampling import sample_cli
+
+    def must_not_load(args):
+        raise AssertionError("the model loaded before --out was checked")
+
+    monkeypatch.setattr(sample_cli, "load_from_args", must_not_load)
+    (tmp_path / "a_dir").mkdir()
+    for out, message in ((tmp_path / "a_dir", "is a directory"),
+                         (tmp_path / "missing" / "out.jsonl", "does not exist")):
+        argv = ["sample", "--checkpoint", str(checkpoint), "--prompt", "a", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_stop_tokens_from_meta_and_flags(checkpoint):
+    """Stop ids: the checkpoint's generation.stop_token_ids, else EOS; --stop-token (texts or
+    ids) overrides; the sampler's settings record them."""
+    from megatron_diffusion.sampling.api import load_sampler, stop_token_ids
+
+    sampler = load_sampler(checkpoint, max_new_tokens=4)
+    tok = sampler.tokenizer
+    assert sampler.settings["stop_token_ids"] == [tok.eos_id]  # no generation entry: EOS
+    assert stop_token_ids(tok, (), {"generation": {"stop_token_ids": [7, 3]}}) == (7, 3)
+    assert stop_token_ids(tok, ("[MASK]", "5", "5"), {"generation": {"stop_token_ids": [7]}}) \
+        == (tok.mask_id, 5)
+    flagged = load_sampler(checkpoint, max_new_tokens=4, stop_tokens=("11", "12"))
+    assert flagged.settings["stop_token_ids"] == [11, 12]
+    assert flagged.core.rules.stops == (11, 12)

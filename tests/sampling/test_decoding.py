@@ -53,6 +53,23 @@ def test_eos_stops_rows_at_variable_lengths_and_trims():
     assert solo == [c.tokens for c in out]
 
 
+def test_any_stop_token_ends_the_row():
+    """Several stop ids (an Instruct model's <|im_end|> and <|endoftext|>): the first one
+    committed ends the row and the output is cut after it."""
+    import dataclasses
+
+    cfg = SamplerConfig(max_new_tokens=12, block_size=4, strategy="threshold", threshold=0.9)
+    second = 10 + 5  # EosAt predicts 10 + position % 40: id 15 comes at position 5
+    stops = dataclasses.replace(rules(), stop_ids=(EOS_ID, second))
+    out = BlockSampler(EosAt(), stops, cfg).generate([[9, 1, 2], [30, 1]])
+    assert out[0].tokens == [13, 14, second] and out[0].stopped_at_eos
+    assert out[1].tokens == [12, 13, 14, second] and out[1].stopped_at_eos
+    assert BlockSampler(EosAt(), rules(), cfg).generate([[30, 1]])[0].tokens == [
+        10 + p for p in range(2, 14)]  # EOS alone does not stop it
+    ignore = dataclasses.replace(stops, eos_id=-1)  # --ignore-eos: no stop token at all
+    assert len(BlockSampler(EosAt(), ignore, cfg).generate([[9, 1, 2]])[0].tokens) == 12
+
+
 def test_eos_waits_for_every_earlier_position():
     # EOS at position 7 is committed first; positions 5, 6 are unsure and come one per step
     cfg = SamplerConfig(max_new_tokens=8, block_size=8, strategy="threshold", threshold=0.9)
