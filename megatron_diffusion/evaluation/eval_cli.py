@@ -97,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--threshold", type=float)
     knobs.add_argument("--temperature", type=float)
     knobs.add_argument("--seed", type=int)
+    knobs.add_argument("--stop-token", action="append", dest="stop_tokens", metavar="TOKEN",
+                       help="token text or id ending a completion; repeatable (default: the "
+                            "checkpoint's generation.stop_token_ids, else EOS)")
     knobs.add_argument("--ar-baseline", action="store_true", default=None,
                        help="decode one token per forward with the KV cache (the model's AR baseline, "
                             "as bench-sampler measures it) instead of the block sampler")
@@ -187,7 +190,8 @@ def _sample(problems: list[dict], args: argparse.Namespace):
     from megatron_diffusion.sampling.api import load_sampler
 
     knobs = {name: getattr(args, name) for name in ("max_new_tokens", "block_size", "strategy",
-                                                    "steps_per_block", "threshold", "temperature", "seed", "ar_baseline")}
+                                                    "steps_per_block", "threshold", "temperature", "seed", "ar_baseline",
+                                                    "stop_tokens")}
     sampler = load_sampler(args.checkpoint, **{k: v for k, v in knobs.items() if v is not None})
     prompts = [p["prompt"] for p in problems for _ in range(args.num_samples)]
     generated, seconds = generate(prompts, sampler.complete, args.batch_size)
