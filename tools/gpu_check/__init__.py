@@ -6,10 +6,10 @@ overall budget (6 minutes on an H200 by default), each wrapped so that a failure
 written into the results and the next stage still runs. ``results.json`` is rewritten after
 every stage, so a run killed from outside keeps what it measured so far.
 
-Stages (``report.STAGES``): ``env`` (versions, GPU), ``ceilings`` (bf16 matmul TFLOP/s and copy
-bandwidth, measured), ``pytest_gpu`` (``pytest -m gpu``), ``train`` (training throughput and MFU,
-``train_bench``), ``attention`` (kernel times, ``attention_bench``), ``sampler`` (forwards/s and
-tokens/s vs the HBM bound, ``sampler_bench``), ``cpt`` (a short block-diffusion CPT of SmolLM2,
-``cpt``). ``--dry-run`` runs the same stages on the CPU with tiny shapes (CI,
+Stages (``report.STAGES``, in run order): ``env`` (versions, GPU), ``ceilings`` (bf16 matmul
+TFLOP/s and copy bandwidth, measured), ``train`` (training throughput and MFU, ``train_bench``),
+``attention`` (kernel times, ``attention_bench``), ``sampler`` (forwards/s and tokens/s vs the
+HBM bound, ``sampler_bench``; where the model comes from: ``models``), ``pytest_gpu`` (``pytest -m
+gpu``), ``cpt`` (a short block-diffusion CPT of SmolLM2, ``cpt``). ``--dry-run`` runs the same stages on the CPU with tiny shapes (CI,
 tests/tools/test_gpu_check.py); ``shapes`` holds both sets of shapes.
 """

