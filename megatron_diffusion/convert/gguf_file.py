@@ -38,6 +38,8 @@ PERMUTED_ARCHITECTURES = ("llama",)
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 """Tensor types dequantised on import (``gguf.quants.dequantize``); others are refused."""
 
+ROWS_PER_READ = 4096
+"""Rows dequantised at once (the embedding: 4096 of its 49152 rows)."""
 _LAYER_TENSORS = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
@@ -62,8 +64,9 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
-def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of llama.cpp's ``LlamaModel.permute`` on a q/k weight ``[n_head*d, h]``."""
+def unpermute_rope_rows(w, n_head: int):
+    """Inverse of llama.cpp's ``LlamaModel.permute`` on a q/k weight ``[n_head*d, h]`` (a numpy
+    array or a torch tensor; a new one is returned)."""
     d_half = w.shape[0] // n_head // 2
     return w.reshape(n_head, d_half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -205,19 +208,25 @@ class GGUFTensors:
         return self.entries.keys()
 
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        from gguf.quants import dequantize
-
+        """The tensor (into ``out`` if given), dequantised ``ROWS_PER_READ`` rows at a time so
+        the dequantisation temporaries stay small next to a large embedding."""
         entry = self.entries[name]
-        t = entry.tensor
-        values = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if not values.flags.writeable:  # F32 data is a view of the read-only memory map
-            values = values.copy()
-        values = values.reshape(entry.shape)
+        result = torch.empty(entry.shape, dtype=entry.dtype) if out is None else out
+        rows = entry.shape[0] if len(entry.shape) > 1 else 1
+        for first in range(0, rows, ROWS_PER_READ):
+            last = min(first + ROWS_PER_READ, rows)
+            part = _dequantize(entry.tensor, first, last)
+            target = result[first:last] if len(entry.shape) > 1 else result
+            target.copy_(torch.from_numpy(part.reshape(target.shape)))
         leaf = name.rsplit(".", 2)[-2]
         if self.arch in PERMUTED_ARCHITECTURES and leaf in self.heads and name.endswith("weight"):
-            values = unpermute_rope_rows(values, self.heads[leaf])
-        tensor = torch.from_numpy(np.ascontiguousarray(values)).to(entry.dtype)
-        if out is None:
-            return tensor
-        out.copy_(tensor)
-        return out
+            result.copy_(unpermute_rope_rows(result, self.heads[leaf]))
+        return result
+
+
+def _dequantize(t, first: int, last: int) -> np.ndarray:
+    """float32 values of rows ``first:last`` of a 2-D tensor (all of a 1-D one)."""
+    from gguf.quants import dequantize
+
+    raw = t.data[first:last] if t.data.ndim > 1 else t.data
+    return np.asarray(dequantize(raw, t.tensor_type), dtype=np.float32)

@@ -61,6 +61,9 @@ def diffusion_block(cfg, meta: dict) -> dict:
 
 def model_card(cfg, block: dict, architecture: str) -> str:
     mode = block["attention_mode"]
+    helper = ("; or with transformers alone: `block_diffusion.generate(model, prompt_ids)` from "
+              f"`{BLOCK_HELPER}` in this directory (its docstring gives the mask and readout)"
+              if mode == "block" else "")
     how = ("block diffusion: blocks of {} tokens are denoised in parallel, left to right"
            .format(block["block_size"]) if mode == "block" else
            f"{mode} attention")
@@ -78,7 +81,7 @@ Logit shift: {block['logit_shift']} (false: output `i` predicts token `i`).
 `AutoModelForCausalLM.generate()` runs these weights as a left-to-right AR model, which is
 {'what they are' if block['objective'] == 'ar' and mode == 'causal' else 'NOT how they were trained'}.
 Sample with megatron-diffusion instead: `megatron-diffusion sample --checkpoint THIS_DIR ...`
-(the sampler reads `megatron_diffusion.json` for the full run configuration).
+(the sampler reads `megatron_diffusion.json` for the full run configuration){helper}.
 
 Architecture: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_size}, {cfg.model.num_attention_heads}
 query heads / {cfg.model.num_query_groups} key-value heads, vocabulary {cfg.model.vocab_size}.
