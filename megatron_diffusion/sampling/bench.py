@@ -58,32 +58,61 @@ def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int,
     raise RuntimeError(f"the standard library gave only {len(out)} prompts of {prompt_len} tokens")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _run(decoder, prompts) -> tuple[float, list, int]:
+    """One timed decode: ``(wall seconds, completions, batched model calls)``."""
+    core = getattr(decoder, "core", None)
+    calls_before = core.num_model_calls if core is not None else 0
+    _sync()
+    start = time.perf_counter()
+    if core is not None:
+        completions, _ = decoder.generate_ids(prompts)
+    else:  # hf_baseline.HFGenerate
+        completions = decoder.generate(prompts)
+    _sync()
+    wall = time.perf_counter() - start
+    calls = (core.num_model_calls - calls_before if core is not None
+             else max(len(c.tokens) for c in completions))
+    return wall, completions, calls
+
+
+def measure_interleaved(decoders: dict, prompts: list[list[int]], warmup: bool = True,
+                        repeats: int = 1) -> dict:
+    """Time several decoders on ``prompts`` interleaved (A, B, A, B, ...: on a shared machine
+    load changes affect all alike); each one's figures from its fastest of ``repeats`` runs,
+    with every run's wall time in ``wall_seconds_each``. ``decoders``: name -> a
+    ``DiffusionSampler`` or an ``hf_baseline.HFGenerate``."""
+    if warmup:
+        for d in decoders.values():
+            size = getattr(getattr(d, "cfg", None), "batch_size", None) or len(prompts)
+            _run(d, prompts[:size])
+    best, walls = {}, {name: [] for name in decoders}
+    for _ in range(repeats):
+        for name, d in decoders.items():
+            run = _run(d, prompts)
+            walls[name].append(run[0])
+            if name not in best or run[0] < best[name][0]:
+                best[name] = run
+    return {name: {**_summary(decoders[name], *best[name], prompts),
+                   "wall_seconds_each": walls[name]} for name in decoders}
+
+
 def measure(sampler, prompts: list[list[int]], warmup: bool = True, repeats: int = 1) -> dict:
     """Run ``sampler`` (a ``DiffusionSampler``) over ``prompts``; throughput and latency of the
     fastest of ``repeats`` runs (decoding is deterministic, only the timing varies)."""
-    if warmup:
-        sampler.generate_ids(prompts[:sampler.cfg.batch_size or len(prompts)])
-    wall = float("inf")
-    for _ in range(repeats):
-        calls_before = sampler.core.num_model_calls
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run, _ = sampler.generate_ids(prompts)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if time.perf_counter() - start < wall:
-            wall, completions = time.perf_counter() - start, run
-            num_calls = sampler.core.num_model_calls - calls_before
+    return measure_interleaved({"one": sampler}, prompts, warmup, repeats)["one"]
+
+
+def _summary(decoder, wall: float, completions: list, num_calls: int, prompts) -> dict:
     num_tokens = sum(len(c.tokens) for c in completions)
     num_forwards = sum(c.num_forwards for c in completions)
     latency = np.array([c.seconds for c in completions])
-    cfg = sampler.cfg
-    tp = sampler.settings["tensor_model_parallel_size"]
-    return {
+    out = {
         "tokens_per_second": num_tokens / wall,
-        "tokens_per_second_per_device": num_tokens / wall / tp,
-        "tensor_model_parallel_size": tp,
         "tokens_per_forward": num_tokens / max(num_forwards, 1),
         "num_forwards": num_forwards,
         "num_model_calls": num_calls,
@@ -92,15 +121,26 @@ def measure(sampler, prompts: list[list[int]], warmup: bool = True, repeats: int
         "wall_seconds": wall,
         "latency_p50": float(np.percentile(latency, 50)),
         "latency_p90": float(np.percentile(latency, 90)),
+        "_completions": completions,
+    }
+    if getattr(decoder, "core", None) is None:  # HF generate
+        return {**out, "decoder": "transformers generate (greedy)",
+                "batch_size": decoder.batch_size, "max_new_tokens": decoder.max_new_tokens,
+                "device": str(decoder.model.device)}
+    cfg = decoder.cfg
+    tp = decoder.settings["tensor_model_parallel_size"]
+    return {
+        **out,
+        "tokens_per_second_per_device": num_tokens / wall / tp,
+        "tensor_model_parallel_size": tp,
         "batch_size": cfg.batch_size or len(prompts),
         "block_size": cfg.block_size,
         "strategy": cfg.strategy,
         "steps_per_block": cfg.steps_per_block,
         "threshold": cfg.threshold,
-        "kv_cache": sampler.core.use_cache,
+        "kv_cache": decoder.core.use_cache,
         "max_new_tokens": cfg.max_new_tokens,
-        "device": sampler.settings["device"],
-        "_completions": completions,
+        "device": decoder.settings["device"],
     }
 
 

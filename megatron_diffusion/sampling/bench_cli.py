@@ -3,7 +3,9 @@
 Default: decode ``--num-prompts`` prompts with the given settings and with the AR baseline of
 the same model, print one JSON object (``--json``) or a short table. ``--sweep`` runs the
 threshold strategy over block sizes x thresholds and writes ``sweep.md`` (table), ``sweep.png``
-(speed vs quality) and ``sweep.json`` into ``--sweep-out``.
+(speed vs quality) and ``sweep.json`` into ``--sweep-out``. ``--hf-baseline PATH`` adds
+transformers' greedy ``generate`` of an HF directory or GGUF on the same prompts
+(``sampling.hf_baseline``); the three decoders are timed interleaved, once each per repeat.
 """
 
 import argparse
@@ -30,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each setting this many times, report the fastest")
+    parser.add_argument("--hf-baseline", default=None, metavar="HF_DIR_OR_GGUF",
+                        help="also time transformers' greedy generate on the same prompts "
+                             "(an HF model directory, e.g. an mcore-to-hf export, or a .gguf), "
+                             "interleaved with ours; adds its figures and our ratios to it")
     parser.add_argument("--sweep", action="store_true",
                         help="speed/quality sweep over block sizes and thresholds")
     parser.add_argument("--sweep-block-sizes", default="4,8,16,32")
@@ -68,6 +74,11 @@ def run(args) -> int:
                          "and thresholds in (0, 1]")
     if args.sweep and args.sweep_out is None:
         raise UsageError("--sweep: needs --sweep-out DIR")
+    if args.hf_baseline is not None:
+        if args.sweep:
+            raise UsageError("--hf-baseline: not with --sweep (compare one setting)")
+        if not Path(args.hf_baseline).exists():
+            raise UsageError(f"--hf-baseline: {args.hf_baseline} does not exist")
     text_prompts = read_prompts(args.prompts) if args.prompts else None
     sampler = load_from_args(args)
     if args.ignore_eos:
@@ -82,23 +93,57 @@ def run(args) -> int:
         truths = [ids[args.prompt_len:] for ids in full]  # the held-out true continuations
         sampler.core.check_prompts(prompts)
     ar = _variant(sampler, ar_baseline=True, kv_cache=True)
-    ar_result = bench.measure(ar, prompts, repeats=args.repeats)
     if args.sweep:
+        ar_result = bench.measure(ar, prompts, repeats=args.repeats)
         return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths)
-    result = bench.measure(sampler, prompts, repeats=args.repeats)
+    decoders = {"diffusion": sampler, "ar": ar}
+    if args.hf_baseline is not None:
+        decoders["hf"] = _hf_decoder(args, sampler, prompts)
+    measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats)
+    result, ar_result = measured["diffusion"], measured["ar"]
     out = {**_public(result), "ar_baseline": _public(ar_result),
            "speedup_tokens_per_second": result["tokens_per_second"] / ar_result["tokens_per_second"],
            "forwards_ratio_ar_over_diffusion": ar_result["num_forwards"] / max(result["num_forwards"], 1)}
+    if "hf" in measured:
+        out.update(_hf_figures(args, measured))
     if is_rank_zero():
         if args.json:
             print(json.dumps(out))
         else:
-            for name, r in (("diffusion", result), ("ar baseline", ar_result)):
+            for name, r in (("diffusion", result), ("ar baseline", ar_result),
+                            ("hf generate", measured.get("hf"))):
+                if r is None:
+                    continue
                 print(f"{name:12s} {r['tokens_per_second']:9.1f} tok/s  "
                       f"{r['tokens_per_forward']:5.2f} tok/fwd  p50 {r['latency_p50']:.3f}s  "
                       f"p90 {r['latency_p90']:.3f}s  (block {r['block_size']}, batch {r['batch_size']})")
             print(f"speedup {out['speedup_tokens_per_second']:.2f}x tokens/s on {result['device']}")
+            if "hf" in measured:
+                print(f"vs hf generate: ar {out['ar_over_hf_tokens_per_second']:.2f}x, diffusion "
+                      f"{out['diffusion_over_hf_tokens_per_second']:.2f}x tokens/s; ar tokens "
+                      f"equal hf's on {out['hf_same_tokens_as_ar']:.0%} of prompts")
     return 0
+
+
+def _hf_decoder(args, sampler, prompts):
+    from megatron_diffusion.sampling.hf_baseline import HFGenerate, load_hf_model
+
+    hf = HFGenerate(load_hf_model(args.hf_baseline), max_new_tokens=args.max_new_tokens,
+                    stop_ids=sampler.core.rules.stops, pad_id=sampler.core.rules.pad_id,
+                    batch_size=sampler.cfg.batch_size or len(prompts))
+    hf.check_prompts(prompts)
+    return hf
+
+
+def _hf_figures(args, measured) -> dict:
+    """HF generate's figures and our ratios to it (tokens/s; equal greedy output)."""
+    hf, ar, diffusion = measured["hf"], measured["ar"], measured["diffusion"]
+    same = [a.tokens == h.tokens for a, h in zip(ar["_completions"], hf["_completions"])]
+    return {"hf_baseline": {**_public(hf), "path": str(Path(args.hf_baseline).resolve())},
+            "ar_over_hf_tokens_per_second": ar["tokens_per_second"] / hf["tokens_per_second"],
+            "diffusion_over_hf_tokens_per_second":
+                diffusion["tokens_per_second"] / hf["tokens_per_second"],
+            "hf_same_tokens_as_ar": sum(same) / len(same)}
 
 
 def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=None) -> int:
