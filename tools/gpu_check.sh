@@ -14,7 +14,9 @@ py="${PYTHON:-python3}"
 if [ ${#dry[@]} -eq 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || { echo "gpu_check: wheel install failed" >&2; exit 3; }
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  # the working tree first: its megatron_diffusion is the code that travelled with this call
+  # (the carried wheel of it may be older); /tmp/site has the rest
+  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   # subprocesses that set their own PYTHONPATH (the tests' train runs) still find the wheels
   site_dir="$("$py" -c 'import site; print(site.getsitepackages()[0])')"
   echo /tmp/site > "$site_dir/gpu_check_site.pth" 2>/dev/null || echo "gpu_check: no .pth in $site_dir"

@@ -14,8 +14,8 @@ from tests.helpers import ROOT
 from tools.gpu_check.report import STAGES, Context, Skip, run_stage
 
 
-def _dry_run(out: Path, *args, timeout=600):
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+def _dry_run(out: Path, *args, timeout=600, extra_env=None):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **(extra_env or {}))
     return subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", str(out),
                            *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -90,6 +90,18 @@ def test_dry_run_sampler_converts_the_real_gguf(tmp_path):
     assert sampler["status"] == "ok" and sampler["source"] == "gguf", sampler
     assert sampler["weights"] == "pretrained"
     assert all(r["status"] == "ok" for r in sampler["rows"]), sampler["rows"]
+
+
+@pytest.mark.slow
+def test_dry_run_without_a_gguf_measures_random_weights_and_skips_the_cpt(tmp_path):
+    out = tmp_path / "results"
+    env = {"GPU_CHECK_GGUF": "none"}
+    proc = _dry_run(out, "--stages", "sampler,cpt", extra_env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["sampler"]["weights"] == "random" and "none" in results["sampler"]["gguf_note"]
+    assert all(r["status"] == "ok" for r in results["sampler"]["rows"]), results["sampler"]
+    assert results["cpt"]["status"] == "skipped" and "random weights" in results["cpt"]["reason"]
 
 
 def test_a_failing_or_overrunning_stage_is_recorded_and_the_next_runs(tmp_path):

