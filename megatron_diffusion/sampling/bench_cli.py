@@ -116,7 +116,8 @@ def run(args) -> int:
                     continue
                 print(f"{name:12s} {r['tokens_per_second']:9.1f} tok/s  "
                       f"{r['tokens_per_forward']:5.2f} tok/fwd  p50 {r['latency_p50']:.3f}s  "
-                      f"p90 {r['latency_p90']:.3f}s  (block {r['block_size']}, batch {r['batch_size']})")
+                      f"p90 {r['latency_p90']:.3f}s  (block {r.get('block_size', 1)}, "
+                      f"batch {r['batch_size']})")
             print(f"speedup {out['speedup_tokens_per_second']:.2f}x tokens/s on {result['device']}")
             if "hf" in measured:
                 print(f"vs hf generate: ar {out['ar_over_hf_tokens_per_second']:.2f}x, diffusion "

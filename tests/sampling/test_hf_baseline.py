@@ -41,6 +41,10 @@ def test_hf_baseline_from_directory_and_gguf(hf_and_ours, tmp_path, capsys):
             out["ar_baseline"]["tokens_per_second"] / hf["tokens_per_second"])
         assert out["diffusion_over_hf_tokens_per_second"] > 0
         assert out["hf_same_tokens_as_ar"] == 1.0  # same model, same greedy tokens
+    argv = ["bench-sampler", "--checkpoint", str(ours), "--num-prompts", "1", "--prompt-len",
+            "6", "--max-new-tokens", "3", "--hf-baseline", str(gguf)]
+    assert main(argv) == 0  # the table
+    assert "vs hf generate: ar" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("make,message", [
