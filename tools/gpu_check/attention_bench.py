@@ -102,8 +102,7 @@ def measure(sh, L: int, visibility: str) -> dict:
         plain = [t.detach() for t in qkv]
         diff = (runners["flex"](*plain).float()
                 - runners["sdpa_expanded_kv"](*plain).float()).abs().max().item()
-    pairs = attended_pairs(cfg, doc) * sh.attention_rows
-    hq, _, d = sh.attention_heads
+    pairs = attended_pairs(cfg, doc.to(device)) * sh.attention_rows
     out = {"seq_len": L, "model_tokens": S, "rows": sh.attention_rows, "visibility": visibility,
            "heads": list(sh.attention_heads), "dtype": str(dtype),
            "pairs_fraction_of_dense": pairs / (sh.attention_rows * S * S),
@@ -112,6 +111,13 @@ def measure(sh, L: int, visibility: str) -> dict:
     if visibility == "isolated":
         out["mask_build_ms"] = 1e3 * time_median(
             lambda: create_flex_block_mask(cfg, doc.to(device), compile=cuda), reps=sh.repeats)
+    _time_backends(out, runners, qkv, sh, pairs, cuda)
+    return out
+
+
+def _time_backends(out: dict, runners: dict, qkv, sh, pairs: float, cuda: bool) -> None:
+    """Forward and forward+backward time of each backend into ``out``, then the speedups."""
+    hq, _, d = sh.attention_heads
     for name, fn in runners.items():  # flex first: a dense OOM at 8K must not cost its figures
         for backward in (False, True):
             key = f"{name}_{'fwd_bwd' if backward else 'fwd'}"
@@ -132,7 +138,6 @@ def measure(sh, L: int, visibility: str) -> dict:
             if out.get(f"flex_{kind}_ms") and out.get(f"{other}_{kind}_ms"):
                 out[f"speedup_flex_over_{other}_{kind}"] = (out[f"{other}_{kind}_ms"]
                                                             / out[f"flex_{kind}_ms"])
-    return out
 
 
 def attention_stage(ctx) -> dict:

@@ -44,7 +44,7 @@ def bound_figures(ctx, forwards_per_s: float, nbytes: int) -> dict:
             "fraction_of_hbm_bound": forwards_per_s * nbytes / bw if bw else None}
 
 
-def prompts_for(sm, batch: int, prompt_len: int, max_new: int) -> list[list[int]]:
+def prompts_for(sm, batch: int, prompt_len: int) -> list[list[int]]:
     tokenizer = sm.sampler.tokenizer
     if hasattr(tokenizer, "encode"):
         from megatron_diffusion.sampling.bench import stdlib_prompts
@@ -103,14 +103,14 @@ def sampler_stage(ctx) -> dict:
     rows = out["rows"]
     need = 2.0 if ctx.dry_run else 8.0
     for batch in sh.sampler_batches:
-        prompts = prompts_for(sm, batch, sh.prompt_len, sh.max_new_tokens)
+        prompts = prompts_for(sm, batch, sh.prompt_len)
         for name, knobs in VARIANTS.items():
             ctx.guard(rows, f"{name}/batch{batch}",
                       lambda: {"batch": batch, **ours(ctx, sm, prompts, knobs, sh.max_new_tokens)},
                       need_s=need)
     hf = None
     for batch in sh.sampler_batches:
-        prompts = prompts_for(sm, batch, sh.prompt_len, sh.max_new_tokens)
+        prompts = prompts_for(sm, batch, sh.prompt_len)
 
         def run_hf():
             nonlocal hf
