@@ -33,6 +33,10 @@ class ParallelConfig:
     """Tensor (intra-layer) model parallel size (megatron's name)."""
     pipeline_model_parallel_size: int = 1
     """Pipeline stages."""
+    context_parallel_size: int = 1
+    """Context parallel size (megatron's name): every row's model tokens split over this many
+    ranks. Ours is the all-to-all (DeepSpeed-Ulysses) kind, not TE's ring attention; it needs the
+    deepspeed extra (parallel/context_parallel.py)."""
     virtual_pipeline_model_parallel_size: int | None = None
     """Model chunks per pipeline rank (interleaved 1F1B); None = no interleaving."""
     sequence_parallel: bool = False
@@ -43,7 +47,8 @@ class ParallelConfig:
     """Full activation recomputation (memory for compute)."""
 
     def validate(self) -> None:
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                     "context_parallel_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"parallel.{name}: got {v!r}, expected an integer >= 1")
@@ -164,6 +169,9 @@ class RunConfig:
                              f" is shorter than data.seq_len={self.data.seq_len}")
         if self.loss.objective == "ar" and self.attention.mode != "causal":
             raise UsageError("loss.objective: 'ar' needs attention.mode=causal")
+        from megatron_diffusion.parallel import context_parallel
+
+        context_parallel.check_config(self)
         return self
 
     def to_dict(self) -> dict:
@@ -276,21 +284,29 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+def read_yaml(path: str | Path) -> dict:
+    """The YAML run config as a dict (sections, and an optional ``stages`` list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config: {path} must hold a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                validate: bool = True) -> RunConfig:
-    """defaults < YAML file < overrides (``["model.num_layers=2", ...]`` or a flat dict)."""
+                validate: bool = True, stage: dict | None = None) -> RunConfig:
+    """defaults < YAML file < ``stage`` (a flat ``section.field`` dict, training/stages.py) <
+    overrides (``["model.num_layers=2", ...]`` or a flat dict). A ``stages:`` list in the YAML
+    is not applied here: ``train`` runs it (``training/stages.py``)."""
     cfg = RunConfig()
     explicit = set()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"--config: file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"--config: {path} must hold a mapping of sections")
+        data = {k: v for k, v in read_yaml(path).items() if k != "stages"}
         for section, body in data.items():
             if not isinstance(body, dict):
                 raise UsageError(f"config section {section!r} in {path}: expected a mapping")
@@ -298,7 +314,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             _apply(cfg, key, value)
             explicit.add(key)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    for key, value in items:
+    for key, value in [*(stage or {}).items(), *items]:
         _apply(cfg, key, value)
         explicit.add(key)
     cfg._explicit_keys = explicit  # not a field: read by is_explicit (--init-from adoption)

@@ -1,6 +1,7 @@
 """``megatron-diffusion train --config CFG [--run-dir DIR] [--resume auto] [key=value ...]``.
 
 One process by default; under ``torchrun`` or SLURM (``srun``) every rank runs this same command.
+A config with a ``stages:`` list runs its stages in order (``training/stages.py``).
 """
 
 import sys
@@ -39,13 +40,21 @@ def default_run_dir(config_path: str) -> Path:
 
 def run(args) -> int:
     from megatron_diffusion.config import load_config
+    from megatron_diffusion.training.stages import load_stages, run_stages
 
-    cfg = load_config(args.config, args.overrides, validate=False)
-    if args.wandb is not None:
-        cfg.training.wandb = args.wandb
+    overrides = list(args.overrides) + ([f"training.wandb={args.wandb!r}"] if args.wandb else [])
     if args.resume not in ("none", "auto") and not Path(args.resume).is_dir():
         raise UsageError(f"--resume: {args.resume} is not 'auto', 'none' or a checkpoint directory")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    stages = load_stages(args.config, overrides, run_dir)
+    if stages is not None:  # a curriculum (training/stages.py)
+        code = run_stages(stages, run_dir, resume=args.resume, init_from=args.init_from,
+                          argv=sys.argv)
+        from megatron_diffusion.parallel.process_groups import destroy
+
+        destroy()
+        return code
+    cfg = load_config(args.config, overrides, validate=False)
 
     from megatron_diffusion.training.trainer import Trainer
 

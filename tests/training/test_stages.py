@@ -1,0 +1,73 @@
+"""Staged runs (training/stages.py): AR then block diffusion with shift, resumable mid-stage."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+from tests.training.conftest import TINY, env, losses
+
+pytestmark = pytest.mark.slow
+STAGES = [{"name": "ar", "train_iters": 3, "loss.objective": "ar", "attention.mode": "causal"},
+          {"name": "block", "train_iters": 4, "attention": {"mode": "block", "block_size": 4},
+           "model.logit_shift": True}]
+
+
+def staged_config(tmp_path, stages=STAGES):
+    cfg = yaml.safe_load((ROOT / "examples" / "cpu_demo.yaml").read_text())
+    cfg["stages"] = stages
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(store, config, run_dir, *overrides):
+    cmd = [sys.executable, "-m", "megatron_diffusion.cli", "train", "--config", str(config),
+           "--run-dir", str(run_dir), "--resume", "auto", f"data.blend=[[1.0, {store}]]",
+           *TINY, *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_two_stages_resume_mid_stage_two_with_identical_losses(tiny_store, tmp_path):
+    config = staged_config(tmp_path)
+    straight = tmp_path / "straight"
+    ok(train(tiny_store, config, straight))
+    ar, block = straight / "stage1-ar", straight / "stage2-block"
+    assert sorted(losses(ar)) == [1, 2, 3] and sorted(losses(block)) == [1, 2, 3, 4]
+    assert yaml.safe_load((block / "config.yaml").read_text())["model"]["logit_shift"] is True
+    assert yaml.safe_load((ar / "config.yaml").read_text())["loss"]["objective"] == "ar"
+
+    run = tmp_path / "run"
+    ok(train(tiny_store, config, run, "training.exit_interval=2"))  # stops inside stage 1
+    assert not (run / "stage2-block").exists()
+    ok(train(tiny_store, config, run, "training.exit_interval=2"))  # ends 1, stops inside 2
+    assert sorted(losses(run / "stage2-block")) == [1, 2]
+    ok(train(tiny_store, config, run))  # stage 1 is skipped, stage 2 resumes at step 2
+    assert losses(run / "stage1-ar") == losses(ar)
+    assert losses(run / "stage2-block") == losses(block)  # identical floats
+
+
+@pytest.mark.parametrize("stages,needle", [
+    ([{"name": "ar"}], "stages[0].train_iters"),
+    ([{"train_iters": 2, "model.num_layerz": 2}], "model.num_layerz"),
+    ([{"train_iters": 2, "name": "a b"}], "stages[0].name"),
+    ([{"train_iters": 2}, {"train_iters": 2, "name": "stage1"}], "used twice"),
+    ([], "non-empty"),
+    ([{"train_iters": 2}, {"train_iters": 2, "attention.block_size": 5}], "block_size"),
+])
+def test_bad_stages_fail_in_one_line_before_any_work(stages, needle, tiny_store, tmp_path,
+                                                    capsys):
+    from megatron_diffusion.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(staged_config(tmp_path, stages)), "--run-dir", str(run),
+                 f"data.blend=[[1.0, {tiny_store}]]", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err[-2000:]
+    assert not run.exists()
