@@ -223,9 +223,7 @@ def summarize_curve(ar: dict | None, curve: list[dict]) -> dict:
 
 
 def decoding_part(sampler, files: list[Path], qc: QualityConfig) -> dict:
-    """The continuation-accuracy curve, its AUP and best point, or why there is none."""
-    if isinstance(sampler, str):
-        return {"ar_baseline": None, "curve": None, "decoding_skipped": sampler}
+    """The continuation-accuracy curve, its AUP and its best point."""
     prompts, truths = heldout_windows(sampler.tokenizer, files, qc.prompt_len, qc.continuation_len,
                                       qc.prompts_per_file)
     sampler.core.check_prompts(prompts)
@@ -233,11 +231,11 @@ def decoding_part(sampler, files: list[Path], qc: QualityConfig) -> dict:
     return {"num_prompts": len(prompts), "ar_baseline": ar, "curve": curve, **summarize_curve(ar, curve)}
 
 
-def quality_report(loaded, sampler, files: list[Path], qc: QualityConfig) -> dict:
-    """Every metric of the module docstring for a loaded checkpoint; ``sampler`` is its
-    ``DiffusionSampler``, or the reason the sampler cannot decode it (then no curve)."""
+def quality_report(sampler, files: list[Path], qc: QualityConfig) -> dict:
+    """Every metric of the module docstring for a loaded ``DiffusionSampler``."""
     from megatron_diffusion.evaluation.infill import masked_metrics, next_token_metrics
 
+    loaded = sampler.loaded
     cfg, model = loaded.config, loaded.model
     start = time.monotonic()
     rows = heldout_token_rows(loaded, files, qc.seq_len, qc.max_rows)
@@ -260,33 +258,16 @@ def quality_report(loaded, sampler, files: list[Path], qc: QualityConfig) -> dic
     }
 
 
-def load_for_quality(checkpoint: str, qc: QualityConfig):
-    """(loaded model, its ``DiffusionSampler`` or the sampler's refusal as text). A checkpoint
-    the sampler cannot decode still gets its token metrics."""
-    from megatron_diffusion.model.loading import load_model
-    from megatron_diffusion.sampling.api import load_sampler
-
-    try:
-        sampler = load_sampler(checkpoint, max_new_tokens=qc.continuation_len, batch_size=qc.batch_size)
-    except UsageError as e:
-        if not str(e).startswith("model."):  # a refusal of the model by the sampler, not bad input
-            raise
-        return load_model(checkpoint), f"the sampler refused this checkpoint: {e}"
-    return sampler.loaded, sampler
-
-
 def format_report(r: dict) -> str:
     """The printed table."""
     lines = [f"checkpoint {r['checkpoint']} (step {r['step']}), mode {r['model']['attention_mode']}, "
-             f"logit shift {r['model']['logit_shift']}; {r['rows']} rows, {r.get('num_prompts', 0)} "
+             f"logit shift {r['model']['logit_shift']}; {r['rows']} rows, {r['num_prompts']} "
              f"prompts from {len(r['heldout'])} held-out files"]
     nt = r["next_token"]
     lines.append(f"  next-token: accuracy {nt['accuracy']:.3f}, NLL {nt['nll_nats']:.3f} nats"
                  if nt else "  next-token: no AR readout")
     for m in r["masked"] or []:
         lines.append(f"  masked @{m['mask_rate']:.2f}: accuracy {m['accuracy']:.3f}, CE {m['ce_nats']:.3f} nats")
-    if r["curve"] is None:
-        return "\n".join(lines + [f"  no decoding: {r['decoding_skipped']}"])
     lines.append(f"  {'decode':16s} {'block':>5s} {'tok/fwd':>8s} {'accuracy':>9s} {'prefix':>7s} "
                  f"{'tok/s':>8s}")
     for p in ([r["ar_baseline"]] if r["ar_baseline"] else []) + r["curve"]:
@@ -321,8 +302,10 @@ def run_quality(args) -> int:
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise UsageError(f"--out: expected a file path in an existing directory, got {args.out!r}")
-    loaded, sampler = load_for_quality(args.checkpoint, qc)
-    report = quality_report(loaded, sampler, files, qc)
+    from megatron_diffusion.sampling.api import load_sampler
+
+    sampler = load_sampler(args.checkpoint, max_new_tokens=qc.continuation_len, batch_size=qc.batch_size)
+    report = quality_report(sampler, files, qc)
     print(format_report(report))
     write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     return 0
