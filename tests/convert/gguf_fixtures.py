@@ -50,11 +50,26 @@ def _tokenizer_metadata(w, hf_dir: Path, eos: str, merges: bool) -> None:
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
 
 
+K_QUANT_LAYOUT = {"Q4_K": (144, (0, 2)), "Q6_K": (210, (208,))}
+"""Bytes per 256-value block, and the offsets of its float16 scales (``d``, ``dmin``)."""
+
+
+def random_k_quant(rows: int, cols: int, kind: str, seed: int) -> np.ndarray:
+    """Random ``kind`` blocks for a ``[rows, cols]`` tensor, their float16 scales set to small
+    finite values (gguf-py can dequantise K-quants but not produce them)."""
+    size, scale_offsets = K_QUANT_LAYOUT[kind]
+    blocks = np.random.default_rng(seed).integers(0, 256, (rows, cols // 256, size), np.uint8)
+    for offset in scale_offsets:
+        blocks[..., offset:offset + 2] = np.frombuffer(np.float16(0.0002).tobytes(), np.uint8)
+    return blocks.reshape(rows, -1)
+
+
 def write_gguf(hf_dir: Path, path: Path, *, arch: str = "llama", qtype: str = "F32",
                eos: str = "<|im_end|>", merges: bool = True, override_type: dict | None = None):
     """Write ``hf_dir`` (a ``make_hf_model`` directory) as a GGUF. ``qtype``: the type of the 2-D
-    weights (norms stay F32, as llama.cpp keeps them); ``override_type``: GGUF tensor name ->
-    (type name, raw bytes) to plant a tensor of another type."""
+    weights (norms stay F32, as llama.cpp keeps them; Q4_K/Q6_K: random blocks, not the HF
+    weights); ``override_type``: GGUF tensor name -> (type name, raw bytes) to plant a tensor
+    of another type."""
     import gguf
 
     cfg = json.loads((hf_dir / "config.json").read_text())
@@ -81,6 +96,9 @@ def write_gguf(hf_dir: Path, path: Path, *, arch: str = "llama", qtype: str = "F
         if override_type and target in override_type:
             kind, raw = override_type[target]
             w.add_tensor(target, raw, raw_dtype=gguf.GGMLQuantizationType[kind])
+        elif data.ndim == 2 and qtype in K_QUANT_LAYOUT:  # random weights of that type
+            raw = random_k_quant(*data.shape, qtype, seed=len(target) + data.shape[0])
+            w.add_tensor(target, raw, raw_dtype=gguf.GGMLQuantizationType[qtype])
         elif data.ndim == 2 and qtype != "F32":
             kind = gguf.GGMLQuantizationType[qtype]
             w.add_tensor(target, gguf.quants.quantize(data, kind), raw_dtype=kind)

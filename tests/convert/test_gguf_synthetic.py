@@ -47,7 +47,7 @@ def hf_chat_llama(tmp_path_factory):
                          special=CHAT_SPECIALS)
 
 
-@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
 def test_llama_gguf_weights_and_logits(hf_chat_llama, tmp_path, qtype):
     from transformers import AutoModelForCausalLM
 
@@ -74,6 +74,30 @@ def test_llama_gguf_weights_and_logits(hf_chat_llama, tmp_path, qtype):
         theirs = hf(input_ids=ids).logits
     ours = causal_logits(loaded.model, ids)[..., :300]
     assert (ours - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_k_quants_match_transformers(tmp_path, qtype):
+    """K-quant blocks (random: gguf-py cannot quantise to them) dequantise as transformers'
+    GGUF loader does; rows of 256 values, so a wider tiny model."""
+    from transformers import AutoModelForCausalLM
+
+    from megatron_diffusion.model.loading import load_model
+
+    hf_dir = make_hf_model(tmp_path / "wide", "llama", tied=False, special=CHAT_SPECIALS,
+                           hidden_size=256, intermediate_size=256, num_layers=2)
+    gguf = write_gguf(hf_dir, tmp_path / "k.gguf", qtype=qtype)
+    convert_gguf_to_mcore(gguf, tmp_path / "mc", add_mask_token=True, progress=False)
+    ours = load_model(tmp_path / "mc")
+    meta_types = ours.meta["converted_from"]["gguf"]["tensor_types"]
+    assert meta_types[qtype] == 2 * 7 + 2  # 7 matrices per layer, embedding, output
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name,
+                                              dtype=torch.float32).eval()
+    ids = torch.tensor([load_tokenizer(tmp_path / "mc" / "tokenizer.json").encode(stdlib_texts(1)[0][:120])])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids).logits
+    diff = (causal_logits(ours.model, ids)[..., :300] - theirs).abs().max().item()
+    assert theirs.std().item() > 1.0 and diff < 1e-4  # 0.0 measured; 5e-3 with q/k not unpermuted
 
 
 def test_qwen2_gguf_is_not_permuted_and_keeps_biases(tmp_path):
