@@ -44,11 +44,6 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _die_with_parent() -> None:
     """Linux: the Manager process gets SIGKILL when the trainer dies, even by ``kill -9``."""
     import ctypes
@@ -193,7 +188,9 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
     """Write checkpoint ``step`` from every rank; returns its final path.
 
     Refuses (RuntimeError on every rank, nothing written, nothing pruned) when any weight is
-    not finite: the previous checkpoint stays the newest and ``latest``."""
+    not finite: the previous checkpoint stays the newest and ``latest``. A write that fails
+    (full disk, read-only or vanished file system) on any rank is a one-line ``UsageError`` on
+    every rank, the partial ``.tmp`` directory removed and the previous checkpoint kept."""
     from megatron_diffusion.training.finite import weights_finite
 
     root = checkpoint_root(run_dir)
@@ -204,40 +201,101 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
                            f"checkpoint {kept.name if kept else 'none'} is kept); resume from it "
                            "with a lower optimizer.lr")
     final, tmp = root / name, root / f"{name}.tmp"
-    if _rank() == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob("*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
-        (tmp / "model_optim").mkdir(parents=True)
-        (tmp / "loader").mkdir()
-        (tmp / "rng").mkdir()
-    _barrier()
+    _agreed(lambda: _prepare(root, tmp) if _rank() == 0 else None, root, tmp, final)
     _ensure_writer_queue()
-    dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp / "model_optim"))
-    # loader state: one per data-parallel rank (written by its first TP/PP rank)
-    if parallel_state.get_tensor_model_parallel_rank() == 0 and \
-            parallel_state.get_pipeline_model_parallel_rank() == 0:
-        dp = parallel_state.get_data_parallel_rank()
-        (tmp / "loader" / f"dp_{dp:03d}.json").write_text(json.dumps(loader_state))
-    torch.save(rng_state(), tmp / "rng" / f"rank_{_rank():05d}.pt")
-    _barrier()
+    _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
     pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
     if pause:  # fault injection for tests: a window in which the shards exist but are not final
         import time
 
         time.sleep(pause)
-    if _rank() == 0:
-        if tokenizer_path:
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps(dict(meta, step=step), indent=2))
-        if final.exists():  # re-saving the same step (e.g. preemption right after a save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_text_atomic(root / "latest", name)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    commit = lambda: _commit(run_dir, tmp, final, meta, step, tokenizer_path, keep_last)  # noqa: E731
+    _agreed(lambda: commit() if _rank() == 0 else None, root, tmp, final)
     return final
+
+
+def _prepare(root: Path, tmp: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    (tmp / "model_optim").mkdir(parents=True)
+    (tmp / "loader").mkdir()
+    (tmp / "rng").mkdir()
+
+
+def _write_shards(tmp: Path, chunks, optimizer, loader_state: dict) -> None:
+    import logging
+
+    # its writer logs a failed write before raising it; ``_agreed`` reports it in one line
+    writer_log = logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    level = writer_log.level
+    writer_log.setLevel(logging.CRITICAL)
+    try:
+        dist_checkpointing.save(sharded_state_dict(chunks, optimizer), str(tmp / "model_optim"))
+    finally:
+        writer_log.setLevel(level)
+    # loader state: one per data-parallel rank (written by its first TP/PP/CP rank)
+    if parallel_state.get_tensor_model_parallel_rank() == 0 and \
+            parallel_state.get_pipeline_model_parallel_rank() == 0 and \
+            parallel_state.get_context_parallel_rank() == 0:
+        dp = parallel_state.get_data_parallel_rank()
+        (tmp / "loader" / f"dp_{dp:03d}.json").write_text(json.dumps(loader_state))
+    torch.save(rng_state(), tmp / "rng" / f"rank_{_rank():05d}.pt")
+
+
+def _commit(run_dir, tmp: Path, final: Path, meta: dict, step: int, tokenizer_path, keep_last):
+    """Rank 0: meta.json last, then the rename that makes the checkpoint exist, then ``latest``."""
+    root = tmp.parent
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    (tmp / "meta.json").write_text(json.dumps(dict(meta, step=step), indent=2))
+    aside = root / f"{final.name}.old.tmp"
+    if final.exists():  # re-saving the same step (e.g. preemption right after a save)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    write_text_atomic(root / "latest", final.name)
+    shutil.rmtree(aside, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _agreed(work, root: Path, tmp: Path, final: Path) -> None:
+    """Run this rank's part of a save, then agree (all-reduce) that every rank succeeded; on
+    any failure every rank raises one ``UsageError`` and rank 0 removes the partial ``tmp``."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    error = None
+    try:
+        work()
+    except (Exception, CheckpointException) as e:  # ENOSPC/EROFS, torch's "unexpected pos"
+        error = e
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+    if dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            failed = failed.cuda()
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if not failed.item():
+        return
+    reason = _write_failure(error, root) if error is not None else "failed on another rank"
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise UsageError(f"checkpoint {final}: cannot write ({reason}); the previous checkpoint "
+                     "is kept") from None
+
+
+def _write_failure(e: Exception, root: Path) -> str:
+    """The reason in a few words; torch's writers lose the errno, so look at the free space."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    first = (lines[-1] if lines else type(e).__name__)[:200]  # the innermost cause
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return first
+    if free < (1 << 20):
+        return f"No space left on device: {free} bytes free on {root}; {first}"
+    return first
 
 
 def _read_json(f: Path, checkpoint: Path):

@@ -159,7 +159,8 @@ class Trainer:
             self._check_same_model(read_meta(resume_path), resume_path, "--resume")
         par = cfg.parallel
         initialize_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
-                                  par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed)
+                                  par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed,
+                                  context_parallel_size=par.context_parallel_size)
         self.rank = dist.get_rank()
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         cfg.data.check_data_parallel(self.dp_size)
@@ -170,13 +171,17 @@ class Trainer:
                              f"micro-batches ({self.num_microbatches}) to be a multiple of "
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
         if self.rank == 0:
-            if self.overwrite:  # the old run goes whole, before the new one writes anything
-                from megatron_diffusion.parallel.run_dir import remove_run
+            try:
+                if self.overwrite:  # the old run goes whole, before the new one writes anything
+                    from megatron_diffusion.parallel.run_dir import remove_run
 
-                remove_run(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            clear_marker(self.run_dir)
-            self._snapshot()
+                    remove_run(self.run_dir)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                clear_marker(self.run_dir)
+                self._snapshot()
+            except OSError as e:  # read-only, full, a file in the way
+                raise UsageError(f"--run-dir: cannot write {e.filename or self.run_dir} "
+                                 f"({e.strerror})") from None
         tcfg = transformer_config(cfg.model, tensor_model_parallel_size=par.tensor_model_parallel_size,
                                   pipeline_model_parallel_size=par.pipeline_model_parallel_size,
                                   virtual_pipeline_model_parallel_size=par.virtual_pipeline_model_parallel_size,
@@ -493,6 +498,7 @@ class Trainer:
                 "consumed_samples": self.loader.consumed_samples,
                 "parallel": {"tensor_model_parallel_size": self.cfg.parallel.tensor_model_parallel_size,
                              "pipeline_model_parallel_size": self.cfg.parallel.pipeline_model_parallel_size,
+                             "context_parallel_size": self.cfg.parallel.context_parallel_size,
                              "data_parallel_size": self.dp_size}}
         if self.converted_from:
             meta["converted_from"] = self.converted_from
