@@ -14,6 +14,8 @@
   autograd function runs, without its autograd-function and (identity, at TP=1) communication
   wrappers — four Python-level function applications per linear, ~120 linears per SmolLM2
   forward. Logits are bit-identical (tests/sampling/test_exactness.py); training never sees it.
+* **Lean forward at TP=1.** ``lean_forward`` runs the same ops as megatron's forward without
+  its per-layer Python (bit-identical logits; ``supports_lean_forward`` says where it applies).
 * **Tensor parallelism.** Logits are vocabulary-parallel; they are all-gathered over the TP
   group, so every rank sees the same full-vocabulary logits and takes the same decisions.
 
@@ -111,6 +113,10 @@ class ModelBackend:
         from megatron.core import parallel_state
 
         self.tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        from megatron_diffusion.sampling.lean_forward import supports_lean_forward
+
+        self.lean = supports_lean_forward(model, self.tp_size)
+        """Forwards run ``lean_forward`` (megatron's ops without its per-layer Python)."""
 
     @property
     def device(self) -> torch.device:
@@ -148,7 +154,12 @@ class ModelBackend:
             self.cache.key_len = mask_B1WK.shape[-1]
         self._logit_index_NB = logit_index_BN.T
         try:
-            logits_BNV = self.model(tokens_BW, positions_BW, mask_B1WK)
+            if self.lean:
+                from megatron_diffusion.sampling.lean_forward import lean_forward
+
+                logits_BNV = lean_forward(self.model, tokens_BW, positions_BW, mask_B1WK)
+            else:
+                logits_BNV = self.model(tokens_BW, positions_BW, mask_B1WK)
         finally:
             self._logit_index_NB = None
         if self.tp_size > 1:
