@@ -135,7 +135,8 @@ def _refuse_features(reader, arch: str, head_dim: int) -> None:
         raise UsageError(f"--gguf: {arch}.rope.dimension_count={rope_dims} is not the head "
                          f"width {head_dim} (partial rotary is not supported)")
     if field(reader, f"{arch}.expert_count", 0):
-        raise UsageError(f"--gguf: {arch}.expert_count is set (mixture of experts is not supported)")
+        raise UsageError(f"--gguf: {arch}.expert_count is set (mixture of experts is not "
+                         "supported)")
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
         raise UsageError("--gguf: tensor 'rope_freqs.weight' (Llama 3.1 RoPE scaling) is not "

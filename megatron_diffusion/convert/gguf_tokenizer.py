@@ -8,8 +8,8 @@ Llama 3, Qwen2, SmolLM, StarCoder vocabularies) is rebuilt; a sentencepiece voca
 (``"llama"``) or a file without merges is refused by name.
 
 The pre-tokenizer follows llama.cpp's ``llama-vocab.cpp`` for the ``pre`` name: the GPT-2 split
-for ``default``/``gpt2``; for ``smollm``/``starcoder``/``refact``/``codeshell``/``command-r``/``exaone`` every digit is
-split off first (``\\p{N}``), as the original SmolLM/StarCoder tokenizers do (their vocabularies
+for ``default``/``gpt2``; for ``smollm``/``starcoder``/``refact``/``codeshell``/``command-r``/
+``exaone`` every digit is split off first (``\\p{N}``), as the original SmolLM/StarCoder tokenizers do (their vocabularies
 have no multi-digit tokens, so this equals the plain GPT-2 split on them); the Llama-3 and Qwen2
 regexes for those families. Control tokens become special added tokens and user-defined ones
 plain added tokens, so both are matched whole (as llama.cpp and transformers' GGUF loader do).

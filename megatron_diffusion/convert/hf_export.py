@@ -60,5 +60,6 @@ def load_hf_export(path, *, tensor_model_parallel_size: int = 1, params_dtype: s
         meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1, "step": 0,
                 "consumed_samples": 0}
     meta.update(config=cfg.to_dict(), tokenizer_hash=plan.tokenizer.loaded.hash)
+    meta.setdefault("generation", plan.generation)  # stop tokens of a plain HF directory too
     return LoadedModel(model=model, config=cfg, meta=meta,
                        tokenizer_path=str(path / "tokenizer.json"), path=path)

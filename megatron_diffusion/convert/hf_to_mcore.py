@@ -20,6 +20,10 @@ layout (the vocabulary dimension may differ: padding rows are zeros).
 An HF directory written by ``mcore-to-hf`` carries ``megatron_diffusion.json`` (the original
 run config); it is used instead of the AR defaults, so export + import gives back the original
 checkpoint bit for bit.
+
+``meta.json`` also gets ``generation`` (stop token ids, chat template, generation config;
+``convert.generation``). ``plan_import`` (read and check) and ``write_import`` (stream and save)
+are separate so ``gguf_to_mcore`` can plan from a GGUF and write through the same code.
 """
 
 import json
@@ -137,8 +141,8 @@ def check_tensors(plan: ImportPlan) -> None:
     reader = plan.reader
     for name, shape in expected.items():
         if name not in reader:
-            raise UsageError(f"{plan.option}: tensor {name!r} is missing from {plan.hf_dir} (expected for "
-                             f"a {plan.hf.architecture} with this config.json)")
+            raise UsageError(f"{plan.option}: tensor {name!r} is missing from {plan.hf_dir} "
+                             f"(expected for a {plan.hf.architecture} with this config.json)")
         got = reader.entries[name].shape
         if tuple(got) != tuple(shape):
             raise UsageError(f"{plan.option}: tensor {name!r} in {reader.entries[name].file.name} "
@@ -148,7 +152,8 @@ def check_tensors(plan: ImportPlan) -> None:
             continue
         if name == "lm_head.weight" and plan.hf.tied:
             continue  # some tied checkpoints store the (identical) head too
-        raise UsageError(f"{plan.option}: unexpected tensor {name!r} in {reader.entries[name].file.name}: "
+        raise UsageError(f"{plan.option}: unexpected tensor {name!r} in "
+                         f"{reader.entries[name].file.name}: "
                          f"not part of a {plan.hf.architecture} with this config.json")
 
 

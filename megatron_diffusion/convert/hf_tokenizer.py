@@ -70,8 +70,8 @@ def prepare_tokenizer_json(text: str, where: str, *, option: str, add_mask_token
                              "to add it (diffusion training needs one)")
         size_before = tok.get_vocab_size(with_added_tokens=True)
         if size_before > hf_vocab_size:
-            raise UsageError(f"{option}: {where} has {size_before} tokens but the model's embedding "
-                             f"only {hf_vocab_size} rows (config.json vocab_size)")
+            raise UsageError(f"{option}: {where} has {size_before} tokens but the model's "
+                             f"embedding only {hf_vocab_size} rows (config.json vocab_size)")
         tok.add_special_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)])
         text, added = tok.to_str(), True
     check_document_eos(tok, where, option, eos_token)

@@ -72,3 +72,16 @@ def test_eos_token_flag_on_hf_to_mcore(hf_instruct, tmp_path, capsys):
     assert "--eos-token: '<|im_end|>' (id 2) is not the token the data tools end documents " \
            "with: '<|endoftext|>' (id 0" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_loading_an_hf_directory_gives_its_stop_tokens(hf_instruct, tmp_path):
+    from megatron_diffusion.convert.hf_export import load_hf_export
+    from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
+
+    convert_hf_to_mcore(hf_instruct, tmp_path / "mc", add_mask_token=True, progress=False)
+    out = convert_mcore_to_hf(tmp_path / "mc", tmp_path / "hf", progress=False)
+    assert load_hf_export(out).meta["generation"]["stop_token_ids"] == [2, 1, 0]
+    (out / "megatron_diffusion.json").unlink()  # a plain HF directory whose tokenizer has [MASK]
+    generation = load_hf_export(out).meta["generation"]
+    assert sorted(generation["stop_token_ids"]) == [0, 1, 2]
+    assert generation["chat_template"] == TEMPLATE
