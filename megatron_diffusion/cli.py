@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:  # a command whose module is not there yet / missing extra
         print(f"megatron-diffusion: error: {command}: {e}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # SECTION.FIELD=VALUE after an option (train --config X a=1 --run-dir R b=2)
+        if isinstance(getattr(args, "overrides", None), list) and \
+                all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

@@ -9,6 +9,7 @@ values and cross-section constraints (block size divides ``seq_len``, TP divides
 """
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ class RunConfig:
 
 # ---------------------------------------------------------------- loading and overrides
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_ok(value, tp) -> tuple[bool, object]:
     """Is ``value`` acceptable for annotation ``tp``? Returns (ok, coerced value)."""
     origin = typing.get_origin(tp)
@@ -208,6 +212,8 @@ def _type_ok(value, tp) -> tuple[bool, object]:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return True, float(value)  # 1e-4: YAML 1.1 wants a dot, PyYAML reads a string
         return False, value
     if tp is str:
         return isinstance(value, str), value

@@ -149,6 +149,22 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
     return {**attrs, "undecodable_examples": stats.undecodable_examples}
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.NAME.tmp-PID`` siblings of ``out`` whose process is gone (a ``kill -9``
+    leaves them: the ``finally`` below never ran). A live pid's store is left alone; a pid is
+    only known on this host, so a run writing the same output from another node is not seen."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # alive under another user / not a pid
+
+
 def preprocess(cfg: IngestConfig) -> dict:
     """Build the store at ``cfg.output``; returns its attrs (plus a few skipped-file examples)."""
     cfg.validate()
@@ -159,6 +175,7 @@ def preprocess(cfg: IngestConfig) -> dict:
     if out.exists() and not cfg.overwrite:
         raise UsageError(f"--output: {out} exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

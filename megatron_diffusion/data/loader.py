@@ -73,6 +73,9 @@ def _plan_key(cfg: DataConfig) -> PlanKey:
 def open_stores(cfg: DataConfig, tokenizer_hash: str | None = None,
                 vocab_size: int | None = None) -> list[TokenStore]:
     """Open and cross-check the blend's stores (same tokenizer; SFT stores for SFT mode)."""
+    if not cfg.blend:  # an empty config, or no data section
+        raise UsageError("data.blend: expected at least one (weight, store path) pair, e.g. "
+                         "data.blend='[[1.0, corpus.zarr]]'")
     stores = [TokenStore(p) for p in cfg.paths]
     tokenizer_hash = tokenizer_hash or stores[0].tokenizer_hash
     for s in stores:

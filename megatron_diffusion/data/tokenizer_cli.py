@@ -27,14 +27,26 @@ def run(args: argparse.Namespace) -> int:
     for p in args.input:
         if not Path(p).exists():
             raise UsageError(f"--input: {p} does not exist")
-    texts = tqdm(iter_text_files(args.input, args.glob), desc="train-tokenizer", unit="file")
-    tok = train_tokenizer(texts, args.vocab_size)
+    counted = [0]
+
+    def texts():
+        for text in tqdm(iter_text_files(args.input, args.glob), desc="train-tokenizer", unit="file"):
+            counted[0] += bool(text.strip())
+            yield text
+
+    tok = train_tokenizer(texts(), args.vocab_size)
+    if not counted[0]:
+        raise UsageError(f"--input: no text in {' '.join(args.input)} (files matching --glob "
+                         f"{args.glob!r}, UTF-8, not empty)")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # temp file + rename: an interrupted run never leaves a half-written tokenizer.json
     with atomic_path(out) as tmp:
         tok.save(str(tmp))
         loaded = load_tokenizer(tmp)
+        if loaded.vocab_size != args.vocab_size:  # too little text for that many merges
+            raise UsageError(f"--vocab-size: asked {args.vocab_size}, the corpus gave only "
+                             f"{loaded.vocab_size} ids; give more text or a smaller --vocab-size")
     print(f"wrote {out}: vocab_size={loaded.vocab_size} eos={loaded.eos_id} "
           f"mask={loaded.mask_id} pad={loaded.pad_id} hash={loaded.hash[:12]}")
     return 0

@@ -29,20 +29,21 @@ class LoadedModel:
     path: Path
 
 
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint directory, or a run directory / checkpoints dir (then its latest)."""
+def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
+    """A checkpoint directory, or a run directory / checkpoints dir (then its latest);
+    ``option`` names the flag in errors."""
     from megatron_diffusion.training.checkpoint import latest_checkpoint
 
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"--checkpoint: {p} does not exist")
+        raise UsageError(f"{option}: {p} does not exist")
     if (p / "meta.json").is_file():
         return p
     for run_dir in (p, p.parent):
         found = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
         if found is not None:
             return found
-    raise UsageError(f"--checkpoint: {p} is not a megatron-diffusion checkpoint (no meta.json) "
+    raise UsageError(f"{option}: {p} is not a megatron-diffusion checkpoint (no meta.json) "
                      "nor a run directory with checkpoints")
 
 

@@ -249,7 +249,7 @@ class Trainer:
         from megatron_diffusion.training.checkpoint import read_meta
         from megatron_diffusion.training.init_from import adopt_model_config
 
-        self.init_from = resolve_checkpoint(self.init_from)
+        self.init_from = resolve_checkpoint(self.init_from, option="--init-from")
         meta = read_meta(self.init_from)
         adopt_model_config(self.cfg, meta, self.init_from)
         self.converted_from = meta.get("converted_from")  # the HF export keeps its origin
