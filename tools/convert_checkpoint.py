@@ -3,6 +3,8 @@
 
     python tools/convert_checkpoint.py hf-to-mcore --hf Seed-Coder-8B-Base --out ckpt/seed-coder \
         --tp 4 --pp 2 --add-mask-token
+    python tools/convert_checkpoint.py gguf-to-mcore --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
+        --out ckpt/smollm2 --add-mask-token
     python tools/convert_checkpoint.py verify --hf Seed-Coder-8B-Base --checkpoint ckpt/seed-coder
     python tools/convert_checkpoint.py reshard --checkpoint ckpt/seed-coder --out ckpt/tp2 --tp 2 --pp 1
     python tools/convert_checkpoint.py mcore-to-hf --checkpoint runs/cpt --out export/
