@@ -240,3 +240,27 @@ def test_lean_forward_is_bit_identical(overrides):
         with lean_linears(model, tp_size=1):
             lean = lean_forward(model, tokens, positions, mask)
     assert torch.equal(plain, lean)
+
+
+def test_column_major_session_follows_weight_updates():
+    """CPU sessions read column-major copies of the weights; new weights (loaded in place)
+    remake them, and the model's own storage is restored after the session."""
+    from megatron_diffusion.sampling.backend import column_major_weights
+
+    model = tiny_model()
+    weight = model.decoder.layers[0].mlp.linear_fc1.weight
+    before = weight.data.data_ptr()
+    cfg = SamplerConfig(max_new_tokens=6, block_size=3, strategy="fixed")
+    batch = prompts([5], seed=11)
+    first = BlockSampler(ModelBackend(model), rules(), cfg).generate(batch)[0].tokens
+    with column_major_weights(model, True):
+        assert not weight.is_contiguous() and weight.t().is_contiguous()
+    assert weight.data.data_ptr() == before and weight.is_contiguous()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    flipped = BlockSampler(ModelBackend(model), rules(), cfg).generate(batch)[0].tokens
+    plain = BlockSampler(ModelBackend(model), rules(),
+                         SamplerConfig(max_new_tokens=6, block_size=3, strategy="fixed",
+                                       kv_cache=False))
+    assert flipped == plain.generate(batch)[0].tokens and flipped != first
