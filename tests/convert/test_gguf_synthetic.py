@@ -106,7 +106,8 @@ def test_qwen2_gguf_is_not_permuted_and_keeps_biases(tmp_path):
 
     hf_dir = make_hf_model(tmp_path / "qwen2", "qwen2", tied=True)
     gguf = write_gguf(hf_dir, tmp_path / "q.gguf", arch="qwen2", eos="<|endoftext|>")
-    convert_gguf_to_mcore(gguf, tmp_path / "mc", add_mask_token=True, progress=False)
+    convert_gguf_to_mcore(gguf, tmp_path / "mc", add_mask_token=True, progress=False,
+                          tensor_model_parallel_size=2)  # written for TP=2, loads at TP=1
     full = weights.local_to_full([load_model(tmp_path / "mc").model])
     src = hf_state(hf_dir)
     att = "model.layers.2.self_attn."
@@ -117,6 +118,7 @@ def test_qwen2_gguf_is_not_permuted_and_keeps_biases(tmp_path):
     model = meta["config"]["model"]
     assert model["add_qkv_bias"] and not model["untie_embeddings_and_output_weights"]
     assert meta["converted_from"]["architecture"] == "Qwen2ForCausalLM"
+    assert meta["config"]["parallel"]["tensor_model_parallel_size"] == 2
 
 
 def test_tokenizer_config_and_stop_tokens_from_the_metadata(hf_chat_llama, tmp_path):
