@@ -167,3 +167,14 @@ def test_export_of_a_gguf_import_is_a_normal_hf_directory(hf_chat_llama, tmp_pat
     tok_cfg = json.loads((hf_out / "tokenizer_config.json").read_text())
     assert tok_cfg["chat_template"] == (hf_out / "chat_template.jinja").read_text()
     assert json.loads((hf_out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+    from transformers import AutoModelForCausalLM
+
+    from megatron_diffusion.model.loading import load_model
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_out, dtype=torch.float32).eval()
+    ids = torch.tensor([load_tokenizer(hf_out / "tokenizer.json").encode("import os\n")])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids).logits[..., :300]
+    ours = causal_logits(load_model(tmp_path / "mc").model, ids)[..., :300]
+    assert (ours - theirs).abs().max().item() < 1e-4
