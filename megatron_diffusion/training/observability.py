@@ -4,6 +4,10 @@
 grad_norm, tokens_per_s, mfu, stage, u_max, and val_loss when validation ran). On resume, lines
 past the checkpoint's step are dropped first, so the file always describes one consistent run.
 
+The tqdm bar draws only on a terminal. When stdout is not one (a SLURM ``.out`` file, a pipe),
+every logged record is also printed as one plain line (``plain_line``: iteration/total, loss,
+lr, grad norm, tokens/s, step time, ETA), so a batch log shows progress per ``log_interval``.
+
 MFU uses the standard estimate of model FLOPs per token, ``6 N + 12 n_layers h P / S``
 (parameters plus attention scores and values, forward + backward), counted over the tokens the
 model actually processes (``S = 2L`` per row in block mode), divided by the device's peak dense
@@ -14,8 +18,11 @@ textbook ``12 n_layers h S``), or the pairs the mask really allows (``attended_p
 honest count for a kernel that skips masked tiles (FlexAttention).
 """
 
+import datetime
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -75,6 +82,9 @@ class RunLogger:
         self.bar = self.wandb = self.tb = None
         if not enabled:
             return
+        # no terminal (a SLURM .out file): the bar is silent, print a plain line per log instead
+        self.plain = not sys.stdout.isatty()
+        self.total_steps, self.start_step, self.t_start = total_steps, start_step, time.monotonic()
         self._truncate_after(start_step)
         from tqdm import tqdm
 
@@ -99,6 +109,8 @@ class RunLogger:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.plain:
+            print(self.plain_line(record), flush=True)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
                            step=record["step"])
@@ -106,6 +118,23 @@ class RunLogger:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k, v, record["step"])
+
+    def plain_line(self, record: dict) -> str:
+        """``iteration 10/1200 | loss ... | lr ... | grad norm ... | tokens/s ... | step time
+        ... s | ETA h:mm:ss`` (+ mfu, val loss): what a Megatron user greps a job log for."""
+        step, width = record["step"], len(str(self.total_steps))
+        done = max(step - self.start_step, 1)
+        eta = (time.monotonic() - self.t_start) / done * max(self.total_steps - step, 0)
+        grad = record.get("grad_norm")
+        parts = [f"iteration {step:>{width}}/{self.total_steps}", f"loss {record['loss']:.4f}",
+                 f"lr {record['lr']:.3e}", f"grad norm {grad:.3f}" if grad is not None else "grad norm -",
+                 f"tokens/s {record['tokens_per_s']:.0f}", f"step time {record['step_time_s']:.3f} s",
+                 f"ETA {datetime.timedelta(seconds=round(eta))}"]
+        if "mfu" in record:
+            parts.append(f"mfu {record['mfu']:.1%}")
+        if "val_loss" in record:
+            parts.append(f"val loss {record['val_loss']:.4f}")
+        return " | ".join(parts)
 
     def progress(self, step: int, postfix: dict) -> None:
         if self.bar is not None:
