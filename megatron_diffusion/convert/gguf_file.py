@@ -73,7 +73,11 @@ def unpermute_rope_rows(w, n_head: int):
 
 def open_gguf(path) -> "gguf.GGUFReader":  # noqa: F821
     """``gguf.GGUFReader`` of ``path``; one-line UsageError for a missing/corrupt/truncated file."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise UsageError("--gguf: reading GGUF files needs the gguf package: "
+                         "pip install 'megatron-diffusion[gguf]'") from None
 
     path = Path(path)
     if not path.is_file():
