@@ -69,7 +69,7 @@ class DiffusionCoreAttention(DotProductAttention):
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout_p = self.attention_dropout.p if self.training else 0.0
-        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+        groups = q.shape[1] // k.shape[1]  # from the tensors: Ulysses hands in a head slice
         if torch.is_tensor(attention_mask) or attention_mask is None:
             allowed = None if attention_mask is None else ~attention_mask
             with self._rng():
@@ -86,7 +86,7 @@ class DiffusionCoreAttention(DotProductAttention):
                                              enable_gqa=groups > 1)
         # [b, h, sq, d] -> [sq, b, h*d]
         context = context.permute(2, 0, 1, 3).contiguous()
-        return context.view(context.shape[0], context.shape[1], self.hidden_size_per_partition)
+        return context.view(context.shape[0], context.shape[1], -1)
 
     def _rng(self):
         if self.attention_dropout.p == 0 or not self.training or self.config.sequence_parallel:

@@ -19,6 +19,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.spec import layer_spec
+from megatron_diffusion.parallel import context_parallel
 
 
 class DiffusionGPTModel(GPTModel):
@@ -26,6 +27,8 @@ class DiffusionGPTModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.mask_token_id = mask_token_id
         self.real_vocab_size = real_vocab_size
+        if hasattr(self, "rotary_pos_emb"):  # RoPE comes from the CP rank's global positions,
+            self.rotary_pos_emb.cp_group = None  # never from megatron's zig-zag CP slicing
         if self.post_process:
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             local = self.vocab_size // parallel_state.get_tensor_model_parallel_world_size()
@@ -111,7 +114,7 @@ def build_model(cfg: ModelConfig, tcfg: TransformerConfig, *, pre_process: bool 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     return DiffusionGPTModel(
         config=tcfg,
-        transformer_layer_spec=layer_spec(cfg),
+        transformer_layer_spec=layer_spec(cfg, context_parallel.world_size()),
         vocab_size=cfg.padded_vocab_size(tp),
         max_sequence_length=2 * cfg.max_position_embeddings,  # block mode feeds 2L tokens
         pre_process=pre_process,

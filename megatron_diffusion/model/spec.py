@@ -6,7 +6,8 @@ The backend is selected here, never by ``if use_te`` branches inside layers:
   runs on CPU.
 * ``transformer_engine``: TE's fused LayerNorm+Linear and MLP modules (needed for FP8).
 
-Either way the core attention is ``DiffusionCoreAttention`` (dense-mask SDPA or FlexAttention),
+Either way the core attention is ``DiffusionCoreAttention`` (dense-mask SDPA or FlexAttention;
+``UlyssesCoreAttention`` around it under context parallelism),
 except with ``attention_backend='te'`` where TE's own fused attention takes the mask as an
 additive bias.
 """
@@ -20,7 +21,7 @@ from megatron_diffusion.model.attention import DiffusionCoreAttention
 from megatron_diffusion.model.config import ModelConfig
 
 
-def layer_spec(cfg: ModelConfig) -> ModuleSpec:
+def layer_spec(cfg: ModelConfig, context_parallel_size: int = 1) -> ModuleSpec:
     if cfg.transformer_impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
@@ -30,7 +31,10 @@ def layer_spec(cfg: ModelConfig) -> ModuleSpec:
     else:
         spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     if cfg.attention_backend != "te":
-        spec.submodules.self_attention.submodules.core_attention = DiffusionCoreAttention
+        core = DiffusionCoreAttention
+        if context_parallel_size > 1:  # all-to-all (Ulysses) context parallelism
+            from megatron_diffusion.model.ulysses import UlyssesCoreAttention as core
+        spec.submodules.self_attention.submodules.core_attention = core
     else:  # TE fused attention: the diffusion mask arrives as an additive attention_bias
         from megatron.core.transformer.enums import AttnMaskType
 

@@ -27,16 +27,17 @@ def init_distributed(timeout_minutes: int = 30) -> None:
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                               pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: int | None = None,
-                              seed: int = 1234) -> None:
+                              seed: int = 1234, context_parallel_size: int = 1) -> None:
     from megatron.core import parallel_state
 
     init_distributed()
     world = dist.get_world_size()
-    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size * context_parallel_size
     if world % model_parallel:
         raise UsageError(
             f"parallel: tensor_model_parallel_size ({tensor_model_parallel_size}) x "
-            f"pipeline_model_parallel_size ({pipeline_model_parallel_size}) = {model_parallel} "
+            f"pipeline_model_parallel_size ({pipeline_model_parallel_size}) x "
+            f"context_parallel_size ({context_parallel_size}) = {model_parallel} "
             f"must divide the world size ({world})")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
@@ -44,6 +45,7 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
     )
     cpu_runtime.model_parallel_manual_seed(seed)
 

@@ -16,18 +16,20 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_diffusion.loss import LossConfig, diffusion_loss
+from megatron_diffusion.loss import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
+from megatron_diffusion.parallel import context_parallel
+from megatron_diffusion.training.context_parallel_loss import rank_diffusion_loss
 
 
 def _loss_func(batch, loss_cfg, logit_shift, attn_cfg, output_BSV):
     clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
-    loss_sum, num_tokens, metrics = diffusion_loss(output_BSV, batch, loss_cfg,
-                                                   logit_shift=logit_shift,
-                                                   clean_stream_causal=clean_causal,
-                                                   block_size=attn_cfg.block_size,
-                                                   visibility=attn_cfg.visibility)
+    loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, loss_cfg,
+                                                        logit_shift=logit_shift,
+                                                        clean_stream_causal=clean_causal,
+                                                        block_size=attn_cfg.block_size,
+                                                        visibility=attn_cfg.visibility)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
                           metrics["ce_sum"].float(), metrics["ce_count"].float(),
                           metrics["correct"].float()])
@@ -40,7 +42,7 @@ def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shi
         batch = next(data_iterator)
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         batch = batch.to(device)
-        output = model(**forward_kwargs(batch, attn_cfg, backend))
+        output = model(**context_parallel.shard_inputs(forward_kwargs(batch, attn_cfg, backend)))
         return output, partial(_loss_func, batch, loss_cfg, logit_shift, attn_cfg)
 
     return forward_step
@@ -74,7 +76,8 @@ def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss
         for r in reports:
             totals += r["report"].double().cpu()
     if dist.is_initialized():
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(
+            with_context_parallel=True))  # CP ranks hold parts of the same rows
         dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
     loss_sum, num_tokens, ce_sum, ce_count, correct = totals.tolist()
     return {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,

@@ -1,0 +1,104 @@
+"""Context parallelism: the sequence maths of ``parallel.context_parallel_size`` (CP).
+
+Ours is the all-to-all kind (DeepSpeed-Ulysses), not Transformer Engine's ring attention that
+megatron-core's own CP rides on (whose packed path allows causal masks only). Each of the ``cp``
+ranks of megatron's context-parallel group holds one contiguous slice of every row's ``S`` model
+tokens (``S = 2L`` for ``x_t (+) x0`` in block mode): rank ``r`` holds ``[r S/cp, (r+1) S/cp)``.
+Embeddings, MLPs, norms, the output layer and the loss run on that slice only. In attention, two
+all-to-alls (``model/ulysses.py``) turn the sequence slice into a head slice of the *whole*
+sequence, so the core attention applies the full mask (dense or Flex ``BlockMask``) of the
+unsplit row, then turn the result back. Positions, document ids and block ids are computed from
+the global row before slicing, so RoPE and masks are exactly those of one process.
+
+Contiguous slices are balanced for Ulysses (attention works on whole sequences per head; the
+other layers cost the same per token), unlike ring attention's zig-zag slicing. The loss is a sum
+per token over the ranks' slices (``training/context_parallel_loss.py``) and megatron's schedule
+adds sums and counts over the data-parallel x context-parallel group, as over data parallelism.
+
+Constraints (checked at config time, one line each): query heads per TP rank divisible by CP (key
+/value heads too, else they are expanded to the query count before the exchange, as GQA does),
+the row's model tokens divisible by CP, DeepSpeed installed, attention backend ``sdpa`` or
+``flex``.
+"""
+
+import torch
+
+from megatron_diffusion.errors import UsageError
+
+
+def _state():
+    from megatron.core import parallel_state
+
+    return parallel_state if parallel_state.model_parallel_is_initialized() else None
+
+
+def world_size() -> int:
+    """CP ranks per model replica (1 before megatron's groups exist)."""
+    ps = _state()
+    return 1 if ps is None else ps.get_context_parallel_world_size()
+
+
+def rank() -> int:
+    ps = _state()
+    return 0 if ps is None else ps.get_context_parallel_rank()
+
+
+def group():
+    return _state().get_context_parallel_group()
+
+
+def local_span(seq_len: int, cp_rank: int, cp_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of the model tokens rank ``cp_rank`` holds."""
+    if seq_len % cp_size:
+        raise ValueError(f"{seq_len} model tokens do not split over {cp_size} CP ranks")
+    n = seq_len // cp_size
+    return cp_rank * n, (cp_rank + 1) * n
+
+
+def shard_inputs(kwargs: dict) -> dict:
+    """This CP rank's slice of ``input_ids``/``position_ids`` (``[b, S]``); the attention mask
+    stays whole (it is applied to the gathered sequence). Identity without CP."""
+    cp = world_size()
+    if cp == 1:
+        return kwargs
+    start, stop = local_span(kwargs["input_ids"].shape[1], rank(), cp)
+    out = dict(kwargs)
+    for name in ("input_ids", "position_ids"):
+        out[name] = kwargs[name][:, start:stop]
+    return out
+
+
+def gather_sequence(local_BSV: torch.Tensor) -> torch.Tensor:
+    """Concatenate the CP ranks' slices along dim 1 (tests and tools; no gradient)."""
+    import torch.distributed as dist
+
+    cp = world_size()
+    if cp == 1:
+        return local_BSV
+    parts = [torch.empty_like(local_BSV) for _ in range(cp)]
+    dist.all_gather(parts, local_BSV.contiguous(), group=group())
+    return torch.cat(parts, dim=1)
+
+
+def check_config(cfg) -> None:
+    """Cross-section checks of a ``RunConfig`` with ``parallel.context_parallel_size > 1``."""
+    cp = cfg.parallel.context_parallel_size
+    if cp == 1:
+        return
+    tp, model = cfg.parallel.tensor_model_parallel_size, cfg.model
+    heads = model.num_attention_heads // tp
+    if heads % cp:
+        raise UsageError(f"parallel.context_parallel_size: {cp} must divide the query heads per "
+                         f"tensor-parallel rank (model.num_attention_heads={model.num_attention_heads}"
+                         f" / tensor_model_parallel_size={tp} = {heads})")
+    tokens = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
+    if tokens % cp:
+        raise UsageError(f"parallel.context_parallel_size: {cp} must divide the {tokens} model "
+                         f"tokens of a row (data.seq_len={cfg.data.seq_len}, attention.mode="
+                         f"{cfg.attention.mode!r})")
+    if model.attention_backend == "te":
+        raise UsageError("model.attention_backend: 'te' cannot run under context parallelism "
+                         "(Ulysses wraps our core attention); use 'sdpa' or 'flex'")
+    from megatron_diffusion.model.backends import require_deepspeed
+
+    require_deepspeed(f"parallel.context_parallel_size={cp}")
