@@ -56,3 +56,10 @@ def test_tokenizer_without_merges(hf_llama, tmp_path, capsys):
 
 def test_missing_file(tmp_path, capsys):
     assert "does not exist" in _run(capsys, tmp_path / "nope.gguf", tmp_path / "out")
+
+
+def test_without_the_gguf_package(hf_llama, tmp_path, capsys, monkeypatch):
+    gguf = write_gguf(hf_llama, tmp_path / "m.gguf", eos="</s>")
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # import gguf -> ImportError
+    assert "needs the gguf package: pip install 'megatron-diffusion[gguf]'" in _run(
+        capsys, gguf, tmp_path / "out")
