@@ -75,7 +75,12 @@ def context_parallel_diffusion_loss(local_BSV: torch.Tensor, batch: DiffusionBat
     start, stop = context_parallel.local_span(S, cp_rank, cp_size)
     full = output_targets(batch, S, cfg, logit_shift=logit_shift, block_size=block_size,
                           visibility=visibility)
-    targets, weights, ar_weights = (t[:, start:stop] for t in full)
+    # only positions with a target pay for a cross entropy (block mode without shift: the noisy
+    # half), so the fp32 logits of the loss shrink with CP like everything else. None at all (the
+    # clean half at CP=2) still gives a loss in the graph: the exchanges' backward needs every rank
+    cols = ((full[1] > 0) | (full[2] > 0))[:, start:stop].any(dim=0).nonzero().squeeze(1)
+    local_BSV = local_BSV.index_select(1, cols)
+    targets, weights, ar_weights = (t[:, start:stop].index_select(1, cols) for t in full)
     ce_BS = _token_ce(local_BSV, targets)
     has_loss = weights > 0
     with torch.no_grad():
@@ -87,14 +92,17 @@ def context_parallel_diffusion_loss(local_BSV: torch.Tensor, batch: DiffusionBat
         metrics["ar_ce_sum"] = (ce_BS.detach() * ar_weights).sum()
         per_pos_BS = per_pos_BS + cfg.ar_loss_weight * ce_BS * ar_weights
     eligible_BL = batch.loss_mask_BL
-    counted = cp_rank == 0
     if cfg.normalization == "token":
         loss_sum = per_pos_BS.sum()
-        num_tokens = eligible_BL.sum().to(torch.int) * counted
     else:
         loss_sum = (per_pos_BS.sum(dim=1) / eligible_BL.sum(dim=1).clamp(min=1)).sum()
-        num_tokens = torch.tensor(batch.batch_size * counted, dtype=torch.int)
-    return loss_sum, num_tokens, metrics
+    return loss_sum, _num_tokens(batch, cfg, cp_rank), metrics
+
+
+def _num_tokens(batch: DiffusionBatch, cfg: LossConfig, cp_rank: int) -> torch.Tensor:
+    """``diffusion_loss``'s count (eligible tokens, or rows), on CP rank 0 only."""
+    n = batch.loss_mask_BL.sum() if cfg.normalization == "token" else batch.batch_size
+    return torch.as_tensor(n * (cp_rank == 0), dtype=torch.int)
 
 
 def rank_diffusion_loss(output_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossConfig,
