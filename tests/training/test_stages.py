@@ -71,3 +71,16 @@ def test_bad_stages_fail_in_one_line_before_any_work(stages, needle, tiny_store,
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1, err[-2000:]
     assert not run.exists()
+
+
+def test_the_smollm2_recipe_is_ar_then_shifted_block_diffusion(tmp_path):
+    from megatron_diffusion.training.stages import load_stages
+
+    stages = load_stages(ROOT / "examples" / "smollm2_cpt.yaml", ["optimizer.lr=1.0e-5"], tmp_path)
+    ar, block = (s.cfg for s in stages)
+    assert [s.run_dir.name for s in stages] == ["stage1-ar", "stage2-block4"]
+    assert (ar.loss.objective, ar.attention.mode) == ("ar", "causal")
+    assert (block.loss.objective, block.attention.mode, block.attention.block_size,
+            block.model.logit_shift) == ("diffusion", "block", 4, True)
+    assert ar.optimizer.lr == block.optimizer.lr == 1.0e-5  # overrides reach every stage
+    assert not any(s.cfg.is_explicit("model.rotary_base") for s in stages)  # from --init-from
