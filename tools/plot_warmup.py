@@ -6,8 +6,8 @@ each run is a training run directory with a ``metrics.jsonl`` (logged every step
     python tools/plot_warmup.py --out docs/img/warmup_shift.png \
         "shift, warmup=runs/w/shift_warmup" "no shift, warmup=runs/w/noshift_warmup" ...
 
-prints a markdown table (CE at steps 1, 5, 10 and the last step, the largest grad-norm, mean
-step time) and writes a 3-panel PNG (training loss as optimised, CE of the loss positions,
+prints a markdown table (CE at step 1 and over the last 10 steps, grad-norm over the first 10
+steps and overall, mean step time) and writes a 3-panel PNG (training loss as optimised, CE of the loss positions,
 grad-norm before clipping).
 """
 
@@ -24,24 +24,28 @@ def read_run(run_dir) -> list[dict]:
     return [r for r in rows if "loss" in r]
 
 
-def _at(rows, step, key):
-    for r in rows:
-        if r["step"] == step:
-            return r.get(key)
-    return None
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
 
 
-def table(runs: dict) -> str:
-    lines = ["| run | CE step 1 | CE step 5 | CE step 10 | CE last (step) | max grad-norm | "
-             "s/step |", "|---|---|---|---|---|---|---|"]
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def table(runs: dict, tail: int = 10, head: int = 10) -> str:
+    """CE at step 1, mean CE of the last ``tail`` steps (all runs past their warmup there, so
+    the same corruption), median and max grad-norm of the first ``head`` steps, s/step."""
+    lines = [f"| run | CE step 1 | mean CE, last {tail} steps | median grad-norm, steps 1-{head} "
+             f"| max grad-norm, steps 1-{head} | max grad-norm | s/step |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for label, rows in runs.items():
-        last = rows[-1]
-        cells = [f"{_at(rows, s, 'ce'):.2f}" if _at(rows, s, "ce") is not None else "-"
-                 for s in (1, 5, 10)]
-        grad = max(r["grad_norm"] for r in rows if r.get("grad_norm") is not None)
-        secs = sum(r["step_time_s"] for r in rows) / len(rows)
-        lines.append(f"| {label} | {' | '.join(cells)} | {last['ce']:.2f} ({last['step']}) | "
-                     f"{grad:.1f} | {secs:.1f} |")
+        first = [r.get("grad_norm") for r in rows[:head]]
+        every = [r.get("grad_norm") for r in rows if r.get("grad_norm") is not None]
+        lines.append(f"| {label} | {rows[0]['ce']:.2f} | {_mean(r['ce'] for r in rows[-tail:]):.2f}"
+                     f" | {_median(first):.1f} | {max(g for g in first if g is not None):.1f} | "
+                     f"{max(every):.1f} | {_mean(r['step_time_s'] for r in rows):.1f} |")
     return "\n".join(lines)
 
 
@@ -58,10 +62,11 @@ def plot(runs: dict, out: Path, title: str) -> None:
             ax.plot(steps, [r.get(key) for r in rows], marker=".", label=label)
     for ax, name in zip(axes, ("training loss (weighted, per eligible token)",
                                "cross entropy of the loss positions (nats)",
-                               "grad-norm (before clipping)")):
+                               "grad-norm before clipping (log)")):
         ax.set_xlabel("step")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
