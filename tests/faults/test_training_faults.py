@@ -66,13 +66,14 @@ SAVE_EVERY_STEP = ["training.train_iters=5", "training.save_interval=1", "traini
 
 
 def test_nan_gradient_with_finite_loss_skips_the_step(tiny_store, tmp_path):
-    run = tmp_path / "run"
-    proc = run_cli(tiny_store, run, *SAVE_EVERY_STEP, extra_env=_poisoned_env(tmp_path, "grad", 3))
+    run = tmp_path / "run"  # with the store's own tokenizer named: accepted, and shipped
+    proc = run_cli(tiny_store, run, *SAVE_EVERY_STEP, f"training.tokenizer={tiny_store / 'tokenizer.json'}",
+                   extra_env=_poisoned_env(tmp_path, "grad", 3))
     assert "step 3: non-finite gradient" in proc.stdout + proc.stderr, proc.stderr[-3000:]
     got = losses(run)
     assert sorted(got) == [1, 2, 4, 5] and all(math.isfinite(v) for v in got.values())
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    assert latest.name == "iter_0000005"
+    assert latest.name == "iter_0000005" and (latest / "tokenizer.json").is_file()
     tensors = _checkpoint_tensors(latest)
     assert tensors and all(bool(t.isfinite().all()) for t in tensors.values())
 
@@ -99,13 +100,6 @@ def test_tokenizer_that_does_not_match_the_store_is_refused_at_config_time(tiny_
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "training.tokenizer" in err[0] and str(tiny_store) in err[0], err
     assert not run.exists()
-
-
-def test_matching_tokenizer_is_accepted(tiny_store, tmp_path):
-    run = tmp_path / "run"
-    run_cli(tiny_store, run, "training.train_iters=1",
-            f"training.tokenizer={tiny_store / 'tokenizer.json'}")
-    assert (run / "checkpoints" / "iter_0000001" / "tokenizer.json").is_file()
 
 
 @pytest.fixture
