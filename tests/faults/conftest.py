@@ -37,12 +37,9 @@ def metric_lines(run_dir) -> int:
     return len(f.read_text().splitlines()) if f.is_file() else 0
 
 
-def start_train(store, run_dir, *overrides, nproc=1, extra_env=None, resume=True):
+def start_train(store, run_dir, *overrides, nproc=1, extra_env=None):
     """Popen of ``train`` in its own session (so a test can signal the whole process group)."""
     cmd = train_cmd(store, run_dir, *overrides, nproc=nproc)
-    if not resume:
-        i = cmd.index("--resume")
-        del cmd[i:i + 2]
     return subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), **(extra_env or {})),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
