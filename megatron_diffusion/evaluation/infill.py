@@ -119,11 +119,16 @@ def evaluate_rows(forward, rows_BL: torch.Tensor, corrupt_fn, *, seed: int, repe
     return loss_sum / max(n, 1), ce_sum / max(ce_count, 1), correct / max(ce_count, 1)
 
 
+def reads_shifted(cfg) -> bool:
+    """Output ``i - 1`` predicts token ``i``: ``model.logit_shift`` (a converted AR checkpoint,
+    shifted block CPT) or an AR-objective checkpoint (the sampler's rule, ``ModelRules``)."""
+    return bool(cfg.model.logit_shift or cfg.loss.objective == "ar")
+
+
 def loss_kwargs_for(cfg) -> dict:
-    """``diffusion_loss`` keywords that read a checkpoint's outputs as it was trained: with
-    ``model.logit_shift`` (a converted AR checkpoint, or shifted block CPT) output ``i - 1``
-    predicts token ``i``; the block-mode shift also needs the block layout."""
-    if not cfg.model.logit_shift:
+    """``diffusion_loss`` keywords that read a checkpoint's outputs as it was trained
+    (``reads_shifted``); the block-mode shift also needs the block layout."""
+    if not reads_shifted(cfg):
         return {}
     if cfg.attention.mode == "block":
         return {"logit_shift": True, "block_size": cfg.attention.block_size,
@@ -135,7 +140,7 @@ def has_ar_readout(cfg) -> bool:
     """Whether output ``i - 1`` of the clean sequence under a causal mask predicts token ``i``:
     a causal / AR-objective checkpoint, or one trained with the logit shift (its AR baseline
     decode, block size 1, reads exactly this)."""
-    return cfg.attention.mode == "causal" or cfg.loss.objective == "ar" or cfg.model.logit_shift
+    return cfg.attention.mode == "causal" or reads_shifted(cfg)
 
 
 def make_forward(model, attn):
@@ -225,7 +230,7 @@ def run_infill(args) -> int:
     report = {"checkpoint": str(loaded.path), "step": loaded.meta.get("step"), "data": str(data),
               "rows": int(rows.shape[0]), "seq_len": L, "attention_mode": attn.mode,
               "block_size": block, "logit_shift": cfg.model.logit_shift, "infill": []}
-    if attn.mode == "causal" and not cfg.model.logit_shift:
+    if attn.mode == "causal" and not reads_shifted(cfg):
         report["infill_note"] = "causal checkpoint: masked infill is not its task; see ar_nll"
     else:
         report["infill"] = masked_metrics(model, cfg, rows, rates)

@@ -233,19 +233,19 @@ def decoding_part(sampler, files: list[Path], qc: QualityConfig) -> dict:
 
 def quality_report(sampler, files: list[Path], qc: QualityConfig) -> dict:
     """Every metric of the module docstring for a loaded ``DiffusionSampler``."""
-    from megatron_diffusion.evaluation.infill import masked_metrics, next_token_metrics
+    from megatron_diffusion.evaluation.infill import masked_metrics, next_token_metrics, reads_shifted
 
     loaded = sampler.loaded
     cfg, model = loaded.config, loaded.model
     start = time.monotonic()
     rows = heldout_token_rows(loaded, files, qc.seq_len, qc.max_rows)
-    masked_ok = not (cfg.attention.mode == "causal" and not cfg.model.logit_shift)
+    masked_ok = not (cfg.attention.mode == "causal" and not reads_shifted(cfg))
     decoding = decoding_part(sampler, files, qc)
     return {
         "checkpoint": str(loaded.path), "step": loaded.meta.get("step"),
         "converted_from": loaded.meta.get("converted_from"),
         "model": {"attention_mode": cfg.attention.mode, "training_block_size": cfg.attention.block_size,
-                  "clean_stream": cfg.attention.clean_stream, "logit_shift": cfg.model.logit_shift,
+                  "clean_stream": cfg.attention.clean_stream, "logit_shift": reads_shifted(cfg),
                   "objective": cfg.loss.objective},
         "heldout": [str(f) for f in files], "settings": dataclasses.asdict(qc),
         "rows": int(rows.shape[0]),

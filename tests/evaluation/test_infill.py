@@ -65,3 +65,18 @@ def test_eval_infill_on_a_converted_ar_layout(tmp_path, capsys):
     assert [r["mask_rate"] for r in rep["infill"]] == [0.5] and rep["logit_shift"] is True
     assert rep["ar_nll_bits_per_token"] > 0 and 0 <= rep["next_token_accuracy"] <= 1
     assert "elbo_bits_per_token" not in rep  # a causal model has no diffusion ELBO
+
+
+def test_readout_follows_the_sampler_rule():
+    """An AR-objective checkpoint is read shifted even without model.logit_shift (the trainer's
+    AR stage writes such checkpoints; the sampler decodes them shifted)."""
+    from megatron_diffusion.config import RunConfig
+    from megatron_diffusion.evaluation.infill import has_ar_readout, loss_kwargs_for
+
+    cfg = RunConfig()
+    cfg.attention.mode = "block"
+    assert loss_kwargs_for(cfg) == {} and not has_ar_readout(cfg)
+    cfg.model.logit_shift = True
+    assert loss_kwargs_for(cfg) == {"logit_shift": True, "block_size": 4, "visibility": "shared"}
+    cfg.model.logit_shift, cfg.loss.objective, cfg.attention.mode = False, "ar", "causal"
+    assert loss_kwargs_for(cfg) == {"logit_shift": True} and has_ar_readout(cfg)
