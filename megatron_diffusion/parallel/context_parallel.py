@@ -10,8 +10,9 @@ sequence, so the core attention applies the full mask (dense or Flex ``BlockMask
 unsplit row, then turn the result back. Positions, document ids and block ids are computed from
 the global row before slicing, so RoPE and masks are exactly those of one process.
 
-Contiguous slices are balanced for Ulysses (attention works on whole sequences per head; the
-other layers cost the same per token), unlike ring attention's zig-zag slicing. The loss is a sum
+Contiguous slices balance the layers for Ulysses (attention works on whole sequences per head;
+the other layers cost the same per token), unlike ring attention's zig-zag slicing; in block mode
+the loss targets (the noisy half) then sit on the first ``cp/2`` ranks. The loss is a sum
 per token over the ranks' slices (``training/context_parallel_loss.py``) and megatron's schedule
 adds sums and counts over the data-parallel x context-parallel group, as over data parallelism.
 

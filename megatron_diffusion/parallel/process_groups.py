@@ -32,7 +32,8 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
 
     init_distributed()
     world = dist.get_world_size()
-    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size * context_parallel_size
+    model_parallel = (tensor_model_parallel_size * pipeline_model_parallel_size
+                      * context_parallel_size)
     if world % model_parallel:
         raise UsageError(
             f"parallel: tensor_model_parallel_size ({tensor_model_parallel_size}) x "
