@@ -37,9 +37,19 @@ class CorruptionConfig:
     """Fraction of ``total_steps`` at the END of training that adds edit corruption (Seed Diffusion
     3.1 TSC: last 20%); 0 = never. The edit stage starts at
     ``total_steps - round(edit_stage_fraction * total_steps)``."""
+    edit_row_fraction: float = 1.0
+    """Share of the edit stage's rows that are edited (each row independently). Edited rows get
+    the edit-stage loss (every non-prompt token); the others are plain mask-stage rows (masked
+    tokens, ELBO weight), so 0.5 spends half the rows on each term of Seed Diffusion eq. 5/6.
+    Seed Diffusion 3.1 does not give the share; 1.0 (default) edits every row."""
     edit_max_rate: float = 0.1
     """``eps``: the edit budget is ``k_t = stochastic_round(eps * u(t) * n)``, ``n`` the number of
     non-prompt tokens of the row, capped at ``floor(eps * n)``, so ``k_t / L <= eps``."""
+    edit_window: int = 8
+    """Realignment window ``W`` of a length-changing edit in single mode: a segment ends every
+    ``W`` tokens, so one deletion shifts at most ``W - 1`` tokens (the Hamming distance stays near
+    the Levenshtein distance); 0 = realign only at the end of the document run (the whole row
+    shifts). Block mode always realigns inside each block (and inside ``W`` if smaller)."""
     edit_deletion_prob: float = 1 / 3
     """Probability that one edit operation is a deletion."""
     edit_insertion_prob: float = 1 / 3
@@ -58,6 +68,10 @@ class CorruptionConfig:
         _check_range("warmup_u_init", self.warmup_u_init, 0.0, 1.0, lo_open=True)
         _check_range("edit_stage_fraction", self.edit_stage_fraction, 0.0, 1.0)
         _check_range("edit_max_rate", self.edit_max_rate, 0.0, 1.0, lo_open=True)
+        _check_range("edit_row_fraction", self.edit_row_fraction, 0.0, 1.0)
+        if not isinstance(self.edit_window, int) or isinstance(self.edit_window, bool) \
+                or self.edit_window < 0:
+            raise UsageError(f"edit_window: got {self.edit_window!r}, expected an integer >= 0")
         probs = self.edit_op_probs()
         for name, p in zip(EDIT_OPS, probs):
             _check_range(f"edit_{name}_prob", p, 0.0, 1.0)

@@ -4,15 +4,18 @@
 
 1. levels: ``t`` per row (mode 'single') or per block (mode 'block'); ``U(t_min, 1)``, or
    ``U(0, u_max(step))`` during the corruption warmup (``mask.py``);
-2. edit stage only (the last ``edit_stage_fraction`` of training): edit ``x0`` with a budget
-   ``k_t = stochastic_round(eps * mean u(t) * n)`` capped at ``floor(eps * n)`` (``edit.py``);
+2. edit stage only (the last ``edit_stage_fraction`` of training): edit ``x0`` (``edit.py``)
+   with a budget ``k_t = stochastic_round(eps * mean u(t) * n)`` capped at ``floor(eps * n)``,
+   realigned inside ``edit_window`` (single); or block by block, each block's edit keeping its
+   length, with ``k_b = stochastic_round(eps * u(t_b) * n_b)`` from its own level (block);
 3. masking on top: rate ``u(t)`` (single) or ``u_blk(t_b) = min(1, max(u(t_b), 1/B))`` with a
    one-token fallback per block (``block.py``); with ``block_warmup='cap'`` the warmup drops the
    1/B floor (rate ``u(t_b) <= u_max``), the fallback kept;
 4. weights: mask stage -- masked tokens weigh ``u'(t)/u(t)`` (``u'(t_b)/u_blk`` in block mode),
-   others 0; edit stage -- every non-prompt token carries loss: masked ones ``w(t)``, visible ones
-   1 (Seed Diffusion eq. 5/6: the edit term has weight 1); during warmup or with weighting
-   'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``) are never masked or edited and weigh 0.
+   others 0; edit stage -- every non-prompt token of an edited row (a share
+   ``edit_row_fraction`` of the rows, default all) carries loss: masked ones ``w(t)``, visible
+   ones 1 (Seed Diffusion eq. 5/6: the edit term has weight 1); unedited rows as in the mask
+   stage; during warmup or with weighting 'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``) are never masked or edited and weigh 0.
 
 Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
 ``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN
@@ -96,10 +99,13 @@ class Corruptor:
 
         num_edits_B = torch.zeros(B, dtype=torch.long, device=device)
         y_BL = x0_BL
+        edited_B = torch.full((B,), stage == "edit", dtype=torch.bool, device=device)
         if stage == "edit":
-            budget_B = self._edit_budget(u_BL, editable_BL, generator)
-            y_BL, num_edits_B = apply_edits(x0_BL, document_ids_BL, editable_BL, budget_B,
-                                            cfg.edit_op_probs(), self.random_token_ids, generator)
+            if cfg.edit_row_fraction < 1.0:
+                edited_B = torch.rand(B, generator=generator, device=device) < cfg.edit_row_fraction
+            blocks = blocks_BL if self.mode == "block" else None
+            y_BL, num_edits_B = self._edit(x0_BL, document_ids_BL, editable_BL, u_BL, blocks,
+                                           generator, edited_B)
 
         if self.mode == "block":
             capped = warmup and cfg.block_warmup == "cap"  # no 1/B floor while warming up
@@ -118,7 +124,7 @@ class Corruptor:
         # Masked positions carry w(t); in the edit stage every other editable position carries 1
         # ("no carry-over unmasking", METHOD.md 5). loss_mask marks the eligible (non-prompt)
         # positions in both stages: the denominator of the per-token normalisation.
-        has_loss_BL = editable_BL if stage == "edit" else masked_BL
+        has_loss_BL = masked_BL | (editable_BL & edited_B[:, None])
         weights_BL = torch.where(masked_BL, w_BL, has_loss_BL.to(w_BL.dtype))
         loss_mask_BL = editable_BL
 
@@ -135,6 +141,22 @@ class Corruptor:
             stage=stage,
         )
 
+    def _edit(self, x0_BL, document_ids_BL, editable_BL, u_BL, blocks_BL, generator,
+              edited_B=None):
+        """Edited rows and ``num_edits_B``: one budget per row (single mode, realigned inside
+        ``edit_window``) or per block from the block's own level (block mode, block-local);
+        rows with ``edited_B`` False get budget 0."""
+        cfg = self.cfg
+        if blocks_BL is None:
+            budget_BN = self._edit_budget(u_BL, editable_BL, generator)
+        else:
+            budget_BN = self._block_edit_budget(u_BL, editable_BL, blocks_BL, generator)
+        if edited_B is not None:
+            budget_BN = budget_BN * edited_B.reshape(-1, *([1] * (budget_BN.dim() - 1)))
+        return apply_edits(x0_BL, document_ids_BL, editable_BL, budget_BN, cfg.edit_op_probs(),
+                           self.random_token_ids, generator, groups_BL=blocks_BL,
+                           window=cfg.edit_window)
+
     def _edit_budget(self, u_BL, editable_BL, generator) -> torch.Tensor:
         """``k = min(floor(eps * n), stochastic_round(eps * mean u * n))``, n = editable tokens."""
         eps = self.cfg.edit_max_rate
@@ -143,6 +165,16 @@ class Corruptor:
         draw_B = torch.rand(n_B.shape, generator=generator, device=n_B.device)
         budget_B = torch.floor(expected_B.double() + draw_B).long()
         return torch.minimum(budget_B, torch.floor(eps * n_B.double()).long())
+
+    def _block_edit_budget(self, u_BL, editable_BL, blocks_BL, generator) -> torch.Tensor:
+        """Per block ``k_b = stochastic_round(eps * u(t_b) * n_b)`` (``n_b`` its editable tokens),
+        so ``E[k_b] = eps * u(t_b) * n_b`` and ``k_b <= ceil(eps * n_b)``."""
+        B, N = blocks_BL.shape[0], self.num_blocks
+        n_BN = torch.zeros(B, N, dtype=torch.float64, device=u_BL.device)
+        n_BN.scatter_add_(1, blocks_BL, editable_BL.double())
+        u_BN = torch.zeros_like(n_BN).scatter_reduce_(1, blocks_BL, u_BL.double(), "amax")
+        draw_BN = torch.rand(B, N, generator=generator, device=u_BL.device, dtype=torch.float64)
+        return torch.floor(self.cfg.edit_max_rate * u_BN * n_BN + draw_BN).long()
 
     def _check_inputs(self, tokens_BL, document_ids_BL, prompt_mask_BL):
         if tokens_BL.dim() != 2 or tokens_BL.shape[1] != self.seq_len:

@@ -1,34 +1,41 @@
 """Edit-based corruption (METHOD.md 5, Seed Diffusion 3.1): deletions, insertions, substitutions.
 
-Given a budget of ``k`` edit operations per row, the row ``x0`` (length ``L``) becomes a row
-``y`` of the same length ``L`` with Levenshtein distance ``d(x0, y) <= num_edits <= k``.
+Given a budget of ``k`` edit operations per budget group (the row in single mode, each diffusion
+block in block mode), the row ``x0`` (length ``L``) becomes a row ``y`` of the same length ``L``
+with Levenshtein distance ``d(x0, y) <= num_edits <= sum k`` (and ``<= k`` per group).
 
 Algorithm (all rows at once; no loop over tokens or ops):
 
 1. Segments. Prompt tokens and document boundaries must not move, so the row is cut into
    segments: maximal runs of editable (non-prompt) tokens of one document; every prompt token is
-   a segment of its own. Length-changing edits shift tokens only inside their segment.
-2. Ops. ``K = max k`` distinct editable positions are drawn in a uniformly random order (top-K
-   of random keys); op ``j`` of a row is a deletion of, an insertion of a random token before, or
-   a substitution (by a random token different from the original) of its position, with the
-   configured probabilities.
+   a segment of its own. Segments also start at every budget group (block) start and, with
+   ``window = W > 0``, every ``W`` columns. Length-changing edits shift tokens only inside their
+   segment: in block mode no token crosses a block boundary (block ``b``'s noisy stream never
+   holds a token of block ``b + 1``), and a deletion shifts at most ``W - 1`` tokens.
+2. Ops. Each group's editable positions are put in a uniformly random order (one argsort of
+   group id + random key); its first ``k`` are its op slots. Op ``j`` is a deletion of, an
+   insertion of a random token before, or a substitution (by a random token different from the
+   original) of its position, with the configured probabilities; a group whose budget is 1 only
+   substitutes (a length-changing op costs 2, see 3).
 3. Realignment: pad or trim at the end of each segment. After its ops a segment whose length
    grew by ``n`` drops its last ``n`` tokens (``n`` deletions at its end); one that shrank by
    ``n`` is filled with ``n`` random tokens at its end (``n`` insertions). The target stays
    ``x0`` position by position. Realignment ops count against the budget: op ``j`` costs
    ``1 + |net_s after j| - |net_s before j|`` (``net_s`` the running length change of its
-   segment), i.e. 0, 1 or 2, and the longest prefix of ops whose total cost is ``<= k`` is applied.
-   ``num_edits`` = that cost = primary ops + realignment ops, an upper bound of the distance.
+   segment), i.e. 0, 1 or 2, and each group applies the longest prefix of its ops whose total
+   cost is ``<= k``. ``num_edits`` = that cost summed over the row's groups = primary ops +
+   realignment ops, an upper bound of the distance.
 4. Emission. Kept token ``i`` lands at ``segment start + (tokens emitted before it in its
    segment)``; an inserted token before ``i`` lands just before it; anything past the segment's
-   end is dropped; unfilled slots at the segment's end take random tokens. Two scatters; random
-   tokens are drawn only for the ops and the padded slots.
+   end is dropped; unfilled slots at the segment's end take random tokens. Two scatters.
 
 The distance is below ``num_edits`` only when ops happen to cancel (a deletion next to an
 insertion acts as one substitution; a trimmed token that was itself inserted), which is rare for
-``k << L``; tests check it with rapidfuzz.
+``k << L``; tests check it with rapidfuzz. Position-wise realignment makes the Hamming distance
+to ``x0`` larger than the Levenshtein distance (every shifted token differs); the segment
+bounds keep that ratio small (docs/corruption.md, "Edit stage").
 
-Shapes: ``B`` rows, ``L`` tokens, ``K`` op slots (the largest budget of the batch).
+Shapes: ``B`` rows, ``L`` tokens, ``N`` budget groups, ``K = L`` op slots (slot order).
 """
 
 import torch
@@ -83,47 +90,93 @@ def _segmented_cumsum(values_BK: torch.Tensor, groups_BK: torch.Tensor) -> torch
     return torch.empty_like(within_s).scatter_(1, order_BK, within_s)
 
 
-def apply_edits(x0_BL: torch.Tensor, document_ids_BL: torch.Tensor, editable_BL: torch.Tensor,
-                budget_B: torch.Tensor, op_probs: tuple[float, float, float],
-                random_token_ids: torch.Tensor, generator: torch.Generator):
-    """Edit every row within its budget; returns ``(y_BL, num_edits_B)`` (module docstring).
+def window_starts(length: int, window: int, device=None) -> torch.Tensor:
+    """bool ``[L]``: True every ``window`` columns (realignment windows; 0 = none)."""
+    cols_L = torch.arange(length, device=device)
+    if window <= 0:
+        return cols_L < 0
+    return cols_L % window == 0
 
-    ``budget_B`` must not exceed the number of editable tokens of its row.
+
+def _rank_in_group(groups_BL: torch.Tensor, editable_BL: torch.Tensor,
+                   generator: torch.Generator):
+    """Op slots: every position in a uniformly random order inside its group, editable first.
+
+    Returns ``(pos_BL, rank_BL)``: slot ``j`` edits position ``pos[j]``, the ``rank[j]``-th op
+    of its group (non-editable positions rank past every budget).
+    """
+    B, L = groups_BL.shape
+    keys_BL = torch.rand(B, L, generator=generator, device=groups_BL.device, dtype=torch.float64)
+    keys_BL = torch.where(editable_BL, 0.5 * keys_BL, torch.full_like(keys_BL, 0.75))
+    pos_BL = torch.argsort(groups_BL.double() + keys_BL, dim=1)
+    cols_L = torch.arange(L, device=groups_BL.device)
+    g_s = groups_BL.gather(1, pos_BL)
+    first = torch.ones_like(g_s, dtype=torch.bool)
+    first[:, 1:] = g_s[:, 1:] != g_s[:, :-1]
+    start_s = torch.cummax(torch.where(first, cols_L, torch.zeros_like(cols_L)), 1).values
+    rank_BL = cols_L - start_s
+    rank_BL = torch.where(editable_BL.gather(1, pos_BL), rank_BL, torch.full_like(rank_BL, L))
+    return pos_BL, rank_BL
+
+
+def apply_edits(x0_BL: torch.Tensor, document_ids_BL: torch.Tensor, editable_BL: torch.Tensor,
+                budget_BN: torch.Tensor, op_probs: tuple[float, float, float],
+                random_token_ids: torch.Tensor, generator: torch.Generator,
+                groups_BL: torch.Tensor | None = None, window: int = 0):
+    """Edit every budget group within its budget; returns ``(y_BL, num_edits_B)``.
+
+    ``budget_BN``: ``[B]`` (one group per row) or ``[B, N]`` with ``groups_BL`` in ``[0, N)``
+    (block mode: the group is the block, which is also a segment, so no token leaves it).
+    ``window > 0`` also starts a segment every ``window`` columns, bounding the shift. A budget
+    must not exceed its group's editable tokens. See the module docstring.
     """
     B, L = x0_BL.shape
     device = x0_BL.device
-    K = int(budget_B.max()) if B > 0 else 0
-    if K == 0:
+    budget_BN = budget_BN.reshape(B, -1).long()
+    if groups_BL is None:
+        groups_BL = torch.zeros(B, L, dtype=torch.long, device=device)
+    if B == 0 or int(budget_BN.max()) == 0:
         return x0_BL.clone(), torch.zeros(B, dtype=torch.long, device=device)
 
-    seg_start_BL = edit_segments(document_ids_BL, editable_BL)
+    seg_start_BL = edit_segments(document_ids_BL, editable_BL) | window_starts(L, window, device)
+    seg_start_BL[:, 1:] |= groups_BL[:, 1:] != groups_BL[:, :-1]
     seg_BL = seg_start_BL.long().cumsum(1) - 1
 
-    # 2. ops: K distinct editable positions in random order, and their kinds.
-    keys_BL = torch.rand(B, L, generator=generator, device=device)
-    keys_BL = torch.where(editable_BL, keys_BL, torch.full_like(keys_BL, -1.0))
-    pos_BK = torch.topk(keys_BL, K, dim=1).indices
-    draw_BK = torch.rand(B, K, generator=generator, device=device)
+    # 2. ops: the first budget positions of each group's random order, and their kinds.
+    pos_BK, rank_BK = _rank_in_group(groups_BL, editable_BL, generator)
+    group_BK = groups_BL.gather(1, pos_BK)
+    group_budget_BK = budget_BN.gather(1, group_BK)
+    draw_BK = torch.rand(B, L, generator=generator, device=device)
     p_del, p_ins, _ = op_probs
     kind_BK = (draw_BK >= p_del).long() + (draw_BK >= p_del + p_ins).long()
-    valid_BK = torch.arange(K, device=device) < budget_B[:, None]
+    # a length-changing op costs 2 in a fresh segment: a budget of 1 can only substitute
+    kind_BK = torch.where(group_budget_BK == 1, SUBSTITUTION, kind_BK)
+    valid_BK = rank_BK < group_budget_BK
     delta_BK = torch.where(kind_BK == INSERTION, 1, torch.where(kind_BK == DELETION, -1, 0))
     delta_BK = delta_BK * valid_BK
 
-    # 3. cost of each op including the realignment it adds or saves; apply the affordable prefix.
+    # 3. cost of each op including the realignment it adds or saves; apply each group's
+    # affordable prefix.
     net_after_BK = _segmented_cumsum(delta_BK, seg_BL.gather(1, pos_BK))
     step_cost_BK = (1 + net_after_BK.abs() - (net_after_BK - delta_BK).abs()) * valid_BK
-    cost_BK = step_cost_BK.cumsum(1)
-    applied_BK = valid_BK & (cost_BK <= budget_B[:, None])
-    num_edits_B = torch.where(applied_BK, cost_BK, torch.zeros_like(cost_BK)).amax(1)
+    cost_BK = _segmented_cumsum(step_cost_BK, group_BK)
+    applied_BK = valid_BK & (cost_BK <= group_budget_BK)
+    num_edits_B = torch.where(applied_BK, step_cost_BK, torch.zeros_like(step_cost_BK)).sum(1)
+    y_BL = _emit(x0_BL, seg_start_BL, seg_BL, pos_BK, applied_BK, kind_BK, random_token_ids,
+                 generator)
+    return y_BL, num_edits_B
+
+
+def _emit(x0_BL, seg_start_BL, seg_BL, pos_BK, applied_BK, kind_BK, random_token_ids, generator):
+    """4. emission, segment by segment, then pad/trim at each segment's end."""
+    B, L = x0_BL.shape
+    device = x0_BL.device
 
     def flag(kind):
         out_BL = torch.zeros(B, L, dtype=torch.bool, device=device)
         return out_BL.scatter_(1, pos_BK, applied_BK & (kind_BK == kind))
 
     del_BL, ins_BL, sub_BL = flag(DELETION), flag(INSERTION), flag(SUBSTITUTION)
-
-    # 4. emission, segment by segment, then pad/trim at each segment's end.
     cols_L = torch.arange(L, device=device)
     emitted_BL = ins_BL.long() + (~del_BL).long()
     before_BL = emitted_BL.cumsum(1) - emitted_BL
@@ -134,12 +187,8 @@ def apply_edits(x0_BL: torch.Tensor, document_ids_BL: torch.Tensor, editable_BL:
     keep_out_BL = ins_out_BL + ins_BL.long()
     end_BL = start_BL + seg_len_BL
 
-    # random tokens only where needed: at the ops' positions and at the padded slots
-    x0_BK = x0_BL.gather(1, pos_BK)
-    ins_tok_BL = torch.zeros_like(x0_BL).scatter_(
-        1, pos_BK, random_tokens((B, K), random_token_ids, generator))
-    sub_tok_BL = torch.zeros_like(x0_BL).scatter_(
-        1, pos_BK, substitute_tokens(x0_BK, random_token_ids, generator))
+    ins_tok_BL = random_tokens((B, L), random_token_ids, generator)
+    sub_tok_BL = substitute_tokens(x0_BL, random_token_ids, generator)
     keep_tok_BL = torch.where(sub_BL, sub_tok_BL, x0_BL)
     dump = torch.full_like(cols_L, L).expand(B, L)  # extra column L collects dropped tokens
     ins_idx_BL = torch.where(ins_BL & (ins_out_BL < end_BL), ins_out_BL, dump)
@@ -150,4 +199,4 @@ def apply_edits(x0_BL: torch.Tensor, document_ids_BL: torch.Tensor, editable_BL:
     written_BL1.scatter_(1, ins_idx_BL, True).scatter_(1, keep_idx_BL, True)
     padded_BL = ~written_BL1[:, :L]
     y_BL1[:, :L][padded_BL] = random_tokens((int(padded_BL.sum()),), random_token_ids, generator)
-    return y_BL1[:, :L].contiguous(), num_edits_B
+    return y_BL1[:, :L].contiguous()

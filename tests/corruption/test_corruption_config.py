@@ -13,6 +13,8 @@ def test_defaults_validate():
     ("schedule", "square"), ("weighting", "uniform"), ("block_warmup", "none"), ("t_min", 1.0), ("t_min", -0.1),
     ("warmup_steps", -1), ("warmup_steps", 2.5), ("warmup_u_init", 0.0),
     ("edit_stage_fraction", 1.5), ("edit_max_rate", 0.0), ("edit_deletion_prob", -0.1),
+    ("edit_window", -1), ("edit_window", 2.5), ("edit_row_fraction", 1.5),
+    ("edit_row_fraction", -0.1),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(UsageError, match=field):

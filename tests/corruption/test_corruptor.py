@@ -105,10 +105,59 @@ def test_batch_contract_invariants(lengths, mode, visibility, block_size, step, 
             1, blocks, (xt == MASK_ID).float())
         has_eligible = torch.zeros(3, c.num_blocks).scatter_add_(1, blocks, (~prompt).float()) > 0
         assert bool((masked_per_block[has_eligible] >= 1).all())
-    if b.stage == "edit":
+    if b.stage == "edit" and mode == "single":
         # k <= floor(eps * n); the distance itself is checked on apply_edits (test_edit_corruption)
         assert bool((b.num_edits_B <= torch.floor(0.5 * (~prompt).sum(1))).all())
+    elif b.stage == "edit":  # k_b <= ceil(eps * n_b) per block
+        n_BN = torch.zeros(3, c.num_blocks).scatter_add_(1, blocks, (~prompt).float())
+        assert bool((b.num_edits_B <= torch.ceil(0.5 * n_BN).sum(1)).all())
     DiffusionBatch.collate([b, b])  # fixed N: batches stack
+
+
+@pytest.mark.parametrize("visibility", ["shared", "isolated"])
+def test_block_mode_edits_never_show_a_later_blocks_token(visibility):
+    """Block b's noisy stream holds only its own tokens (or random/[MASK] ones): the model never
+    sees a later block's token at inference (issue 14). Block 32, eps 0.3: deletions happen."""
+    L = 128
+    c = make_corruptor(seq_len=L, mode="block", block_size=32, visibility=visibility,
+                       edit_max_rate=0.3)
+    x = torch.arange(100, 100 + L).repeat(64, 1)  # distinct tokens, disjoint from RANDOM_IDS
+    doc = document_ids_from_lengths([50, 78]).unsqueeze(0).repeat(64, 1)
+    b = c.corrupt(x, doc, step=99, generator=gen(5))
+    xt = b.tokens_BS[:, :L]
+    blocks = block_ids(doc, 32, visibility)
+    src = torch.where(xt >= 100, xt - 100, torch.full_like(xt, -1))
+    later = (src >= 0) & (blocks.gather(1, src.clamp(min=0)) > blocks)
+    assert b.num_edits_B.sum() > 0 and not bool(later.any())
+    assert bool((src >= 0).sum() > 0.4 * src.numel())  # most tokens visible, so it can fail
+
+
+def test_block_edit_budget_follows_each_blocks_level():
+    """k_b = stochastic_round(eps * u(t_b) * n_b): clean blocks (t_b small) are rarely edited,
+    noisy ones more, so per-row edit counts vary with the block levels."""
+    L, B = 64, 16
+    c = make_corruptor(seq_len=L, mode="block", block_size=B, edit_max_rate=0.5)
+    x = torch.arange(100, 100 + L).repeat(400, 1)
+    blocks = block_ids(torch.zeros_like(x), B, "shared")
+    u = torch.rand(400, 4, generator=gen(1)).gather(1, blocks)
+    k = c._block_edit_budget(u, torch.ones_like(x, dtype=torch.bool), blocks, gen(2))
+    expected = 0.5 * u[:, ::B] * B
+    assert bool(((k - expected).abs() < 1).all())
+    assert abs((k.double() - expected).mean().item()) < 0.05  # unbiased rounding
+
+
+def test_edit_row_fraction_edits_a_share_of_rows_the_rest_are_mask_rows():
+    c = make_corruptor(seq_len=64, edit_max_rate=0.3, t_min=0.5, edit_row_fraction=0.25)
+    x = clean_rows(400, 64)
+    b = c.corrupt(x, torch.zeros_like(x), step=99, generator=gen(8))
+    masked = b.tokens_BS == MASK_ID
+    all_positions = (b.loss_weights_BL > 0).all(1)  # edit-stage rows: every position has loss
+    assert 0.18 < all_positions.float().mean().item() < 0.32
+    plain = ~all_positions
+    assert bool((b.num_edits_B[plain] == 0).all())  # unedited rows: mask-stage loss only
+    assert torch.equal(b.loss_weights_BL[plain] > 0, masked[plain])
+    assert torch.equal(b.tokens_BS[plain][~masked[plain]], x[plain][~masked[plain]])
+    assert bool((b.num_edits_B[all_positions] > 0).float().mean() > 0.9)
 
 
 def test_bad_arguments_name_the_field():

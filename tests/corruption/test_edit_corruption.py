@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from rapidfuzz.distance import Levenshtein
 
 from megatron_diffusion.corruption.edit import apply_edits, edit_segments, substitute_tokens
-from megatron_diffusion.layout import document_ids_from_lengths
+from megatron_diffusion.layout import block_ids, document_ids_from_lengths
 from tests.corruption._helpers import RANDOM_IDS, clean_rows, gen
 
 DEL, INS, SUB = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
@@ -100,3 +100,67 @@ def test_distance_close_to_budget_on_average():
     d = torch.tensor([Levenshtein.distance(a, b) for a, b in zip(x.tolist(), y.tolist())])
     assert bool((d <= n).all()) and bool((n <= 51).all())
     assert d.float().mean().item() > 0.9 * 51
+
+
+# Block-local edits and bounded realignment (issue 14, item 1). x0 holds distinct tokens >= 100
+# and the random tokens are 10..59, so every token >= 100 of an edited row names its source.
+
+def source_positions(y):
+    return torch.where(y >= 100, y - 100, torch.full_like(y, -1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), lengths=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+       block_size=st.integers(1, 9), visibility=st.sampled_from(["shared", "isolated"]),
+       probs=st.sampled_from([(1/3, 1/3, 1/3), DEL, INS, (0.5, 0.5, 0.0)]))
+def test_block_edits_stay_in_their_block_within_its_budget(seed, lengths, block_size, visibility,
+                                                           probs):
+    L = sum(lengths)
+    doc = document_ids_from_lengths(lengths).unsqueeze(0).repeat(4, 1)
+    blocks = block_ids(doc, block_size, visibility)
+    x = torch.arange(100, 100 + L).repeat(4, 1)
+    g = gen(seed)
+    editable = torch.rand(4, L, generator=g) > 0.1
+    n_BN = torch.zeros(4, L, dtype=torch.long).scatter_add_(1, blocks, editable.long())
+    budget = (torch.rand(4, L, generator=g) * (n_BN + 1)).long()  # 0..n_b per block
+    y, n = apply_edits(x, doc, editable, budget, probs, RANDOM_IDS, g, groups_BL=blocks)
+    src = source_positions(y)
+    src_block = blocks.gather(1, src.clamp(min=0))
+    assert bool(((src < 0) | (src_block == blocks)).all())  # no token leaves its block
+    assert bool((y[~editable] == x[~editable]).all())
+    for r in range(4):
+        for b in blocks[r].unique().tolist():
+            at = blocks[r] == b
+            d = Levenshtein.distance(x[r, at].tolist(), y[r, at].tolist())
+            assert d <= budget[r, b].item()
+    assert bool((n <= budget.sum(1)).all())
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), window=st.integers(1, 12), L=st.integers(8, 64))
+def test_window_bounds_the_shift_and_the_distance(seed, window, L):
+    x = torch.arange(100, 100 + L).repeat(4, 1)
+    g = gen(seed)
+    budget = torch.randint(0, L // 3 + 1, (4,), generator=g)
+    y, n = apply_edits(x, torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool), budget,
+                       (1/3, 1/3, 1/3), RANDOM_IDS, g, window=window)
+    src = source_positions(y)
+    cols = torch.arange(L)
+    assert bool(((src < 0) | (src // window == cols // window)).all())
+    for xi, yi, ni, bi in zip(x.tolist(), y.tolist(), n.tolist(), budget.tolist()):
+        assert Levenshtein.distance(xi, yi) <= ni <= bi
+
+
+def test_window_keeps_hamming_near_levenshtein():
+    """One deletion realigned at the row's end changes every later position; inside a window of
+    8 the Hamming distance stays within ~2x the Levenshtein distance (docs/corruption.md)."""
+    L = 128
+    x = torch.arange(100, 100 + L).repeat(64, 1)
+    doc, ed = torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
+    budget = torch.full((64,), 10)
+    ratios = {}
+    for window in (0, 8):
+        y, _ = apply_edits(x, doc, ed, budget, (1/3, 1/3, 1/3), RANDOM_IDS, gen(3), window=window)
+        lev = sum(Levenshtein.distance(a, b) for a, b in zip(x.tolist(), y.tolist()))
+        ratios[window] = (y != x).sum().item() / lev
+    assert ratios[8] < 2.5 < 6 < ratios[0]
