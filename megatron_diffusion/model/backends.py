@@ -9,6 +9,7 @@ time with a message that says how to install it. This matters for FP8 in particu
 accepts ``TransformerConfig(fp8=...)`` without TE and then silently trains in BF16.
 """
 
+import functools
 import importlib.util
 
 from megatron_diffusion.errors import UsageError
@@ -63,9 +64,11 @@ def require_deepspeed(what: str) -> None:
                          f"installed; {DEEPSPEED_INSTALL_HINT}")
 
 
+@functools.cache
 def deepspeed_ulysses():
     """``(DistributedAttention, deepspeed.comm)``, with DeepSpeed's communication layer bound to
-    the already-initialised torch.distributed world (gloo on CPU, nccl on GPU)."""
+    the already-initialised torch.distributed world (gloo on CPU, nccl on GPU). Once per process:
+    every attention layer asks."""
     import os
 
     import torch
