@@ -17,7 +17,8 @@ EDIT_OPS = ("deletion", "insertion", "substitution")
 @dataclass
 class CorruptionConfig:
     schedule: str = "linear"
-    """Noise schedule ``u(t)``: 'linear', 'cosine' or 'log-linear' (corruption/schedules.py)."""
+    """Noise schedule ``u(t)``: 'linear', 'cosine' (= 'cosine-bd3lms', ``1 - cos(pi t/2)``),
+    'cosine-dllm' (``sin(pi t/2)``) or 'log-linear' (corruption/schedules.py)."""
     weighting: str = "elbo"
     """'elbo': masked tokens weigh ``w(t) = u'(t)/u(t)`` (``1/t`` linear; ``u'(t)/u_blk`` in block
     mode); 'none': every loss token weighs 1."""

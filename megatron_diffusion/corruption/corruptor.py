@@ -85,7 +85,8 @@ class Corruptor:
         warmup = cfg.in_warmup(step)
         stage = self.stage_at(step)
 
-        t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min, u_max=cfg.u_max_at(step),
+        t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min,
+                             u_max=sched.t_cap(cfg.u_max_at(step)),
                              warmup=warmup, generator=generator, device=device)
         if self.mode == "block":
             blocks_BL = block_ids(document_ids_BL, self.block_size, self.visibility)

@@ -1,19 +1,28 @@
 """Noise schedules: the mask probability ``u(t)``, its derivative and the ELBO weight.
 
 A schedule maps the corruption level ``t`` in ``[0, 1]`` to ``u(t)``, the probability that a
-token is replaced by ``[MASK]`` (METHOD.md 1). Every schedule here has ``u(0) = 0``,
-``u(1) ~= 1`` and ``u(t) <= t`` on ``[0, 1]`` (so a warmup cap on ``t`` also caps the mask rate,
-see ``config.py``). The continuous-time ELBO weights each masked token's cross-entropy by
+token is replaced by ``[MASK]`` (METHOD.md 1). Every schedule here has ``u(0) = 0`` and
+``u(1) ~= 1``. The continuous-time ELBO weights each masked token's cross-entropy by
 
     w(t) = u'(t) / u(t)            (Stable-DiffCoder eq. 4; with a(t) = 1 - u(t): -a'(t)/(1 - a(t)))
 
 * ``linear``:     u(t) = t,                      u'(t) = 1,                  w(t) = 1/t
-* ``cosine``:     u(t) = 1 - cos(pi t / 2),      u'(t) = (pi/2) sin(pi t/2), w(t) ~ 2/t near 0
+* ``cosine`` = ``cosine-bd3lms``: u(t) = 1 - cos(pi t / 2), u'(t) = (pi/2) sin(pi t/2),
+  w(t) = (pi/2) sin / (1 - cos) = (pi/2) cot(pi t / 4) ~ 2/t near 0 (bd3lms ``CosineNoise``'s
+  mask probability)
+* ``cosine-dllm``: u(t) = sin(pi t / 2), u'(t) = (pi/2) cos(pi t/2),
+  w(t) = (pi/2) cot(pi t / 2) ~ 1/t near 0 (dllm ``CosineAlphaScheduler``:
+  alpha(t) = 1 - cos(pi (1 - t) / 2) = 1 - sin(pi t / 2))
 * ``log-linear``: u(t) = (1 - 1e-3) t,           u'(t) = 1 - 1e-3,           w(t) = 1/t
   (MDLM / bd3lms ``LogLinearNoise``: total noise sigma(t) = -log(1 - (1 - 1e-3) t), mask
   probability 1 - exp(-sigma(t)); the 1e-3 keeps sigma finite at t = 1, so u(1) = 0.999.)
 
 ``w(t)`` diverges at ``t = 0``; callers keep ``t >= t_min`` (``CorruptionConfig.t_min``).
+
+The corruption warmup caps ``t`` at ``t_cap(u_max)``, the largest ``t`` with ``u(t) <= u_max``
+when ``u(t) > t`` somewhere (``cosine-dllm``: ``(2/pi) asin(u_max)``), and at ``u_max`` itself
+for the schedules with ``u(t) <= t`` (linear, cosine-bd3lms, log-linear), so the warmup's cap is
+always a cap on the mask rate.
 """
 
 import math
@@ -36,17 +45,29 @@ class Schedule:
     u: Callable[[torch.Tensor], torch.Tensor]
     du: Callable[[torch.Tensor], torch.Tensor]
 
+    t_cap: Callable[[float], float] = lambda u_max: u_max
+    """Warmup cap on ``t`` for a cap ``u_max`` on the mask rate (module docstring)."""
+
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """ELBO weight ``u'(t) / u(t)`` (infinite at ``t = 0``)."""
         return self.du(t) / self.u(t)
 
 
+COSINE_BD3LMS = Schedule(
+    "cosine-bd3lms",
+    u=lambda t: 1.0 - torch.cos(0.5 * math.pi * t),
+    du=lambda t: 0.5 * math.pi * torch.sin(0.5 * math.pi * t),
+)
+
 SCHEDULES: dict[str, Schedule] = {
     "linear": Schedule("linear", u=lambda t: t.clone(), du=torch.ones_like),
-    "cosine": Schedule(
-        "cosine",
-        u=lambda t: 1.0 - torch.cos(0.5 * math.pi * t),
-        du=lambda t: 0.5 * math.pi * torch.sin(0.5 * math.pi * t),
+    "cosine": COSINE_BD3LMS,
+    "cosine-bd3lms": COSINE_BD3LMS,
+    "cosine-dllm": Schedule(
+        "cosine-dllm",
+        u=lambda t: torch.sin(0.5 * math.pi * t),
+        du=lambda t: 0.5 * math.pi * torch.cos(0.5 * math.pi * t),
+        t_cap=lambda u_max: 2.0 / math.pi * math.asin(min(u_max, 1.0)),
     ),
     "log-linear": Schedule(
         "log-linear",

@@ -77,7 +77,8 @@ LENGTHS = st.lists(st.integers(1, 12), min_size=1, max_size=4)
 @settings(max_examples=30, deadline=None)
 @given(lengths=LENGTHS, mode=st.sampled_from(["single", "block"]),
        visibility=st.sampled_from(["shared", "isolated"]), block_size=st.integers(1, 5),
-       step=st.sampled_from([0, 30, 95]), schedule=st.sampled_from(["linear", "cosine"]),
+       step=st.sampled_from([0, 30, 95]),
+       schedule=st.sampled_from(["linear", "cosine", "cosine-dllm"]),
        seed=st.integers(0, 2**31))
 def test_batch_contract_invariants(lengths, mode, visibility, block_size, step, schedule, seed):
     L = sum(lengths)
@@ -158,6 +159,18 @@ def test_edit_row_fraction_edits_a_share_of_rows_the_rest_are_mask_rows():
     assert torch.equal(b.loss_weights_BL[plain] > 0, masked[plain])
     assert torch.equal(b.tokens_BS[plain][~masked[plain]], x[plain][~masked[plain]])
     assert bool((b.num_edits_B[all_positions] > 0).float().mean() > 0.9)
+
+
+@pytest.mark.parametrize("mode", ["single", "block"])
+def test_cosine_dllm_warmup_caps_the_mask_rate(mode):
+    """u = sin(pi t/2) > t: the warmup caps t at asin(u_max) * 2/pi, so u(t) <= u_max."""
+    c = make_corruptor(seq_len=64, mode=mode, schedule="cosine-dllm", warmup_steps=100,
+                       block_warmup="cap")
+    x = clean_rows(50, 64)
+    b = c.corrupt(x, torch.zeros_like(x), step=20, generator=gen(3))
+    u = torch.sin(0.5 * torch.pi * b.t_BN.nan_to_num(0.0))
+    assert u.max().item() <= c.u_max_at(20) + 1e-6
+    assert u.max().item() > 0.9 * c.u_max_at(20)  # the cap is tight, not t <= u_max
 
 
 def test_bad_arguments_name_the_field():

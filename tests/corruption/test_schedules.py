@@ -39,9 +39,31 @@ def test_derivative_matches_finite_difference_and_u_below_t(name):
     h = 1e-6
     numeric = (s.u(t + h) - s.u(t - h)) / (2 * h)
     assert torch.allclose(s.du(t), numeric, atol=1e-6)
-    # warmup caps t; the cap is a cap on the mask rate only because u(t) <= t
-    assert bool((s.u(t) <= t + 1e-12).all())
+    # warmup caps t at t_cap(u_max); that is a cap on the mask rate: u(t_cap(u)) <= u, tight
+    for u_max in (1e-3, 0.1, 0.5, 0.9, 1.0):
+        cap = s.t_cap(u_max)
+        assert s.u(torch.tensor([cap], dtype=torch.float64)).item() <= u_max + 1e-12
+    if name != "cosine-dllm":  # the others keep u(t) <= t, so the cap is t <= u_max itself
+        assert bool((s.u(t) <= t + 1e-12).all()) and s.t_cap(0.3) == 0.3
     assert s.u(torch.zeros(1)).item() == 0.0
+
+
+def test_two_cosines_under_distinct_names_by_hand():
+    bd3, dllm = get_schedule("cosine-bd3lms"), get_schedule("cosine-dllm")
+    assert get_schedule("cosine") is bd3
+    t = torch.tensor([1 / 3], dtype=torch.float64)  # pi t / 2 = pi / 6: sin 1/2, cos sqrt(3)/2
+    r3 = math.sqrt(3) / 2
+    assert bd3.u(t).item() == pytest.approx(1 - r3)
+    assert bd3.weight(t).item() == pytest.approx((math.pi / 2) * 0.5 / (1 - r3))
+    assert dllm.u(t).item() == pytest.approx(0.5)
+    assert dllm.du(t).item() == pytest.approx(math.pi / 2 * r3)
+    assert dllm.weight(t).item() == pytest.approx(math.pi / 2 * math.sqrt(3))  # (pi/2) cot(pi/6)
+    # dllm: alpha(t) = 1 - cos(pi (1 - t) / 2), u = 1 - alpha; its weight -alpha'/(1 - alpha)
+    alpha = 1 - math.cos(math.pi / 2 * (1 - 1 / 3))
+    d_alpha = -(math.pi / 2) * math.sin(math.pi / 2 * (1 - 1 / 3))
+    assert dllm.u(t).item() == pytest.approx(1 - alpha)
+    assert dllm.weight(t).item() == pytest.approx(-d_alpha / (1 - alpha))
+    assert dllm.t_cap(0.5) == pytest.approx(1 / 3)  # sin(pi/6) = 1/2
 
 
 def test_unknown_schedule_names_choices():
