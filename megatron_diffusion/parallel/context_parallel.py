@@ -90,8 +90,8 @@ def check_config(cfg) -> None:
     heads = model.num_attention_heads // tp
     if heads % cp:
         raise UsageError(f"parallel.context_parallel_size: {cp} must divide the query heads per "
-                         f"tensor-parallel rank (model.num_attention_heads={model.num_attention_heads}"
-                         f" / tensor_model_parallel_size={tp} = {heads})")
+                         f"tensor-parallel rank (model.num_attention_heads="
+                         f"{model.num_attention_heads} / tensor_model_parallel_size={tp} = {heads})")
     tokens = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
     if tokens % cp:
         raise UsageError(f"parallel.context_parallel_size: {cp} must divide the {tokens} model "

@@ -45,7 +45,8 @@ def output_targets(batch: DiffusionBatch, S: int, cfg: LossConfig, *, logit_shif
         blocks = None
         if S == 2 * L:
             if block_size is None:
-                raise UsageError("model.logit_shift: the block-mode shift needs attention.block_size")
+                raise UsageError("model.logit_shift: the block-mode shift needs "
+                                 "attention.block_size")
             from megatron_diffusion.layout import block_ids
 
             blocks = block_ids(batch.document_ids_BL, block_size, visibility)

@@ -68,7 +68,8 @@ def _first_logits(chunks, batches, attn, backend, tp):
     logits = None
     if collected:
         parts = [torch.empty_like(collected[0]) for _ in range(tp)]
-        dist.all_gather(parts, collected[0].contiguous(), group=ps.get_tensor_model_parallel_group())
+        dist.all_gather(parts, collected[0].contiguous(),
+                        group=ps.get_tensor_model_parallel_group())
         logits = context_parallel.gather_sequence(torch.cat(parts, dim=-1))
     objs = [None] * dist.get_world_size()
     dist.all_gather_object(objs, logits)
@@ -82,7 +83,8 @@ def run_case(name: str, a) -> dict:
     attn = AttentionConfig(mode="block", block_size=4, visibility=visibility,
                            clean_stream=clean_stream)
     cfg = tiny_model_config(logit_shift=shift, attention_backend=backend)
-    tcfg = transformer_config(cfg, tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp)
+    tcfg = transformer_config(cfg, tensor_model_parallel_size=a.tp,
+                              pipeline_model_parallel_size=a.pp)
     chunks = build_training_model(cfg, tcfg)
     models = unwrap(chunks)
     shapes = {k: v.shape for k, v in weights.all_stages_full(models).items()}

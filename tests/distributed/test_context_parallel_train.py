@@ -32,7 +32,8 @@ def test_cp2_trains_like_one_process_and_resumes_exactly(tiny_store, tmp_path):
     run_train(tiny_store, run, f"training.train_iters={STEPS}",
               f"training.exit_interval={STEPS // 2}", *CP2, nproc=2)
     assert max(losses(run)) == STEPS // 2
-    assert sorted(p.name for p in (run / "checkpoints").glob("iter_*/loader/*.json")) == ["dp_000.json"]
+    loader_states = (run / "checkpoints").glob("iter_*/loader/*.json")
+    assert sorted(p.name for p in loader_states) == ["dp_000.json"]  # one per DP rank
     run_train(tiny_store, run, f"training.train_iters={STEPS}", *CP2, nproc=2)
     assert losses(run) == b  # identical floats, not approximately
 
