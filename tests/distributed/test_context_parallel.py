@@ -3,7 +3,8 @@
 Block-diffusion rows (``x_t (+) x0``, 32 model tokens) with packed shared and isolated
 visibility, the block-mode logit shift with the AR term on a causal clean stream, and the Flex
 ``BlockMask`` (forward only on CPU: FlexAttention has no CPU backward), at CP=2 and at CP=2 x TP=2
-(keys/values then expanded: one KV head per TP rank), x DP=2 and x PP=2 on four processes.
+(keys/values then expanded: one KV head per TP rank), x DP=2 and x PP=2, and CP=4 (2 KV heads
+over 4 ranks: expanded too) on four processes.
 """
 
 import pytest
@@ -45,8 +46,10 @@ def test_cp2_matches_one_process(reference, tmp_path):
     assert reference["shared"]["grads"] and reference["shared"]["logits"].shape[1] == 32
 
 
-@pytest.mark.parametrize("layout", [["--tp", "2"], [], ["--pp", "2"]], ids=["tp2", "dp2", "pp2"])
-def test_cp2_with_another_axis_matches_one_process(layout, reference, tmp_path):
-    out = tmp_path / "cp2x2.pt"
-    torchrun(WORKER, 4, "--cp", "2", *layout, "--cases", "shift_ar", "--out", str(out))
+@pytest.mark.parametrize("layout", [["--cp", "2", "--tp", "2"], ["--cp", "2"],
+                                    ["--cp", "2", "--pp", "2"], ["--cp", "4"]],
+                         ids=["cp2_tp2", "cp2_dp2", "cp2_pp2", "cp4"])
+def test_four_processes_match_one_process(layout, reference, tmp_path):
+    out = tmp_path / "four.pt"
+    torchrun(WORKER, 4, *layout, "--cases", "shift_ar", "--out", str(out))
     _compare(reference["shift_ar"], torch.load(out)["shift_ar"])
