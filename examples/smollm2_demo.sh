@@ -16,9 +16,9 @@ echo "[smollm2_demo] convert + CPT: ${SECONDS}s"
 S=$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 # packages outside the training corpus (examples/smollm2_cpt.sh INPUTS)
 HELDOUT=("$S/wsgiref/headers.py" "$S/tomllib/_parser.py" "$S/zoneinfo/_common.py" "$S/html/parser.py")
-# the settings of docs/BENCHMARKS.md "SmolLM2-135M quality"
+# the settings of docs/BENCHMARKS.md "SmolLM2-135M quality", with lower thresholds (0.1, 0.05)
 QUALITY=(--heldout "${HELDOUT[@]}" --prompts-per-file 4 --batch-size 8 --max-rows 16
-         --block-size 4 --thresholds 0.9,0.7,0.5,0.3)
+         --block-size 4 --thresholds 0.9,0.5,0.1,0.05)
 if [ ! -f "$RUN_DIR/quality_before.json" ]; then
   megatron-diffusion eval quality --checkpoint "$DATA/smollm2" "${QUALITY[@]}" \
     --out "$RUN_DIR/quality_before.json"
@@ -27,7 +27,7 @@ megatron-diffusion eval quality --checkpoint "$RUN_DIR/stage2-block4" "${QUALITY
   --out "$RUN_DIR/quality_after.json"
 echo "[smollm2_demo] + quality before/after: ${SECONDS}s"
 megatron-diffusion sample --checkpoint "$RUN_DIR/stage2-block4" --prompts examples/demo_prompts.jsonl \
-  --max-new-tokens 32 --block-size 4 --strategy threshold --threshold 0.5 \
+  --max-new-tokens 32 --block-size 4 --strategy threshold --threshold 0.1 \
   --out "$RUN_DIR/samples.jsonl"
 python - "$RUN_DIR" <<'PY'
 import json, sys
