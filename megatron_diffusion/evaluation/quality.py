@@ -267,7 +267,8 @@ def format_report(r: dict) -> str:
     lines.append(f"  next-token: accuracy {nt['accuracy']:.3f}, NLL {nt['nll_nats']:.3f} nats"
                  if nt else "  next-token: no AR readout")
     for m in r["masked"] or []:
-        lines.append(f"  masked @{m['mask_rate']:.2f}: accuracy {m['accuracy']:.3f}, CE {m['ce_nats']:.3f} nats")
+        lines.append(f"  masked @{m['mask_rate']:.2f}: accuracy {m['accuracy']:.3f}, "
+                     f"CE {m['ce_nats']:.3f} nats")
     lines.append(f"  {'decode':16s} {'block':>5s} {'tok/fwd':>8s} {'accuracy':>9s} {'prefix':>7s} "
                  f"{'tok/s':>8s}")
     for p in ([r["ar_baseline"]] if r["ar_baseline"] else []) + r["curve"]:
