@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from megatron_diffusion.errors import UsageError, check_choice
 
 STRATEGIES = ("fixed", "threshold")
+BIDIRECTIONAL_CONTEXTS = ("prefix", "full")
 
 
 @dataclass
@@ -43,6 +44,14 @@ class SamplerConfig:
     kv_cache: bool = True
     """Cache keys/values of the prompt and finished blocks (exact for block-causal models); False
     recomputes the whole sequence every step (reference path, same tokens)."""
+    bidirectional_context: str = "prefix"
+    """Bidirectional (full-sequence) models only. ``prefix`` (Seed Diffusion 3.4): each step
+    feeds the prompt, the finished blocks and the current block, never a future position; with
+    ``kv_cache`` the prompt's and each finished block's keys/values are cached when final
+    (approximate by construction: computed without the later blocks, which such a model saw in
+    training), without it they are recomputed every step (the exact ``p(x_Bk | x_<k)``).
+    ``full`` (LLaDA's semi-AR order): every step feeds the whole generation, future blocks as
+    [MASK]; no cache."""
     ar_baseline: bool = False
     """Decode one token per forward (block size 1, fixed, one step) with the KV cache: the AR
     baseline of the same model."""
@@ -71,6 +80,8 @@ class SamplerConfig:
             raise UsageError(f"--max-corrections-per-block: got {self.max_corrections_per_block!r},"
                              " expected an integer >= 0")
         check_choice("--strategy", self.strategy, STRATEGIES)
+        check_choice("--bidirectional-context", self.bidirectional_context,
+                     BIDIRECTIONAL_CONTEXTS)
         for name in ("threshold", "correction_threshold"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
@@ -92,12 +103,13 @@ class SamplerConfig:
     def resolve(self, attention_mode: str, training_block_size: int) -> "SamplerConfig":
         """A validated copy with the model-dependent defaults filled in."""
         cfg = dataclasses.replace(self).validate()
+        full = attention_mode == "bidirectional" and cfg.bidirectional_context == "full"
         if cfg.ar_baseline:
-            if attention_mode == "bidirectional":
-                raise UsageError("--ar-baseline: a bidirectional (full-sequence) model cannot be "
-                                 "decoded one token at a time with a cache")
+            if full:
+                raise UsageError("--ar-baseline: --bidirectional-context full feeds the whole "
+                                 "generation every step; use 'prefix' for one token at a time")
             cfg.block_size, cfg.strategy, cfg.steps_per_block = 1, "fixed", 1
-        if attention_mode == "bidirectional":
+        if full:
             cfg.kv_cache = False  # clean tokens attend to masked ones: nothing is final to cache
         if cfg.block_size is None:
             cfg.block_size = {"block": training_block_size, "causal": 1,

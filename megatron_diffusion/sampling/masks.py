@@ -21,7 +21,8 @@ before a row's block are *clean* (prompt and finished blocks), the rest *noisy*.
   clean copy ``x0`` has in block-mode training; ``causal``: ``j <= i``; ``all``: always;
 * noisy ``i``, clean ``j``: always (every clean column is an earlier block);
 * noisy ``i``, noisy ``j``: ``all`` (inside the block, bidirectional) or ``causal``;
-* clean ``i``, noisy ``j``: only for full-sequence (bidirectional) models.
+* clean ``i``, noisy ``j``: only for full-sequence (bidirectional) models without a cache
+  (with one, Seed Diffusion 3.4's prefix decoding: clean columns see only clean ones).
 
 Because a clean column never attends a later one (for ``block``/``causal`` clean rules), its
 keys/values are final once computed: the cache is exact (SDAR's commit pass, METHOD.md 8).
@@ -45,13 +46,17 @@ class MaskRules:
     """Clean queries attend noisy keys too (full-sequence bidirectional models): no cache."""
 
     @staticmethod
-    def for_model(mode: str, clean_stream: str) -> "MaskRules":
+    def for_model(mode: str, clean_stream: str, prefix_cache: bool = False) -> "MaskRules":
+        """``prefix_cache``: a bidirectional model decoded over prompt + finished blocks +
+        current block with a cache (Seed Diffusion 3.4): clean columns attend only clean ones,
+        so their keys/values can be cached when fed (approximate: training let them see the
+        later positions)."""
         if mode == "block":
             return MaskRules(clean="block" if clean_stream == "block_causal" else "causal",
                              noisy="all", clean_sees_noisy=False)
         if mode == "causal":
             return MaskRules(clean="causal", noisy="causal", clean_sees_noisy=False)
-        return MaskRules(clean="all", noisy="all", clean_sees_noisy=True)
+        return MaskRules(clean="all", noisy="all", clean_sees_noisy=not prefix_cache)
 
 
 def clean_block_ids(pad_B: torch.Tensor, prompt_columns: int, total_columns: int,

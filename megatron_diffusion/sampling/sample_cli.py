@@ -38,6 +38,10 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-corrections-per-block", type=int, default=None)
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the whole sequence every step (reference path)")
+    parser.add_argument("--bidirectional-context", default=d.bidirectional_context,
+                        help="bidirectional models: 'prefix' feeds prompt + finished blocks + "
+                        "current block (Seed Diffusion 3.4; cached, approximate), 'full' the "
+                        "whole generation with future blocks as [MASK] (no cache)")
     parser.add_argument("--ar-baseline", action="store_true",
                         help="one token per forward with the KV cache (block size 1)")
     parser.add_argument("--stop-token", action="append", default=None, metavar="TOKEN",
@@ -57,6 +61,7 @@ def sampler_config(args) -> SamplerConfig:
         temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
         correction_threshold=args.correction_threshold,
         max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
+        bidirectional_context=args.bidirectional_context,
         ar_baseline=args.ar_baseline, batch_size=args.batch_size,
         stop_tokens=tuple(args.stop_token or ())).validate()
 

@@ -16,10 +16,18 @@ step feeds the whole sequence with the same mask: same logits up to float roundi
 
 **Which models.** ``block`` models as above (clean stream ``block_causal`` or ``causal``).
 ``causal`` models: the block attends causally inside itself; block size 1 is plain AR decoding.
-``bidirectional`` (full-sequence) models: clean tokens attend masked ones too, so nothing can be
-cached; every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and
-blocks only restrict which positions may be committed (LLaDA's semi-autoregressive order; one
-block = the whole generation is plain full-sequence diffusion).
+``bidirectional`` (full-sequence) models, ``bidirectional_context='prefix'`` (default; Seed
+Diffusion 3.4, which trains without blocks "to retain flexibility for arbitrary block
+partitioning during inference"): block ``k`` is decoded from ``p(x_Bk | x_<k)``, each step
+feeding prompt + finished blocks + current block and never a future position, so block ``k``
+does not depend on ``max_new_tokens``. With the cache, clean columns attend only clean ones and
+their keys/values are cached when fed (prefill, then each block's commit pass): approximate by
+construction, since training let every position see the later ones; ``kv_cache=False``
+recomputes the prefix every step with full bidirectional attention (the exact conditional).
+``bidirectional_context='full'``: clean tokens attend masked ones too, so nothing can be cached;
+every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and blocks
+only restrict which positions may be committed (LLaDA's semi-autoregressive order). One block =
+the whole generation is plain full-sequence diffusion either way.
 
 **Logit shift** (converted AR checkpoints; any mode): output ``i - 1`` predicts token ``i``.
 The last clean column before the block (the prompt's last token, or the previous block's last
@@ -153,8 +161,14 @@ class BlockSampler:
         self.backend = as_backend(model)
         self.rules = rules
         self.cfg = cfg.resolve(rules.mode, rules.training_block_size)
-        self.mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
         self.use_cache = self.cfg.kv_cache and self.backend.supports_cache
+        self.full_sequence = (rules.mode == "bidirectional"
+                              and self.cfg.bidirectional_context == "full")
+        """Every step feeds the whole generation (future blocks as [MASK]); else only up to the
+        current block's end."""
+        self.mask_rules = MaskRules.for_model(
+            rules.mode, rules.clean_stream,
+            prefix_cache=rules.mode == "bidirectional" and self.use_cache)
         self.shift = int(rules.logit_shift)
         self.num_model_calls = 0
         """Batched forwards run so far (each counts once, whatever the batch size)."""
@@ -185,10 +199,11 @@ class BlockSampler:
 
     def _chunk(self, rows: _Rows, gen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Columns ``[in_start_B, in_end_B)`` each row feeds: the uncached clean columns and
-        the block; the whole generation for bidirectional models; for a causal model with logit
-        shift the block minus its last position (whose output would predict the next block)."""
+        the block; the whole generation for ``bidirectional_context='full'``; for a causal
+        model with logit shift the block minus its last position (whose output would predict
+        the next block)."""
         in_start_B = rows.cached_B if self.use_cache else torch.zeros_like(rows.cached_B)
-        if self.rules.mode == "bidirectional":
+        if self.full_sequence:
             in_end_B = torch.full_like(in_start_B, gen_end)
         else:
             shift = self.shift if self.rules.mode == "causal" else 0

@@ -122,7 +122,8 @@ def test_other_modes_cache_and_batch_consistent(mode, logit_shift):
     batch = prompts([6, 3], seed=4)
     outs = []
     for kv_cache in (True, False):
-        cfg = SamplerConfig(max_new_tokens=9, block_size=3, strategy="fixed", kv_cache=kv_cache)
+        cfg = SamplerConfig(max_new_tokens=9, block_size=3, strategy="fixed", kv_cache=kv_cache,
+                            bidirectional_context="full")
         sampler = BlockSampler(ModelBackend(model), r, cfg)
         outs.append([c.tokens for c in sampler.generate(batch)])
     assert outs[0] == outs[1]
