@@ -39,6 +39,11 @@ class SamplerConfig:
     top-1 disagrees with probability >= ``correction_threshold`` (edit-trained models)."""
     correction_threshold: float = 0.9
     """Probability the model's top-1 needs to overwrite a committed token; in (0, 1]."""
+    revisit_threshold: float = 0.9
+    """Self-correction: after the step that fills the block, the settling forward (which checks
+    the filled block once more) runs only if some token of the block has probability below this
+    under that step's forward (or the step corrected a token); otherwise the block is final at
+    once. In (0, 1]; 1 settles unless every token is certain to float precision."""
     max_corrections_per_block: int | None = None
     """Upper bound on replacements per row and block (termination); None = ``block_size``."""
     kv_cache: bool = True
@@ -82,7 +87,7 @@ class SamplerConfig:
         check_choice("--strategy", self.strategy, STRATEGIES)
         check_choice("--bidirectional-context", self.bidirectional_context,
                      BIDIRECTIONAL_CONTEXTS)
-        for name in ("threshold", "correction_threshold"):
+        for name in ("threshold", "correction_threshold", "revisit_threshold"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
                 raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "

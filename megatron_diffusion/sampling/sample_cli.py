@@ -35,6 +35,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-correct", action="store_true",
                         help="revisit committed tokens of the block (edit-trained models)")
     parser.add_argument("--correction-threshold", type=float, default=d.correction_threshold)
+    parser.add_argument("--revisit-threshold", type=float, default=d.revisit_threshold,
+                        help="self-correction: settle a filled block without one more forward "
+                        "when all its tokens have at least this probability")
     parser.add_argument("--max-corrections-per-block", type=int, default=None)
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the whole sequence every step (reference path)")
@@ -59,7 +62,7 @@ def sampler_config(args) -> SamplerConfig:
         max_new_tokens=args.max_new_tokens, block_size=args.block_size, strategy=args.strategy,
         steps_per_block=args.steps_per_block, threshold=args.threshold,
         temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
-        correction_threshold=args.correction_threshold,
+        correction_threshold=args.correction_threshold, revisit_threshold=args.revisit_threshold,
         max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
         bidirectional_context=args.bidirectional_context,
         ar_baseline=args.ar_baseline, batch_size=args.batch_size,

@@ -229,8 +229,12 @@ class BlockSampler:
             new_BN = torch.where(fix_BN, top1_BN, new_BN)
             corrected_B = fix_BN.any(dim=1)
             rows.corrections_B += corrected_B
-            # final: a step that saw no [MASK] in the block and changed nothing
-            rows.settled_B |= ~masked_BN.any(dim=1) & ~corrected_B
+            # final: a step that saw no [MASK] in the block and changed nothing, or the step
+            # that filled it when it corrected nothing and no token is below revisit_threshold
+            # (then a settling forward would not fire on these probabilities: skip it)
+            sure_BN = strategies.token_probability(logits_BNV, new_BN) >= cfg.revisit_threshold
+            filled_sure_B = ((new_BN != self.rules.mask_id) & sure_BN | ~in_sequence_BN).all(1)
+            rows.settled_B |= (~masked_BN.any(dim=1) | filled_sure_B) & ~corrected_B
         return new_BN
 
     def _done_at_eos(self, rows: _Rows, block_BN, in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,9 @@ is sampled from ``softmax(logits / temperature)`` with an explicit ``torch.Gener
 
 Self-correction (edit-trained models, Seed Diffusion 3.1/3.4) re-reads committed positions:
 ``select_correction`` replaces at most one per row, where the model's top-1 differs from the
-committed token with probability >= ``correction_threshold``.
+committed token with probability >= ``correction_threshold``; ``token_probability`` gives the
+probability of the block's tokens, which decides whether a filled block needs one more
+(settling) forward.
 
 Everything is batched over rows ``B`` and block positions ``N``; ``V`` is the vocabulary.
 """
@@ -73,3 +75,9 @@ def select_correction(committed_BN: torch.Tensor, current_BN: torch.Tensor, top1
     candidate_BN = committed_BN & (top1_BN != current_BN) & (top1_prob_BN >= threshold)
     candidate_BN &= allowed_B[:, None]
     return candidate_BN & (_rank_among_masked(candidate_BN, top1_prob_BN) == 0)
+
+
+def token_probability(logits_BNV: torch.Tensor, tokens_BN: torch.Tensor) -> torch.Tensor:
+    """Probability of ``tokens_BN`` under the (untempered) softmax of ``logits_BNV``."""
+    probs_BNV = torch.softmax(logits_BNV.float(), dim=-1)
+    return probs_BNV.gather(-1, tokens_BN[..., None])[..., 0]

@@ -85,41 +85,68 @@ def test_fixed_strategy_spends_its_steps():
 
 
 class PlantedMistake:
-    """First forward: position ``wrong_at`` confidently predicts a wrong token; afterwards every
-    position confidently predicts the right one (``20 + position``)."""
+    """First forward: position ``wrong_at`` predicts a wrong token with strength ``wrong``
+    (``SURE``: p ~ 1; 3.0: p = e^3 / (e^3 + 60) ~ 0.25); afterwards every position confidently
+    predicts the right one (``20 + position``). ``wrong_at=None``: never wrong."""
 
-    def __init__(self, wrong_at):
-        self.wrong_at, self.calls = wrong_at, 0
+    def __init__(self, wrong_at, wrong=3.0):
+        self.wrong_at, self.wrong, self.calls = wrong_at, wrong, 0
 
     def __call__(self, input_ids, position_ids, attention_mask):
         tokens = 20 + position_ids
-        if self.calls == 0:
+        strength = torch.full(tokens.shape, SURE)
+        if self.calls == 0 and self.wrong_at is not None:
             tokens = torch.where(position_ids == self.wrong_at, 3, tokens)
+            strength[position_ids == self.wrong_at] = self.wrong
         self.calls += 1
-        return one_hot_logits(tokens, torch.full(tokens.shape, SURE))
+        return one_hot_logits(tokens, strength)
 
 
 def test_self_correction_fixes_a_planted_token():
-    base = dict(max_new_tokens=4, block_size=4, strategy="threshold", threshold=0.9)
+    base = dict(max_new_tokens=4, block_size=4, strategy="fixed", steps_per_block=1)
     plain = BlockSampler(PlantedMistake(5), rules(), SamplerConfig(**base)).generate([[1, 2, 3]])[0]
     assert plain.tokens == [23, 24, 3, 26] and plain.num_forwards == 1
     fixed = BlockSampler(PlantedMistake(5), rules(),
                          SamplerConfig(**base, self_correct=True)).generate([[1, 2, 3]])[0]
-    # commit all, correct the planted token, verify: three forwards
+    # commit all (the planted token at p ~ 0.25 < revisit_threshold), correct it, verify
     assert fixed.tokens == [23, 24, 25, 26] and fixed.num_forwards == 3
 
 
+def test_self_correction_costs_no_forward_when_it_cannot_fire():
+    """Every token committed at p ~ 1: no settling forward, the same forwards as without
+    self-correction (was one extra per block: 8 instead of 4 here)."""
+    base = dict(max_new_tokens=16, block_size=4, strategy="threshold", threshold=0.9)
+    plain = BlockSampler(PlantedMistake(None), rules(), SamplerConfig(**base)).generate([[1, 2]])
+    sc = BlockSampler(PlantedMistake(None), rules(),
+                      SamplerConfig(**base, self_correct=True)).generate([[1, 2]])
+    assert plain[0].num_forwards == sc[0].num_forwards == 4
+    assert plain[0].tokens == sc[0].tokens
+    # a confident mistake is then kept: the revisit threshold trades it for the forward
+    kept = BlockSampler(PlantedMistake(3, wrong=SURE), rules(),
+                        SamplerConfig(**base, self_correct=True)).generate([[1, 2]])[0]
+    assert kept.tokens[1] == 3 and kept.num_forwards == 4
+    # the knob: a planted token at p ~ 0.25 is revisited (and fixed) under the default 0.9,
+    # trusted under 0.2
+    one_step = dict(base, strategy="fixed", steps_per_block=1, self_correct=True)
+    for revisit, tokens, forwards in ((0.9, 23, 6), (0.2, 3, 4)):
+        out = BlockSampler(PlantedMistake(3), rules(), SamplerConfig(
+            **one_step, revisit_threshold=revisit)).generate([[1, 2]])[0]
+        assert (out.tokens[1], out.num_forwards) == (tokens, forwards), revisit
+
+
 class NeverSatisfied:
-    """Committed tokens are always 'wrong': the top-1 is the input token + 1, surely."""
+    """Committed tokens are always 'wrong': the top-1 is the input token + 1, surely; [MASK]
+    positions propose 10 unsurely (p ~ 0.11, below the revisit threshold)."""
 
     def __call__(self, input_ids, position_ids, attention_mask):
-        tokens = torch.where(input_ids == MASK_ID, 10, (input_ids + 1) % 50)
-        return one_hot_logits(tokens, torch.full(tokens.shape, SURE))
+        masked = input_ids == MASK_ID
+        tokens = torch.where(masked, 10, (input_ids + 1) % 50)
+        return one_hot_logits(tokens, torch.where(masked, 2.0, SURE))
 
 
 def test_self_correction_terminates_within_its_budget():
-    cfg = SamplerConfig(max_new_tokens=8, block_size=4, strategy="threshold", self_correct=True,
-                        max_corrections_per_block=3)
+    cfg = SamplerConfig(max_new_tokens=8, block_size=4, strategy="fixed", steps_per_block=1,
+                        self_correct=True, max_corrections_per_block=3)
     out = BlockSampler(NeverSatisfied(), rules(), cfg).generate([[1, 2], [3, 4, 5]])
     # per block: 1 commit step + 3 corrections + 1 step that may not correct = 5 forwards
     assert [c.num_forwards for c in out] == [10, 10]
