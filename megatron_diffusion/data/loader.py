@@ -176,6 +176,13 @@ class _MicroBatchSampler:
 WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
+def _worker_message(text: str) -> str:
+    """A worker's UsageError as its one line (torch re-raises it with the traceback in front)."""
+    last = text.strip().splitlines()[-1] if text.strip() else text
+    prefix = f"{UsageError.__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 def _ignore_preemption_signals(worker_id: int) -> None:
     """``worker_init_fn``: ignore the preemption signals, then unblock them (pending ones drop)."""
     for sig in WORKER_IGNORED_SIGNALS:
@@ -226,9 +233,12 @@ class DiffusionDataLoader:
         )
         with _preemption_signals_blocked():
             batches = iter(loader)  # starts the workers
-        for batch in batches:
-            self.consumed_samples += cfg.micro_batch_size * self.size
-            yield batch
+        try:
+            for batch in batches:
+                self.consumed_samples += cfg.micro_batch_size * self.size
+                yield batch
+        except UsageError as e:  # from a worker, wrapped by torch with the worker's traceback
+            raise UsageError(_worker_message(str(e))) from None
 
     def state_dict(self) -> dict:
         cfg = self.cfg

@@ -85,3 +85,15 @@ def test_check_store_reports_a_missing_file(store, capsys):
     code, out = _cli(capsys, "check-store", str(store))
     assert code == 2
     assert "doc_offsets/c/0" in out.err and "missing" in out.err
+
+
+def test_corrupt_shard_index_read_in_a_loader_worker_is_one_line(store, tmp_path, capsys):
+    chunk = store / "tokens" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-6] ^= 0xFF  # inside the shard index (at the end, crc32c-protected): same size
+    chunk.write_bytes(bytes(data))
+    code, out = _cli(capsys, "inspect-data", "--config", CFG, "--out", str(tmp_path / "o.jsonl"),
+                     f"data.blend=[[1.0, {store}]]", *TINY, "training.train_iters=10",
+                     "data.num_workers=1")
+    assert code == 2
+    _one_error_line(out.err, str(store), "tokens/c/0", "unreadable")
