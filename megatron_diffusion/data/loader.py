@@ -25,9 +25,11 @@ before a worker has installed its ``SIG_IGN``; a worker still ends with its pare
 watchdog) and when the loader shuts it down.
 """
 
+import atexit
 import contextlib
 import os
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
@@ -190,6 +192,24 @@ def _ignore_preemption_signals(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
 
 
+_LIVE_WORKER_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _shut_down_live_workers() -> None:
+    """At exit, stop the workers of iterators still alive (held by a trainer, a reference cycle).
+
+    multiprocessing's own exit hook terminates daemonic children with SIGTERM and joins them:
+    workers that ignore SIGTERM would keep the interpreter from ever exiting. This hook is
+    registered after multiprocessing's (atexit runs the last registered first), and stops them the
+    way torch does when an iterator is freed: a stop message on their queues, then a join.
+    """
+    for batches in list(_LIVE_WORKER_ITERATORS):
+        batches._shutdown_workers()
+
+
+atexit.register(_shut_down_live_workers)
+
+
 @contextlib.contextmanager
 def _preemption_signals_blocked():
     """Hold the preemption signals while workers fork; the parent gets a pending one after."""
@@ -233,6 +253,8 @@ class DiffusionDataLoader:
         )
         with _preemption_signals_blocked():
             batches = iter(loader)  # starts the workers
+        if cfg.num_workers > 0:
+            _LIVE_WORKER_ITERATORS.add(batches)
         try:
             for batch in batches:
                 self.consumed_samples += cfg.micro_batch_size * self.size
