@@ -7,6 +7,9 @@ it writes the randomly initialised model (the KV-cache figure). Not a trainer: t
 checkpoint comes from ``megatron-diffusion train``.
 
     OMP_NUM_THREADS=1 python tools/sampler_toy_checkpoint.py RUN_DIR --steps 800 --docs 4 --doc-len 384
+
+``--mode bidirectional`` trains a full-sequence (no blocks) model instead, for Seed Diffusion
+3.4's prefix decoding (``--bidirectional-context``).
 """
 
 import argparse
@@ -35,6 +38,8 @@ def main():
     p.add_argument("--docs", type=int, default=4, help="stdlib snippets to memorise")
     p.add_argument("--doc-len", type=int, default=384, help="tokens per snippet")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--mode", default="block", choices=("block", "bidirectional"),
+                   help="training attention mode: block diffusion (B=4) or full-sequence")
     a = p.parse_args()
 
     run_dir = Path(a.run_dir)
@@ -51,7 +56,7 @@ def main():
 
     L = 128
     cfg = RunConfig()
-    cfg.attention = AttentionConfig(mode="block", block_size=4)
+    cfg.attention = AttentionConfig(mode=a.mode, block_size=4)
     cfg.data.blend = [(1.0, "unused.zarr")]
     cfg.data.seq_len = L
     cfg.model = ModelConfig(num_layers=4, hidden_size=128, num_attention_heads=4,
@@ -62,7 +67,8 @@ def main():
     model = build_model(cfg.model, transformer_config(cfg.model))
     docs = stdlib_prompts(tok, a.docs, a.doc_len)
     ids = torch.tensor([t for d in docs for t in d + [tok.eos_id]])
-    corruptor = Corruptor(CorruptionConfig(edit_stage_fraction=0.0), seq_len=L, mode="block",
+    corruptor = Corruptor(CorruptionConfig(edit_stage_fraction=0.0), seq_len=L,
+                          mode="block" if a.mode == "block" else "single",
                           block_size=4, visibility="shared", mask_token_id=tok.mask_id,
                           random_token_ids=torch.tensor([i for i in range(tok.vocab_size)
                                                          if i not in (tok.mask_id, tok.eos_id,
