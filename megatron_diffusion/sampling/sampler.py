@@ -27,7 +27,9 @@ recomputes the prefix every step with full bidirectional attention (the exact co
 ``bidirectional_context='full'``: clean tokens attend masked ones too, so nothing can be cached;
 every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and blocks
 only restrict which positions may be committed (LLaDA's semi-autoregressive order). One block =
-the whole generation is plain full-sequence diffusion either way.
+the whole generation is plain full-sequence diffusion with ``full`` or without a cache; with
+``prefix`` and the cache the prompt's keys/values are then the only approximate ones (computed
+without the masked generation).
 
 **Logit shift** (converted AR checkpoints; any mode): output ``i - 1`` predicts token ``i``.
 The last clean column before the block (the prompt's last token, or the previous block's last
