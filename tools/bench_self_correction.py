@@ -30,7 +30,8 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threshold", type=float, default=0.9)
     a = p.parse_args()
-    print("| setting | forwards (rows summed) | model calls | held-out accuracy |\n|---|---:|---:|---:|")
+    print("| setting | forwards (rows summed) | model calls | held-out accuracy |\n"
+          "|---|---:|---:|---:|")
     for name, knobs in SETTINGS.items():
         s = load_sampler(a.checkpoint, max_new_tokens=a.max_new_tokens, threshold=a.threshold,
                          **knobs)

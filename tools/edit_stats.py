@@ -38,10 +38,11 @@ def measure(mode, window, args, generator):
     src = torch.where(y >= FIRST_TOKEN, y - FIRST_TOKEN, torch.full_like(y, -1))
     leak = src // B > torch.arange(L) // B
     k = n.float() / L
+    per_64 = leak.sum(1).float().mean() * 64 / L
     print(f"{mode:6s} window={window:3d}  hamming {ham.mean():6.2f}  levenshtein "
           f"{lev.float().mean():5.2f}  ratio {ham.sum() / lev.sum():5.2f}  rows with a later "
-          f"block's token {leak.any(1).float().mean():.3f} ({leak.sum(1).float().mean() * 64 / L:.2f}"
-          f" per 64)  num_edits/L {k.mean():.4f} +- {k.std():.4f}")
+          f"block's token {leak.any(1).float().mean():.3f} ({per_64:.2f} per 64)  "
+          f"num_edits/L {k.mean():.4f} +- {k.std():.4f}")
 
 
 def main():

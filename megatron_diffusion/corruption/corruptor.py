@@ -15,7 +15,8 @@
    others 0; edit stage -- every non-prompt token of an edited row (a share
    ``edit_row_fraction`` of the rows, default all) carries loss: masked ones ``w(t)``, visible
    ones 1 (Seed Diffusion eq. 5/6: the edit term has weight 1); unedited rows as in the mask
-   stage; during warmup or with weighting 'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``) are never masked or edited and weigh 0.
+   stage; during warmup or with weighting 'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``)
+   are never masked or edited and weigh 0.
 
 Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
 ``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN
