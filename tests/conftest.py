@@ -1,5 +1,6 @@
 """Fixtures shared across test packages."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,16 +29,20 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
                  "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT")
 
 
+SESSION_LAUNCHER_ENV = {k: os.environ.get(k) for k in LAUNCHER_VARS}
+"""The launcher variables as the session started. Restored to these, not to a module's start:
+a session-scoped fixture that starts a process group (a model conversion) runs before the first
+module that asks for it saves anything, and its exports (MASTER_PORT=0) would be kept forever
+and reach every later subprocess and SLURM job."""
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_process_group_leaks_between_modules():
     """Tests that start torch.distributed in-process (one-rank megatron models) leave it to this
     teardown, so every test module starts without a live process group, and without the launcher
     variables init_distributed exports (they would leak into subprocesses and SLURM jobs)."""
-    import os
-
-    saved = {k: os.environ.get(k) for k in LAUNCHER_VARS}
     yield
-    for k, v in saved.items():
+    for k, v in SESSION_LAUNCHER_ENV.items():
         if v is None:
             os.environ.pop(k, None)
         else:
