@@ -92,28 +92,28 @@ def _add_import_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _import(args) -> int:
+    """``hf-to-mcore`` / ``gguf-to-mcore``: the same options, another reader."""
+    if args.convert_command == "hf-to-mcore":
+        from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore as convert
+
+        source = args.hf
+    else:
+        from megatron_diffusion.convert.gguf_to_mcore import convert_gguf_to_mcore as convert
+
+        source = args.gguf
+    path = convert(source, args.out, tensor_model_parallel_size=args.tp,
+                   pipeline_model_parallel_size=args.pp, add_mask_token=args.add_mask_token,
+                   eos_token=args.eos_token, params_dtype=args.params_dtype, force=args.force,
+                   progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args) -> int:
     command = args.convert_command
-    if command == "hf-to-mcore":
-        from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
-
-        path = convert_hf_to_mcore(args.hf, args.out, tensor_model_parallel_size=args.tp,
-                                   pipeline_model_parallel_size=args.pp,
-                                   add_mask_token=args.add_mask_token, eos_token=args.eos_token,
-                                   params_dtype=args.params_dtype, force=args.force,
-                                   progress=not args.no_progress)
-        print(f"wrote {path}")
-        return 0
-    if command == "gguf-to-mcore":
-        from megatron_diffusion.convert.gguf_to_mcore import convert_gguf_to_mcore
-
-        path = convert_gguf_to_mcore(args.gguf, args.out, tensor_model_parallel_size=args.tp,
-                                     pipeline_model_parallel_size=args.pp,
-                                     add_mask_token=args.add_mask_token, eos_token=args.eos_token,
-                                     params_dtype=args.params_dtype, force=args.force,
-                                     progress=not args.no_progress)
-        print(f"wrote {path}")
-        return 0
+    if command in ("hf-to-mcore", "gguf-to-mcore"):
+        return _import(args)
     if command == "mcore-to-hf":
         from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
 
