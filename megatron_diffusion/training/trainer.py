@@ -351,7 +351,12 @@ class Trainer:
 
     def train(self) -> int:
         from megatron_diffusion.training.lr_schedule import lr_at
-        from megatron_diffusion.training.observability import RunLogger, flops_per_token, peak_flops
+        from megatron_diffusion.training.observability import (
+            RunLogger,
+            attended_pairs,
+            flops_per_token,
+            peak_flops,
+        )
         from megatron_diffusion.training.finite import grads_finite
         from megatron_diffusion.training.step import forward_backward
 
@@ -362,8 +367,11 @@ class Trainer:
         flag = getattr(self, "preemption", None) or Preemption().install()
         seq = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
         tokens_per_step = cfg.data.global_batch_size * seq
+        # attention FLOPs of the pairs the mask allows (one-document rows: isolated packing's
+        # upper bound), not the dense S x S a block-mode row never computes in full
+        pairs = attended_pairs(cfg.attention, torch.zeros(1, cfg.data.seq_len, dtype=torch.long))
         flops_step = flops_per_token(self.num_params, cfg.model.num_layers, cfg.model.hidden_size,
-                                     seq) * tokens_per_step
+                                     seq, attended_pairs=pairs) * tokens_per_step
         peak = peak_flops()
         world = dist.get_world_size()
         nan_in_a_row, it, exit_code = 0, iter(self.loader), 0
