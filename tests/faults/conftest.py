@@ -37,9 +37,13 @@ def metric_lines(run_dir) -> int:
     return len(f.read_text().splitlines()) if f.is_file() else 0
 
 
-def start_train(store, run_dir, *overrides, nproc=1, extra_env=None):
-    """Popen of ``train`` in its own session (so a test can signal the whole process group)."""
+def start_train(store, run_dir, *overrides, nproc=1, extra_env=None, wrapper=None):
+    """Popen of ``train`` in its own session (so a test can signal the whole process group);
+    ``wrapper``: a script run instead of ``-m megatron_diffusion.cli`` (one process only)."""
     cmd = train_cmd(store, run_dir, *overrides, nproc=nproc)
+    if wrapper is not None:
+        assert nproc == 1 and cmd[1:4] == ["-m", "megatron_diffusion.cli", "train"], cmd
+        cmd[1:3] = [str(wrapper)]
     return subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), **(extra_env or {})),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -10,7 +10,7 @@ import signal
 
 import psutil
 
-from tests.faults.conftest import metric_lines, start_train, wait_for
+from tests.faults.conftest import FAULTS_DIR, metric_lines, start_train, wait_for
 
 LONG = ["training.train_iters=400", "data.num_workers=1"]
 
@@ -64,8 +64,8 @@ def test_torchrun_dp2_sigterm_to_launcher_only(tiny_store, tmp_path):
 
 def test_sigterm_during_setup_exits_0_and_requeues(tiny_store, tmp_path):
     run = tmp_path / "run"
-    proc = start_train(tiny_store, run, *LONG)
-    wait_for(lambda: (run / "config.yaml").is_file(), what="the run directory")
+    proc = start_train(tiny_store, run, *LONG, wrapper=FAULTS_DIR / "hold_setup.py")
+    wait_for(lambda: (run / "SETUP_HELD").is_file(), what="setup to write the run directory")
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
