@@ -2,7 +2,8 @@
 # The real-model job: SmolLM2-135M from its GGUF -> a short block-diffusion CPT on stdlib code
 # (examples/smollm2_cpt.sh: AR stage, then B=4 diffusion with the logit shift) -> parallel
 # decoding, with a before/after quality report on held-out stdlib files the CPT never saw.
-# Prints tokens per forward and the before/after figures; about 15 minutes on 2 CPU cores
+# Prints tokens per forward and the before/after figures; about 5 minutes on a quiet 2-core CPU
+# (313 s measured; 13-15 minutes while other work shared the cores)
 # (docs/BENCHMARKS.md, "SmolLM2 demo").
 #
 #   bash examples/smollm2_demo.sh          # resumable: a re-run skips what is done
