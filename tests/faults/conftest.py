@@ -23,6 +23,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.faults)
 
 
+def json_store(tmp_path, name: str, validation_fraction: float) -> Path:
+    """A small store of its own (a test may damage it): the stdlib's json package."""
+    import sysconfig
+
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+    from tests.helpers import make_tokenizer
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    tok = make_tokenizer(tmp_path / "tokenizer.json", 300)
+    out = tmp_path / name
+    preprocess(IngestConfig(inputs=[str(lib / "json")], output=str(out), tokenizer=str(tok),
+                            glob="*.py", validation_fraction=validation_fraction))
+    return out
+
+
 def wait_for(predicate, timeout=120, what="condition"):
     end = time.time() + timeout
     while time.time() < end:

@@ -8,13 +8,12 @@ verifies every checksum.
 """
 
 import json
-import sysconfig
-from pathlib import Path
 
 import pytest
 
 from megatron_diffusion.cli import main
-from tests.helpers import ROOT, make_tokenizer
+from tests.faults.conftest import json_store
+from tests.helpers import ROOT
 from tests.training.conftest import TINY
 
 CFG = str(ROOT / "examples" / "cpu_demo.yaml")
@@ -22,14 +21,7 @@ CFG = str(ROOT / "examples" / "cpu_demo.yaml")
 
 @pytest.fixture
 def store(tmp_path):
-    from megatron_diffusion.data.ingest import IngestConfig, preprocess
-
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    tok = make_tokenizer(tmp_path / "tokenizer.json", 300)
-    out = tmp_path / "s.zarr"
-    preprocess(IngestConfig(inputs=[str(lib / "json")], output=str(out), tokenizer=str(tok),
-                            glob="*.py", validation_fraction=0.2))
-    return out
+    return json_store(tmp_path, "s.zarr", validation_fraction=0.2)
 
 
 def _cli(capsys, *argv):

@@ -1,15 +1,13 @@
 """Training-time faults: a non-finite gradient or weight, a tokenizer that does not match the
 store, a store without validation documents."""
 
-import json
 import math
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import run_cli
+from tests.faults.conftest import json_store, run_cli
 from tests.helpers import ROOT, make_tokenizer
 from tests.training.conftest import losses
 
@@ -104,14 +102,7 @@ def test_tokenizer_that_does_not_match_the_store_is_refused_at_config_time(tiny_
 
 @pytest.fixture
 def store_without_validation(tmp_path):
-    from megatron_diffusion.data.ingest import IngestConfig, preprocess
-
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    tok = make_tokenizer(tmp_path / "tokenizer.json", 300)
-    out = tmp_path / "noval.zarr"
-    preprocess(IngestConfig(inputs=[str(lib / "json")], output=str(out), tokenizer=str(tok),
-                            glob="*.py", validation_fraction=0.0))
-    return out
+    return json_store(tmp_path, "noval.zarr", validation_fraction=0.0)
 
 
 def test_no_validation_documents_is_found_at_setup(store_without_validation, tmp_path):
