@@ -35,6 +35,17 @@ class Recorder:
         return logits
 
 
+def _training_row(xt: torch.Tensor, x0: torch.Tensor, B: int) -> DiffusionBatch:
+    """One block-mode training row ``x_t (+) x0`` of one document (the layout the sampler must
+    reproduce)."""
+    L = x0.shape[0]
+    return DiffusionBatch(
+        tokens_BS=torch.cat([xt, x0])[None], labels_BL=x0[None],
+        loss_weights_BL=torch.ones(1, L), document_ids_BL=torch.zeros(1, L, dtype=torch.long),
+        loss_mask_BL=torch.ones(1, L, dtype=torch.bool), t_BN=torch.ones(1, L // B),
+        num_edits_B=torch.zeros(1, dtype=torch.long))
+
+
 @pytest.fixture(scope="module")
 def block_model():
     return tiny_model()
@@ -57,11 +68,7 @@ def test_cached_block_logits_equal_training_forward(block_model, clean_stream):
     for positions, block_tokens, logits_NV, _ in recorder.records:
         xt = torch.full((L,), MASK_ID)
         xt[positions] = block_tokens
-        batch = DiffusionBatch(
-            tokens_BS=torch.cat([xt, x0])[None], labels_BL=x0[None],
-            loss_weights_BL=torch.ones(1, L), document_ids_BL=torch.zeros(1, L, dtype=torch.long),
-            loss_mask_BL=torch.ones(1, L, dtype=torch.bool), t_BN=torch.ones(1, L // B),
-            num_edits_B=torch.zeros(1, dtype=torch.long))
+        batch = _training_row(xt, x0, B)
         with torch.no_grad():
             expected = block_model(*model_inputs(batch, attn))[0, positions].float()
         assert logits_NV.shape[-1] == block_model.real_vocab_size  # vocabulary padding cut off
@@ -194,11 +201,7 @@ def test_block_logit_shift_equals_training_convention(block_model, clean_stream)
         start = int(positions[-B])  # the chunk ends with the block
         xt = torch.full((L,), MASK_ID)
         xt[start:start + B] = tokens[-B:]
-        batch = DiffusionBatch(
-            tokens_BS=torch.cat([xt, x0])[None], labels_BL=x0[None],
-            loss_weights_BL=torch.ones(1, L), document_ids_BL=torch.zeros(1, L, dtype=torch.long),
-            loss_mask_BL=torch.ones(1, L, dtype=torch.bool), t_BN=torch.ones(1, L // B),
-            num_edits_B=torch.zeros(1, dtype=torch.long))
+        batch = _training_row(xt, x0, B)
         with torch.no_grad():
             out = block_model(*model_inputs(batch, attn))[0].float()
         by_hand = [L + start - 1] + list(range(start, start + B - 1))
