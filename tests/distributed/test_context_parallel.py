@@ -10,6 +10,7 @@ over 4 ranks: expanded too) on four processes.
 import pytest
 import torch
 
+from tests.distributed.compare import assert_same_outputs
 from tests.helpers import torchrun
 
 pytestmark = pytest.mark.distributed
@@ -26,15 +27,9 @@ def reference(tmp_path_factory):
 
 def _compare(ref, got, tol=1e-5):
     assert got["core_attention"] == ["UlyssesCoreAttention"]
-    assert abs(got["loss"] - ref["loss"]) <= tol
-    assert got["num_tokens"] == ref["num_tokens"] > 0
+    assert ref["num_tokens"] > 0
     assert abs(got["acc"] - ref["acc"]) <= tol
-    finite = torch.isfinite(ref["logits"])
-    assert torch.equal(finite, torch.isfinite(got["logits"]))  # MASK/padding stay -inf
-    assert (got["logits"][finite] - ref["logits"][finite]).abs().max() <= tol
-    assert set(got["grads"]) == set(ref["grads"])
-    for name, g in ref["grads"].items():
-        assert (got["grads"][name] - g).abs().max() <= tol, name
+    assert_same_outputs(ref, got, tol)
 
 
 def test_cp2_matches_one_process(reference, tmp_path):
