@@ -1,6 +1,8 @@
 """Fixtures shared across test packages."""
 
+import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,21 @@ def _no_process_group_leaks_between_modules():
         from megatron_diffusion.parallel.process_groups import destroy
 
         destroy()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail a run that leaves a multiprocessing child behind, and kill it so the run can exit.
+
+    Interpreter exit joins every daemonic child; one that ignores SIGTERM (a loader worker) kept
+    the process alive after the suite had passed, until CI's time limit.
+    """
+    left = multiprocessing.active_children()
+    names = ", ".join(f"{child.name} (pid {child.pid})" for child in left)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise for a killed worker
+    for child in left:
+        child.kill()
+        child.join(timeout=5)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"\nFAILED: tests left multiprocessing children running (killed): {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

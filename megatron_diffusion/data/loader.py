@@ -195,16 +195,30 @@ def _ignore_preemption_signals(worker_id: int) -> None:
 _LIVE_WORKER_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 
 
+def _stop_workers(batches) -> None:
+    """Stop one iterator's workers: torch's stop message and join, then SIGKILL what is left.
+
+    The message cannot get through when the iterator is freed by the garbage collector (its
+    queues' feeder threads are finalised first), and torch's fallback, SIGTERM, is ignored by our
+    workers; a worker reads the store and writes only by renaming files into place, so killing it
+    loses nothing.
+    """
+    batches._shutdown_workers()
+    for worker in batches._workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
 def _shut_down_live_workers() -> None:
     """At exit, stop the workers of iterators still alive (held by a trainer, a reference cycle).
 
     multiprocessing's own exit hook terminates daemonic children with SIGTERM and joins them:
     workers that ignore SIGTERM would keep the interpreter from ever exiting. This hook is
-    registered after multiprocessing's (atexit runs the last registered first), and stops them the
-    way torch does when an iterator is freed: a stop message on their queues, then a join.
+    registered after multiprocessing's (atexit runs the last registered first).
     """
     for batches in list(_LIVE_WORKER_ITERATORS):
-        batches._shutdown_workers()
+        _stop_workers(batches)
 
 
 atexit.register(_shut_down_live_workers)
@@ -261,6 +275,9 @@ class DiffusionDataLoader:
                 yield batch
         except UsageError as e:  # from a worker, wrapped by torch with the worker's traceback
             raise UsageError(_worker_message(str(e))) from None
+        finally:  # finished, failed or closed: the workers stop now, not whenever GC frees them
+            if cfg.num_workers > 0:
+                _stop_workers(batches)
 
     def state_dict(self) -> dict:
         cfg = self.cfg
