@@ -1,0 +1,137 @@
+"""The package reads in pipeline order: no import cycle, no import from a later stage.
+
+Every ``import``/``from ... import`` of the package is read from the source (module level and
+inside functions alike: a function-level import is still a dependency). Stages, earliest first:
+
+    base (errors, fileio, layout, batch, parallel) -> data -> corruption -> masks -> model
+    -> loss -> config (the run config) -> training -> sampling -> convert -> checkpoint
+    -> evaluation -> cli
+
+A module may import its own stage and earlier ones. Entry points (``cli.py`` and ``*_cli.py``)
+wire stages together and may import any stage, with two exceptions the architecture promises:
+the data, corruption and masks stages never import training or anything after it, and sampling
+never imports evaluation. Nothing but an entry point imports an entry point.
+"""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "megatron_diffusion"
+STAGES = ["base", "data", "corruption", "masks", "model", "loss", "config", "training", "sampling",
+          "convert", "checkpoint", "evaluation", "cli"]
+BASE = {"errors", "fileio", "layout", "batch", "parallel", ""}
+NEVER = {"data": "training", "corruption": "training", "masks": "training"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: dict) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            found.add(target)
+            found |= {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known}
+    return {t for t in found if t in known and t != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {name: _imports(name, path, known) for name, path in known.items()}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")[1:]
+    top = parts[0] if parts else ""
+    return "base" if top in BASE else top
+
+
+def _is_entry_point(module: str) -> bool:
+    last = module.rpartition(".")[2]
+    return last == "cli" or last.endswith("_cli")
+
+
+def _violation(src: str, dst: str) -> str | None:
+    s, d = _stage(src), _stage(dst)
+    if _is_entry_point(dst) and not _is_entry_point(src):
+        return "imports an entry point"
+    if s in NEVER and STAGES.index(d) >= STAGES.index(NEVER[s]):
+        return f"stage {s} must never import {d}"
+    if s == "sampling" and d == "evaluation":
+        return "sampling must never import evaluation"
+    if not _is_entry_point(src) and STAGES.index(d) > STAGES.index(s):
+        return f"stage {s} imports the later stage {d}"
+    return None
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_every_module_has_a_stage():
+    unknown = {_stage(m) for m in _modules()} - set(STAGES)
+    assert not unknown, f"modules outside the pipeline's stages: {sorted(unknown)}"
+
+
+def test_no_import_from_a_later_stage():
+    bad = [f"{src} -> {dst}: {why}" for src, dsts in sorted(_graph().items()) for dst in sorted(dsts)
+           if (why := _violation(src, dst))]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle():
+    graph = defaultdict(set, _graph())
+    # a package's __init__ that imports its submodules is not a cycle with them
+    for name in list(graph):
+        graph[name] = {d for d in graph[name] if not d.startswith(name + ".")}
+    assert _cycles(graph) == []
+
+
+def test_the_checker_sees_a_later_stage_import_and_a_cycle():
+    assert _violation("megatron_diffusion.data.loader", "megatron_diffusion.training.trainer")
+    assert _violation("megatron_diffusion.data.inspect_cli", "megatron_diffusion.training.trainer")
+    assert _violation("megatron_diffusion.sampling.api", "megatron_diffusion.evaluation.generation")
+    assert _violation("megatron_diffusion.model.loading", "megatron_diffusion.convert.hf_export")
+    assert not _violation("megatron_diffusion.training.trainer", "megatron_diffusion.model.gpt")
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
