@@ -10,54 +10,38 @@ through one module. Backends, chosen by ``ModelConfig.attention_backend``:
 * ``flex``: FlexAttention with a ``BlockMask`` passed as ``attention_mask`` (GPU; skips fully
   masked tiles).
 
-The sampler's exact KV cache hooks in here too: while a ``BlockKVCache`` is attached
-(``attach_kv_cache``), keys/values of earlier, finished blocks are prepended to the current ones,
-and a *commit pass* appends the current block's keys/values to the cache (METHOD.md 8).
+The sampler's KV cache hooks in here too, through the one method attention needs from it
+(``KVCache``, a protocol; the sampler's implementation is ``sampling/kv_cache.py``): while a
+cache is attached (``attach_kv_cache``), every forward hands it this layer's new keys/values and
+attends what it returns — the cached columns followed by the new ones. megatron's
+``SelfAttention`` owns the call to core attention, so the cache cannot be an argument: it is an
+attribute of each core-attention module for the duration of the ``with`` body, and ``None``
+otherwise (training never sees one).
 """
 
 import contextlib
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 
-class BlockKVCache:
-    """Per-layer keys/values of finished blocks, ``[s_cached, b, ng, hn]`` each.
+class KVCache(Protocol):
+    """What core attention needs from a KV cache."""
 
-    ``commit=True`` while running a finished block as clean context: its keys/values are kept.
-    """
-
-    def __init__(self):
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-        self.commit = False
-
-    @property
-    def length(self) -> int:
-        return next(iter(self.keys.values())).shape[0] if self.keys else 0
-
-    def extend(self, layer_number: int, key, value):
-        if layer_number in self.keys:
-            key_all = torch.cat([self.keys[layer_number], key], dim=0)
-            value_all = torch.cat([self.values[layer_number], value], dim=0)
-        else:
-            key_all, value_all = key, value
-        if self.commit:
-            self.keys[layer_number], self.values[layer_number] = key_all, value_all
-        return key_all, value_all
-
-    def select_batch(self, index: torch.Tensor) -> None:
-        """Keep only the rows ``index`` (finished samples leave the batch)."""
-        for store in (self.keys, self.values):
-            for k in store:
-                store[k] = store[k][:, index]
+    def extend(self, layer_number: int, key: torch.Tensor,
+               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take layer ``layer_number``'s new ``key``/``value`` ``[s_new, b, ng, hn]``; return
+        the keys/values to attend, ``[s_key, b, ng, hn]`` (the mask indexes their columns)."""
+        ...
 
 
 class DiffusionCoreAttention(DotProductAttention):
     """Dense-mask SDPA / FlexAttention core attention with an optional block KV cache."""
 
-    kv_cache: BlockKVCache | None = None
+    kv_cache: KVCache | None = None
+    """Set only inside ``attach_kv_cache`` (sampling); ``None`` in training."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
@@ -97,7 +81,7 @@ class DiffusionCoreAttention(DotProductAttention):
 
 
 @contextlib.contextmanager
-def attach_kv_cache(model, cache: BlockKVCache | None):
+def attach_kv_cache(model, cache: KVCache | None):
     """Attach ``cache`` to every ``DiffusionCoreAttention`` of ``model`` for the ``with`` body."""
     modules = [m for m in model.modules() if isinstance(m, DiffusionCoreAttention)]
     for m in modules:

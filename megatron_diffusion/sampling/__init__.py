@@ -1,8 +1,9 @@
 """Block-wise parallel sampling (Seed Diffusion 3.4, METHOD.md 8); user docs: docs/sampling.md.
 
 Reading order: ``config`` (every decoding setting) -> ``strategies`` (commit rules of one step)
--> ``masks`` (attention of clean context + each row's noisy block) -> ``backend`` (the model
-forward with an exact ragged KV cache, TP logit gather) -> ``sampler`` (the decode loop) ->
+-> ``masks`` (attention of clean context + each row's noisy block) -> ``kv_cache`` (the ragged
+KV cache core attention writes to) -> ``backend`` (the model forward with that cache, TP logit
+gather) -> ``sampler`` (the decode loop) ->
 ``api`` (text in, ``GenerationResult`` out: ``load_sampler``) -> ``bench`` / ``bench_cli`` /
 ``sample_cli`` (commands).
 """

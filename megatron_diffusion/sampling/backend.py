@@ -2,10 +2,11 @@
 
 ``ModelBackend`` wraps a ``DiffusionGPTModel`` (one TP shard):
 
-* **KV cache.** A ``RaggedKVCache`` (a ``BlockKVCache`` with one buffer per layer sized for
-  the whole sequence, indexed by column) is attached to every core-attention module for a
-  generation. Each forward writes every row's chunk at that row's own column offset and attends
-  ``buffer[:key_len]`` — a view, no concatenation; the mask says which columns each row sees.
+* **KV cache.** A ``kv_cache.RaggedKVCache`` (one buffer per layer sized for the whole
+  sequence, indexed by column) is attached to every core-attention module for a generation
+  (``model.attention.attach_kv_cache``). Each forward writes every row's chunk at that row's own
+  column offset and attends ``buffer[:key_len]`` — a view, no concatenation; the mask says which
+  columns each row sees.
 * **Only the logits needed.** A pre-hook on the output layer gathers, per row, the hidden
   states of the positions to predict, so a long prompt does not cost a ``[prompt, vocab]``
   projection.
@@ -34,42 +35,8 @@ import contextlib
 
 import torch
 
-from megatron_diffusion.model.attention import BlockKVCache, attach_kv_cache
-
-
-class RaggedKVCache(BlockKVCache):
-    """Per-layer key/value buffers ``[capacity, b, ng, hn]`` indexed by buffer column.
-
-    Rows advance independently, so each forward writes row ``r``'s chunk at its own offset
-    ``write_start_B[r]`` and attends ``buffer[:key_len]``; what a row may see is the mask's job.
-    Columns before a row's chunk hold its final (cached) keys/values; a chunk's clean columns
-    become cached simply because the next chunk starts after them (``RaggedKVCache`` never
-    copies or concatenates). Same keys/values, same order as ``BlockKVCache``.
-    """
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.write_start_B: torch.Tensor | None = None
-        self.key_len = 0
-
-    @property
-    def length(self) -> int:
-        return self.key_len
-
-    def extend(self, layer_number: int, key, value):
-        width, batch = key.shape[0], key.shape[1]
-        if layer_number not in self.keys:
-            shape = (self.capacity, *key.shape[1:])
-            self.keys[layer_number] = key.new_zeros(shape)
-            self.values[layer_number] = value.new_zeros(shape)
-        keys, values = self.keys[layer_number], self.values[layer_number]
-        cols_WB = (self.write_start_B[None, :]
-                   + torch.arange(width, device=key.device)[:, None])
-        rows_WB = torch.arange(batch, device=key.device)[None, :].expand(width, batch)
-        keys[cols_WB, rows_WB] = key
-        values[cols_WB, rows_WB] = value
-        return keys[:self.key_len], values[:self.key_len]
+from megatron_diffusion.model.attention import attach_kv_cache
+from megatron_diffusion.sampling.kv_cache import RaggedKVCache
 
 
 def single_rank_linear(module):

@@ -50,7 +50,7 @@ keys are masked. **Rows advance independently**: each row is at its own block, a
 block is final moves on at its next forward instead of waiting for the slowest row (with the
 threshold rule rows need different numbers of steps per block; synchronous blocks would make
 every row pay the slowest row's steps). Each forward feeds every row's own chunk, left-aligned
-and written to the cache at the row's own offset (``backend.RaggedKVCache``). A row leaves the
+and written to the cache at the row's own offset (``kv_cache.RaggedKVCache``). A row leaves the
 batch (and the cache) once it has committed a stop token (any of ``ModelRules.stops``: the
 checkpoint's ``generation.stop_token_ids``, e.g. both ``<|im_end|>`` and ``<|endoftext|>`` of
 an Instruct model) with every earlier position final, and its output is cut after it; or when
