@@ -2,30 +2,15 @@
 
 Benchmarks here judge a model by pass@k *together with* decoding speed (Seed Diffusion 3.4,
 METHOD.md section 8: tokens per forward pass and tokens per second against AR decoding). So a
-completion carries what it cost. ``megatron_diffusion.sampling.api.load_sampler(checkpoint,
+completion carries what it cost (``sampling.result.GenerationResult``, defined with the
+sampler that makes it). ``megatron_diffusion.sampling.api.load_sampler(checkpoint,
 **knobs)`` returns a ``Sampler``; a plain function ``CompletionFn`` works too (tests, baselines).
 """
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """One completion and what it cost."""
-
-    text: str
-    """The generated text after the prompt (not yet post-processed)."""
-    num_forwards: int
-    """Model forward passes that produced this sample; a batched forward counts once for each
-    sample in the batch (so tokens / forwards is the decoding parallelism)."""
-    num_tokens: int
-    """Tokens generated for this sample, up to and including EOS."""
-    seconds: float
-    """Wall-clock generation time attributed to this sample: a batch's time divided by its size,
-    so that the sum over samples is the total generation time."""
-
+from megatron_diffusion.sampling.result import GenerationResult
 
 CompletionFn = Callable[[list[str]], list[GenerationResult]]
 

@@ -28,12 +28,13 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Self
 from importlib.metadata import version
 
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.evaluation.executor import ExecutorConfig, resolve_sandbox, run_checks
-from megatron_diffusion.evaluation.generation import GenerationResult
+from megatron_diffusion.sampling.result import GenerationResult
 
 NUM_PROBLEMS = 164
 EOS_TEXTS = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>", "<eos>")
@@ -58,13 +59,14 @@ class HumanEvalConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Sandbox limits for running the checks."""
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
         if not self.ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.ks):
             raise UsageError(f"ks: got {self.ks!r}, expected one or more integers >= 1")
         if not isinstance(self.num_samples, int) or self.num_samples < max(self.ks):
             raise UsageError(f"num_samples: got {self.num_samples!r}, expected an integer >= max(ks) = "
                              f"{max(self.ks)} (pass@k needs at least k samples per problem)")
         self.executor.validate()
+        return self
 
 
 def load_problems(limit: int | None = None) -> list[dict]:

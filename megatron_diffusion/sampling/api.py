@@ -13,9 +13,9 @@ import time
 import torch
 
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.evaluation.generation import GenerationResult
 from megatron_diffusion.sampling.backend import ModelBackend
 from megatron_diffusion.sampling.config import SamplerConfig
+from megatron_diffusion.sampling.result import GenerationResult
 from megatron_diffusion.sampling.sampler import BlockSampler, Completion, ModelRules
 
 KNOBS = tuple(f.name for f in dataclasses.fields(SamplerConfig))

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from megatron_diffusion.cli import main
-from megatron_diffusion.evaluation.generation import GenerationResult
+from megatron_diffusion.sampling.result import GenerationResult
 
 
 def run_cli(argv):

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.evaluation.generation import GenerationResult, generate
+from megatron_diffusion.evaluation.generation import generate
 from megatron_diffusion.evaluation.humaneval import (
     NUM_PROBLEMS, HumanEvalConfig, build_program, canonical_completions, evaluate, load_problems,
     pass_at_k, postprocess_completion,
 )
+from megatron_diffusion.sampling.result import GenerationResult
 from tests.evaluation.sandbox_helpers import sandbox_config
 
 

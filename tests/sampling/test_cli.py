@@ -6,8 +6,8 @@ import pytest
 
 from megatron_diffusion.cli import main
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.evaluation.generation import GenerationResult
 from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.sampling.result import GenerationResult
 from tests.helpers import make_checkpoint
 
 
