@@ -16,7 +16,7 @@ from megatron_diffusion.errors import UsageError
 COMMANDS = {
     "train-tokenizer": ("megatron_diffusion.data.tokenizer_cli", "train a byte-level BPE tokenizer (with [MASK]/EOS) on a corpus"),
     "preprocess": ("megatron_diffusion.data.preprocess_cli", "tokenize jsonl/parquet/HF dataset/source tree into a zarr token store"),
-    "inspect-data": ("megatron_diffusion.data.inspect_cli", "write corrupted loader samples as JSON lines, for checking the statistics"),
+    "inspect-data": ("megatron_diffusion.corruption.inspect_cli", "write corrupted loader samples as JSON lines, for checking the statistics"),
     "check-store": ("megatron_diffusion.data.check_store_cli", "verify every chunk file of a token store against its checksums"),
     "show-mask": ("megatron_diffusion.masks.show_mask", "write the boolean attention mask of a mode as JSON or PNG"),
     "train": ("megatron_diffusion.training.train_cli", "train (CPT/SFT) a diffusion LM on megatron-core"),

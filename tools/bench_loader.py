@@ -22,7 +22,8 @@ def main():
 
     from megatron_diffusion.config import load_config
     from megatron_diffusion.data.loader import DiffusionDataLoader
-    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab, store_vocabulary
+    from megatron_diffusion.corruption.factory import make_corruptor
+    from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
 
     cfg = load_config(a.config, a.overrides + [f"data.num_workers={a.workers}"], validate=False)
     stores = resolve_vocab(cfg)

@@ -31,6 +31,7 @@ def main():
 
     from megatron_diffusion.corruption.config import CorruptionConfig
     from megatron_diffusion.corruption.corruptor import Corruptor
+    from megatron_diffusion.corruption.factory import CleanBatcher
     from megatron_diffusion.loss import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
     from megatron_diffusion.model.config import ModelConfig
@@ -38,7 +39,6 @@ def main():
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.model_setup import build_training_model
     from megatron_diffusion.training.step import forward_backward
-    from megatron_diffusion.training.trainer import CleanBatcher
 
     initialize_model_parallel(1, 1, seed=0)
     L, mask_id = a.seq_len, a.vocab - 1

@@ -37,12 +37,16 @@ def clipped_rate(u_BL: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def ensure_one_masked(masked_BL: torch.Tensor, blocks_BL: torch.Tensor, eligible_BL: torch.Tensor,
-                      num_slots: int, generator: torch.Generator) -> torch.Tensor:
+                      num_slots: int, generator: torch.Generator | None, *,
+                      keys_BL: torch.Tensor | None = None) -> torch.Tensor:
     """Mask one uniformly chosen eligible token in every block that has none masked.
 
-    Each eligible token gets a random integer key made unique by its column (``key * L + i``);
-    the block's maximum key picks its fallback token. Blocks without eligible tokens (all
-    prompt) stay clean.
+    Every eligible token gets a random key; the block's maximum key picks its fallback token.
+    By default the keys are random integers made unique by their column (``key * L + i``),
+    drawn from ``generator``. ``keys_BL`` passes other i.i.d. keys instead (fixed-rate masking's
+    uniform floats, ``fixed_rate.py``; equal float keys, rare, mask each of the tied tokens).
+    Blocks without eligible tokens (all prompt) stay clean. ``num_slots``: at least the number
+    of blocks in a row.
     """
     B, L = masked_BL.shape
     device = masked_BL.device
@@ -50,10 +54,11 @@ def ensure_one_masked(masked_BL: torch.Tensor, blocks_BL: torch.Tensor, eligible
     count_BN.scatter_add_(1, blocks_BL, masked_BL.long())
     needs_BL = count_BN.gather(1, blocks_BL) == 0
 
-    cols_L = torch.arange(L, device=device)
-    keys_BL = torch.randint(0, 2**40, (B, L), generator=generator, device=device) * L + cols_L
+    if keys_BL is None:
+        cols_L = torch.arange(L, device=device)
+        keys_BL = torch.randint(0, 2**40, (B, L), generator=generator, device=device) * L + cols_L
     keys_BL = torch.where(eligible_BL, keys_BL, torch.full_like(keys_BL, -1))
-    best_BN = torch.full((B, num_slots), -1, dtype=torch.long, device=device)
+    best_BN = torch.full((B, num_slots), -1, dtype=keys_BL.dtype, device=device)
     best_BN.scatter_reduce_(1, blocks_BL, keys_BL, reduce="amax", include_self=True)
     chosen_BL = needs_BL & eligible_BL & (keys_BL == best_BN.gather(1, blocks_BL))
     return masked_BL | chosen_BL

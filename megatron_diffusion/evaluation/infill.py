@@ -17,8 +17,10 @@
 
 ``masked_metrics`` and ``next_token_metrics`` are shared with ``eval quality`` (quality.py).
 
-Used by ``megatron-diffusion eval infill`` and by the trainer's periodic
-``training.infill_eval_interval`` (same batches, same metrics, logged as ``infill_acc@r``).
+Used by ``megatron-diffusion eval infill``. The corruptions come from ``corruption/``
+(``fixed_rate.FixedRateMasking``, ``factory``'s ELBO process and clean batcher), which the
+trainer's periodic ``training.infill_eval_interval`` (``training/validation.py``) uses too: same
+batches, same metrics, logged as ``infill_acc@r``.
 """
 
 import json
@@ -27,44 +29,13 @@ from pathlib import Path
 
 import torch
 
-from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.corruption.factory import (CleanBatcher, eval_corruption_config,
+                                                   make_corruptor)
+from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
-from megatron_diffusion.layout import block_ids
 
 DEFAULT_RATES = (0.15, 0.3, 0.5, 0.7, 0.9)
-
-
-class FixedRateMasking:
-    """Corruption at a fixed mask rate (a loader ``corrupt_fn``; weights 1 on masked tokens)."""
-
-    def __init__(self, rate: float, *, mask_token_id: int, block_size: int | None,
-                 visibility: str = "shared"):
-        if not 0 < rate <= 1:
-            raise UsageError(f"mask rate: got {rate}, expected a number in (0, 1]")
-        self.rate, self.mask_token_id = rate, mask_token_id
-        self.block_size, self.visibility = block_size, visibility
-
-    def corrupt(self, tokens_BL, document_ids_BL, *, step=0, generator=None, prompt_mask_BL=None):
-        eligible = torch.ones_like(tokens_BL, dtype=torch.bool)
-        if prompt_mask_BL is not None:
-            eligible &= ~prompt_mask_BL
-        masked = (torch.rand(tokens_BL.shape, generator=generator) < self.rate) & eligible
-        B, L = tokens_BL.shape
-        if self.block_size is not None:  # at least one masked token per block, as in training
-            blocks = block_ids(document_ids_BL, self.block_size, self.visibility)
-            n = int(blocks.max()) + 1
-            has = torch.zeros(B, n, dtype=torch.bool).scatter_reduce(1, blocks, masked, "amax")
-            score = torch.rand(tokens_BL.shape, generator=generator).masked_fill(~eligible, -1)
-            best = torch.full((B, n), -2.0).scatter_reduce(1, blocks, score, "amax")
-            pick = (score == best.gather(1, blocks)) & ~has.gather(1, blocks) & eligible
-            masked |= pick
-        xt = torch.where(masked, torch.full_like(tokens_BL, self.mask_token_id), tokens_BL)
-        tokens = torch.cat([xt, tokens_BL], dim=1) if self.block_size is not None else xt
-        return DiffusionBatch(tokens_BS=tokens, labels_BL=tokens_BL.clone(),
-                              loss_weights_BL=masked.float(), document_ids_BL=document_ids_BL,
-                              loss_mask_BL=eligible, t_BN=torch.full((B, 1), self.rate),
-                              num_edits_B=torch.zeros(B, dtype=torch.long))
 
 
 def parse_rates(text: str) -> list[float]:
@@ -176,7 +147,6 @@ def next_token_metrics(model, cfg, rows_BL: torch.Tensor) -> dict | None:
     None for a checkpoint without an AR readout (``has_ar_readout``)."""
     from megatron_diffusion.loss import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
-    from megatron_diffusion.training.trainer import CleanBatcher
 
     if not has_ar_readout(cfg):
         return None
@@ -215,7 +185,6 @@ def heldout_rows(data: Path, loaded, seq_len: int, max_rows: int) -> torch.Tenso
 
 def run_infill(args) -> int:
     from megatron_diffusion.model.loading import load_model
-    from megatron_diffusion.training.trainer import make_corruptor
 
     rates = parse_rates(args.mask_rates) if isinstance(args.mask_rates, str) else list(args.mask_rates)
     data = Path(args.data)
@@ -253,16 +222,6 @@ def run_infill(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "infill.json", json.dumps(report, indent=2))
     return 0
-
-
-def eval_corruption_config(cfg):
-    """The checkpoint's corruption, post-warmup and mask stage only (the ELBO's own process)."""
-    import copy
-
-    c = copy.deepcopy(cfg)
-    c.corruption.warmup_steps = 0
-    c.corruption.edit_stage_fraction = 0.0
-    return c
 
 
 def _print_report(r: dict) -> None:

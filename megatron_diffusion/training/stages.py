@@ -91,7 +91,7 @@ def _validate(stage: Stage) -> None:
     """Validate a copy completed from the data store, so a bad stage 2 fails before stage 1."""
     import copy
 
-    from megatron_diffusion.training.trainer import resolve_vocab
+    from megatron_diffusion.data.vocab import resolve_vocab
 
     cfg = copy.deepcopy(stage.cfg)
     try:

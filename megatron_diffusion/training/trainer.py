@@ -23,89 +23,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.config import RunConfig
+from megatron_diffusion.corruption.factory import eval_corruption_config, make_corruptor
+from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
+from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 
 CHECKPOINT_FORMAT = "megatron-diffusion-checkpoint"
-
-
-class CleanBatcher:
-    """The AR objective's "corruption": the clean row, loss on every non-prompt position."""
-
-    def __init__(self, num_blocks: int = 1):
-        self.num_blocks = num_blocks
-
-    def corrupt(self, tokens_BL, document_ids_BL, *, step, generator, prompt_mask_BL=None):
-        eligible = torch.ones_like(tokens_BL, dtype=torch.bool)
-        if prompt_mask_BL is not None:
-            eligible &= ~prompt_mask_BL
-        B = tokens_BL.shape[0]
-        return DiffusionBatch(tokens_BS=tokens_BL.clone(), labels_BL=tokens_BL.clone(),
-                              loss_weights_BL=eligible.float(), document_ids_BL=document_ids_BL,
-                              loss_mask_BL=eligible, t_BN=torch.zeros(B, 1),
-                              num_edits_B=torch.zeros(B, dtype=torch.long), stage="mask")
-
-
-def resolve_vocab(cfg: RunConfig):
-    """Fill/check the model's vocabulary from the data stores; returns the opened stores."""
-    from megatron_diffusion.data.loader import open_stores
-
-    stores = open_stores(cfg.data)
-    store = stores[0]
-    for name, value in (("vocab_size", store.vocab_size), ("mask_token_id", store.mask_id)):
-        mine = getattr(cfg.model, name)
-        if mine in (0, -1):
-            setattr(cfg.model, name, value)
-        elif mine != value:
-            raise UsageError(f"model.{name}: config says {mine} but store {store.path} has "
-                             f"{value} (tokenized with another vocabulary?)")
-    check_run_tokenizer(cfg.training.tokenizer, store)
-    return stores
-
-
-def check_run_tokenizer(path, store) -> None:
-    """``training.tokenizer`` (shipped in every checkpoint) must be the store's tokenizer."""
-    if path is None:
-        return
-    from megatron_diffusion.data.tokenizer import tokenizer_hash
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"training.tokenizer: cannot read {path} ({e.strerror})") from None
-    if tokenizer_hash(text) != store.tokenizer_hash:
-        raise UsageError(f"training.tokenizer: {path} is not the tokenizer store {store.path} was "
-                         f"made with (hash {tokenizer_hash(text)[:12]}..., store "
-                         f"{store.tokenizer_hash[:12]}...)")
-
-
-def random_token_ids(vocab_size: int, special_ids) -> torch.Tensor:
-    ids = torch.arange(vocab_size)
-    keep = torch.ones(vocab_size, dtype=torch.bool)
-    keep[list(special_ids)] = False
-    return ids[keep]
-
-
-def make_corruptor(cfg: RunConfig, *, vocab_size: int, special_ids):
-    """The run's corruption (or the clean batcher of the AR objective). Edits insert and
-    substitute only ordinary tokens: ``special_ids`` (EOS, [MASK], pad) are excluded."""
-    if cfg.loss.objective == "ar":
-        return CleanBatcher()
-    from megatron_diffusion.corruption.corruptor import Corruptor
-
-    mode = "block" if cfg.attention.mode == "block" else "single"
-    return Corruptor(cfg.corruption, seq_len=cfg.data.seq_len, mode=mode,
-                     block_size=cfg.attention.block_size, visibility=cfg.attention.visibility,
-                     mask_token_id=cfg.model.mask_token_id,
-                     random_token_ids=random_token_ids(vocab_size, special_ids),
-                     total_steps=cfg.training.train_iters)
-
-
-def store_vocabulary(store) -> dict:
-    """``make_corruptor``'s vocabulary arguments from a token store."""
-    return {"vocab_size": store.vocab_size, "special_ids": {store.eos_id, store.mask_id, store.pad_id}}
 
 
 def _say_on_rank0(message: str) -> None:
@@ -210,10 +135,7 @@ class Trainer:
 
         store = self.stores[0]
         self.corruptor = make_corruptor(cfg, **store_vocabulary(store))
-        # validation measures the objective itself (the ELBO): post-warmup, mask stage. The
-        # training corruptor would draw validation rows at its step 0, inside the warmup.
-        from megatron_diffusion.evaluation.infill import eval_corruption_config
-
+        # validation measures the objective itself (the ELBO): post-warmup, mask stage
         self.val_corruptor = make_corruptor(eval_corruption_config(cfg), **store_vocabulary(store))
         total_samples = cfg.training.train_iters * cfg.data.global_batch_size
         if self.rank == 0:
@@ -484,7 +406,6 @@ class Trainer:
 
     def infill_eval(self, rates=(0.15, 0.5, 0.9)) -> dict:
         """``eval infill``'s masked-token accuracy at fixed rates, on the validation split."""
-        from megatron_diffusion.evaluation.infill import FixedRateMasking
         from megatron_diffusion.loss import LossConfig
 
         attn = self.cfg.attention

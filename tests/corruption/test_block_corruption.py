@@ -29,6 +29,15 @@ def test_fallback_masks_exactly_one_in_empty_blocks():
     assert picks[0] == 0 and all(70 < p < 130 for p in picks[1:].tolist())
 
 
+def test_fallback_with_given_keys_takes_the_eligible_maximum():
+    blocks = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    masked = torch.zeros(1, 6, dtype=torch.bool)
+    eligible = torch.tensor([[False, True, True, True, True, True]])
+    keys = torch.tensor([[0.9, 0.2, 0.7, 0.5, 0.5, 0.1]])  # 0.9 is a prompt token's
+    out = ensure_one_masked(masked, blocks, eligible, 2, None, keys_BL=keys)
+    assert out.tolist() == [[False, False, True, True, True, False]]  # a tie masks both
+
+
 def test_block_layout_is_xt_then_x0_with_weights_over_u_blk():
     c = make_corruptor(seq_len=8, mode="block", block_size=4, t_min=0.0)
     x = clean_rows(3, 8)

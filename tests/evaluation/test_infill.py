@@ -1,24 +1,9 @@
-"""Infill evaluation: fixed-rate masking, the eval command, and the trainer's periodic hook."""
+"""Infill evaluation: the eval command and the trainer's periodic hook (fixed-rate masking
+itself: tests/corruption/test_fixed_rate.py)."""
 
 import json
 
-import torch
-
-from megatron_diffusion.evaluation.infill import FixedRateMasking
 from tests.training.conftest import losses, run_train
-
-
-def test_fixed_rate_masking_rate_and_block_floor():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(3, 50, (64, 32), generator=g)
-    doc = torch.zeros_like(x)
-    b = FixedRateMasking(0.5, mask_token_id=1, block_size=None).corrupt(x, doc, generator=g)
-    assert abs(b.loss_weights_BL.mean().item() - 0.5) < 0.03
-    assert torch.equal(b.tokens_BS == 1, b.loss_weights_BL > 0)
-    b = FixedRateMasking(0.01, mask_token_id=1, block_size=4).corrupt(x, doc, generator=g)
-    masked = b.tokens_BS[:, :32] == 1
-    assert masked.view(64, 8, 4).any(-1).all()  # at least one per block
-    assert torch.equal(b.tokens_BS[:, 32:], x)  # clean copy
 
 
 def test_eval_infill_and_training_hook(tiny_store, tmp_path, capsys):

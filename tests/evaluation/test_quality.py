@@ -148,7 +148,8 @@ def test_a_file_too_short_for_a_window_is_refused(causal_ckpt, tmp_path, capsys)
 def test_block_shift_checkpoint_is_read_with_its_shift(tmp_path):
     """Masked CE of a block-mode logit-shift checkpoint (shifted CPT), by hand: target ``j`` is
     read from the noisy output ``j - 1``, a block's first token from the clean output before it."""
-    from megatron_diffusion.evaluation.infill import FixedRateMasking, masked_metrics
+    from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
+    from megatron_diffusion.evaluation.infill import masked_metrics
     from megatron_diffusion.evaluation.quality import QualityConfig, heldout_token_rows, quality_report
     from megatron_diffusion.model.inputs import model_inputs
     from megatron_diffusion.sampling.api import load_sampler

@@ -59,7 +59,7 @@ def build(fields: dict, cuda: bool):
 def make_batch(mode: str, cfg, rows: int, L: int, generator):
     from megatron_diffusion.corruption.config import CorruptionConfig
     from megatron_diffusion.corruption.corruptor import Corruptor
-    from megatron_diffusion.training.trainer import CleanBatcher
+    from megatron_diffusion.corruption.factory import CleanBatcher
 
     x0 = torch.randint(0, cfg.mask_token_id, (rows, L), generator=generator)
     doc = torch.zeros(rows, L, dtype=torch.long)

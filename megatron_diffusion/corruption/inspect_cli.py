@@ -12,6 +12,10 @@ import json
 import math
 from pathlib import Path
 
+from megatron_diffusion.config import load_config
+from megatron_diffusion.corruption.factory import make_corruptor
+from megatron_diffusion.data.loader import DiffusionDataLoader
+from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path
 
@@ -50,10 +54,6 @@ def sample_records(batch, block_size: int | None):
 
 
 def run(args) -> int:
-    from megatron_diffusion.config import load_config
-    from megatron_diffusion.data.loader import DiffusionDataLoader
-    from megatron_diffusion.training.trainer import make_corruptor, resolve_vocab, store_vocabulary
-
     if args.num_batches < 1:
         raise UsageError(f"--num-batches: got {args.num_batches}, expected >= 1")
     if args.step < 0:
