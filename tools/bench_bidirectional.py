@@ -16,23 +16,15 @@ figures.
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 
 from megatron_diffusion.sampling import bench
-from megatron_diffusion.sampling.api import DiffusionSampler, load_sampler
+from megatron_diffusion.sampling.api import load_sampler
 
 VARIANTS = {"full": dict(bidirectional_context="full", kv_cache=False),
             "prefix-exact": dict(bidirectional_context="prefix", kv_cache=False),
             "prefix-cache": dict(bidirectional_context="prefix", kv_cache=True)}
-
-
-def variant(sampler, **changes):
-    out = DiffusionSampler(sampler.loaded, sampler.tokenizer,
-                           dataclasses.replace(sampler.cfg, **changes))
-    out.core.rules = sampler.core.rules
-    return out
 
 
 def main():
@@ -45,8 +37,8 @@ def main():
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args()
-    base = load_sampler(a.checkpoint, max_new_tokens=a.max_new_tokens, threshold=a.threshold)
-    base.core.rules = dataclasses.replace(base.core.rules, eos_id=-1)
+    base = load_sampler(a.checkpoint, max_new_tokens=a.max_new_tokens, threshold=a.threshold,
+                        ignore_eos=True)
     full = bench.stdlib_prompts(base.tokenizer, a.num_prompts, a.prompt_len,
                                 continuation_len=a.max_new_tokens)
     prompts = [ids[:a.prompt_len] for ids in full]
@@ -54,7 +46,8 @@ def main():
     print("| block | decoder | tokens/s | forwards | agreement vs full | agreement vs "
           "prefix-exact | held-out accuracy |\n|---|---|---:|---:|---:|---:|---:|")
     for B in (int(b) for b in a.block_sizes.split(",")):
-        decoders = {name: variant(base, block_size=B, **kw) for name, kw in VARIANTS.items()}
+        decoders = {name: base.with_settings(block_size=B, **kw)
+                    for name, kw in VARIANTS.items()}
         res = bench.measure_interleaved(decoders, prompts, repeats=a.repeats)
         outs = {name: r["_completions"] for name, r in res.items()}
 
@@ -78,7 +71,7 @@ def block0_changes(base, prompts, block_size):
     configured ``max_new_tokens``, per decoder."""
     out = {}
     for name, kw in VARIANTS.items():
-        short, long = (variant(base, block_size=block_size, max_new_tokens=n, **kw)
+        short, long = (base.with_settings(block_size=block_size, max_new_tokens=n, **kw)
                        .generate_ids(prompts)[0] for n in (block_size, base.cfg.max_new_tokens))
         out[name] = sum(a.tokens[:block_size] != b.tokens[:block_size]
                         for a, b in zip(short, long))

@@ -12,7 +12,6 @@ continuations (sampling/bench.py).
 """
 
 import argparse
-import dataclasses
 
 from megatron_diffusion.sampling import bench
 from megatron_diffusion.sampling.api import load_sampler
@@ -34,8 +33,7 @@ def main():
           "|---|---:|---:|---:|")
     for name, knobs in SETTINGS.items():
         s = load_sampler(a.checkpoint, max_new_tokens=a.max_new_tokens, threshold=a.threshold,
-                         **knobs)
-        s.core.rules = dataclasses.replace(s.core.rules, eos_id=-1)
+                         ignore_eos=True, **knobs)
         if "always" in name:
             s.core.cfg.revisit_threshold = 1.01  # no probability reaches it: settle every block
         full = bench.stdlib_prompts(s.tokenizer, a.num_prompts, a.prompt_len,

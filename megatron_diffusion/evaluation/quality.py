@@ -163,9 +163,8 @@ def _variant(sampler, base, **changes):
     every decode generates exactly ``max_new_tokens`` and is scored over the same positions."""
     from megatron_diffusion.sampling.api import DiffusionSampler
 
-    out = DiffusionSampler(sampler.loaded, sampler.tokenizer, dataclasses.replace(base, **changes))
-    out.core.rules = dataclasses.replace(out.core.rules, eos_id=-1)
-    return out
+    return DiffusionSampler(sampler.loaded, sampler.tokenizer,
+                            dataclasses.replace(base, **changes, ignore_eos=True))
 
 
 def decode_point(sampler, prompts, truths, label: str) -> dict:

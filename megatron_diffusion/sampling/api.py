@@ -58,12 +58,19 @@ class DiffusionSampler:
             "model_clean_stream": rules.clean_stream,
             "model_training_block_size": rules.training_block_size,
             "model_logit_shift": rules.logit_shift,
-            "stop_token_ids": list(rules.stops),
+            "stop_token_ids": list(self.core.stops),
             "params_dtype": loaded.config.model.params_dtype,
             "tensor_model_parallel_size": self.core.backend.tp_size,
             "device": str(self.core.backend.device),
             "checkpoint_step": loaded.meta.get("step"),
         }
+
+    def with_settings(self, **changes) -> "DiffusionSampler":
+        """A sampler on the same loaded weights and tokenizer whose settings are this one's
+        (as resolved) with ``changes`` (``SamplerConfig`` fields) applied: how benchmarks build
+        their variants (the AR baseline, a sweep point, ``ignore_eos``)."""
+        return DiffusionSampler(self.loaded, self.tokenizer,
+                                dataclasses.replace(self.cfg, **changes))
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         ids = [self.tokenizer.encode(p) for p in prompts]

@@ -9,7 +9,6 @@ transformers' greedy ``generate`` of an HF directory or GGUF on the same prompts
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -27,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per prompt (stdlib snippets)")
     parser.add_argument("--prompts", default=None,
                         help="JSON lines {\"prompt\": TEXT} instead of stdlib snippets")
-    parser.add_argument("--ignore-eos", action="store_true",
-                        help="always generate --max-new-tokens (fixed-length throughput)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each setting this many times, report the fastest")
@@ -48,15 +45,6 @@ def _floats(name, text, cast):
         return [cast(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"{name}: got {text!r}, expected a comma-separated list") from None
-
-
-def _variant(sampler, **changes):
-    from megatron_diffusion.sampling.api import DiffusionSampler
-
-    cfg = dataclasses.replace(sampler.cfg, **changes)
-    out = DiffusionSampler(sampler.loaded, sampler.tokenizer, cfg)
-    out.core.rules = sampler.core.rules  # keeps --ignore-eos
-    return out
 
 
 def _public(result: dict) -> dict:
@@ -81,8 +69,6 @@ def run(args) -> int:
             raise UsageError(f"--hf-baseline: {args.hf_baseline} does not exist")
     text_prompts = read_prompts(args.prompts) if args.prompts else None
     sampler = load_from_args(args)
-    if args.ignore_eos:
-        sampler.core.rules = dataclasses.replace(sampler.core.rules, eos_id=-1)
     truths = None
     if text_prompts is not None:
         prompts = sampler.encode(text_prompts)[:args.num_prompts]
@@ -92,7 +78,7 @@ def run(args) -> int:
         prompts = [ids[:args.prompt_len] for ids in full]
         truths = [ids[args.prompt_len:] for ids in full]  # the held-out true continuations
         sampler.core.check_prompts(prompts)
-    ar = _variant(sampler, ar_baseline=True, kv_cache=True)
+    ar = sampler.with_settings(ar_baseline=True, kv_cache=True)
     if args.sweep:
         ar_result = bench.measure(ar, prompts, repeats=args.repeats)
         return _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths)
@@ -130,7 +116,7 @@ def _hf_decoder(args, sampler, prompts):
     from megatron_diffusion.sampling.hf_baseline import HFGenerate, load_hf_model
 
     hf = HFGenerate(load_hf_model(args.hf_baseline), max_new_tokens=args.max_new_tokens,
-                    stop_ids=sampler.core.rules.stops, pad_id=sampler.core.rules.pad_id,
+                    stop_ids=sampler.core.stops, pad_id=sampler.core.rules.pad_id,
                     batch_size=sampler.cfg.batch_size or len(prompts))
     hf.check_prompts(prompts)
     return hf
@@ -151,8 +137,8 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=No
     from tqdm import tqdm
 
     # reference: the training block size, one token per step (the model's most careful decode)
-    careful = _variant(sampler, block_size=None, strategy="fixed", steps_per_block=None,
-                       ar_baseline=False)
+    careful = sampler.with_settings(block_size=None, strategy="fixed", steps_per_block=None,
+                                    ar_baseline=False)
     ref_result = bench.measure(careful, prompts, warmup=False, repeats=args.repeats)
     reference = ref_result["_completions"]
     rows = [{**_public(ref_result), "threshold": None, "label": "reference",
@@ -161,8 +147,8 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=No
              **bench.quality(sampler, prompts, ar_result["_completions"], reference, truths)}]
     grid = [(b, t) for b in block_sizes for t in thresholds]
     for block_size, threshold in tqdm(grid, desc="sweep", disable=not is_rank_zero()):
-        variant = _variant(sampler, block_size=block_size, strategy="threshold",
-                           threshold=threshold, ar_baseline=False)
+        variant = sampler.with_settings(block_size=block_size, strategy="threshold",
+                                        threshold=threshold, ar_baseline=False)
         result = bench.measure(variant, prompts, warmup=False, repeats=args.repeats)
         rows.append({**_public(result), "label": f"B={block_size}",
                      **bench.quality(sampler, prompts, result["_completions"], reference, truths)})

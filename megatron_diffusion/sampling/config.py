@@ -63,6 +63,9 @@ class SamplerConfig:
     stop_tokens: tuple = ()
     """Tokens that end a row (``--stop-token``, repeatable): token texts (``<|im_end|>``) or ids.
     Empty: the checkpoint's meta.json ``generation.stop_token_ids``, else the tokenizer's EOS."""
+    ignore_eos: bool = False
+    """No token ends a row: every row generates ``max_new_tokens`` (fixed-length throughput,
+    the same work for every decoder compared; ``--ignore-eos``)."""
     batch_size: int | None = None
     """Prompts decoded together (sorted by length first, to reduce padding); None = all the
     prompts of one ``complete`` call (the evaluation harness sets its own batch size)."""

@@ -51,6 +51,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a token text (e.g. '<|im_end|>') or id that ends a row; "
                              "repeatable (default: the checkpoint's generation.stop_token_ids, "
                              "else EOS)")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="no token ends a row: always generate --max-new-tokens "
+                             "(fixed-length throughput)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1,
                         help="TP size (run under torchrun with this many processes)")
@@ -66,7 +69,7 @@ def sampler_config(args) -> SamplerConfig:
         max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
         bidirectional_context=args.bidirectional_context,
         ar_baseline=args.ar_baseline, batch_size=args.batch_size,
-        stop_tokens=tuple(args.stop_token or ())).validate()
+        stop_tokens=tuple(args.stop_token or ()), ignore_eos=args.ignore_eos).validate()
 
 
 def load_from_args(args):

@@ -82,7 +82,7 @@ class ModelRules:
     """Output ``i - 1`` predicts token ``i`` (model.logit_shift, or an AR-objective model)."""
     mask_id: int
     eos_id: int
-    """The tokenizer's EOS; ``< 0`` turns stopping off (``--ignore-eos``: fixed-length rows)."""
+    """The tokenizer's EOS."""
     pad_id: int
     max_positions: int
     """model.max_position_embeddings: prompt + generation must fit."""
@@ -92,8 +92,6 @@ class ModelRules:
 
     @property
     def stops(self) -> tuple[int, ...]:
-        if self.eos_id < 0:
-            return ()
         return (self.eos_id,) if self.stop_ids is None else tuple(self.stop_ids)
 
     @staticmethod
@@ -172,6 +170,8 @@ class BlockSampler:
             rules.mode, rules.clean_stream,
             prefix_cache=rules.mode == "bidirectional" and self.use_cache)
         self.shift = int(rules.logit_shift)
+        self.stops = () if self.cfg.ignore_eos else rules.stops
+        """The ids that end a row (none with ``ignore_eos``)."""
         self.num_model_calls = 0
         """Batched forwards run so far (each counts once, whatever the batch size)."""
 
@@ -262,8 +262,7 @@ class BlockSampler:
         gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
         C = gen_end + 2 * B + 2  # + scratch where short chunks' filler is written
         rows = self._rows(prompts, P, seq_end, C)
-        # read per call: callers swap ``rules`` (``--ignore-eos``)
-        self._stops_S = torch.tensor(self.rules.stops, dtype=torch.long, device=device)
+        self._stops_S = torch.tensor(self.stops, dtype=torch.long, device=device)
         offsets_N = torch.arange(B, device=device)
         forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None

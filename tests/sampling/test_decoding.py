@@ -66,8 +66,8 @@ def test_any_stop_token_ends_the_row():
     assert out[1].tokens == [12, 13, 14, second] and out[1].stopped_at_eos
     assert BlockSampler(EosAt(), rules(), cfg).generate([[30, 1]])[0].tokens == [
         10 + p for p in range(2, 14)]  # EOS alone does not stop it
-    ignore = dataclasses.replace(stops, eos_id=-1)  # --ignore-eos: no stop token at all
-    assert len(BlockSampler(EosAt(), ignore, cfg).generate([[9, 1, 2]])[0].tokens) == 12
+    ignore = dataclasses.replace(cfg, ignore_eos=True)  # --ignore-eos: no stop token at all
+    assert len(BlockSampler(EosAt(), stops, ignore).generate([[9, 1, 2]])[0].tokens) == 12
 
 
 def test_eos_waits_for_every_earlier_position():

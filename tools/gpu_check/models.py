@@ -82,17 +82,10 @@ def _dtype() -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def _ignore_eos(sampler):
-    import dataclasses
-
-    sampler.core.rules = dataclasses.replace(sampler.core.rules, eos_id=-1)
-    return sampler
-
-
 def from_checkpoint(path, source: str, gguf=None) -> SamplerModel:
     from megatron_diffusion.sampling.api import load_sampler
 
-    sampler = _ignore_eos(load_sampler(path, params_dtype=_dtype()))
+    sampler = load_sampler(path, params_dtype=_dtype(), ignore_eos=True)
     return SamplerModel(sampler, source, "pretrained", Path(path), gguf)
 
 
@@ -115,7 +108,7 @@ def random_model(fields: dict) -> SamplerModel:
     loaded = LoadedModel(model=model, config=cfg, meta={}, tokenizer_path=None,
                          path=Path("random"))
     tokenizer = types.SimpleNamespace(eos_id=0, pad_id=0)
-    sampler = _ignore_eos(DiffusionSampler(loaded, tokenizer, SamplerConfig()))
+    sampler = DiffusionSampler(loaded, tokenizer, SamplerConfig(ignore_eos=True))
     return SamplerModel(sampler, "random", "random", None, None)
 
 
