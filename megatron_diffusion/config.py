@@ -4,24 +4,33 @@ Each concern's config lives next to its code (``ModelConfig`` in ``model/``, ``D
 ``data/``, ...). ``RunConfig`` composes them under section names, and ``load_config`` builds one
 from a YAML file and ``section.field=value`` overrides (values parsed as YAML: ``3``, ``1e-4``,
 ``null``, ``[1, 2]``). Unknown sections or keys and values of the wrong type fail before any work,
-with the key's dotted name and what was expected; every section's ``validate()`` then checks
-values and cross-section constraints (block size divides ``seq_len``, TP divides heads, ...).
+with the key's dotted name and what was expected.
+
+One validation contract: every section has ``validate(self) -> Self`` (no arguments; it checks
+its own values with the ``errors.check_*`` helpers and returns itself), and ``RunConfig.validate``
+runs every section's, then every check that needs two sections (block size divides
+``data.seq_len``, TP divides the heads, the AR loss needs a causal clean stream, context
+parallelism's sizes, ...). A config is validated once, when it is built or loaded; nothing on the
+forward path re-validates it.
 """
 
+import contextlib
 import dataclasses
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import yaml
 
 from megatron_diffusion.corruption.config import CorruptionConfig
 from megatron_diffusion.data.config import DataConfig
-from megatron_diffusion.errors import UsageError, check_choice
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.model.backends import require_deepspeed
 from megatron_diffusion.model.config import ModelConfig
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant", "linear")
@@ -47,17 +56,18 @@ class ParallelConfig:
     recompute_activations: bool = False
     """Full activation recomputation (memory for compute)."""
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                      "context_parallel_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise UsageError(f"parallel.{name}: got {v!r}, expected an integer >= 1")
+            check_int(f"parallel.{name}", getattr(self, name), lo=1)
         vpp = self.virtual_pipeline_model_parallel_size
-        if vpp is not None and (not isinstance(vpp, int) or vpp < 2
-                                or self.pipeline_model_parallel_size < 2):
-            raise UsageError("parallel.virtual_pipeline_model_parallel_size: expected null or an "
-                             "integer >= 2 together with pipeline_model_parallel_size >= 2")
+        if vpp is not None:
+            check_int("parallel.virtual_pipeline_model_parallel_size", vpp, lo=2)
+            if self.pipeline_model_parallel_size < 2:
+                raise UsageError(f"parallel.virtual_pipeline_model_parallel_size: got {vpp}, "
+                                 "expected null with pipeline_model_parallel_size=1 (interleaving "
+                                 "needs >= 2 stages)")
+        return self
 
 
 @dataclass
@@ -80,14 +90,14 @@ class OptimizerConfig:
     wsd_decay_fraction: float = 0.1
     """WSD: fraction of training spent in the final (linear) decay."""
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
         check_choice("optimizer.lr_decay_style", self.lr_decay_style, LR_DECAY_STYLES)
-        if not self.lr > 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise UsageError(f"optimizer.lr/min_lr: got {self.lr}/{self.min_lr}, expected "
-                             "0 <= min_lr <= lr and lr > 0")
-        if self.lr_warmup_steps < 0 or self.clip_grad < 0 or not 0 < self.wsd_decay_fraction <= 1:
-            raise UsageError("optimizer: lr_warmup_steps and clip_grad must be >= 0 and "
-                             "wsd_decay_fraction in (0, 1]")
+        check_range("optimizer.lr", self.lr, lo=0, lo_open=True)
+        check_range("optimizer.min_lr", self.min_lr, lo=0, hi=self.lr)
+        check_int("optimizer.lr_warmup_steps", self.lr_warmup_steps, lo=0)
+        check_range("optimizer.clip_grad", self.clip_grad, lo=0)
+        check_range("optimizer.wsd_decay_fraction", self.wsd_decay_fraction, 0, 1, lo_open=True)
+        return self
 
 
 @dataclass
@@ -124,19 +134,18 @@ class TrainingConfig:
     """Save and exit 0 after this many steps of this process (Megatron's --exit-interval; for
     testing resume). 0 = off."""
 
-    def validate(self) -> None:
-        for name in ("train_iters", "log_interval"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
-                                 "integer >= 1")
+    def validate(self) -> Self:
+        for name in ("train_iters", "log_interval", "keep_last"):
+            check_int(f"training.{name}", getattr(self, name), lo=1)
         for name in ("eval_interval", "eval_iters", "save_interval", "infill_eval_interval",
                      "max_nan_steps", "exit_interval"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise UsageError(f"training.{name}: got {getattr(self, name)!r}, expected an "
-                                 "integer >= 0")
-        if not isinstance(self.keep_last, int) or self.keep_last < 1:
-            raise UsageError(f"training.keep_last: got {self.keep_last!r}, expected >= 1")
+            check_int(f"training.{name}", getattr(self, name), lo=0)
         check_choice("training.wandb", self.wandb, WANDB_MODES)
+        if self.infill_eval_interval > 0 and self.eval_iters == 0:
+            raise UsageError(f"training.infill_eval_interval: got {self.infill_eval_interval}, "
+                             "which needs training.eval_iters >= 1 (the validation micro-batches "
+                             "it evaluates), got 0")
+        return self
 
 
 @dataclass
@@ -150,30 +159,52 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
-    def validate(self) -> "RunConfig":
-        """Check every section and the constraints between them."""
+    def validate(self) -> Self:
+        """Check every section (its own ``validate()``), then the constraints between them."""
         for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            try:
-                if f.name == "attention":
-                    section.validate(self.data.seq_len)
-                elif f.name == "model":
-                    section.validate(self.parallel.tensor_model_parallel_size)
-                else:
-                    section.validate()
-            except UsageError as e:
-                msg = str(e)
-                raise UsageError(msg if msg.startswith(f"{f.name}.") or msg.startswith("parallel.")
-                                 else f"{f.name}.{msg}") from None
+            with _in_section(f.name):
+                getattr(self, f.name).validate()
+        with _in_section("attention"):
+            self.attention.check_seq_len(self.data.seq_len, "data.seq_len")
+        self.model.check_tensor_parallel(self.parallel.tensor_model_parallel_size)
         if self.model.max_position_embeddings < self.data.seq_len:
             raise UsageError(f"model.max_position_embeddings: {self.model.max_position_embeddings}"
                              f" is shorter than data.seq_len={self.data.seq_len}")
-        if self.loss.objective == "ar" and self.attention.mode != "causal":
-            raise UsageError("loss.objective: 'ar' needs attention.mode=causal")
-        from megatron_diffusion.parallel import context_parallel
-
-        context_parallel.check_config(self)
+        self._check_objective()
+        self._check_context_parallel()
         return self
+
+    def _check_objective(self) -> None:
+        attn = self.attention
+        if self.loss.objective == "ar" and attn.mode != "causal":
+            raise UsageError("loss.objective: 'ar' needs attention.mode=causal")
+        if self.loss.ar_loss_weight > 0 and (attn.mode != "block" or attn.clean_stream != "causal"):
+            raise UsageError("loss.ar_loss_weight: an AR loss on the clean stream needs "
+                             "attention.mode=block with attention.clean_stream=causal")
+
+    def _check_context_parallel(self) -> None:
+        """``parallel.context_parallel_size > 1`` (parallel/context_parallel.py): CP divides the
+        query heads per TP rank and the row's model tokens, attention backend not 'te', DeepSpeed
+        installed."""
+        cp = self.parallel.context_parallel_size
+        if cp == 1:
+            return
+        tp, model = self.parallel.tensor_model_parallel_size, self.model
+        heads = model.num_attention_heads // tp
+        if heads % cp:
+            raise UsageError(f"parallel.context_parallel_size: {cp} must divide the query heads "
+                             f"per tensor-parallel rank (model.num_attention_heads="
+                             f"{model.num_attention_heads} / tensor_model_parallel_size={tp} = "
+                             f"{heads})")
+        tokens = self.attention.sequence_length(self.data.seq_len)
+        if tokens % cp:
+            raise UsageError(f"parallel.context_parallel_size: {cp} must divide the {tokens} model"
+                             f" tokens of a row (data.seq_len={self.data.seq_len}, attention.mode="
+                             f"{self.attention.mode!r})")
+        if model.attention_backend == "te":
+            raise UsageError("model.attention_backend: 'te' cannot run under context parallelism "
+                             "(Ulysses wraps our core attention); use 'sdpa' or 'flex'")
+        require_deepspeed(f"parallel.context_parallel_size={cp}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -187,6 +218,17 @@ class RunConfig:
         section_name, _, name = key.partition(".")
         section = getattr(self, section_name)
         return getattr(section, name) != getattr(type(section)(), name)
+
+
+@contextlib.contextmanager
+def _in_section(name: str):
+    """Prefix a section's field names with ``name.`` in its ``UsageError`` (sections that also
+    stand alone, e.g. ``AttentionConfig`` for ``show-mask``, name their fields bare)."""
+    try:
+        yield
+    except UsageError as e:
+        msg = str(e)
+        raise UsageError(msg if msg.startswith(f"{name}.") else f"{name}.{msg}") from None
 
 
 # ---------------------------------------------------------------- loading and overrides

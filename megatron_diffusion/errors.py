@@ -4,6 +4,10 @@
 option, a file that is missing or of the wrong kind. The CLI prints its message as one line and
 exits with status 2, without a traceback. Messages name the field/option/file and what was
 expected.
+
+The ``check_*`` helpers are the shared value checks of every config section's ``validate()``
+and of the command-line options: ``check_choice`` (one of a list), ``check_int`` (an integer
+within bounds), ``check_range`` (a number within bounds, each end open or closed).
 """
 
 
@@ -18,10 +22,37 @@ def check_choice(name: str, value, allowed) -> None:
         raise UsageError(f"{name}: got {value!r}, expected one of {allowed_s}")
 
 
-def check_positive(name: str, value, allow_zero: bool = False) -> None:
-    """Raise ``UsageError`` unless ``value`` is an int/float > 0 (or >= 0)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UsageError(f"{name}: got {value!r}, expected a number {bound}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounds(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return "in " + ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+    if lo is not None:
+        return f"> {lo}" if lo_open else f">= {lo}"
+    return f"< {hi}" if hi_open else f"<= {hi}"
+
+
+def _within(value, lo, hi, lo_open: bool, hi_open: bool) -> bool:
+    above = lo is None or (value > lo if lo_open else value >= lo)
+    below = hi is None or (value < hi if hi_open else value <= hi)
+    return above and below
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> None:
+    """Raise ``UsageError`` unless ``value`` is an integer (not a bool) in ``[lo, hi]`` (a
+    bound of None is open-ended)."""
+    if not (isinstance(value, int) and not isinstance(value, bool)
+            and _within(value, lo, hi, False, False)):
+        bound = "" if lo is None and hi is None else " " + _bounds(lo, hi, False, False)
+        raise UsageError(f"{name}: got {value!r}, expected an integer{bound}")
+
+
+def check_range(name: str, value, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ``UsageError`` unless ``value`` is a number (int or float, not a bool) between
+    ``lo`` and ``hi`` (inclusive unless ``lo_open``/``hi_open``; a bound of None is open-ended)."""
+    if not (_is_number(value) and _within(value, lo, hi, lo_open, hi_open)):
+        raise UsageError(f"{name}: got {value!r}, expected a number "
+                         f"{_bounds(lo, hi, lo_open, hi_open)}")

@@ -32,7 +32,7 @@ def main():
     from megatron_diffusion.corruption.config import CorruptionConfig
     from megatron_diffusion.corruption.corruptor import Corruptor
     from megatron_diffusion.corruption.factory import CleanBatcher
-    from megatron_diffusion.loss import LossConfig
+    from megatron_diffusion.loss.config import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
     from megatron_diffusion.model.config import ModelConfig
     from megatron_diffusion.model.gpt import transformer_config

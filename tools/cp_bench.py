@@ -53,7 +53,7 @@ def worker(a) -> None:
     """One layout under torchrun: a few optimizer-free forward/backward steps."""
     import torch.distributed as dist
 
-    from megatron_diffusion.loss import LossConfig
+    from megatron_diffusion.loss.config import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
     from megatron_diffusion.model.config import ModelConfig
     from megatron_diffusion.model.gpt import transformer_config

@@ -21,7 +21,8 @@ import torch
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.corruption import CorruptionConfig, Corruptor
 from megatron_diffusion.data.tokenizer import load_tokenizer, train_tokenizer
-from megatron_diffusion.loss import LossConfig, diffusion_loss
+from megatron_diffusion.loss.config import LossConfig
+from megatron_diffusion.loss.elbo import diffusion_loss
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.gpt import build_model, transformer_config

@@ -5,8 +5,9 @@ See docs/corruption.md for the user-facing description and METHOD.md 1, 2, 3, 5 
 
 import math
 from dataclasses import dataclass
+from typing import Self
 
-from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 from megatron_diffusion.corruption.schedules import SCHEDULES
 
 WEIGHTINGS = ("elbo", "none")
@@ -58,24 +59,20 @@ class CorruptionConfig:
     edit_substitution_prob: float = 1 / 3
     """Probability that one edit operation is a substitution by a different random token."""
 
-    def validate(self) -> "CorruptionConfig":
+    def validate(self) -> Self:
         check_choice("schedule", self.schedule, tuple(SCHEDULES))
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("block_warmup", self.block_warmup, BLOCK_WARMUPS)
-        _check_range("t_min", self.t_min, 0.0, 1.0, hi_open=True)
-        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) \
-                or self.warmup_steps < 0:
-            raise UsageError(f"warmup_steps: got {self.warmup_steps!r}, expected an integer >= 0")
-        _check_range("warmup_u_init", self.warmup_u_init, 0.0, 1.0, lo_open=True)
-        _check_range("edit_stage_fraction", self.edit_stage_fraction, 0.0, 1.0)
-        _check_range("edit_max_rate", self.edit_max_rate, 0.0, 1.0, lo_open=True)
-        _check_range("edit_row_fraction", self.edit_row_fraction, 0.0, 1.0)
-        if not isinstance(self.edit_window, int) or isinstance(self.edit_window, bool) \
-                or self.edit_window < 0:
-            raise UsageError(f"edit_window: got {self.edit_window!r}, expected an integer >= 0")
+        check_range("t_min", self.t_min, 0.0, 1.0, hi_open=True)
+        check_int("warmup_steps", self.warmup_steps, lo=0)
+        check_range("warmup_u_init", self.warmup_u_init, 0.0, 1.0, lo_open=True)
+        check_range("edit_stage_fraction", self.edit_stage_fraction, 0.0, 1.0)
+        check_range("edit_max_rate", self.edit_max_rate, 0.0, 1.0, lo_open=True)
+        check_range("edit_row_fraction", self.edit_row_fraction, 0.0, 1.0)
+        check_int("edit_window", self.edit_window, lo=0)
         probs = self.edit_op_probs()
         for name, p in zip(EDIT_OPS, probs):
-            _check_range(f"edit_{name}_prob", p, 0.0, 1.0)
+            check_range(f"edit_{name}_prob", p, 0.0, 1.0)
         if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise UsageError(
                 "edit_deletion_prob + edit_insertion_prob + edit_substitution_prob: "
@@ -106,10 +103,3 @@ class CorruptionConfig:
             return "mask"
         return "edit" if step >= self.edit_start_step(total_steps) else "mask"
 
-
-def _check_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
-        raise UsageError(f"{name}: got {value!r}, expected a number in {interval}")

@@ -31,7 +31,7 @@ from megatron_diffusion.corruption.config import CorruptionConfig
 from megatron_diffusion.corruption.edit import apply_edits
 from megatron_diffusion.corruption.mask import sample_levels, sample_mask
 from megatron_diffusion.corruption.schedules import get_schedule
-from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.errors import UsageError, check_choice, check_int
 from megatron_diffusion.layout import VISIBILITIES, block_ids
 
 MODES = ("single", "block")
@@ -54,7 +54,7 @@ class Corruptor:
             if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
                 raise UsageError(f"block_size: got {block_size!r}, expected a positive integer "
                                  "in block mode")
-        check_positive("mask_token_id", mask_token_id, allow_zero=True)
+        check_int("mask_token_id", mask_token_id, lo=0)
         ids = torch.as_tensor(random_token_ids)
         if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64) or ids.numel() < 2 \
                 or ids.unique().numel() != ids.numel() or bool((ids == mask_token_id).any()):

@@ -1,8 +1,9 @@
 """``DataConfig``: which stores, blended how, packed into rows of what shape."""
 
 from dataclasses import dataclass, field
+from typing import Self
 
-from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 
 MODES = ("cpt", "sft")
 SPLITS = ("train", "validation")
@@ -53,28 +54,27 @@ class DataConfig:
     prefetch_factor: int = 2
     """Micro-batches each worker prepares ahead."""
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
+        self._check_blend()
+        for name in ("seq_len", "micro_batch_size", "global_batch_size", "prefetch_factor"):
+            check_int(f"data.{name}", getattr(self, name), lo=1)
+        check_int("data.num_workers", self.num_workers, lo=0)
+        check_choice("data.mode", self.mode, MODES)
+        check_choice("data.split", self.split, SPLITS)
+        check_int("data.sft_min_eos", self.sft_min_eos, lo=1)
+        check_int("data.sft_max_eos", self.sft_max_eos, lo=self.sft_min_eos)
+        return self
+
+    def _check_blend(self) -> None:
         if not self.blend:
             raise UsageError("data.blend: expected at least one (weight, store path) pair")
         for item in self.blend:
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], str)):
                 raise UsageError(f"data.blend: entry {item!r} is not a (weight, path) pair")
-            check_positive(f"data.blend weight of {item[1]}", item[0])
+            check_range(f"data.blend weight of {item[1]}", item[0], lo=0, lo_open=True)
         paths = [p for _, p in self.blend]
         if len(set(paths)) != len(paths):
             raise UsageError(f"data.blend: a store appears twice in {paths}")
-        for name in ("seq_len", "micro_batch_size", "global_batch_size", "prefetch_factor"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise UsageError(f"data.{name}: got {value!r}, expected a positive integer")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise UsageError(f"data.num_workers: got {self.num_workers!r}, expected an integer >= 0")
-        check_choice("data.mode", self.mode, MODES)
-        check_choice("data.split", self.split, SPLITS)
-        if not (isinstance(self.sft_min_eos, int) and isinstance(self.sft_max_eos, int)
-                and 1 <= self.sft_min_eos <= self.sft_max_eos):
-            raise UsageError(f"data.sft_min_eos/sft_max_eos: got {self.sft_min_eos}/{self.sft_max_eos}, "
-                             "expected integers with 1 <= min <= max")
 
     def check_data_parallel(self, data_parallel_size: int) -> None:
         per_step = self.micro_batch_size * data_parallel_size

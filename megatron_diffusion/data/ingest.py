@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Self
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from megatron_diffusion.data.sources import SourceSpec, SourceStats, check_inputs, iter_batches
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, from_json_string, load_tokenizer
 from megatron_diffusion.data.writer import TOKEN_CHUNK, TOKEN_SHARD, StoreWriter
-from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 
 
 @dataclass
@@ -58,17 +59,16 @@ class IngestConfig:
     def sft(self) -> bool:
         return self.prompt_field is not None or self.response_field is not None
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
         if self.sft and (self.prompt_field is None or self.response_field is None):
             raise UsageError("--prompt-field/--response-field: SFT needs both, got only one")
-        if not (isinstance(self.validation_fraction, (int, float)) and 0 <= self.validation_fraction < 1):
-            raise UsageError(f"--validation-fraction: got {self.validation_fraction!r}, expected 0 <= f < 1")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise UsageError(f"--workers: got {self.workers!r}, expected an integer >= 1")
+        check_range("--validation-fraction", self.validation_fraction, 0, 1, hi_open=True)
+        check_int("--workers", self.workers, lo=1)
         check_choice("--on-undecodable", self.on_undecodable, ("skip", "error"))
         if self.token_shard % self.token_chunk:
             raise UsageError(f"token_shard: got {self.token_shard}, expected a multiple of "
                              f"token_chunk={self.token_chunk}")
+        return self
 
     def source_spec(self) -> SourceSpec:
         fields = (self.prompt_field, self.response_field) if self.sft else (self.text_field,)

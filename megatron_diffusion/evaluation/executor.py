@@ -44,10 +44,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Self
 from functools import lru_cache
 from queue import SimpleQueue
 
-from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 
 ISOLATION_MODES = ("auto", "namespace", "setuid", "process")
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -87,12 +88,10 @@ class ExecutorConfig:
     python: str = sys.executable
     """Interpreter that runs the checks (stdlib only is needed)."""
 
-    def validate(self) -> None:
-        check_positive("timeout_s", self.timeout_s)
+    def validate(self) -> Self:
+        check_range("timeout_s", self.timeout_s, lo=0, lo_open=True)
         for name in ("memory_mb", "cpu_s", "file_size_mb", "open_files", "max_processes", "workers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"{name}: got {value!r}, expected an integer >= 1")
+            check_int(name, getattr(self, name), lo=1)
         check_choice("isolation", self.isolation, ISOLATION_MODES)
         base = self.sandbox_uid_base
         if not isinstance(base, int) or isinstance(base, bool) or base < 1000 or base + self.workers > 2**31:
@@ -100,6 +99,7 @@ class ExecutorConfig:
                              f"with sandbox_uid_base + workers - 1 < 2**31")
         if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):
             raise UsageError(f"python: {self.python!r} is not an executable file")
+        return self
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ def evaluate_rows(forward, rows_BL: torch.Tensor, corrupt_fn, *, seed: int, repe
 
     ``loss_cfg``/``loss_kwargs`` go to ``diffusion_loss`` (default: the diffusion objective, no
     shift; ``loss_kwargs_for(cfg)`` gives a checkpoint's own readout)."""
-    from megatron_diffusion.loss import LossConfig, diffusion_loss
+    from megatron_diffusion.loss.config import LossConfig
+    from megatron_diffusion.loss.elbo import diffusion_loss
 
     loss_cfg = loss_cfg or LossConfig()
     g = torch.Generator().manual_seed(seed)
@@ -145,7 +146,7 @@ def masked_metrics(model, cfg, rows_BL: torch.Tensor, rates, seed: int = 1234) -
 def next_token_metrics(model, cfg, rows_BL: torch.Tensor) -> dict | None:
     """Next-token accuracy and NLL (nats) of the clean rows under a causal mask, read shifted;
     None for a checkpoint without an AR readout (``has_ar_readout``)."""
-    from megatron_diffusion.loss import LossConfig
+    from megatron_diffusion.loss.config import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
 
     if not has_ar_readout(cfg):

@@ -38,11 +38,12 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Self
 from pathlib import Path
 
 import torch
 
-from megatron_diffusion.errors import UsageError
+from megatron_diffusion.errors import UsageError, check_int
 
 
 @dataclass
@@ -68,14 +69,12 @@ class QualityConfig:
     batch_size: int = 4
     """Prompts decoded together."""
 
-    def validate(self) -> "QualityConfig":
+    def validate(self) -> Self:
         for name in ("prompt_len", "continuation_len", "prompts_per_file", "seq_len", "max_rows",
                      "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected an integer >= 1")
-        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size < 1):
-            raise UsageError(f"--block-size: got {self.block_size!r}, expected an integer >= 1")
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), lo=1)
+        if self.block_size is not None:
+            check_int("--block-size", self.block_size, lo=1)
         if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
             raise UsageError(f"--thresholds: got {self.thresholds!r}, expected numbers in (0, 1]")
         if not self.mask_rates or not all(0 < r < 1 for r in self.mask_rates):

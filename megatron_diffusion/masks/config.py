@@ -1,8 +1,9 @@
 """Which attention mask the model uses (METHOD.md 3-4); see ``dense.py`` for the definitions."""
 
 from dataclasses import dataclass
+from typing import Self
 
-from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.errors import UsageError, check_choice, check_int
 from megatron_diffusion.layout import VISIBILITIES
 
 MODES = ("causal", "bidirectional", "block")
@@ -27,21 +28,21 @@ class AttentionConfig:
     SDAR: block ``b`` sees blocks ``<= b``) or ``causal`` (token ``i`` sees tokens ``<= i``;
     allows an AR loss on the clean half and an exact prefix cache)."""
 
-    def validate(self, seq_len: int | None = None) -> "AttentionConfig":
-        """Raise ``UsageError`` on unknown values, or a block size that does not divide
-        ``seq_len`` (when given). Returns ``self`` so calls can chain."""
+    def validate(self) -> Self:
+        """Raise ``UsageError`` on an unknown value or a bad block size; returns ``self``. That
+        the block size divides the row length is a cross-section check (``check_seq_len``)."""
         check_choice("mode", self.mode, MODES)
         check_choice("visibility", self.visibility, VISIBILITIES)
         check_choice("clean_stream", self.clean_stream, CLEAN_STREAMS)
         if self.mode == "block":
-            bs = self.block_size
-            if not isinstance(bs, int) or isinstance(bs, bool) or bs <= 0:
-                raise UsageError(f"block_size: got {bs!r}, expected a positive integer")
-            if seq_len is not None and seq_len % bs != 0:
-                raise UsageError(
-                    f"block_size: got {bs}, expected a divisor of seq_len {seq_len}"
-                )
+            check_int("block_size", self.block_size, lo=1)
         return self
+
+    def check_seq_len(self, seq_len: int, seq_len_name: str = "seq_len") -> None:
+        """Raise ``UsageError`` unless the block size divides ``seq_len`` (block mode only)."""
+        if self.mode == "block" and seq_len % self.block_size != 0:
+            raise UsageError(f"block_size: got {self.block_size}, expected a divisor of "
+                             f"{seq_len_name} {seq_len}")
 
     def sequence_length(self, seq_len: int) -> int:
         """Length ``S`` of the model input for ``seq_len`` clean tokens: ``2L`` in block mode."""

@@ -98,7 +98,7 @@ def run(args) -> int:
         raise UsageError(f"--seq-len: got {args.seq_len}, expected a positive integer")
     cfg = AttentionConfig(args.mode, args.block_size, args.visibility, args.clean_stream)
     try:
-        cfg.validate(args.seq_len)
+        cfg.validate().check_seq_len(args.seq_len)
     except UsageError as e:
         raise _as_option(e) from None
     doc_lengths = parse_doc_lengths(args.doc_lengths, args.seq_len)

@@ -8,8 +8,10 @@ entries are ``-inf`` too.
 """
 
 from dataclasses import dataclass
+from typing import Self
 
-from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.errors import UsageError, check_choice, check_int
+from megatron_diffusion.model.backends import require_transformer_engine
 
 TRANSFORMER_IMPLS = ("local", "transformer_engine")
 ATTENTION_BACKENDS = ("sdpa", "flex", "te")
@@ -73,11 +75,13 @@ class ModelConfig:
         multiple = self.make_vocab_size_divisible_by * tensor_model_parallel_size
         return ((self.vocab_size + multiple - 1) // multiple) * multiple
 
-    def validate(self, tensor_model_parallel_size: int = 1) -> None:
+    def validate(self) -> Self:
+        """Raise ``UsageError`` on a bad value; returns ``self``. That the tensor-parallel size
+        divides the heads is a cross-section check (``check_tensor_parallel``)."""
         for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                      "ffn_hidden_size", "vocab_size", "make_vocab_size_divisible_by",
                      "max_position_embeddings"):
-            check_positive(f"model.{name}", getattr(self, name))
+            check_int(f"model.{name}", getattr(self, name), lo=1)
         check_choice("model.transformer_impl", self.transformer_impl, TRANSFORMER_IMPLS)
         check_choice("model.attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         check_choice("model.fp8", self.fp8, FP8_RECIPES)
@@ -90,15 +94,22 @@ class ModelConfig:
             raise UsageError(
                 f"model.num_query_groups: {self.num_query_groups} must divide "
                 f"model.num_attention_heads={self.num_attention_heads}")
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise UsageError(
+                f"model.mask_token_id: got {self.mask_token_id}, expected an id in "
+                f"[0, model.vocab_size={self.vocab_size})")
+        self._check_transformer_engine()
+        return self
+
+    def check_tensor_parallel(self, tensor_model_parallel_size: int) -> None:
+        """Raise ``UsageError`` unless the TP size divides the query and key/value heads."""
         tp = tensor_model_parallel_size
         if self.num_query_groups % tp or self.num_attention_heads % tp:
             raise UsageError(
                 f"parallel.tensor_model_parallel_size: {tp} must divide model.num_attention_heads"
                 f"={self.num_attention_heads} and model.num_query_groups={self.num_query_groups}")
-        if not 0 <= self.mask_token_id < self.vocab_size:
-            raise UsageError(
-                f"model.mask_token_id: got {self.mask_token_id}, expected an id in "
-                f"[0, model.vocab_size={self.vocab_size})")
+
+    def _check_transformer_engine(self) -> None:
         if self.fp8 is not None and self.transformer_impl != "transformer_engine":
             raise UsageError(
                 f"model.fp8: FP8 ({self.fp8!r}) needs model.transformer_impl='transformer_engine'")
@@ -106,7 +117,5 @@ class ModelConfig:
             raise UsageError("model.attention_backend: 'te' needs "
                              "model.transformer_impl='transformer_engine'")
         if self.transformer_impl == "transformer_engine" or self.attention_backend == "te":
-            from megatron_diffusion.model.backends import require_transformer_engine
-
             require_transformer_engine(f"model.transformer_impl={self.transformer_impl!r}"
                                        + (f", model.fp8={self.fp8!r}" if self.fp8 else ""))

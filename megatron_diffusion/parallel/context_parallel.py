@@ -16,15 +16,13 @@ the loss targets (the noisy half) then sit on the first ``cp/2`` ranks. The loss
 per token over the ranks' slices (``training/context_parallel_loss.py``) and megatron's schedule
 adds sums and counts over the data-parallel x context-parallel group, as over data parallelism.
 
-Constraints (checked at config time, one line each): query heads per TP rank divisible by CP (key
-/value heads too, else they are expanded to the query count before the exchange, as GQA does),
-the row's model tokens divisible by CP, DeepSpeed installed, attention backend ``sdpa`` or
-``flex``.
+Constraints (checked at config time by ``RunConfig.validate``, one line each): query heads per TP
+rank divisible by CP (key/value heads too, else they are expanded to the query count before the
+exchange, as GQA does), the row's model tokens divisible by CP, DeepSpeed installed, attention
+backend ``sdpa`` or ``flex``.
 """
 
 import torch
-
-from megatron_diffusion.errors import UsageError
 
 
 def _state():
@@ -80,26 +78,3 @@ def gather_sequence(local_BSV: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, local_BSV.contiguous(), group=group())
     return torch.cat(parts, dim=1)
 
-
-def check_config(cfg) -> None:
-    """Cross-section checks of a ``RunConfig`` with ``parallel.context_parallel_size > 1``."""
-    cp = cfg.parallel.context_parallel_size
-    if cp == 1:
-        return
-    tp, model = cfg.parallel.tensor_model_parallel_size, cfg.model
-    heads = model.num_attention_heads // tp
-    if heads % cp:
-        raise UsageError(f"parallel.context_parallel_size: {cp} must divide the query heads per "
-                         f"tensor-parallel rank (model.num_attention_heads="
-                         f"{model.num_attention_heads} / tensor_model_parallel_size={tp} = {heads})")
-    tokens = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
-    if tokens % cp:
-        raise UsageError(f"parallel.context_parallel_size: {cp} must divide the {tokens} model "
-                         f"tokens of a row (data.seq_len={cfg.data.seq_len}, attention.mode="
-                         f"{cfg.attention.mode!r})")
-    if model.attention_backend == "te":
-        raise UsageError("model.attention_backend: 'te' cannot run under context parallelism "
-                         "(Ulysses wraps our core attention); use 'sdpa' or 'flex'")
-    from megatron_diffusion.model.backends import require_deepspeed
-
-    require_deepspeed(f"parallel.context_parallel_size={cp}")

@@ -31,6 +31,7 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Self
 
 from megatron_diffusion.errors import UsageError, check_choice
 from megatron_diffusion.parallel.hostlist import expand_hostlist, expand_tasks_per_node
@@ -69,7 +70,7 @@ class LaunchEnv:
     elastic_restart_count: int = 0
     """How many times torchrun restarted its workers in this job (TORCHELASTIC_RESTART_COUNT)."""
 
-    def validate(self) -> None:
+    def validate(self) -> Self:
         check_choice("launcher", self.launcher, LAUNCHERS)
         _check_index("rank", self.rank, "world_size", self.world_size)
         _check_index("local_rank", self.local_rank, "local_world_size", self.local_world_size)
@@ -81,6 +82,7 @@ class LaunchEnv:
             )
         if not 0 <= self.master_port < 65536:
             raise UsageError(f"master_port: got {self.master_port}, expected 0 .. 65535")
+        return self
 
     @property
     def is_main(self) -> bool:

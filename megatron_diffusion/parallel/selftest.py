@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_diffusion.errors import UsageError, check_choice, check_positive
+from megatron_diffusion.errors import UsageError, check_choice, check_int
 from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.parallel.launch_env import detect_launch_env, init_distributed
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend is not None:
         check_choice("--backend", args.backend, ("nccl", "gloo"))
     if args.steps:
-        check_positive("--steps", args.steps)
+        check_int("--steps", args.steps, lo=1)
         if not args.run_dir:
             raise UsageError("--run-dir: required with --steps (holds the resumable counter)")
         Path(args.run_dir).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_diffusion.errors import UsageError, check_positive
+from megatron_diffusion.errors import UsageError, check_int
 from megatron_diffusion.parallel.launch_env import detect_launch_env
 from megatron_diffusion.parallel.preemption import marker_exists
 from megatron_diffusion.parallel.run_dir import resolve_run_dir
@@ -58,12 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def slurm_parameters(args: argparse.Namespace) -> dict:
     """submitit ``AutoExecutor.update_parameters`` keywords for the parsed options."""
-    check_positive("--nodes", args.nodes)
-    check_positive("--gpus-per-node", args.gpus_per_node, allow_zero=True)
+    check_int("--nodes", args.nodes, lo=1)
+    check_int("--gpus-per-node", args.gpus_per_node, lo=0)
     tasks_per_node = args.gpus_per_node if args.tasks_per_node is None else args.tasks_per_node
-    check_positive("--tasks-per-node", tasks_per_node)
-    check_positive("--time", args.time)
-    check_positive("--signal-delay", args.signal_delay)
+    check_int("--tasks-per-node", tasks_per_node, lo=1)
+    check_int("--time", args.time, lo=1)
+    check_int("--signal-delay", args.signal_delay, lo=1)
     if args.signal_delay >= args.time * 60:
         raise UsageError(f"--signal-delay: got {args.signal_delay} s, expected < --time "
                          f"({args.time * 60} s)")
@@ -79,7 +79,7 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     if args.cpus_per_task is not None:
-        check_positive("--cpus-per-task", args.cpus_per_task)
+        check_int("--cpus-per-task", args.cpus_per_task, lo=1)
         params["cpus_per_task"] = args.cpus_per_task
     for value, key in ((args.partition, "slurm_partition"), (args.account, "slurm_account"),
                        (args.qos, "slurm_qos")):

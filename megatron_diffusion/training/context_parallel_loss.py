@@ -25,8 +25,9 @@ import torch
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.loss import (LossConfig, _token_ce, diffusion_loss, shift_sources,
-                                     vocab_parallel_argmax)
+from megatron_diffusion.loss.config import LossConfig
+from megatron_diffusion.loss.elbo import (_token_ce, diffusion_loss, shift_sources,
+                                          vocab_parallel_argmax)
 from megatron_diffusion.parallel import context_parallel
 
 
@@ -64,15 +65,11 @@ def output_targets(batch: DiffusionBatch, S: int, cfg: LossConfig, *, logit_shif
 
 def context_parallel_diffusion_loss(local_BSV: torch.Tensor, batch: DiffusionBatch,
                                     cfg: LossConfig, *, logit_shift: bool = False,
-                                    clean_stream_causal: bool = False,
                                     block_size: int | None = None, visibility: str = "shared",
                                     cp_rank: int = 0, cp_size: int = 1):
     """``diffusion_loss``'s ``(loss_sum, num_tokens, metrics)`` for CP rank ``cp_rank``'s slice
     ``local_BSV`` of the output; summed over the ``cp_size`` ranks they equal the unsplit loss."""
     S = local_BSV.shape[1] * cp_size
-    if cfg.ar_loss_weight > 0 and (not clean_stream_causal or S != 2 * batch.seq_len):
-        raise UsageError("loss.ar_loss_weight: an AR loss on the clean stream needs "
-                         "attention.mode=block with attention.clean_stream=causal")
     start, stop = context_parallel.local_span(S, cp_rank, cp_size)
     full = output_targets(batch, S, cfg, logit_shift=logit_shift, block_size=block_size,
                           visibility=visibility)

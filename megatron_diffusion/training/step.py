@@ -16,7 +16,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.parallel import context_parallel
@@ -24,10 +24,8 @@ from megatron_diffusion.training.context_parallel_loss import rank_diffusion_los
 
 
 def _loss_func(batch, loss_cfg, logit_shift, attn_cfg, output_BSV):
-    clean_causal = attn_cfg.mode == "block" and attn_cfg.clean_stream == "causal"
     loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, loss_cfg,
                                                         logit_shift=logit_shift,
-                                                        clean_stream_causal=clean_causal,
                                                         block_size=attn_cfg.block_size,
                                                         visibility=attn_cfg.visibility)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),

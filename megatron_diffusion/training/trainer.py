@@ -406,7 +406,7 @@ class Trainer:
 
     def infill_eval(self, rates=(0.15, 0.5, 0.9)) -> dict:
         """``eval infill``'s masked-token accuracy at fixed rates, on the validation split."""
-        from megatron_diffusion.loss import LossConfig
+        from megatron_diffusion.loss.config import LossConfig
 
         attn = self.cfg.attention
         if attn.mode == "causal":

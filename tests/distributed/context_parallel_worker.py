@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model import weights
 from megatron_diffusion.model.gpt import transformer_config

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model import weights
 from megatron_diffusion.model.gpt import transformer_config
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
 from megatron_diffusion.training.step import forward_backward

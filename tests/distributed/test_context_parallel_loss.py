@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from megatron_diffusion.batch import DiffusionBatch
-from megatron_diffusion.loss import LossConfig, diffusion_loss
+from megatron_diffusion.loss.config import LossConfig
+from megatron_diffusion.loss.elbo import diffusion_loss
 from megatron_diffusion.parallel.context_parallel import local_span
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.context_parallel_loss import context_parallel_diffusion_loss
@@ -45,26 +46,26 @@ def _logits(S, seed):
     return logits.requires_grad_(True)
 
 
-CASES = {  # name: (S/L, docs, visibility, LossConfig kwargs, logit_shift, clean_stream_causal)
-    "block_shared": (2, [16], "shared", {}, False, False),
-    "block_isolated": (2, [5, 7, 4], "isolated", {}, False, False),
-    "block_shift_shared": (2, [16], "shared", {}, True, False),
-    "block_shift_isolated": (2, [5, 7, 4], "isolated", {}, True, False),
-    "block_shift_ar": (2, [5, 7, 4], "isolated", {"ar_loss_weight": 0.5}, True, True),
-    "block_ar": (2, [16], "shared", {"ar_loss_weight": 0.3}, False, True),
-    "block_shift_sequence": (2, [5, 7, 4], "isolated", {"normalization": "sequence"}, True, False),
-    "causal_ar_objective": (1, [16], "shared", {"objective": "ar"}, False, False),
-    "bidirectional_shift": (1, [5, 11], "shared", {}, True, False),
+CASES = {  # name: (S/L, docs, visibility, LossConfig kwargs, logit_shift)
+    "block_shared": (2, [16], "shared", {}, False),
+    "block_isolated": (2, [5, 7, 4], "isolated", {}, False),
+    "block_shift_shared": (2, [16], "shared", {}, True),
+    "block_shift_isolated": (2, [5, 7, 4], "isolated", {}, True),
+    "block_shift_ar": (2, [5, 7, 4], "isolated", {"ar_loss_weight": 0.5}, True),
+    "block_ar": (2, [16], "shared", {"ar_loss_weight": 0.3}, False),
+    "block_shift_sequence": (2, [5, 7, 4], "isolated", {"normalization": "sequence"}, True),
+    "causal_ar_objective": (1, [16], "shared", {"objective": "ar"}, False),
+    "bidirectional_shift": (1, [5, 11], "shared", {}, True),
 }
 
 
 @pytest.mark.parametrize("cp", [2, 4])
 @pytest.mark.parametrize("case", list(CASES))
 def test_slices_sum_to_the_unsplit_loss(case, cp):
-    ratio, docs, visibility, loss_kw, shift, causal = CASES[case]
+    ratio, docs, visibility, loss_kw, shift = CASES[case]
     S = ratio * L
     batch, cfg = _batch(S, docs, seed=len(case)), LossConfig(**loss_kw)
-    kw = dict(logit_shift=shift, clean_stream_causal=causal, block_size=4, visibility=visibility)
+    kw = dict(logit_shift=shift, block_size=4, visibility=visibility)
     full = _logits(S, seed=cp)
     ref_sum, ref_n, ref_m = diffusion_loss(full, batch, cfg, **kw)
     (ref_grad,) = torch.autograd.grad(ref_sum, full)

@@ -262,24 +262,29 @@ def test_position_ids_for_mode():
 
 
 @pytest.mark.parametrize(
-    "cfg, seq_len, field",
+    "cfg, field",
     [
-        (AttentionConfig("blocky"), 8, "mode"),
-        (AttentionConfig("block", 3), 8, "block_size"),
-        (AttentionConfig("block", 0), 8, "block_size"),
-        (AttentionConfig("block", 2, "private"), 8, "visibility"),
-        (AttentionConfig("block", 2, "shared", "ar"), 8, "clean_stream"),
+        (AttentionConfig("blocky"), "mode"),
+        (AttentionConfig("block", 0), "block_size"),
+        (AttentionConfig("block", 2.0), "block_size"),
+        (AttentionConfig("block", 2, "private"), "visibility"),
+        (AttentionConfig("block", 2, "shared", "ar"), "clean_stream"),
     ],
 )
-def test_validate_names_the_field(cfg, seq_len, field):
+def test_validate_names_the_field(cfg, field):
     with pytest.raises(UsageError, match=f"^{field}:"):
-        cfg.validate(seq_len)
-    with pytest.raises(UsageError, match=f"^{field}:"):
-        attention_allowed(cfg, torch.zeros(1, seq_len, dtype=torch.long))
+        cfg.validate()
+
+
+def test_block_size_must_divide_the_row():
+    cfg = AttentionConfig("block", 3).validate()
+    with pytest.raises(UsageError, match="^block_size: got 3, expected a divisor of seq_len 8$"):
+        cfg.check_seq_len(8)
+    cfg.check_seq_len(9)
 
 
 def test_block_size_ignored_outside_block_mode():
-    AttentionConfig("causal", 3).validate(8)
+    AttentionConfig("causal", 3).validate().check_seq_len(8)
 
 
 # ---- properties over random packings ---------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
 from tests.helpers import VOCAB, synthetic_batch, tiny_model_config

@@ -59,7 +59,7 @@ m = unwrap(chunks)[0]
 x = torch.randint(0, 50, (1, 8))
 out = m(x, torch.arange(8)[None], None)
 assert torch._C._len_torch_function_stack() == 0  # no mode: the forward pays nothing per op
-from megatron_diffusion.loss import LossConfig
+from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.training.step import forward_backward
 from tests.helpers import synthetic_batch

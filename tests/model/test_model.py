@@ -119,4 +119,4 @@ def test_fp8_maps_onto_megatron_config():
 
 def test_tp_must_divide_heads():
     with pytest.raises(UsageError, match="tensor_model_parallel_size"):
-        tiny_model_config().validate(tensor_model_parallel_size=3)
+        tiny_model_config().validate().check_tensor_parallel(3)

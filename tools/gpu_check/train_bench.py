@@ -30,7 +30,7 @@ _PAIRS: dict = {}
 
 
 def _modes():
-    from megatron_diffusion.loss import LossConfig
+    from megatron_diffusion.loss.config import LossConfig
     from megatron_diffusion.masks.config import AttentionConfig
 
     return {"block": (AttentionConfig(mode="block", block_size=BLOCK_SIZE), LossConfig()),

@@ -42,33 +42,12 @@ an edit-stage visible token ``j`` is predicted by ``j - 1``, which sees ``x_t^j`
 block: the loss then teaches to keep or correct it, as without shift.
 """
 
-from dataclasses import dataclass
-
 import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_diffusion.batch import DiffusionBatch
-from megatron_diffusion.errors import UsageError, check_choice
-
-NORMALIZATIONS = ("token", "sequence")
-OBJECTIVES = ("diffusion", "ar")
-
-
-@dataclass
-class LossConfig:
-    normalization: str = "token"
-    """'token' (sum over the global batch / eligible tokens) or 'sequence' (per-row mean)."""
-    objective: str = "diffusion"
-    """'diffusion' (ELBO on the corrupted input) or 'ar' (next-token loss, the AR baseline)."""
-    ar_loss_weight: float = 0.0
-    """Weight of an extra next-token loss on the clean stream (block mode with a causal clean
-    stream only: it needs the clean half to be causal)."""
-
-    def validate(self) -> None:
-        check_choice("loss.normalization", self.normalization, NORMALIZATIONS)
-        check_choice("loss.objective", self.objective, OBJECTIVES)
-        if self.ar_loss_weight < 0:
-            raise UsageError(f"loss.ar_loss_weight: got {self.ar_loss_weight}, expected >= 0")
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.loss.config import LossConfig
 
 
 def _token_ce(logits_BSV: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
@@ -135,12 +114,14 @@ def _block_ids_for(logits_BSV, batch, block_size, visibility):
 
 
 def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossConfig, *,
-                   logit_shift: bool = False, clean_stream_causal: bool = False,
-                   block_size: int | None = None, visibility: str = "shared"):
+                   logit_shift: bool = False, block_size: int | None = None,
+                   visibility: str = "shared"):
     """Return ``(loss_sum, num_tokens, metrics)``; the caller divides the summed parts.
 
     ``logits_BSV`` covers the model input (``S = L``, or ``2L`` in block mode: noisy half first).
-    ``block_size``/``visibility`` (attention config) place the block-mode shift.
+    ``block_size``/``visibility`` (attention config) place the block-mode shift. An AR term
+    (``cfg.ar_loss_weight > 0``) reads the clean half, so it needs block mode with a causal clean
+    stream (``RunConfig.validate`` checks that once).
     """
     L = batch.seq_len
     labels_BL = batch.labels_BL
@@ -169,9 +150,6 @@ def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossCon
         "correct": correct.sum(),
     }
     if cfg.ar_loss_weight > 0:
-        if not clean_stream_causal or logits_BSV.shape[1] != 2 * L:
-            raise UsageError("loss.ar_loss_weight: an AR loss on the clean stream needs "
-                             "attention.mode=block with attention.clean_stream=causal")
         ar_ce_BL = _token_ce(logits_BSV[:, L:2 * L - 1], labels_BL[:, 1:])
         ar_BL = ar_ce_BL * eligible_BL[:, 1:].float()
         metrics["ar_ce_sum"] = ar_BL.detach().sum()

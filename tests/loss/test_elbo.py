@@ -11,7 +11,8 @@ import torch
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.loss import LossConfig, diffusion_loss, shift_sources
+from megatron_diffusion.loss.config import LossConfig
+from megatron_diffusion.loss.elbo import diffusion_loss, shift_sources
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 
 L = 8
