@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+from megatron_diffusion.sampling.masks import ChunkAttention, chunk_mask, clean_block_ids
 
 
 def stdlib_prompts(tokenizer, num_prompts: int, prompt_len: int,
@@ -157,7 +157,7 @@ def block_nll(sampler, prompt: list[int], tokens: list[int]) -> tuple[float, int
     rules = core.rules
     B = dataclasses.replace(core.cfg, block_size=None, ar_baseline=False).resolve(
         rules.mode, rules.training_block_size).block_size
-    mask_rules = MaskRules.for_model(rules.mode, rules.clean_stream)
+    attention = ChunkAttention.for_model(rules.mode, rules.clean_stream)
     device, P, G = core.backend.device, len(prompt), len(tokens)
     seq = torch.tensor(prompt + tokens, device=device)[None]
     pad = torch.zeros(1, dtype=torch.long, device=device)
@@ -171,7 +171,7 @@ def block_nll(sampler, prompt: list[int], tokens: list[int]) -> tuple[float, int
             inputs = seq[:, :in_end].clone()
             inputs[:, start:] = rules.mask_id
             one = torch.ones(1, dtype=torch.long, device=device)
-            mask = chunk_mask(mask_rules, pad, blocks, in_start_B=0 * one, in_end_B=in_end * one,
+            mask = chunk_mask(attention, pad, blocks, in_start_B=0 * one, in_end_B=in_end * one,
                               block_start_B=start * one, width=in_end, key_len=in_end,
                               seq_end=P + G)
             index = torch.arange(start - core.shift, end - core.shift, device=device)[None]

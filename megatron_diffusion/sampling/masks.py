@@ -16,47 +16,59 @@ before a row's block are *clean* (prompt and finished blocks), the rest *noisy*.
 * ``j`` is a real column of the row: not left/right padding, not past ``in_end_r`` (scratch);
   queries that are padding or filler attend only themselves, so no softmax row is empty (their
   outputs are never read);
-* clean ``i``, clean ``j``: the model's clean-stream rule — ``block``: block-causal over blocks
-  of size ``B`` aligned to the prompt start (prompt) and to ``P`` (generation), the layout the
-  clean copy ``x0`` has in block-mode training; ``causal``: ``j <= i``; ``all``: always;
-* noisy ``i``, clean ``j``: always (every clean column is an earlier block);
-* noisy ``i``, noisy ``j``: ``all`` (inside the block, bidirectional) or ``causal``;
-* clean ``i``, noisy ``j``: only for full-sequence (bidirectional) models without a cache
-  (with one, Seed Diffusion 3.4's prefix decoding: clean columns see only clean ones).
+* otherwise, the model's own mask predicate decides (``masks.dense.make_mask_mod``, the one
+  training uses), evaluated on the buffer's columns as block-mode training evaluates it on
+  ``x_t (+) x0``: each column carries a block id (``clean_block_ids``: blocks of the inference
+  size ``B`` aligned to the prompt start and to ``P``, every column of the current block the
+  row's current block id) and a clean flag (columns before the row's block). So a ``block``
+  model's clean columns attend block-causally (or causally, ``clean_stream: causal``) exactly
+  as the clean copy ``x0`` does in training, the block attends every clean column and itself
+  bidirectionally, and no clean column attends the block; a ``causal`` model's predicate is
+  ``j <= i``, a ``bidirectional`` model's "everything" (full-sequence diffusion, no cache);
+* with the cache, a ``bidirectional`` model decodes by Seed Diffusion 3.4's prefix rule: clean
+  columns attend only clean ones. That is the ``block`` predicate over two blocks, the clean
+  prefix (block 0) and the current block (block 1) — the same predicate, not a second rule.
 
-Because a clean column never attends a later one (for ``block``/``causal`` clean rules), its
+Because a clean column never attends a later one (for ``block``/``causal`` models), its
 keys/values are final once computed: the cache is exact (SDAR's commit pass, METHOD.md 8).
-Shape suffixes: ``B`` batch rows, ``C`` buffer columns, ``W`` chunk width, ``K`` key columns.
+**Revisit window** (``window_B``, self-correction reaching into the previous block): ``n_r``
+extra queries after row ``r``'s real chunk are noisy copies of its columns
+``[block_start_r - n_r, block_start_r)`` (the end of its finished previous block), written to
+the cache slots right after the chunk (unused columns of the next block, overwritten before they
+are ever cached). They carry the current block's id, so they and the block attend each other
+bidirectionally and every clean column, as one noisy group; clean columns never see them.
+Shape suffixes: ``B`` batch rows, ``C`` buffer columns, ``W`` chunk width, ``K`` key columns
+(slots of the buffer the forward attends).
 """
 
 from dataclasses import dataclass
 
 import torch
 
+from megatron_diffusion.masks.config import AttentionConfig
+from megatron_diffusion.masks.dense import MaskTokens, make_mask_mod
+
 
 @dataclass(frozen=True)
-class MaskRules:
-    """How the trained model's attention translates to clean context + noisy block."""
+class ChunkAttention:
+    """Which training mask predicate a sampler forward evaluates (see the module docstring)."""
 
-    clean: str
-    """Clean query -> clean key: ``block`` (block-causal), ``causal`` or ``all``."""
-    noisy: str
-    """Noisy query -> noisy key: ``all`` (bidirectional block) or ``causal``."""
-    clean_sees_noisy: bool
-    """Clean queries attend noisy keys too (full-sequence bidirectional models): no cache."""
+    attention: AttentionConfig
+    """The predicate's settings: the trained model's mode and clean stream."""
+    prefix_blocks: bool = False
+    """Prefix decoding of a bidirectional model with a cache: the ``block`` predicate over two
+    blocks, clean prefix and current block."""
 
     @staticmethod
-    def for_model(mode: str, clean_stream: str, prefix_cache: bool = False) -> "MaskRules":
+    def for_model(mode: str, clean_stream: str, prefix_cache: bool = False) -> "ChunkAttention":
         """``prefix_cache``: a bidirectional model decoded over prompt + finished blocks +
         current block with a cache (Seed Diffusion 3.4): clean columns attend only clean ones,
         so their keys/values can be cached when fed (approximate: training let them see the
         later positions)."""
-        if mode == "block":
-            return MaskRules(clean="block" if clean_stream == "block_causal" else "causal",
-                             noisy="all", clean_sees_noisy=False)
-        if mode == "causal":
-            return MaskRules(clean="causal", noisy="causal", clean_sees_noisy=False)
-        return MaskRules(clean="all", noisy="all", clean_sees_noisy=not prefix_cache)
+        if mode == "bidirectional" and prefix_cache:
+            return ChunkAttention(AttentionConfig(mode="block", clean_stream="block_causal"),
+                                  prefix_blocks=True)
+        return ChunkAttention(AttentionConfig(mode=mode, clean_stream=clean_stream))
 
 
 def clean_block_ids(pad_B: torch.Tensor, prompt_columns: int, total_columns: int,
@@ -75,37 +87,43 @@ def clean_block_ids(pad_B: torch.Tensor, prompt_columns: int, total_columns: int
     return torch.where(col_C >= pad_B[:, None], ids_BC, torch.full_like(ids_BC, -1))
 
 
-def chunk_mask(rules: MaskRules, pad_B: torch.Tensor, blocks_BC: torch.Tensor, *,
+def _slot_tokens(view: ChunkAttention, blocks_BC, clean_BK, copy_BK, block_start_B,
+                 key_len: int) -> MaskTokens:
+    """The predicate's per-slot facts: one document, block ids, clean flags."""
+    current_B1 = blocks_BC.gather(1, block_start_B[:, None].clamp(max=blocks_BC.shape[1] - 1))
+    if view.prefix_blocks:
+        block_BK = (~clean_BK).long()
+    else:
+        block_BK = torch.where(copy_BK, current_B1, blocks_BC[:, :key_len])
+    return MaskTokens(document_BS=torch.zeros_like(block_BK), block_BS=block_BK,
+                      clean_BS=clean_BK)
+
+
+def chunk_mask(view: ChunkAttention, pad_B: torch.Tensor, blocks_BC: torch.Tensor, *,
                in_start_B: torch.Tensor, in_end_B: torch.Tensor, block_start_B: torch.Tensor,
-               width: int, key_len: int, seq_end: int) -> torch.Tensor:
+               width: int, key_len: int, seq_end: int,
+               window_B: torch.Tensor | None = None) -> torch.Tensor:
     """megatron mask ``[b, 1, width, key_len]`` (True = masked).
 
-    Query ``w`` of row ``r`` is column ``in_start_r + w``; key ``k`` is column ``k``. Columns
-    ``>= block_start_r`` are noisy; columns ``>= seq_end`` are right padding.
+    Query ``w`` of row ``r`` is slot ``in_start_r + w``; key ``k`` is slot ``k``. Slots below
+    ``in_end_r`` are the row's columns (``>= block_start_r``: noisy; ``>= seq_end``: right
+    padding); the next ``window_B[r]`` slots are noisy copies of the row's revisit window.
     """
     device = pad_B.device
     q_BW = in_start_B[:, None] + torch.arange(width, device=device)
     k_K = torch.arange(key_len, device=device)
-    q_BW1, k_11K = q_BW[:, :, None], k_K[None, None, :]
-    start_B11 = block_start_B[:, None, None]
-    clean_q, clean_k = q_BW1 < start_B11, k_11K < start_B11
-    if rules.clean == "block":
-        block_q_BW = blocks_BC.gather(1, q_BW.clamp(max=blocks_BC.shape[1] - 1))
-        clean_ok = blocks_BC[:, None, :key_len] <= block_q_BW[:, :, None]
-    elif rules.clean == "causal":
-        clean_ok = k_11K <= q_BW1
-    else:
-        clean_ok = torch.ones((), dtype=torch.bool, device=device)
-    noisy_ok = (k_11K <= q_BW1) if rules.noisy == "causal" else torch.ones((), dtype=torch.bool,
-                                                                          device=device)
-    from_clean = clean_k & clean_ok
-    if rules.clean_sees_noisy:
-        from_clean = from_clean | ~clean_k
-    from_noisy = clean_k | noisy_ok
-    allowed = torch.where(clean_q, from_clean, from_noisy)
     pad_B1, end_B1 = pad_B[:, None], in_end_B[:, None]
-    key_ok_BK = (k_K >= pad_B1) & (k_K < end_B1) & (k_K < seq_end)
-    query_ok_BW = (q_BW >= pad_B1) & (q_BW < end_B1) & (q_BW < seq_end)
+    real_BK = (k_K >= pad_B1) & (k_K < end_B1) & (k_K < seq_end)
+    window_B1 = torch.zeros_like(end_B1) if window_B is None else window_B[:, None]
+    copy_BK = (k_K >= end_B1) & (k_K < end_B1 + window_B1)
+    clean_BK = real_BK & (k_K < block_start_B[:, None])
+    tokens = _slot_tokens(view, blocks_BC, clean_BK, copy_BK, block_start_B, key_len)
+    rows_B11 = torch.arange(pad_B.shape[0], device=device)[:, None, None]
+    q_BW1, k_11K = q_BW.clamp(max=key_len - 1)[:, :, None], k_K[None, None, :]
+    allowed = make_mask_mod(view.attention, tokens)(
+        rows_B11, torch.zeros((), dtype=torch.long, device=device), q_BW1, k_11K)
+    key_ok_BK = real_BK | copy_BK
     allowed = allowed & key_ok_BK[:, None, :]
-    allowed = torch.where(query_ok_BW[:, :, None], allowed, k_11K == q_BW1)  # self only
+    query_ok_BW = key_ok_BK.gather(1, q_BW.clamp(max=key_len - 1)) & (q_BW < key_len)
+    allowed = torch.where(query_ok_BW[:, :, None], allowed, k_11K == q_BW[:, :, None])
     return ~allowed[:, None]

@@ -66,7 +66,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.sampling import strategies
 from megatron_diffusion.sampling.backend import as_backend
 from megatron_diffusion.sampling.config import SamplerConfig
-from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+from megatron_diffusion.sampling.masks import ChunkAttention, chunk_mask, clean_block_ids
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class BlockSampler:
                               and self.cfg.bidirectional_context == "full")
         """Every step feeds the whole generation (future blocks as [MASK]); else only up to the
         current block's end."""
-        self.mask_rules = MaskRules.for_model(
+        self.attention = ChunkAttention.for_model(
             rules.mode, rules.clean_stream,
             prefix_cache=rules.mode == "bidirectional" and self.use_cache)
         self.shift = int(rules.logit_shift)
@@ -308,7 +308,7 @@ class BlockSampler:
                            at_eos=False)
                     continue
                 key_len = key_len + width if self.use_cache else width
-                mask = chunk_mask(self.mask_rules, rows.pad_B, rows.blocks_BC,
+                mask = chunk_mask(self.attention, rows.pad_B, rows.blocks_BC,
                                   in_start_B=in_start_B, in_end_B=in_end_B,
                                   block_start_B=rows.block_start_B, width=width,
                                   key_len=key_len, seq_end=seq_end)

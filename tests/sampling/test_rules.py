@@ -3,7 +3,7 @@
 import torch
 
 from megatron_diffusion.sampling import strategies
-from megatron_diffusion.sampling.masks import MaskRules, chunk_mask, clean_block_ids
+from megatron_diffusion.sampling.masks import ChunkAttention, chunk_mask, clean_block_ids
 
 T_, F_ = True, False
 
@@ -63,7 +63,7 @@ def test_clean_block_ids_align_to_prompt_start_and_generation_start():
 def allowed(mode, pad, in_start, in_end, block_start, width, key_len, seq_end=7, P=3, C=9):
     pad = torch.tensor(pad)
     rows = lambda v: torch.tensor(v) if isinstance(v, list) else torch.full_like(pad, v)
-    mask = chunk_mask(MaskRules.for_model(mode, "block_causal"), pad,
+    mask = chunk_mask(ChunkAttention.for_model(mode, "block_causal"), pad,
                       clean_block_ids(pad, P, C, 2), in_start_B=rows(in_start),
                       in_end_B=rows(in_end), block_start_B=rows(block_start), width=width,
                       key_len=key_len, seq_end=seq_end)
