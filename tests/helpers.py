@@ -104,7 +104,7 @@ def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300
     from megatron_diffusion.model import weights
     from megatron_diffusion.model.gpt import build_model, transformer_config
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-    from megatron_diffusion.training.checkpoint import save_checkpoint
+    from megatron_diffusion.training.checkpoint import checkpoint_meta, save_checkpoint
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = make_tokenizer(run_dir / "tokenizer.json", tokenizer_vocab)
@@ -120,8 +120,7 @@ def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300
     model = build_model(cfg.model, transformer_config(cfg.model))
     shapes = {k: v.shape for k, v in weights.local_to_full([model]).items()}
     weights.load_full([model], seeded_full_weights(shapes))
-    meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
-            "config": cfg.to_dict(), "tokenizer_hash": tok.hash, "consumed_samples": 0}
+    meta = checkpoint_meta(cfg, tokenizer_hash=tok.hash)
     path = save_checkpoint(run_dir, 0, [model], None, meta=meta, loader_state={},
                            tokenizer_path=str(tok_path))
     return path

@@ -29,7 +29,7 @@ from megatron_diffusion.model.gpt import build_model, transformer_config
 from megatron_diffusion.model.inputs import model_inputs
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.sampling.bench import stdlib_prompts
-from megatron_diffusion.training.checkpoint import save_checkpoint
+from megatron_diffusion.training.checkpoint import checkpoint_meta, save_checkpoint
 
 
 def main():
@@ -92,9 +92,7 @@ def main():
         if step % 50 == 0 or step == a.steps - 1:
             print(f"step {step} loss {float(loss_sum / num_tokens):.3f} {time.time() - start:.0f}s",
                   flush=True)
-    meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
-            "config": cfg.to_dict(), "tokenizer_hash": tok.hash, "consumed_samples": 0,
-            "step": a.steps}
+    meta = checkpoint_meta(cfg, tokenizer_hash=tok.hash, step=a.steps)
     print(save_checkpoint(run_dir, a.steps, [model], None, meta=meta, loader_state={},
                           tokenizer_path=str(tok_path)))
 

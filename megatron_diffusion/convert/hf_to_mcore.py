@@ -41,6 +41,7 @@ from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_di
 from megatron_diffusion.convert.safetensors_io import SafetensorsCheckpoint
 from megatron_diffusion.convert.tensor_map import TensorLayout
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.training.checkpoint import check_format, checkpoint_meta, save_checkpoint
 
 SIDECAR = "megatron_diffusion.json"
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -82,6 +83,7 @@ def read_sidecar(hf_dir) -> dict | None:
     data = json.loads(path.read_text())
     if data.get("format") != "megatron-diffusion-hf-export":
         raise UsageError(f"--hf: {path} is not a megatron-diffusion export description")
+    check_format(data.get("meta") or {}, f"--hf: {path} meta")  # the exported checkpoint's
     return data
 
 
@@ -266,7 +268,6 @@ def write_import(plan: ImportPlan, out, *, tensor_model_parallel_size: int,
         prebuilt_sharded_state_dict,
     )
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-    from megatron_diffusion.training.checkpoint import save_checkpoint
 
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
     cfg = plan.config
@@ -284,10 +285,9 @@ def write_import(plan: ImportPlan, out, *, tensor_model_parallel_size: int,
         bar.close()
         tok_path = tmp / "tokenizer.json"
         tok_path.write_text(plan.tokenizer.json, encoding="utf-8")
-        meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1,
-                "config": cfg.to_dict(), "tokenizer_hash": plan.tokenizer.loaded.hash,
-                "consumed_samples": 0, "weights_only": True,
-                "converted_from": plan.converted_from, "generation": plan.generation}
+        meta = checkpoint_meta(cfg, tokenizer_hash=plan.tokenizer.loaded.hash,
+                               weights_only=True, converted_from=plan.converted_from,
+                               generation=plan.generation)
         save_checkpoint(tmp, 0, [PrebuiltChunk(sharded)], None, meta=meta, loader_state={},
                         tokenizer_path=str(tok_path))
     return Path(out) / "checkpoints" / "iter_0000000"

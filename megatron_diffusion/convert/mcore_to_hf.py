@@ -41,6 +41,7 @@ from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_di
 from megatron_diffusion.convert.safetensors_io import write_shards
 from megatron_diffusion.convert.tensor_map import TensorLayout, hf_producers
 from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.training.checkpoint import read_meta, resolve_checkpoint
 
 BLOCK_HELPER = "block_diffusion.py"
 """Copied into block-mode exports: ``hf_block_diffusion`` (sampling with transformers alone)."""
@@ -101,15 +102,11 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
                         progress: bool = True) -> Path:
     from megatron_diffusion.config import config_from_dict
     from megatron_diffusion.convert.dist_stream import GroupLoader
-    from megatron_diffusion.model.loading import resolve_checkpoint
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-    from megatron_diffusion.training.checkpoint import read_meta
 
     out = check_output_dir(out, force)
     ckpt = resolve_checkpoint(checkpoint)
-    meta = read_meta(ckpt)
-    if meta.get("format") != "megatron-diffusion-checkpoint":
-        raise UsageError(f"--checkpoint: {ckpt} is not a megatron-diffusion checkpoint")
+    meta = read_meta(ckpt)  # checks the format
     if not (ckpt / "tokenizer.json").is_file():
         raise UsageError(f"--checkpoint: {ckpt} has no tokenizer.json to export")
     cfg = config_from_dict(meta["config"])

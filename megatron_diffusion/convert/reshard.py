@@ -55,8 +55,7 @@ def reshard(checkpoint, out, *, tensor_model_parallel_size: int,
             pipeline_model_parallel_size: int, force: bool = False) -> int:
     """Returns an exit status (0: ``out`` holds the resharded checkpoint)."""
     from megatron_diffusion.config import config_from_dict
-    from megatron_diffusion.model.loading import resolve_checkpoint
-    from megatron_diffusion.training.checkpoint import read_meta
+    from megatron_diffusion.training.checkpoint import read_meta, resolve_checkpoint
 
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
     ckpt = resolve_checkpoint(checkpoint).absolute()

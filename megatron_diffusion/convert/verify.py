@@ -65,9 +65,12 @@ def verify(hf_dir, checkpoint, *, batch_size: int = 2, seq_len: int = 32, seed: 
     from megatron_diffusion.convert.hf_to_mcore import build_empty_model
     from megatron_diffusion.masks.config import AttentionConfig
     from megatron_diffusion.masks.dense import attention_allowed, to_megatron_mask
-    from megatron_diffusion.model.loading import resolve_checkpoint
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-    from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
+    from megatron_diffusion.training.checkpoint import (
+        load_checkpoint,
+        read_meta,
+        resolve_checkpoint,
+    )
 
     for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
         if not isinstance(value, int) or value < 1:

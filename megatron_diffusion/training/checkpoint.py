@@ -11,6 +11,12 @@ Layout of a run directory::
         tokenizer.json                    so a checkpoint samples/converts on its own
     RUN_DIR/checkpoints/latest            name of the newest complete checkpoint
 
+Every checkpoint's ``meta.json`` is built by ``checkpoint_meta`` (format ``CHECKPOINT_FORMAT``,
+``FORMAT_VERSION``, run config, tokenizer hash, ...; the trainer and ``convert`` both write
+checkpoints) and read by ``read_meta``, which checks the format: the one reader every loader,
+converter and resume goes through. ``resolve_checkpoint`` turns a checkpoint, run or
+checkpoints directory into one checkpoint.
+
 A checkpoint is written into ``iter_XXXXXXX.tmp`` and renamed only after every rank finished,
 then ``latest`` is replaced atomically (write + rename). A crash at any moment leaves the
 previous checkpoint and ``latest`` valid; stale ``.tmp`` directories are removed at the next
@@ -32,8 +38,32 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
 
 _ITER = re.compile(r"^iter_(\d{7})$")
+CHECKPOINT_FORMAT = "megatron-diffusion-checkpoint"
+"""``meta.json`` ``format`` of every checkpoint (trainer, ``hf-to-mcore``; ``reshard`` keeps it)."""
+FORMAT_VERSION = 1
 SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                      "chained_optim_avoid_prefix": True, "singleton_local_shards": False}
+
+
+def checkpoint_meta(cfg, *, tokenizer_hash: str, consumed_samples: int = 0, **fields) -> dict:
+    """A checkpoint's ``meta.json`` (``save_checkpoint`` adds ``step``): format and version, the
+    run config ``cfg``, the tokenizer hash, the samples consumed so far, then ``fields`` in the
+    order given (``parallel``, ``weights_only``, ``converted_from``, ``generation``, ...)."""
+    return {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
+            "config": cfg.to_dict(), "tokenizer_hash": tokenizer_hash,
+            "consumed_samples": consumed_samples, **fields}
+
+
+def check_format(meta: dict, where: str) -> dict:
+    """``meta`` if it is a checkpoint meta this code reads, else a one-line ``UsageError``
+    starting with ``where`` (the file it came from)."""
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{where} has format {meta.get('format')!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r} (not a megatron-diffusion checkpoint)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"{where} has format_version {meta.get('format_version')!r}; this "
+                         f"megatron-diffusion reads version {FORMAT_VERSION}")
+    return meta
 
 
 def checkpoint_root(run_dir) -> Path:
@@ -315,7 +345,23 @@ def read_meta(path) -> dict:
     meta = _read_json(meta_file, path)
     if not isinstance(meta, dict) or "config" not in meta:
         raise UsageError(f"checkpoint {path}: meta.json has no run config (truncated?)")
-    return meta
+    return check_format(meta, f"checkpoint {path}: meta.json")
+
+
+def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
+    """A checkpoint directory, or a run directory / checkpoints dir (then its latest);
+    ``option`` names the flag in errors."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{option}: {p} does not exist")
+    if (p / "meta.json").is_file():
+        return p
+    for run_dir in (p, p.parent):
+        found = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
+        if found is not None:
+            return found
+    raise UsageError(f"{option}: {p} is not a megatron-diffusion checkpoint (no meta.json) "
+                     "nor a run directory with checkpoints")
 
 
 def load_checkpoint(path, chunks, optimizer=None) -> dict:

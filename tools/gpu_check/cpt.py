@@ -59,8 +59,7 @@ def make_store(ctx, checkpoint: Path) -> Path:
 def checkpoint_seq_len(checkpoint: Path) -> int:
     """The row length recorded in the checkpoint: ``eval infill`` reads rows of that length, so
     the CPT uses it too and the before/after figures are over the same rows."""
-    from megatron_diffusion.model.loading import resolve_checkpoint
-    from megatron_diffusion.training.checkpoint import read_meta
+    from megatron_diffusion.training.checkpoint import read_meta, resolve_checkpoint
 
     return int(read_meta(resolve_checkpoint(checkpoint))["config"]["data"]["seq_len"])
 
