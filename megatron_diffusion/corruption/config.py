@@ -1,6 +1,6 @@
 """Configuration of the forward (corruption) process: schedule, weights, warmup, edit stage.
 
-See docs/corruption.md for the user-facing description and METHOD.md 1, 2, 3, 5 for the maths.
+See docs/corruption.md for the user-facing description and docs/method.md 1, 2, 3, 5 for the maths.
 """
 
 import math

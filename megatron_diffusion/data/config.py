@@ -46,7 +46,7 @@ class DataConfig:
     split: str = "train"
     """``train`` or ``validation`` documents of each store."""
     sft_min_eos: int = 1
-    """SFT: fewest EOS after a sample (METHOD.md 4)."""
+    """SFT: fewest EOS after a sample (docs/method.md 4)."""
     sft_max_eos: int = 4
     """SFT: most EOS after a sample; the count is uniform in [min, max] per (epoch, document)."""
     index_cache_dir: str | None = None

@@ -1,6 +1,6 @@
 """Training losses: masked-diffusion ELBO, edit-stage all-position loss, optional AR loss.
 
-Stable-DiffCoder eq. 4 / Seed Diffusion eq. 5-6 (METHOD.md 1, 5):
+Stable-DiffCoder eq. 4 / Seed Diffusion eq. 5-6 (docs/method.md 1, 5):
 
     L = -E[ sum_i w_i * log p(x0_i | x_t) ]
 

@@ -1,4 +1,4 @@
-"""Attention-mask definitions shared by every attention backend (METHOD.md 3-4).
+"""Attention-mask definitions shared by every attention backend (docs/method.md 3-4).
 
 ``dense`` holds the one predicate and its dense evaluation (SDPA / megatron local attention on
 CPU); ``flex`` builds FlexAttention ``BlockMask``s from the same predicate; ``show_mask`` is the

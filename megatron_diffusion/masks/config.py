@@ -1,4 +1,4 @@
-"""Which attention mask the model uses (METHOD.md 3-4); see ``dense.py`` for the definitions."""
+"""Which attention mask the model uses (docs/method.md 3-4); ``dense.py`` has the definitions."""
 
 from dataclasses import dataclass
 from typing import Self
@@ -15,7 +15,7 @@ class AttentionConfig:
     mode: str = "block"
     """``causal`` (AR: key <= query), ``bidirectional`` (full diffusion: every token sees every
     token) or ``block`` (block diffusion: the model input is ``x_t (+) x0``, length ``2L``, with
-    the three-part mask of METHOD.md 3)."""
+    the three-part mask of docs/method.md 3)."""
     block_size: int = 4
     """Diffusion block size ``B`` in tokens (block mode only; Stable-DiffCoder uses 4). Must
     divide ``seq_len``."""

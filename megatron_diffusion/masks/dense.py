@@ -3,7 +3,7 @@
 Convention: ``allowed[b, q, k]`` is True when query token ``q`` may attend key token ``k``
 (megatron's own convention is the opposite, True = masked: see ``to_megatron_mask``).
 
-Modes (METHOD.md 3-4), over a row of ``L`` clean tokens with ``document_ids_BL``:
+Modes (docs/method.md 3-4), over a row of ``L`` clean tokens with ``document_ids_BL``:
 
 * ``causal`` (``S = L``): ``k <= q``.
 * ``bidirectional`` (``S = L``): everything.
@@ -147,7 +147,7 @@ def to_megatron_mask(allowed_BSS: torch.Tensor) -> torch.Tensor:
 
 def position_ids_for_mode(document_ids_BL: torch.Tensor, cfg: AttentionConfig) -> torch.Tensor:
     """RoPE positions of the model input ``[B, S]``: ``layout.position_ids``, and in block mode
-    the clean copy repeats the noisy copy's positions (METHOD.md 3)."""
+    the clean copy repeats the noisy copy's positions (docs/method.md 3)."""
     _check_document_ids(document_ids_BL)
     pos_BL = layout.position_ids(document_ids_BL, cfg.visibility)
     return torch.cat([pos_BL, pos_BL], dim=-1) if cfg.mode == "block" else pos_BL

@@ -4,7 +4,7 @@ FlexAttention (``torch.nn.attention.flex_attention``) cuts the ``S x S`` score m
 (``tile_size``, 128 by default) and classifies each as empty (skipped), full (no mask evaluated)
 or partial (``mask_mod`` evaluated per element). Block diffusion's noisy half is mostly empty
 tiles, so on GPU this is where the speed of the ``x_t (+) x0`` layout comes from (bd3lms uses it;
-METHOD.md 3, CPU_MEGATRON.md "Attention with diffusion masks").
+docs/method.md 3).
 
 The ``mask_mod`` is ``dense.make_mask_mod`` itself, so a ``BlockMask`` and the dense bool mask
 cannot disagree. With ``shared`` visibility the mask depends only on the shape and the config,

@@ -2,7 +2,7 @@
 
 Llama/Seed-Coder/Qwen2 checkpoints convert onto it: RMSNorm, SwiGLU, RoPE, GQA, optional QKV bias
 (Qwen2), tied or untied embeddings. The vocabulary holds a ``[MASK]`` token that the model never
-predicts (its logit is ``-inf``, METHOD.md 1); the vocabulary is padded to a multiple of
+predicts (its logit is ``-inf``, docs/method.md 1); the vocabulary is padded to a multiple of
 ``make_vocab_size_divisible_by * tensor_model_parallel_size`` as megatron does, and the padded
 entries are ``-inf`` too.
 """
@@ -53,7 +53,7 @@ class ModelConfig:
     """Std of the normal initialisation."""
     logit_shift: bool = False
     """False (Stable-DiffCoder): output i predicts token i. True: output i-1 predicts token i, as a
-    converted AR checkpoint does before diffusion training (METHOD.md 1)."""
+    converted AR checkpoint does before diffusion training (docs/method.md 1)."""
     transformer_impl: str = "local"
     """'local' (megatron-core modules, runs on CPU) or 'transformer_engine' (fused TE layers, GPU)."""
     attention_backend: str = "sdpa"
