@@ -1,11 +1,12 @@
 """Load an HF directory straight into a model for sampling/evaluation (no checkpoint on disk).
 
 The shipped format of a trained model is the HF export (``mcore-to-hf``). ``load_hf_export``
-builds the same ``LoadedModel`` that ``model.loading.load_model`` returns for a checkpoint: the
-run config comes from ``megatron_diffusion.json`` (so attention mode, block size, mask id and
-logit shift are the trained ones), and the weights stream from the safetensors files into this
-rank's tensor-parallel shard through the same tensor map as ``hf-to-mcore``. The result is bit-
-identical to loading the checkpoint that was exported (tested).
+builds the model as a checkpoint load does (``model.inference.build_inference_model``) and
+returns the same ``LoadedModel``: the run config comes from ``megatron_diffusion.json`` (so
+attention mode, block size, mask id and logit shift are the trained ones), and the weights
+stream from the safetensors files into this rank's tensor-parallel shard through the same tensor
+map as ``hf-to-mcore``. The result is bit-identical to loading the checkpoint that was exported
+(tested). ``checkpoint.loading.load_model`` picks this loader for an HF directory.
 
 A supported HF directory without that file (an AR model whose tokenizer has ``[MASK]``) loads
 too, described as what it is: causal attention, ``logit_shift=True``.
@@ -16,6 +17,9 @@ from pathlib import Path
 import torch
 
 from megatron_diffusion.convert.hf_to_mcore import SIDECAR, HFTensorView, plan_import
+from megatron_diffusion.model import weights
+from megatron_diffusion.model.inference import LoadedModel, build_inference_model
+from megatron_diffusion.training.checkpoint import checkpoint_meta
 
 
 def is_hf_export(path) -> bool:
@@ -30,36 +34,26 @@ def has_diffusion_metadata(path) -> bool:
 
 
 def load_hf_export(path, *, tensor_model_parallel_size: int = 1, params_dtype: str | None = None,
-                   attention_backend: str | None = None):
+                   attention_backend: str | None = None) -> LoadedModel:
     """Initialise model parallelism (this process, or torchrun's ranks) and load the weights of
-    an HF directory; returns ``model.loading.LoadedModel`` (``meta``: the export's checkpoint
-    meta, or a minimal one for a plain HF model)."""
-    from megatron_diffusion.model import weights
-    from megatron_diffusion.model.gpt import build_model, transformer_config
-    from megatron_diffusion.model.loading import LoadedModel
-    from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-
+    an HF directory (``meta``: the export's checkpoint meta, or a step-0 one for a plain HF
+    model)."""
     path = Path(path)
     plan = plan_import(path, params_dtype=params_dtype)
     cfg = plan.config
-    if attention_backend is not None:
-        cfg.model.attention_backend = attention_backend
-    tp = tensor_model_parallel_size
-    cfg.model.validate(tp)
-    initialize_model_parallel(tp, 1, seed=cfg.training.seed)
-    tcfg = transformer_config(cfg.model, tensor_model_parallel_size=tp)
-    tcfg.perform_initialization = False
-    model = build_model(cfg.model, tcfg)
+    model = build_inference_model(cfg.model, tensor_model_parallel_size=tensor_model_parallel_size,
+                                  seed=cfg.training.seed, attention_backend=attention_backend,
+                                  initialize=False)  # every weight comes from the files
     weights.load_full([model], HFTensorView(plan, model.vocab_size), strict=True)
     if torch.cuda.is_available():
         model = model.cuda()
     model.eval()
-    if plan.sidecar is not None:
-        meta = dict(plan.sidecar["meta"])
+    tokenizer_hash = plan.tokenizer.loaded.hash
+    if plan.sidecar is not None:  # read_sidecar checked its format
+        meta = dict(plan.sidecar["meta"], config=cfg.to_dict(), tokenizer_hash=tokenizer_hash)
+        meta.setdefault("generation", plan.generation)  # stop tokens of a plain HF directory too
     else:
-        meta = {"format": "megatron-diffusion-checkpoint", "format_version": 1, "step": 0,
-                "consumed_samples": 0}
-    meta.update(config=cfg.to_dict(), tokenizer_hash=plan.tokenizer.loaded.hash)
-    meta.setdefault("generation", plan.generation)  # stop tokens of a plain HF directory too
+        meta = checkpoint_meta(cfg, tokenizer_hash=tokenizer_hash, step=0,
+                               generation=plan.generation)
     return LoadedModel(model=model, config=cfg, meta=meta,
                        tokenizer_path=str(path / "tokenizer.json"), path=path)

@@ -301,7 +301,7 @@ def run_quality(args) -> int:
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise UsageError(f"--out: expected a file path in an existing directory, got {args.out!r}")
-    from megatron_diffusion.sampling.api import load_sampler
+    from megatron_diffusion.checkpoint.loading import load_sampler
 
     sampler = load_sampler(args.checkpoint, max_new_tokens=qc.continuation_len, batch_size=qc.batch_size)
     report = quality_report(sampler, files, qc)

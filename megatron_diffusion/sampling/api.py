@@ -1,10 +1,10 @@
 """Text in, completions out: the sampler behind ``eval``, ``sample`` and ``bench-sampler``.
 
-``load_sampler(checkpoint, **knobs)`` is the contract of docs/evaluation.md: it loads the model
-(any TP size under torchrun) and its tokenizer and returns a ``DiffusionSampler`` whose
-``settings`` records every decoding setting in effect and whose ``complete(prompts)`` returns one
-``GenerationResult`` per prompt. Prompts are sorted by length and decoded ``batch_size`` at a
-time (less padding), then put back in order.
+``checkpoint.loading.load_sampler(checkpoint, **knobs)`` is the contract of docs/evaluation.md:
+it loads the model (any TP size under torchrun) and its tokenizer and returns a
+``DiffusionSampler`` whose ``settings`` records every decoding setting in effect and whose
+``complete(prompts)`` returns one ``GenerationResult`` per prompt. Prompts are sorted by length
+and decoded ``batch_size`` at a time (less padding), then put back in order.
 """
 
 import dataclasses
@@ -114,30 +114,3 @@ class DiffusionSampler:
                                  num_tokens=len(c.tokens), seconds=s)
                 for c, s in zip(completions, shares)]
 
-
-def load_sampler(checkpoint, *, tensor_model_parallel_size: int = 1,
-                 params_dtype: str | None = None, **knobs) -> DiffusionSampler:
-    """Load ``checkpoint`` (a checkpoint dir or a run dir: its latest) as a ``DiffusionSampler``.
-
-    ``knobs`` are ``SamplerConfig`` fields (``max_new_tokens, block_size, strategy,
-    steps_per_block, threshold, temperature, seed, self_correct, ...``); unset ones keep their
-    defaults. Under torchrun with ``tensor_model_parallel_size = N`` every rank calls this and
-    ``complete`` with the same prompts; all return the same completions.
-    """
-    from megatron_diffusion.data.tokenizer import load_tokenizer
-    from megatron_diffusion.model.loading import load_model
-
-    unknown = sorted(set(knobs) - set(KNOBS))
-    if unknown:
-        raise UsageError(f"load_sampler: unknown setting(s) {', '.join(unknown)}; expected some "
-                         f"of {', '.join(KNOBS)}")
-    cfg = SamplerConfig(**knobs).validate()  # fail on bad knobs before loading weights
-    loaded = load_model(checkpoint, tensor_model_parallel_size=tensor_model_parallel_size,
-                        params_dtype=params_dtype)
-    if loaded.tokenizer_path is None:
-        raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json")
-    tokenizer = load_tokenizer(loaded.tokenizer_path)
-    if tokenizer.mask_id != loaded.config.model.mask_token_id:
-        raise UsageError(f"--checkpoint: {loaded.path}: tokenizer [MASK] id {tokenizer.mask_id} "
-                         f"differs from model.mask_token_id={loaded.config.model.mask_token_id}")
-    return DiffusionSampler(loaded, tokenizer, cfg)

@@ -61,6 +61,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampler_config(args) -> SamplerConfig:
+    """The decoding options as a ``SamplerConfig`` (``load_sampler`` validates it)."""
     return SamplerConfig(
         max_new_tokens=args.max_new_tokens, block_size=args.block_size, strategy=args.strategy,
         steps_per_block=args.steps_per_block, threshold=args.threshold,
@@ -69,19 +70,16 @@ def sampler_config(args) -> SamplerConfig:
         max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
         bidirectional_context=args.bidirectional_context,
         ar_baseline=args.ar_baseline, batch_size=args.batch_size,
-        stop_tokens=tuple(args.stop_token or ()), ignore_eos=args.ignore_eos).validate()
+        stop_tokens=tuple(args.stop_token or ()), ignore_eos=args.ignore_eos)
 
 
 def load_from_args(args):
-    from megatron_diffusion.sampling.api import DiffusionSampler, load_sampler
+    from megatron_diffusion.checkpoint.loading import load_sampler
 
-    cfg = sampler_config(args)  # bad knobs fail before the model loads
-    if not os.path.exists(args.checkpoint):
-        raise UsageError(f"--checkpoint: {args.checkpoint} does not exist")
-    sampler: DiffusionSampler = load_sampler(
-        args.checkpoint, tensor_model_parallel_size=args.tensor_model_parallel_size,
-        params_dtype=args.params_dtype, **cfg.settings())
-    return sampler
+    # bad settings fail (validated once, in load_sampler) before the checkpoint is looked at
+    return load_sampler(args.checkpoint, sampler_config(args),
+                        tensor_model_parallel_size=args.tensor_model_parallel_size,
+                        params_dtype=args.params_dtype)
 
 
 def is_rank_zero() -> bool:

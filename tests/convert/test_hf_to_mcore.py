@@ -46,7 +46,7 @@ def test_checkpoint_is_a_trainer_checkpoint_with_a_mask_row(hf_llama, mc_llama):
     assert (mc_llama / "tokenizer.json").read_text() == (ckpt / "tokenizer.json").read_text()
 
     from megatron_diffusion.model import weights
-    from megatron_diffusion.model.loading import load_model
+    from megatron_diffusion.checkpoint.loading import load_model
 
     full = weights.local_to_full([load_model(mc_llama).model])
     hf = hf_state(hf_llama)

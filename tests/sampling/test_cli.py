@@ -1,4 +1,5 @@
-"""load_sampler (the evaluation contract), the sample and bench-sampler commands, bad input."""
+"""The sample and bench-sampler commands, bad input, stop tokens (load_sampler's contract:
+tests/checkpoint/test_loading.py)."""
 
 import json
 
@@ -7,7 +8,6 @@ import pytest
 from megatron_diffusion.cli import main
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.sampling.result import GenerationResult
 from tests.helpers import make_checkpoint
 
 
@@ -16,22 +16,6 @@ def checkpoint(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     make_checkpoint(run_dir, attention=AttentionConfig(mode="block", block_size=4), num_layers=2)
     return run_dir  # a run directory: its latest checkpoint is used
-
-
-def test_load_sampler_contract(checkpoint):
-    from megatron_diffusion.sampling.api import load_sampler
-
-    sampler = load_sampler(checkpoint, max_new_tokens=10, threshold=0.5, seed=3)
-    for key in ("max_new_tokens", "block_size", "strategy", "steps_per_block", "threshold",
-                "temperature", "seed", "kv_cache", "self_correct", "batch_size"):
-        assert key in sampler.settings
-    assert sampler.settings["block_size"] == 4  # the training block size by default
-    assert sampler.settings["threshold"] == 0.5 and sampler.settings["seed"] == 3
-    out = sampler.complete(["def add(a, b):\n", "import os"])
-    assert len(out) == 2 and all(isinstance(r, GenerationResult) for r in out)
-    assert all(1 <= r.num_tokens <= 10 and r.num_forwards >= 1 and r.seconds > 0 for r in out)
-    with pytest.raises(UsageError, match="unknown setting"):
-        load_sampler(checkpoint, beam_width=4)
 
 
 def test_sample_writes_json_lines(checkpoint, tmp_path):
@@ -138,7 +122,8 @@ def test_out_is_checked_before_decoding(checkpoint, tmp_path, capsys, monkeypatc
 def test_stop_tokens_from_meta_and_flags(checkpoint):
     """Stop ids: the checkpoint's generation.stop_token_ids, else EOS; --stop-token (texts or
     ids) overrides; the sampler's settings record them."""
-    from megatron_diffusion.sampling.api import load_sampler, stop_token_ids
+    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.sampling.api import stop_token_ids
 
     sampler = load_sampler(checkpoint, max_new_tokens=4)
     tok = sampler.tokenizer

@@ -83,7 +83,7 @@ def _dtype() -> str:
 
 
 def from_checkpoint(path, source: str, gguf=None) -> SamplerModel:
-    from megatron_diffusion.sampling.api import load_sampler
+    from megatron_diffusion.checkpoint.loading import load_sampler
 
     sampler = load_sampler(path, params_dtype=_dtype(), ignore_eos=True)
     return SamplerModel(sampler, source, "pretrained", Path(path), gguf)
@@ -94,7 +94,7 @@ def random_model(fields: dict) -> SamplerModel:
     from megatron_diffusion.config import RunConfig
     from megatron_diffusion.model.config import ModelConfig
     from megatron_diffusion.model.gpt import build_model, transformer_config
-    from megatron_diffusion.model.loading import LoadedModel
+    from megatron_diffusion.model.inference import LoadedModel
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.sampling.api import DiffusionSampler
     from megatron_diffusion.sampling.config import SamplerConfig
