@@ -62,7 +62,7 @@ def test_one_validate_signature_in_the_whole_package():
     # the infill evaluation reads the eval_iters validation micro-batches: none is an error now
     ({"training.infill_eval_interval": 5, "training.eval_iters": 0},
      "training.infill_eval_interval: got 5, which needs training.eval_iters >= 1"),
-    # used to pass loading and fail in the first forward pass (loss.py)
+    # used to pass loading and fail in the first forward pass (loss/elbo.py)
     ({"loss.ar_loss_weight": 0.5},
      "loss.ar_loss_weight: an AR loss on the clean stream needs attention.mode=block with "
      "attention.clean_stream=causal"),

@@ -2,10 +2,11 @@
 
 megatron-core has no CPU mode: ~100 sites build tensors on ``torch.cuda.current_device()``, some
 hard-code ``"cuda"``, grad clipping and the optimizers check ``Tensor.type()`` names, and the
-tensor-parallel RNG tracker forks the CUDA generator. These patches make it run (measured one by
-one in shared/docs/CPU_MEGATRON.md; tests/model/test_cpu_runtime.py keeps a test per patch
-showing it is still needed, so an upgrade that drops a site shows up as a failing test and one
-that adds a new hard-coded ``"cuda"`` as a failing trainer test):
+tensor-parallel RNG tracker forks the CUDA generator. These six patches make it run, each found
+by running megatron-core on a CPU-only torch until it failed. tests/parallel/test_cpu_runtime.py
+keeps a test per patch showing it is still needed (with the patch off, megatron-core fails), so
+an upgrade that drops a site shows up as a failing test and one that adds a new hard-coded
+``"cuda"`` as a failing trainer test:
 
 1. ``torch.cuda.current_device()`` returns ``torch.device("cpu")``.
 2. In the megatron modules that hard-code ``device="cuda"`` (``CUDA_LITERAL_MODULES``) the

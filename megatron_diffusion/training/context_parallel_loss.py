@@ -2,12 +2,12 @@
 
 Under context parallelism (``parallel/context_parallel.py``) CP rank ``r`` holds the output of
 model tokens ``[start, stop)`` of the row's ``S`` (``S = L``, or ``2L`` for ``x_t (+) x0``), so the
-targets of ``loss.py`` are re-read per *output position*: every position predicts at most one
+targets of ``loss/elbo.py`` are re-read per *output position*: every position predicts at most one
 token of the row, so targets and weights can be laid out over the whole ``S`` from the global
 batch (every CP rank reads the same micro-batch) and each rank sums over its own slice:
 
 * no shift: position ``p < L`` (noisy half) predicts ``x0_p`` with weight ``loss_weights_p``;
-* logit shift: the output ``shift_sources(...)[:, j - 1]`` predicts ``x0_j`` (``loss.py``'s one
+* logit shift: the output ``shift_sources(...)[:, j - 1]`` predicts ``x0_j`` (``loss/elbo.py``'s one
   definition: ``j - 1``, or in block mode the clean stream's ``L + s_b - 1`` for a block start
   ``s_b``), so a target whose source sits in another rank's slice is that rank's term;
 * ``objective='ar'``: position ``p < L - 1`` predicts ``x0_{p+1}``;
