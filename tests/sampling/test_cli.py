@@ -6,7 +6,6 @@ import json
 import pytest
 
 from megatron_diffusion.cli import main
-from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig
 from tests.helpers import make_checkpoint
 
