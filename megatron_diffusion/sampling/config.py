@@ -46,6 +46,13 @@ class SamplerConfig:
     once. In (0, 1]; 1 settles unless every token is certain to float precision."""
     max_corrections_per_block: int | None = None
     """Upper bound on replacements per row and block (termination); None = ``block_size``."""
+    revisit_window: int = 0
+    """Self-correction reaching back into the previous, finished block: its last
+    ``revisit_window`` positions (at most ``block_size``) are re-read with every step of the
+    current block (fed again as noisy copies next to it) and corrected, and count for the
+    settling rule, like the block's own committed tokens; a change there recomputes that block's
+    cache entries in the next forward. 0 (default): only the current block. Block-mode models
+    without logit shift."""
     kv_cache: bool = True
     """Cache keys/values of the prompt and finished blocks (exact for block-causal models); False
     recomputes the whole sequence every step (reference path, same tokens)."""
@@ -82,6 +89,13 @@ class SamplerConfig:
         positive_int("block_size", self.block_size, none_ok=True)
         positive_int("steps_per_block", self.steps_per_block, none_ok=True)
         positive_int("batch_size", self.batch_size, none_ok=True)
+        if (not isinstance(self.revisit_window, int) or isinstance(self.revisit_window, bool)
+                or self.revisit_window < 0):
+            raise UsageError(f"--revisit-window: got {self.revisit_window!r}, expected an "
+                             "integer >= 0")
+        if self.revisit_window and not self.self_correct:
+            raise UsageError("--revisit-window: needs --self-correct (it widens what "
+                             "self-correction revisits)")
         if self.max_corrections_per_block is not None and (
                 not isinstance(self.max_corrections_per_block, int)
                 or self.max_corrections_per_block < 0):
@@ -126,6 +140,10 @@ class SamplerConfig:
             cfg.steps_per_block = cfg.block_size
         if cfg.max_corrections_per_block is None:
             cfg.max_corrections_per_block = cfg.block_size
+        if cfg.revisit_window and (attention_mode != "block" or cfg.revisit_window > cfg.block_size):
+            raise UsageError(f"--revisit-window: got {cfg.revisit_window}, expected at most the "
+                             f"block size {cfg.block_size} and a block-mode model (this one: "
+                             f"{attention_mode})")
         return cfg
 
     def settings(self) -> dict:

@@ -39,6 +39,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="self-correction: settle a filled block without one more forward "
                         "when all its tokens have at least this probability")
     parser.add_argument("--max-corrections-per-block", type=int, default=None)
+    parser.add_argument("--revisit-window", type=int, default=d.revisit_window,
+                        help="self-correction also revisits the last N positions of the "
+                        "previous block (its cache recomputed on a change); block models")
     parser.add_argument("--no-kv-cache", action="store_true",
                         help="recompute the whole sequence every step (reference path)")
     parser.add_argument("--bidirectional-context", default=d.bidirectional_context,
@@ -67,7 +70,8 @@ def sampler_config(args) -> SamplerConfig:
         steps_per_block=args.steps_per_block, threshold=args.threshold,
         temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
         correction_threshold=args.correction_threshold, revisit_threshold=args.revisit_threshold,
-        max_corrections_per_block=args.max_corrections_per_block, kv_cache=not args.no_kv_cache,
+        max_corrections_per_block=args.max_corrections_per_block,
+        revisit_window=args.revisit_window, kv_cache=not args.no_kv_cache,
         bidirectional_context=args.bidirectional_context,
         ar_baseline=args.ar_baseline, batch_size=args.batch_size,
         stop_tokens=tuple(args.stop_token or ()), ignore_eos=args.ignore_eos)

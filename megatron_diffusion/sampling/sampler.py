@@ -170,6 +170,9 @@ class BlockSampler:
             rules.mode, rules.clean_stream,
             prefix_cache=rules.mode == "bidirectional" and self.use_cache)
         self.shift = int(rules.logit_shift)
+        if self.cfg.revisit_window and self.shift:
+            raise UsageError("--revisit-window: not for a logit-shift model (its window's first "
+                             "token would be read from a cached column)")
         self.stops = () if self.cfg.ignore_eos else rules.stops
         """The ids that end a row (none with ``ignore_eos``)."""
         self.num_model_calls = 0
@@ -211,6 +214,34 @@ class BlockSampler:
             shift = self.shift if self.rules.mode == "causal" else 0
             in_end_B = rows.block_start_B + self.cfg.block_size - shift
         return in_start_B, in_end_B
+
+    def _region(self, rows: _Rows, P: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The columns a step decides, ``[b, N + B]`` (the revisit window of ``N`` columns
+        before the block, then the block), which are real (a row's first block has no window),
+        and each row's window size. ``N = 0``: the block."""
+        N = self.cfg.revisit_window
+        offsets_N = torch.arange(-N, self.cfg.block_size, device=rows.block_start_B.device)
+        window_B = (rows.block_start_B > P).long() * N
+        cols_BN = rows.block_start_B[:, None] + offsets_N
+        return cols_BN.clamp(min=0), offsets_N >= -window_B[:, None], window_B
+
+    def _feed(self, rows: _Rows, in_start_B, in_end_B, window_B, region_BN, width: int,
+              C: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffer columns of each row's ``width`` inputs — its chunk, then noisy copies of its
+        revisit window, then filler — and the input index of every decided column's output
+        (a block column ``c``: ``c - shift``; a window column: its copy)."""
+        w_W = torch.arange(width, device=in_start_B.device)
+        len_B1, window_B1 = (in_end_B - in_start_B)[:, None], window_B[:, None]
+        copy_BW = (w_W >= len_B1) & (w_W < len_B1 + window_B1)
+        source_BW = rows.block_start_B[:, None] - window_B1 + (w_W - len_B1)
+        cols_BW = torch.where(copy_BW, source_BW, in_start_B[:, None] + w_W).clamp(max=C - 1)
+        index_BN = region_BN - self.shift - in_start_B[:, None]
+        N = self.cfg.revisit_window
+        if N:
+            j_N = torch.arange(region_BN.shape[1], device=in_start_B.device)
+            copy_index_BN = (len_B1 + j_N - N + window_B1).clamp(min=0)
+            index_BN = torch.where(j_N < N, copy_index_BN, index_BN)
+        return cols_BW, index_BN
 
     def _decide(self, rows: _Rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
                 generator) -> torch.Tensor:
@@ -260,7 +291,8 @@ class BlockSampler:
         P = max(len(p) for p in prompts)
         seq_end = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
         gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
-        C = gen_end + 2 * B + 2  # + scratch where short chunks' filler is written
+        N = cfg.revisit_window
+        C = gen_end + 2 * B + 2 + N  # + scratch where short chunks' filler is written
         rows = self._rows(prompts, P, seq_end, C)
         self._stops_S = torch.tensor(self.stops, dtype=torch.long, device=device)
         offsets_N = torch.arange(B, device=device)
@@ -299,9 +331,10 @@ class BlockSampler:
                 rows.corrections_B *= ~final_B
                 rows.settled_B &= ~final_B
                 in_start_B, in_end_B = self._chunk(rows, gen_end)
+                region_BN, valid_BN, window_B = self._region(rows, P)
                 ended_B = rows.block_start_B >= seq_end
                 any_ended, width, key_len = torch.stack([
-                    ended_B.any().long(), (in_end_B - in_start_B).max(),
+                    ended_B.any().long(), (in_end_B - in_start_B + window_B).max(),
                     in_start_B.max()]).tolist()  # the one host sync before the forward
                 if any_ended:
                     finish(ended_B, torch.full_like(ended_B, seq_end, dtype=torch.long),
@@ -311,26 +344,31 @@ class BlockSampler:
                 mask = chunk_mask(self.attention, rows.pad_B, rows.blocks_BC,
                                   in_start_B=in_start_B, in_end_B=in_end_B,
                                   block_start_B=rows.block_start_B, width=width,
-                                  key_len=key_len, seq_end=seq_end)
-                cols_BW = (in_start_B[:, None] + torch.arange(width, device=device)).clamp(max=C - 1)
-                block_cols_BN = rows.block_start_B[:, None] + offsets_N
+                                  key_len=key_len, seq_end=seq_end,
+                                  window_B=window_B if N else None)
+                cols_BW, index_BN = self._feed(rows, in_start_B, in_end_B, window_B, region_BN,
+                                               width, C)
                 logits_BNV = self.backend.forward(
                     rows.seq_BC.gather(1, cols_BW), rows.pos_BC.gather(1, cols_BW), mask,
-                    write_start_B=in_start_B,
-                    logit_index_BN=block_cols_BN - self.shift - in_start_B[:, None])
+                    write_start_B=in_start_B, logit_index_BN=index_BN)
                 # the clean columns fed are now final in the cache (prefill / commit pass)
                 rows.cached_B = rows.block_start_B - self.shift
                 self.num_model_calls += 1
                 forwards.index_add_(0, rows.index_B, torch.ones_like(rows.index_B))
                 rows.step_B += 1
 
-                block_BN = rows.seq_BC.gather(1, block_cols_BN)
-                masked_BN = block_BN == self.rules.mask_id
-                in_sequence_BN = block_cols_BN < seq_end  # not right padding
+                block_BN = rows.seq_BC.gather(1, region_BN)
+                masked_BN = (block_BN == self.rules.mask_id) & valid_BN
+                in_sequence_BN = (region_BN < seq_end) & valid_BN  # not right padding
                 new_BN = self._decide(rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
                                       generator)
-                rows.seq_BC.scatter_(1, block_cols_BN, new_BN)
+                if N:  # a changed window token: its block's keys/values are fed again next
+                    changed_B = (new_BN[:, :N] != block_BN[:, :N]).any(dim=1)
+                    rows.cached_B = torch.where(
+                        changed_B, torch.minimum(rows.cached_B, rows.block_start_B - B),
+                        rows.cached_B)
+                rows.seq_BC.scatter_(1, region_BN, new_BN)
                 done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
                 if bool(done_B.any()):
-                    finish(done_B, rows.block_start_B + first_eos_B + 1, at_eos=True)
+                    finish(done_B, rows.block_start_B - N + first_eos_B + 1, at_eos=True)
         return results

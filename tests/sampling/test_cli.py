@@ -72,6 +72,8 @@ def test_bench_sweep_writes_table_and_plot(checkpoint, tmp_path, capsys):
     (["--temperature", "nan"], "--temperature"),
     (["--temperature", "inf"], "--temperature"),
     (["--stop-token", "<|not a token|>"], "--stop-token"),
+    (["--revisit-window", "1"], "needs --self-correct"),
+    (["--self-correct", "--revisit-window", "9"], "at most the block size"),
 ])
 def test_bad_input_is_one_line(checkpoint, capsys, extra, message):
     argv = ["sample", "--checkpoint", str(checkpoint), "--max-new-tokens", "4", *extra]
