@@ -163,7 +163,7 @@ def _variant(sampler, base, **changes):
     from megatron_diffusion.sampling.api import DiffusionSampler
 
     return DiffusionSampler(sampler.loaded, sampler.tokenizer,
-                            dataclasses.replace(base, **changes, ignore_eos=True))
+                            dataclasses.replace(base, **changes, ignore_eos=True).validate())
 
 
 def decode_point(sampler, prompts, truths, label: str) -> dict:

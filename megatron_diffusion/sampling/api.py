@@ -70,7 +70,7 @@ class DiffusionSampler:
         (as resolved) with ``changes`` (``SamplerConfig`` fields) applied: how benchmarks build
         their variants (the AR baseline, a sweep point, ``ignore_eos``)."""
         return DiffusionSampler(self.loaded, self.tokenizer,
-                                dataclasses.replace(self.cfg, **changes))
+                                dataclasses.replace(self.cfg, **changes).validate())
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         ids = [self.tokenizer.encode(p) for p in prompts]

@@ -2,6 +2,10 @@
 
 Defaults that depend on the checkpoint (the block size) are resolved by ``resolve`` from the
 model's training ``AttentionConfig``, so ``settings`` always records what was in effect.
+
+Validated once, where a config is made from input: ``checkpoint.loading.load_sampler`` (before
+the weights load), ``DiffusionSampler.with_settings``, or whoever builds a ``BlockSampler`` by
+hand. The sampler trusts what it is given; ``resolve`` adds only the checks that need the model.
 """
 
 import dataclasses
@@ -123,8 +127,9 @@ class SamplerConfig:
         return self
 
     def resolve(self, attention_mode: str, training_block_size: int) -> "SamplerConfig":
-        """A validated copy with the model-dependent defaults filled in."""
-        cfg = dataclasses.replace(self).validate()
+        """A copy of this (validated) config with the model-dependent defaults filled in and
+        the checks that need the model (attention mode, block size) done."""
+        cfg = dataclasses.replace(self)
         full = attention_mode == "bidirectional" and cfg.bidirectional_context == "full"
         if cfg.ar_baseline:
             if full:

@@ -157,7 +157,9 @@ class BlockSampler:
 
     def __init__(self, model, rules: ModelRules, cfg: SamplerConfig):
         """``model``: a ``DiffusionGPTModel``, a backend, or any callable with the model's
-        forward signature ``(input_ids, position_ids, attention_mask) -> logits``."""
+        forward signature ``(input_ids, position_ids, attention_mask) -> logits``. ``cfg``:
+        validated settings (``SamplerConfig.validate``; not re-checked here), resolved against
+        ``rules`` (the checks that need the model)."""
         self.backend = as_backend(model)
         self.rules = rules
         self.cfg = cfg.resolve(rules.mode, rules.training_block_size)

@@ -132,14 +132,21 @@ def test_changed_window_token_recomputes_the_previous_blocks_cache(block_model):
     assert uncached.generate([prompt])[0].tokens == out.tokens
 
 
-@pytest.mark.parametrize("settings, model, message", [
-    (dict(revisit_window=2), {}, "needs --self-correct"),
-    (dict(revisit_window=5, self_correct=True), {}, "at most the block size 4"),
-    (dict(revisit_window=-1, self_correct=True), {}, "expected an integer >= 0"),
-    (dict(revisit_window=1, self_correct=True), dict(mode="causal"), "block-mode model"),
-    (dict(revisit_window=1, self_correct=True), dict(logit_shift=True), "logit-shift"),
+@pytest.mark.parametrize("settings, message", [
+    (dict(revisit_window=2), "needs --self-correct"),
+    (dict(revisit_window=-1, self_correct=True), "expected an integer >= 0"),
 ])
-def test_bad_window_settings_are_one_line(settings, model, message):
+def test_bad_window_settings_are_refused(settings, message):
     with pytest.raises(UsageError, match=message):
-        BlockSampler(PreviousBlockMistake(), rules(**model),
-                     SamplerConfig(max_new_tokens=8, block_size=4, **settings))
+        SamplerConfig(max_new_tokens=8, block_size=4, **settings).validate()
+
+
+@pytest.mark.parametrize("settings, model, message", [
+    (dict(revisit_window=5), {}, "at most the block size 4"),
+    (dict(revisit_window=1), dict(mode="causal"), "block-mode model"),
+    (dict(revisit_window=1), dict(logit_shift=True), "logit-shift"),
+])
+def test_window_settings_the_model_cannot_take_are_refused(settings, model, message):
+    cfg = SamplerConfig(max_new_tokens=8, block_size=4, self_correct=True, **settings).validate()
+    with pytest.raises(UsageError, match=message):
+        BlockSampler(PreviousBlockMistake(), rules(**model), cfg)
