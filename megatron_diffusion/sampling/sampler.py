@@ -152,6 +152,20 @@ class _Rows:
         return self.seq_BC.shape[0]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Columns of a batch's token buffer (``masks`` module docstring)."""
+
+    P: int
+    """Prompt columns (left-padded to the longest prompt)."""
+    seq_end: int
+    """End of the generation (``P + max_new_tokens``, or the context length)."""
+    gen_end: int
+    """End of the last whole block; ``[seq_end, gen_end)`` is right padding."""
+    C: int
+    """Buffer columns, scratch included."""
+
+
 class BlockSampler:
     """Decode batches of token-id prompts with one backend and one resolved config."""
 
@@ -284,24 +298,75 @@ class BlockSampler:
             done_B &= rows.settled_B
         return done_B, first_eos_B
 
+    def _layout(self, prompts: list[list[int]]) -> "_Layout":
+        B, N = self.cfg.block_size, self.cfg.revisit_window
+        P = max(len(p) for p in prompts)
+        seq_end = P + min(self.cfg.max_new_tokens, self.rules.max_positions - P)
+        gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
+        # + scratch where short chunks' filler and the window's copies are written
+        return _Layout(P=P, seq_end=seq_end, gen_end=gen_end, C=gen_end + 2 * B + 2 + N)
+
+    def _next_blocks(self, rows: _Rows) -> None:
+        """Rows whose block is final move to their next block (no waiting for the others)."""
+        B = self.cfg.block_size
+        block_cols_BN = rows.block_start_B[:, None] + torch.arange(B, device=rows.pad_B.device)
+        final_B = ~(rows.seq_BC.gather(1, block_cols_BN) == self.rules.mask_id).any(dim=1)
+        if self.cfg.self_correct:
+            final_B &= rows.settled_B
+        # a finished block's clean columns, and the pending column before it, are final
+        rows.cached_B = torch.where(final_B, torch.maximum(rows.cached_B, rows.block_start_B),
+                                    rows.cached_B)
+        rows.block_start_B += B * final_B
+        rows.step_B *= ~final_B
+        rows.corrections_B *= ~final_B
+        rows.settled_B &= ~final_B
+
+    def _forward(self, rows: _Rows, lay: "_Layout", in_start_B, in_end_B, region_BN, window_B,
+                 width: int, key_len: int) -> torch.Tensor:
+        """One batched forward of every row's chunk; logits ``[b, N + B, V]`` of the region."""
+        N = self.cfg.revisit_window
+        mask = chunk_mask(self.attention, rows.pad_B, rows.blocks_BC, in_start_B=in_start_B,
+                          in_end_B=in_end_B, block_start_B=rows.block_start_B, width=width,
+                          key_len=key_len, seq_end=lay.seq_end, window_B=window_B if N else None)
+        cols_BW, index_BN = self._feed(rows, in_start_B, in_end_B, window_B, region_BN, width,
+                                       lay.C)
+        logits_BNV = self.backend.forward(
+            rows.seq_BC.gather(1, cols_BW), rows.pos_BC.gather(1, cols_BW), mask,
+            write_start_B=in_start_B, logit_index_BN=index_BN)
+        # the clean columns fed are now final in the cache (prefill / commit pass)
+        rows.cached_B = rows.block_start_B - self.shift
+        self.num_model_calls += 1
+        rows.step_B += 1
+        return logits_BNV
+
+    def _commit(self, rows: _Rows, lay: "_Layout", region_BN, valid_BN, logits_BNV,
+                generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's decisions; the rows done at a stop token, and their end column."""
+        N, B = self.cfg.revisit_window, self.cfg.block_size
+        block_BN = rows.seq_BC.gather(1, region_BN)
+        masked_BN = (block_BN == self.rules.mask_id) & valid_BN
+        in_sequence_BN = (region_BN < lay.seq_end) & valid_BN  # not right padding
+        new_BN = self._decide(rows, block_BN, masked_BN, in_sequence_BN, logits_BNV, generator)
+        if N:  # a changed window token: its block's keys/values are fed again next
+            changed_B = (new_BN[:, :N] != block_BN[:, :N]).any(dim=1)
+            rows.cached_B = torch.where(
+                changed_B, torch.minimum(rows.cached_B, rows.block_start_B - B), rows.cached_B)
+        rows.seq_BC.scatter_(1, region_BN, new_BN)
+        done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
+        return done_B, rows.block_start_B - N + first_eos_B + 1
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> list[Completion]:
         """Completions for one batch of prompts (token ids), in order."""
         self.check_prompts(prompts)
         start_time = time.perf_counter()
-        cfg, device, B = self.cfg, self.backend.device, self.cfg.block_size
-        P = max(len(p) for p in prompts)
-        seq_end = P + min(cfg.max_new_tokens, self.rules.max_positions - P)
-        gen_end = P + -(-(seq_end - P) // B) * B  # whole blocks; the tail is right padding
-        N = cfg.revisit_window
-        C = gen_end + 2 * B + 2 + N  # + scratch where short chunks' filler is written
-        rows = self._rows(prompts, P, seq_end, C)
+        device, lay = self.backend.device, self._layout(prompts)
+        rows = self._rows(prompts, lay.P, lay.seq_end, lay.C)
         self._stops_S = torch.tensor(self.stops, dtype=torch.long, device=device)
-        offsets_N = torch.arange(B, device=device)
         forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None
-        if cfg.temperature > 0:
-            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        if self.cfg.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
         results: list[Completion | None] = [None] * len(prompts)
 
         def finish(done_B: torch.Tensor, end_B: torch.Tensor, at_eos: bool) -> None:
@@ -309,68 +374,32 @@ class BlockSampler:
             ends = end_B.tolist()
             for r in done_B.nonzero()[:, 0].tolist():
                 row = int(rows.index_B[r])
-                results[row] = Completion(tokens=rows.seq_BC[r, P:ends[r]].tolist(),
+                results[row] = Completion(tokens=rows.seq_BC[r, lay.P:ends[r]].tolist(),
                                           num_forwards=int(forwards[row]), seconds=now,
                                           stopped_at_eos=at_eos)
             keep_B = (~done_B).nonzero()[:, 0]
             rows.keep(keep_B)
             self.backend.select_rows(keep_B)
 
-        with self.backend.session(capacity=C, use_cache=self.use_cache):
+        with self.backend.session(capacity=lay.C, use_cache=self.use_cache):
             while rows.num:
-                # rows whose block is final move to their next block (no waiting for others)
-                block_cols_BN = rows.block_start_B[:, None] + offsets_N
-                masked_BN = rows.seq_BC.gather(1, block_cols_BN) == self.rules.mask_id
-                final_B = ~masked_BN.any(dim=1)
-                if cfg.self_correct:
-                    final_B &= rows.settled_B
-                # a finished block's clean columns, and the pending column before it, are final
-                rows.cached_B = torch.where(final_B, torch.maximum(rows.cached_B,
-                                                                   rows.block_start_B),
-                                            rows.cached_B)
-                rows.block_start_B += B * final_B
-                rows.step_B *= ~final_B
-                rows.corrections_B *= ~final_B
-                rows.settled_B &= ~final_B
-                in_start_B, in_end_B = self._chunk(rows, gen_end)
-                region_BN, valid_BN, window_B = self._region(rows, P)
-                ended_B = rows.block_start_B >= seq_end
+                self._next_blocks(rows)
+                in_start_B, in_end_B = self._chunk(rows, lay.gen_end)
+                region_BN, valid_BN, window_B = self._region(rows, lay.P)
+                ended_B = rows.block_start_B >= lay.seq_end
                 any_ended, width, key_len = torch.stack([
                     ended_B.any().long(), (in_end_B - in_start_B + window_B).max(),
                     in_start_B.max()]).tolist()  # the one host sync before the forward
                 if any_ended:
-                    finish(ended_B, torch.full_like(ended_B, seq_end, dtype=torch.long),
+                    finish(ended_B, torch.full_like(ended_B, lay.seq_end, dtype=torch.long),
                            at_eos=False)
                     continue
                 key_len = key_len + width if self.use_cache else width
-                mask = chunk_mask(self.attention, rows.pad_B, rows.blocks_BC,
-                                  in_start_B=in_start_B, in_end_B=in_end_B,
-                                  block_start_B=rows.block_start_B, width=width,
-                                  key_len=key_len, seq_end=seq_end,
-                                  window_B=window_B if N else None)
-                cols_BW, index_BN = self._feed(rows, in_start_B, in_end_B, window_B, region_BN,
-                                               width, C)
-                logits_BNV = self.backend.forward(
-                    rows.seq_BC.gather(1, cols_BW), rows.pos_BC.gather(1, cols_BW), mask,
-                    write_start_B=in_start_B, logit_index_BN=index_BN)
-                # the clean columns fed are now final in the cache (prefill / commit pass)
-                rows.cached_B = rows.block_start_B - self.shift
-                self.num_model_calls += 1
+                logits_BNV = self._forward(rows, lay, in_start_B, in_end_B, region_BN, window_B,
+                                           width, key_len)
                 forwards.index_add_(0, rows.index_B, torch.ones_like(rows.index_B))
-                rows.step_B += 1
-
-                block_BN = rows.seq_BC.gather(1, region_BN)
-                masked_BN = (block_BN == self.rules.mask_id) & valid_BN
-                in_sequence_BN = (region_BN < seq_end) & valid_BN  # not right padding
-                new_BN = self._decide(rows, block_BN, masked_BN, in_sequence_BN, logits_BNV,
-                                      generator)
-                if N:  # a changed window token: its block's keys/values are fed again next
-                    changed_B = (new_BN[:, :N] != block_BN[:, :N]).any(dim=1)
-                    rows.cached_B = torch.where(
-                        changed_B, torch.minimum(rows.cached_B, rows.block_start_B - B),
-                        rows.cached_B)
-                rows.seq_BC.scatter_(1, region_BN, new_BN)
-                done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
+                done_B, end_B = self._commit(rows, lay, region_BN, valid_BN, logits_BNV,
+                                             generator)
                 if bool(done_B.any()):
-                    finish(done_B, rows.block_start_B - N + first_eos_B + 1, at_eos=True)
+                    finish(done_B, end_B, at_eos=True)
         return results
