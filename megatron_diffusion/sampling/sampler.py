@@ -55,6 +55,15 @@ batch (and the cache) once it has committed a stop token (any of ``ModelRules.st
 checkpoint's ``generation.stop_token_ids``, e.g. both ``<|im_end|>`` and ``<|endoftext|>`` of
 an Instruct model) with every earlier position final, and its output is cut after it; or when
 its blocks reach ``max_new_tokens``.
+
+**Self-correction** (``self_correct``, edit-trained models) re-reads the block's committed
+tokens every step (``strategies.select_correction``); a block is final after a step that saw no
+[MASK] and changed nothing, or after the step that filled it when every token is at least
+``revisit_threshold`` probable. ``revisit_window = N`` adds the last ``N`` columns of the
+previous block to what a step decides (the *region*: window, then block): they are fed again as
+noisy copies after the row's chunk (``masks`` module docstring), and when one changes the row's
+cache is rolled back to the previous block's start, so the next forward recomputes that block's
+keys/values as clean context.
 """
 
 import time
