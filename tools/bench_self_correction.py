@@ -3,10 +3,11 @@
     PYTHONPATH=. python tools/bench_self_correction.py CHECKPOINT [--num-prompts 8]
         [--prompt-len 64] [--max-new-tokens 64] [--threshold 0.9]
 
-Decodes the same stdlib prompts (``--ignore-eos``) four ways: without self-correction; with it
+Decodes the same stdlib prompts (``--ignore-eos``) five ways: without self-correction; with it
 and the default ``revisit_threshold`` (the settling forward skipped when every token of a filled
-block is at least that probable); with ``revisit_threshold=1``; and with a settling forward after
-every block (the rule before the revisit threshold existed, set past validation). Prints
+block is at least that probable); with ``revisit_threshold=1``; with a settling forward after
+every block (the rule before the revisit threshold existed, set past validation); and with a
+revisit window of 2 positions into the previous block (``revisit_window``). Prints
 per-row forwards summed, batched model calls, and held-out accuracy against the true
 continuations (sampling/bench.py).
 """
@@ -18,7 +19,8 @@ from megatron_diffusion.checkpoint.loading import load_sampler
 
 SETTINGS = {"no self-correction": {}, "self-correct (revisit 0.9)": {"self_correct": True},
             "self-correct, revisit 1.0": {"self_correct": True, "revisit_threshold": 1.0},
-            "self-correct, always settle (old rule)": {"self_correct": True}}
+            "self-correct, always settle (old rule)": {"self_correct": True},
+            "self-correct, revisit window 2": {"self_correct": True, "revisit_window": 2}}
 
 
 def main():
