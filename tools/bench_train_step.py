@@ -38,7 +38,7 @@ def main():
     from megatron_diffusion.model.gpt import transformer_config
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.model_setup import build_training_model
-    from megatron_diffusion.training.step import forward_backward
+    from megatron_diffusion.training.step import ForwardSpec, forward_backward
 
     initialize_model_parallel(1, 1, seed=0)
     L, mask_id = a.seq_len, a.vocab - 1
@@ -69,7 +69,7 @@ def main():
             t0 = time.perf_counter()
             for c in chunks:
                 c.zero_grad_buffer()
-            forward_backward(chunks, [b], attn, loss_cfg)
+            forward_backward(chunks, [b], ForwardSpec(attn, loss_cfg))
             opt.step()
             if i >= a.warmup:
                 times[m].append(time.perf_counter() - t0)

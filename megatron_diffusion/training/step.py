@@ -7,8 +7,12 @@ needed. The loss is returned as (sum, token count) per micro-batch with
 ``calculate_per_token_loss=True``: megatron adds counts over micro-batches, and
 ``finalize_model_grads`` all-reduces them over data-parallel ranks and divides the gradients
 once, so gradients do not depend on how the global batch is split (METHOD.md 1, ``loss/elbo.py``).
+
+What decides how a micro-batch is run (attention layout, loss, logit shift, attention backend)
+travels as one ``ForwardSpec``, built once per run from its config.
 """
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -16,6 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_diffusion.config import RunConfig
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
@@ -23,32 +28,55 @@ from megatron_diffusion.parallel import context_parallel
 from megatron_diffusion.training.context_parallel_loss import rank_diffusion_loss
 
 
-def _loss_func(batch, loss_cfg, logit_shift, attn_cfg, output_BSV):
-    loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, loss_cfg,
-                                                        logit_shift=logit_shift,
-                                                        block_size=attn_cfg.block_size,
-                                                        visibility=attn_cfg.visibility)
+@dataclass(frozen=True)
+class ForwardSpec:
+    """How a micro-batch goes through the model and into the loss, decided once per run.
+
+    ``attention`` gives the model input (positions, the mask) and places the block-mode shift,
+    ``backend`` the mask's form (``model.inputs.forward_kwargs``), ``loss`` and ``logit_shift``
+    the loss and its readout (``loss.elbo.diffusion_loss``). ``of(cfg)`` reads them from a run
+    config; an evaluation swaps the loss (``dataclasses.replace(spec, loss=...)``).
+    """
+
+    attention: AttentionConfig
+    loss: LossConfig
+    logit_shift: bool = False
+    backend: str = "sdpa"
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "ForwardSpec":
+        return cls(cfg.attention, cfg.loss, logit_shift=cfg.model.logit_shift,
+                   backend=cfg.model.attention_backend)
+
+    def loss_kwargs(self) -> dict:
+        """The keywords of ``diffusion_loss`` besides the loss config."""
+        return {"logit_shift": self.logit_shift, "block_size": self.attention.block_size,
+                "visibility": self.attention.visibility}
+
+
+def _loss_func(batch, spec: ForwardSpec, output_BSV):
+    loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, spec.loss,
+                                                        **spec.loss_kwargs())
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
                           metrics["ce_sum"].float(), metrics["ce_count"].float(),
                           metrics["correct"].float()])
     return loss_sum, num_tokens, {"report": report}
 
 
-def make_forward_step(attn_cfg: AttentionConfig, loss_cfg: LossConfig, logit_shift: bool,
-                      backend: str = "sdpa"):
+def make_forward_step(spec: ForwardSpec):
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         batch = batch.to(device)
-        output = model(**context_parallel.shard_inputs(forward_kwargs(batch, attn_cfg, backend)))
-        return output, partial(_loss_func, batch, loss_cfg, logit_shift, attn_cfg)
+        inputs = forward_kwargs(batch, spec.attention, spec.backend)
+        output = model(**context_parallel.shard_inputs(inputs))
+        return output, partial(_loss_func, batch, spec)
 
     return forward_step
 
 
-def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss_cfg: LossConfig,
-                     *, logit_shift: bool = False, forward_only: bool = False,
-                     backend: str = "sdpa") -> dict:
+def forward_backward(chunks, microbatches: list, spec: ForwardSpec, *,
+                     forward_only: bool = False) -> dict:
     """Run the schedule over ``microbatches`` (this DP rank's share of the global batch).
 
     Returns the global-batch figures, reduced over micro-batches and data-parallel ranks and
@@ -57,7 +85,7 @@ def forward_backward(chunks, microbatches: list, attn_cfg: AttentionConfig, loss
     """
     first = microbatches[0]
     seq_length = first.tokens_BS.shape[1]
-    step = make_forward_step(attn_cfg, loss_cfg, logit_shift, backend)
+    step = make_forward_step(spec)
     n_chunks = len(chunks)
     iterators = [iter(microbatches) for _ in range(n_chunks)] if n_chunks > 1 else iter(microbatches)
     reports = get_forward_backward_func()(

@@ -24,7 +24,7 @@ from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.parallel import context_parallel
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
-from megatron_diffusion.training.step import forward_backward
+from megatron_diffusion.training.step import ForwardSpec, forward_backward
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.helpers import seeded_full_weights, synthetic_batch, tiny_model_config  # noqa: E402
@@ -98,9 +98,9 @@ def run_case(name: str, a) -> dict:
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     cpu_flex = backend == "flex" and not torch.cuda.is_available()  # no flex backward on CPU
     with torch.no_grad() if cpu_flex else contextlib.nullcontext():
-        result = forward_backward(chunks, batches[dp_rank::dp], attn,
-                                  LossConfig(ar_loss_weight=ar_weight), logit_shift=shift,
-                                  backend=backend, forward_only=cpu_flex)
+        spec = ForwardSpec(attn, LossConfig(ar_loss_weight=ar_weight), logit_shift=shift,
+                           backend=backend)
+        result = forward_backward(chunks, batches[dp_rank::dp], spec, forward_only=cpu_flex)
     grads = {} if cpu_flex else weights.all_stages_full(models, grads=True)
     logits = _first_logits(chunks, batches, attn, backend, a.tp)[..., : cfg.vocab_size]
     cores = {type(m.self_attention.core_attention).__name__

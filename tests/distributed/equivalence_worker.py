@@ -17,7 +17,7 @@ from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
-from megatron_diffusion.training.step import forward_backward
+from megatron_diffusion.training.step import ForwardSpec, forward_backward
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.helpers import seeded_full_weights, synthetic_batch, tiny_model_config  # noqa: E402
@@ -54,7 +54,7 @@ def main():
                for i in range(4)]
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = batches[dp_rank::dp]
-    result = forward_backward(chunks, mine, attn, LossConfig())
+    result = forward_backward(chunks, mine, ForwardSpec(attn, LossConfig()))
     grads = weights.all_stages_full(models, grads=True)
 
     # logits of the first micro-batch, forward only, gathered over TP on the last stage

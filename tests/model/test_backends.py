@@ -44,11 +44,13 @@ def test_te_backend_builds_an_additive_bias():
 
 
 def test_flex_loss_equals_sdpa_loss_through_the_schedule(model):
-    from megatron_diffusion.training.step import forward_backward
+    from megatron_diffusion.training.step import ForwardSpec, forward_backward
 
     attn = AttentionConfig(mode="block", block_size=4)
     batches = [synthetic_batch(attn, rows=2, seq_len=16, seed=s) for s in (1, 2)]
     with torch.no_grad():  # CPU Flex has no backward (torch 2.13): forward only
-        a = forward_backward([model], batches, attn, LossConfig(), forward_only=True, backend="sdpa")
-        b = forward_backward([model], batches, attn, LossConfig(), forward_only=True, backend="flex")
+        a = forward_backward([model], batches, ForwardSpec(attn, LossConfig(), backend="sdpa"),
+                             forward_only=True)
+        b = forward_backward([model], batches, ForwardSpec(attn, LossConfig(), backend="flex"),
+                             forward_only=True)
     assert abs(a["loss"] - b["loss"]) < 1e-5

@@ -61,11 +61,11 @@ out = m(x, torch.arange(8)[None], None)
 assert torch._C._len_torch_function_stack() == 0  # no mode: the forward pays nothing per op
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.training.step import forward_backward
+from megatron_diffusion.training.step import ForwardSpec, forward_backward
 from tests.helpers import synthetic_batch
 attn = AttentionConfig(mode="bidirectional")
 batch = [synthetic_batch(attn, rows=1, seq_len=8, seed=0)]
-forward_backward(chunks, batch, attn, LossConfig())  # the schedules hard-code device="cuda"
+forward_backward(chunks, batch, ForwardSpec(attn, LossConfig()))  # the schedules hard-code device="cuda"
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=1.0), chunks)
 ok, grad_norm, _ = opt.step()  # grad clipping checks param.grad.type()

@@ -73,14 +73,14 @@ def make_batch(mode: str, cfg, rows: int, L: int, generator):
 
 
 def _step(chunks, opt, batch, attn, loss_cfg, backend) -> float:
-    from megatron_diffusion.training.step import forward_backward
+    from megatron_diffusion.training.step import ForwardSpec, forward_backward
 
     synchronize()
     t0 = time.perf_counter()
     for c in chunks:
         c.zero_grad_buffer()
     opt.zero_grad()
-    res = forward_backward(chunks, [batch], attn, loss_cfg, backend=backend)
+    res = forward_backward(chunks, [batch], ForwardSpec(attn, loss_cfg, backend=backend))
     opt.step()
     synchronize()
     if not res["loss"] == res["loss"]:

@@ -1,0 +1,106 @@
+"""One training step: forward/backward over the global batch, the non-finite guard, the
+optimizer step, and the step's record (a line of metrics.jsonl).
+
+``TrainStep(...)(microbatches, step=s, lr=lr, started=t0)`` runs step ``s`` (numbered from 1,
+as in metrics.jsonl) on this data-parallel rank's micro-batches:
+
+1. set the step's learning rate on every parameter group, zero the gradient buffers;
+2. ``step.forward_backward`` (megatron's schedule; the loss comes back reduced, so every rank
+   sees the same number);
+3. a non-finite loss, or a finite loss with a non-finite gradient (``finite.grads_finite``: all
+   ranks agree), skips the optimizer step with a warning and returns None; more than
+   ``max_nan_steps`` skipped in a row raise ``RuntimeError`` (the run stops, nothing saved);
+4. otherwise ``optimizer.step()`` (gradient clipping inside) and the record: step, loss, ce, lr,
+   grad_norm, tokens_per_s and step_time_s (timed from ``started``, so the wait for data
+   counts), stage, u_max, and mfu where the device's peak FLOP/s is known (``StepCost``).
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from megatron_diffusion.config import RunConfig
+from megatron_diffusion.training.finite import grads_finite
+from megatron_diffusion.training.observability import attended_pairs, flops_per_token, peak_flops
+from megatron_diffusion.training.step import ForwardSpec, forward_backward
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one step costs, for its throughput figures."""
+
+    tokens: int
+    """Model tokens per global batch (``2L`` per row in block mode)."""
+    flops: float
+    """Model FLOPs of one step (``observability.flops_per_token`` times ``tokens``)."""
+    peak_flops: float | None
+    """Peak FLOP/s of one device; None (CPU, an unknown GPU): no MFU."""
+    world_size: int
+
+    @classmethod
+    def of(cls, cfg: RunConfig, num_params: int, world_size: int) -> "StepCost":
+        seq = cfg.data.seq_len * (2 if cfg.attention.mode == "block" else 1)
+        tokens = cfg.data.global_batch_size * seq
+        # attention FLOPs of the pairs the mask allows (one-document rows: isolated packing's
+        # upper bound), not the dense S x S a block-mode row never computes in full
+        pairs = attended_pairs(cfg.attention, torch.zeros(1, cfg.data.seq_len, dtype=torch.long))
+        flops = flops_per_token(num_params, cfg.model.num_layers, cfg.model.hidden_size, seq,
+                                attended_pairs=pairs) * tokens
+        return cls(tokens, flops, peak_flops(), world_size)
+
+
+class TrainStep:
+    """The step function of a run; counts the non-finite steps skipped in a row."""
+
+    def __init__(self, chunks, optimizer, spec: ForwardSpec, cost: StepCost, *,
+                 max_nan_steps: int, u_max_at: Callable[[int], float],
+                 say: Callable[[str], None]):
+        self.chunks, self.optimizer, self.spec, self.cost = chunks, optimizer, spec, cost
+        self.max_nan_steps, self.u_max_at, self.say = max_nan_steps, u_max_at, say
+        self.nan_in_a_row = 0
+
+    def __call__(self, microbatches: list, *, step: int, lr: float, started: float) -> dict | None:
+        """Run step ``step``; its record, or None when it was skipped (non-finite)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for c in self.chunks:
+            c.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        res = forward_backward(self.chunks, microbatches, self.spec)
+        bad = self._non_finite(res["loss"])
+        if bad is not None:
+            self._skip(step, bad)
+            return None
+        self.nan_in_a_row = 0
+        _, grad_norm, _ = self.optimizer.step()
+        dt = time.perf_counter() - started
+        return self._record(res, step=step, lr=lr, grad_norm=grad_norm, dt=dt,
+                            stage=microbatches[0].stage)
+
+    def _non_finite(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"non-finite loss {loss}"
+        if not grads_finite(self.chunks):  # all ranks agree
+            return "non-finite gradient (finite loss)"
+        return None
+
+    def _skip(self, step: int, why: str) -> None:
+        self.nan_in_a_row += 1
+        self.say(f"step {step}: {why}, step skipped ({self.nan_in_a_row}/{self.max_nan_steps} "
+                 "in a row)")
+        if self.nan_in_a_row > self.max_nan_steps:
+            raise RuntimeError(f"{self.nan_in_a_row} non-finite steps in a row at step {step}; "
+                               f"stopping (training.max_nan_steps={self.max_nan_steps}). Lower "
+                               "optimizer.lr or check data.")
+
+    def _record(self, res: dict, *, step, lr, grad_norm, dt, stage) -> dict:
+        record = {"step": step, "loss": res["loss"], "ce": res["ce"], "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "tokens_per_s": self.cost.tokens / dt, "step_time_s": dt,
+                  "stage": stage, "u_max": self.u_max_at(step - 1)}
+        if self.cost.peak_flops:
+            record["mfu"] = self.cost.flops / dt / (self.cost.peak_flops * self.cost.world_size)
+        return record
