@@ -25,6 +25,7 @@ import torch
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.layout import block_ids
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.loss.elbo import (_token_ce, diffusion_loss, shift_sources,
                                           vocab_parallel_argmax)
@@ -48,8 +49,6 @@ def output_targets(batch: DiffusionBatch, S: int, cfg: LossConfig, *, logit_shif
             if block_size is None:
                 raise UsageError("model.logit_shift: the block-mode shift needs "
                                  "attention.block_size")
-            from megatron_diffusion.layout import block_ids
-
             blocks = block_ids(batch.document_ids_BL, block_size, visibility)
         src_BK = shift_sources(B, L, blocks, dev)
         targets.scatter_(1, src_BK, labels[:, 1:])

@@ -26,8 +26,11 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from megatron_diffusion.fileio import write_text_atomic
+from megatron_diffusion.masks.dense import make_mask_mod, mask_tokens
+from megatron_diffusion.parallel.run_dir import wandb_run_id
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "H800": 989.0,
                     "B200": 2250.0}
@@ -54,8 +57,6 @@ def attended_pairs(cfg, document_ids_BL: torch.Tensor, query_chunk: int | None =
     """Mean (query, key) pairs per row that the attention mask of ``cfg`` (an
     ``AttentionConfig``) allows, counted from the mask predicate itself a chunk of query rows at a
     time (memory ``chunk x S``, so 2 x 8192-token block rows are cheap)."""
-    from megatron_diffusion.masks.dense import make_mask_mod, mask_tokens
-
     tokens = mask_tokens(cfg, document_ids_BL)
     B, S = tokens.document_BS.shape
     mask_mod = make_mask_mod(cfg, tokens)
@@ -86,13 +87,11 @@ class RunLogger:
         self.plain = not sys.stdout.isatty()
         self.total_steps, self.start_step, self.t_start = total_steps, start_step, time.monotonic()
         self._truncate_after(start_step)
-        from tqdm import tqdm
-
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         dynamic_ncols=True, disable=None)
         if wandb_mode != "off":
             self.wandb = _start_wandb(run_dir, wandb_mode, wandb_project, config)
-        if tensorboard:
+        if tensorboard:  # an optional extra (megatron-diffusion[tensorboard]): only when asked
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
@@ -143,8 +142,6 @@ class RunLogger:
 
     def write(self, message: str) -> None:
         if self.enabled:
-            from tqdm import tqdm
-
             tqdm.write(message)
 
     def close(self) -> None:
@@ -157,12 +154,10 @@ class RunLogger:
 
 
 def _start_wandb(run_dir: Path, mode: str, project: str, config: dict):
-    import wandb
+    import wandb  # a second's import, paid only by runs that log to wandb
 
     if mode == "online" and not os.environ.get("WANDB_API_KEY"):
         mode = "offline"
-    from megatron_diffusion.parallel.run_dir import wandb_run_id
-
     # one id per run directory: stable across resumes and SLURM requeues
     return wandb.init(project=project, dir=str(run_dir), id=wandb_run_id(run_dir),
                       resume="allow", mode=mode, config=config)

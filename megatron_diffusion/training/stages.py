@@ -24,11 +24,17 @@ the first unfinished one from its newest checkpoint; a preempted stage stops the
 and the ``PREEMPTED`` marker is also written in ``RUN_DIR``, where the batch scripts look.
 """
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_diffusion.config import _flatten, load_config, read_yaml
+from megatron_diffusion.data.vocab import resolve_vocab
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
+from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
+from megatron_diffusion.training.trainer import Trainer
 
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -45,8 +51,6 @@ class Stage:
 
 def _stage_keys(i: int, raw) -> tuple[str, dict]:
     """(name, flat ``section.field`` dict) of stage ``i``; one-line errors naming ``stages[i]``."""
-    from megatron_diffusion.config import _flatten
-
     where = f"stages[{i}]"
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: expected a mapping of config keys with train_iters")
@@ -66,8 +70,6 @@ def _stage_keys(i: int, raw) -> tuple[str, dict]:
 def load_stages(config_path, overrides, run_dir) -> list[Stage] | None:
     """The stages of ``config_path`` (None when it has no ``stages`` list), each validated
     except for what the data store completes (vocabulary)."""
-    from megatron_diffusion.config import load_config, read_yaml
-
     raw = read_yaml(config_path).get("stages")
     if raw is None:
         return None
@@ -89,10 +91,6 @@ def load_stages(config_path, overrides, run_dir) -> list[Stage] | None:
 
 def _validate(stage: Stage) -> None:
     """Validate a copy completed from the data store, so a bad stage 2 fails before stage 1."""
-    import copy
-
-    from megatron_diffusion.data.vocab import resolve_vocab
-
     cfg = copy.deepcopy(stage.cfg)
     try:
         resolve_vocab(cfg)
@@ -103,8 +101,6 @@ def _validate(stage: Stage) -> None:
 
 def _final_checkpoint(stage: Stage):
     """The stage's checkpoint at its last step, or None while it is unfinished."""
-    from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
-
     latest = latest_checkpoint(stage.run_dir)
     if latest is None:
         return None
@@ -114,9 +110,6 @@ def _final_checkpoint(stage: Stage):
 
 def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv) -> int:
     """Run the unfinished stages in order; returns the exit code of the last one run."""
-    from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
-    from megatron_diffusion.training.trainer import Trainer
-
     if resume not in ("auto", "none"):
         raise UsageError(f"--resume: a staged run takes 'auto' or 'none', got {resume!r}")
     for stage in stages:

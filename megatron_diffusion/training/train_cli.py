@@ -7,7 +7,10 @@ A config with a ``stages:`` list runs its stages in order (``training/stages.py`
 import sys
 from pathlib import Path
 
+from megatron_diffusion.config import load_config
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.parallel.process_groups import destroy
+from megatron_diffusion.parallel.run_dir import resolve_run_dir
 
 
 def add_arguments(p) -> None:
@@ -30,17 +33,13 @@ def add_arguments(p) -> None:
 
 
 def default_run_dir(config_path: str) -> Path:
-    try:
-        from megatron_diffusion.parallel.run_dir import resolve_run_dir
-
-        return Path(resolve_run_dir(None, default_name=Path(config_path).stem))
-    except ImportError:
-        return Path("runs") / Path(config_path).stem
+    return Path(resolve_run_dir(None, default_name=Path(config_path).stem))
 
 
 def run(args) -> int:
-    from megatron_diffusion.config import load_config
+    # the training modules load megatron-core (seconds): imported here, not for ``train --help``
     from megatron_diffusion.training.stages import load_stages, run_stages
+    from megatron_diffusion.training.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"training.wandb={args.wandb!r}"] if args.wandb else [])
     if args.resume not in ("none", "auto") and not Path(args.resume).is_dir():
@@ -50,18 +49,11 @@ def run(args) -> int:
     if stages is not None:  # a curriculum (training/stages.py)
         code = run_stages(stages, run_dir, resume=args.resume, init_from=args.init_from,
                           argv=sys.argv)
-        from megatron_diffusion.parallel.process_groups import destroy
-
         destroy()
         return code
     cfg = load_config(args.config, overrides, validate=False)
-
-    from megatron_diffusion.training.trainer import Trainer
-
     trainer = Trainer(cfg, run_dir, resume=args.resume, init_from=args.init_from,
                       argv=sys.argv, overwrite=args.overwrite).setup()
     code = trainer.train()
-    from megatron_diffusion.parallel.process_groups import destroy
-
     destroy()
     return code
