@@ -11,11 +11,16 @@ hand. The sampler trusts what it is given; ``resolve`` adds only the checks that
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Self
 
-from megatron_diffusion.errors import UsageError, check_choice
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 
 STRATEGIES = ("fixed", "threshold")
 BIDIRECTIONAL_CONTEXTS = ("prefix", "full")
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -81,40 +86,26 @@ class SamplerConfig:
     """Prompts decoded together (sorted by length first, to reduce padding); None = all the
     prompts of one ``complete`` call (the evaluation harness sets its own batch size)."""
 
-    def validate(self) -> "SamplerConfig":
-        def positive_int(name, value, none_ok=False):
-            if value is None and none_ok:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "
-                                 "positive integer")
-
-        positive_int("max_new_tokens", self.max_new_tokens)
-        positive_int("block_size", self.block_size, none_ok=True)
-        positive_int("steps_per_block", self.steps_per_block, none_ok=True)
-        positive_int("batch_size", self.batch_size, none_ok=True)
-        if (not isinstance(self.revisit_window, int) or isinstance(self.revisit_window, bool)
-                or self.revisit_window < 0):
-            raise UsageError(f"--revisit-window: got {self.revisit_window!r}, expected an "
-                             "integer >= 0")
+    def validate(self) -> Self:
+        """Raise ``UsageError`` (naming the option) on any bad setting; returns ``self``."""
+        check_int("--max-new-tokens", self.max_new_tokens, lo=1)
+        for name in ("block_size", "steps_per_block", "batch_size"):
+            if getattr(self, name) is not None:
+                check_int(_option(name), getattr(self, name), lo=1)
+        check_int("--seed", self.seed)
+        check_int("--revisit-window", self.revisit_window, lo=0)
         if self.revisit_window and not self.self_correct:
             raise UsageError("--revisit-window: needs --self-correct (it widens what "
                              "self-correction revisits)")
-        if self.max_corrections_per_block is not None and (
-                not isinstance(self.max_corrections_per_block, int)
-                or self.max_corrections_per_block < 0):
-            raise UsageError(f"--max-corrections-per-block: got {self.max_corrections_per_block!r},"
-                             " expected an integer >= 0")
+        if self.max_corrections_per_block is not None:
+            check_int("--max-corrections-per-block", self.max_corrections_per_block, lo=0)
         check_choice("--strategy", self.strategy, STRATEGIES)
         check_choice("--bidirectional-context", self.bidirectional_context,
                      BIDIRECTIONAL_CONTEXTS)
         for name in ("threshold", "correction_threshold", "revisit_threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-                raise UsageError(f"--{name.replace('_', '-')}: got {value!r}, expected a "
-                                 "probability in (0, 1]")
-        if (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
-                or not math.isfinite(self.temperature) or self.temperature < 0):
+            check_range(_option(name), getattr(self, name), 0, 1, lo_open=True)
+        check_range("--temperature", self.temperature, lo=0)
+        if not math.isfinite(self.temperature):
             raise UsageError(f"--temperature: got {self.temperature!r}, expected a finite "
                              "number >= 0")
         if not isinstance(self.stop_tokens, (tuple, list)) or not all(
@@ -122,11 +113,9 @@ class SamplerConfig:
                 for t in self.stop_tokens):
             raise UsageError(f"--stop-token: got {self.stop_tokens!r}, expected token texts "
                              "or ids")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise UsageError(f"--seed: got {self.seed!r}, expected an integer")
         return self
 
-    def resolve(self, attention_mode: str, training_block_size: int) -> "SamplerConfig":
+    def resolve(self, attention_mode: str, training_block_size: int) -> Self:
         """A copy of this (validated) config with the model-dependent defaults filled in and
         the checks that need the model (attention mode, block size) done."""
         cfg = dataclasses.replace(self)
