@@ -1,4 +1,4 @@
-"""Each CPU shim is still needed: with it off, megatron-core fails the way CPU_MEGATRON.md says.
+"""Each CPU patch of ``parallel/cpu_runtime.py`` is still needed: with it off, megatron-core fails.
 
 Run in subprocesses (the shims are process-wide). If a megatron-core upgrade stops needing a
 shim, its test fails and the shim can go; if an upgrade adds a new hard-coded "cuda", the
