@@ -1,7 +1,7 @@
 """The contract between a sampler and the benchmarks: prompts in, completions + cost out.
 
 Benchmarks here judge a model by pass@k *together with* decoding speed (Seed Diffusion 3.4,
-METHOD.md section 8: tokens per forward pass and tokens per second against AR decoding). So a
+docs/method.md 8: tokens per forward pass and tokens per second against AR decoding). So a
 completion carries what it cost (``sampling.result.GenerationResult``, defined with the
 sampler that makes it). ``megatron_diffusion.checkpoint.loading.load_sampler(checkpoint,
 **knobs)`` returns a ``Sampler``; a plain function ``CompletionFn`` works too (tests, baselines).

@@ -1,4 +1,4 @@
-"""Block-wise parallel sampling (Seed Diffusion 3.4, METHOD.md 8); user docs: docs/sampling.md.
+"""Block-wise parallel sampling (Seed Diffusion 3.4, docs/method.md 8); user docs: docs/sampling.md.
 
 Reading order: ``config`` (every decoding setting) -> ``strategies`` (commit rules of one step)
 -> ``masks`` (attention of clean context + each row's noisy block) -> ``kv_cache`` (the ragged

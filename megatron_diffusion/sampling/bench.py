@@ -1,6 +1,6 @@
 """Sampler throughput against the AR baseline of the same model, and a speed/quality sweep.
 
-Measured (METHOD.md 8): generated tokens per second of wall time, tokens per forward (decoding
+Measured (docs/method.md 8): generated tokens per second of wall time, tokens per forward (decoding
 parallelism; a batched forward counts once per row in it, as in ``GenerationResult``), the number
 of batched model calls, and per-sample latency (time from the start of its batch until the row
 was done) at p50/p90. The AR baseline decodes the same prompts one token per forward with the

@@ -1,4 +1,4 @@
-"""``SamplerConfig``: every decoding setting of the block sampler (METHOD.md 8).
+"""``SamplerConfig``: every decoding setting of the block sampler (docs/method.md 8).
 
 Defaults that depend on the checkpoint (the block size) are resolved by ``resolve`` from the
 model's training ``AttentionConfig``, so ``settings`` always records what was in effect.
@@ -134,7 +134,8 @@ class SamplerConfig:
             cfg.steps_per_block = cfg.block_size
         if cfg.max_corrections_per_block is None:
             cfg.max_corrections_per_block = cfg.block_size
-        if cfg.revisit_window and (attention_mode != "block" or cfg.revisit_window > cfg.block_size):
+        if cfg.revisit_window and (attention_mode != "block"
+                                   or cfg.revisit_window > cfg.block_size):
             raise UsageError(f"--revisit-window: got {cfg.revisit_window}, expected at most the "
                              f"block size {cfg.block_size} and a block-mode model (this one: "
                              f"{attention_mode})")

@@ -11,7 +11,7 @@ One forward feeds, for row ``r``, the columns ``[in_start_r, in_end_r)``; column
 ``[b, W]`` input (``W`` the widest chunk); a row's chunk is written to the cache at its own
 offset, and the filler after a shorter chunk lands in scratch columns nobody reads. Columns
 before a row's block are *clean* (prompt and finished blocks), the rest *noisy*. Query column
-``i`` may attend key column ``j`` when (METHOD.md 3):
+``i`` may attend key column ``j`` when (docs/method.md 3):
 
 * ``j`` is a real column of the row: not left/right padding, not past ``in_end_r`` (scratch);
   queries that are padding or filler attend only themselves, so no softmax row is empty (their
@@ -30,7 +30,7 @@ before a row's block are *clean* (prompt and finished blocks), the rest *noisy*.
   prefix (block 0) and the current block (block 1) — the same predicate, not a second rule.
 
 Because a clean column never attends a later one (for ``block``/``causal`` models), its
-keys/values are final once computed: the cache is exact (SDAR's commit pass, METHOD.md 8).
+keys/values are final once computed: the cache is exact (SDAR's commit pass, docs/method.md 8).
 **Revisit window** (``window_B``, self-correction reaching into the previous block): ``n_r``
 extra queries after row ``r``'s real chunk are noisy copies of its columns
 ``[block_start_r - n_r, block_start_r)`` (the end of its finished previous block), written to

@@ -1,4 +1,4 @@
-"""Block-wise parallel decoding with an exact KV cache (Seed Diffusion 3.4, METHOD.md 8).
+"""Block-wise parallel decoding with an exact KV cache (Seed Diffusion 3.4, docs/method.md 8).
 
 The generation after the prompt is cut into blocks of ``B`` tokens, decoded left to right. A
 block starts as ``B`` [MASK] tokens; every step predicts all of them in parallel and a commit
@@ -282,8 +282,9 @@ class BlockSampler:
         new_BN = torch.where(commit_BN, tokens_BN, block_BN)
         if cfg.self_correct:
             allowed_B = rows.corrections_B < cfg.max_corrections_per_block
-            fix_BN = strategies.select_correction(~masked_BN & in_sequence_BN, block_BN, top1_BN, top1_prob_BN,
-                                                  cfg.correction_threshold, allowed_B)
+            fix_BN = strategies.select_correction(~masked_BN & in_sequence_BN, block_BN, top1_BN,
+                                                  top1_prob_BN, cfg.correction_threshold,
+                                                  allowed_B)
             new_BN = torch.where(fix_BN, top1_BN, new_BN)
             corrected_B = fix_BN.any(dim=1)
             rows.corrections_B += corrected_B
@@ -295,7 +296,8 @@ class BlockSampler:
             rows.settled_B |= (~masked_BN.any(dim=1) | filled_sure_B) & ~corrected_B
         return new_BN
 
-    def _done_at_eos(self, rows: _Rows, block_BN, in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:
+    def _done_at_eos(self, rows: _Rows, block_BN,
+                     in_sequence_BN) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows with a stop token in the block and every position before it final; its offset."""
         n = block_BN.shape[1]
         is_eos_BN = torch.isin(block_BN, self._stops_S) & in_sequence_BN  # pad may equal EOS

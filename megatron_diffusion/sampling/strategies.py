@@ -1,4 +1,4 @@
-"""Commit rules of one denoising step inside a block (METHOD.md 8; Seed Diffusion 3.4).
+"""Commit rules of one denoising step inside a block (docs/method.md 8; Seed Diffusion 3.4).
 
 Every step the model predicts all positions of the current block in parallel. ``propose`` turns
 the logits into a token and a confidence per position; a rule picks which masked positions become
