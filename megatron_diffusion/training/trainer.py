@@ -63,6 +63,8 @@ def _say_on_rank0(message: str) -> None:
 
 
 class Trainer:
+    """One run on this process: ``Trainer(cfg, run_dir, ...).setup().train()`` -> exit code."""
+
     def __init__(self, cfg: RunConfig, run_dir, *, resume: str = "none", init_from=None,
                  argv=None, overwrite: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
