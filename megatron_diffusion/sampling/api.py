@@ -111,6 +111,6 @@ class DiffusionSampler:
     def complete(self, prompts: list[str], progress: bool = False) -> list[GenerationResult]:
         completions, shares = self.generate_ids(self.encode(prompts), progress)
         return [GenerationResult(text=self.decode(c), num_forwards=c.num_forwards,
-                                 num_tokens=len(c.tokens), seconds=s)
+                                 num_tokens=len(c.tokens), seconds=s, step_map=tuple(c.step_map))
                 for c, s in zip(completions, shares)]
 

@@ -89,5 +89,6 @@ class HFGenerate:
             rows = self._batch(prompts[first:first + self.batch_size])
             seconds = time.perf_counter() - start
             out += [Completion(tokens=r, num_forwards=len(r), seconds=seconds,
-                               stopped_at_eos=bool(r) and r[-1] in self.stop_ids) for r in rows]
+                               stopped_at_eos=bool(r) and r[-1] in self.stop_ids,
+                               step_map=list(range(len(r)))) for r in rows]  # AR: one per forward
         return out

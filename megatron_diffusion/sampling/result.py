@@ -23,3 +23,6 @@ class GenerationResult:
     seconds: float
     """Wall-clock generation time attributed to this sample: a batch's time divided by its size,
     so that the sum over samples is the total generation time."""
+    step_map: tuple[int, ...] = ()
+    """Per generated token, the forward of this sample that committed it (0 = the first):
+    ``sampler.Completion.step_map``; empty where a sampler does not record it."""

@@ -1,6 +1,7 @@
 """``megatron-diffusion sample``: block-wise parallel sampling from a checkpoint (docs/sampling.md).
 
-Writes one JSON line per prompt: ``prompt, completion, num_forwards, num_tokens, seconds``. Under
+Writes one JSON line per prompt: ``prompt, completion, num_forwards, num_tokens, seconds,
+step_map`` (the forward that committed each generated token, 0 = the first). Under
 ``torchrun`` with ``--tensor-model-parallel-size N`` every rank decodes (identical decisions from
 the gathered logits) and rank 0 writes.
 """
@@ -144,7 +145,8 @@ def run(args) -> int:
     if not is_rank_zero():
         return 0
     lines = [json.dumps({"prompt": p, "completion": r.text, "num_forwards": r.num_forwards,
-                         "num_tokens": r.num_tokens, "seconds": round(r.seconds, 6)})
+                         "num_tokens": r.num_tokens, "seconds": round(r.seconds, 6),
+                         "step_map": list(r.step_map)})
              for p, r in zip(prompts, results)]
     if args.out is None:
         sys.stdout.write("".join(line + "\n" for line in lines))

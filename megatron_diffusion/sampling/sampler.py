@@ -125,6 +125,10 @@ class Completion:
     """Time from the start of its batch until this row was done (its latency)."""
     stopped_at_eos: bool
     """The row ended at a stop token (``ModelRules.stops``), its last id."""
+    step_map: list[int]
+    """For each token of ``tokens``, the row's forward (0 = its first) whose decision wrote it
+    last: its commit step (Seed Diffusion 3.2's trajectories; with self-correction, the step of
+    the last change)."""
 
 
 @dataclass
@@ -151,6 +155,10 @@ class _Rows:
     """Self-correction: replacements made in the current block."""
     settled_B: torch.Tensor
     """Self-correction: the current block is final."""
+    forwards_B: torch.Tensor
+    """Forwards in which the row had positions to decide."""
+    commit_step_BC: torch.Tensor
+    """The row's forward that last wrote each column (-1: never)."""
 
     def keep(self, index_B: torch.Tensor) -> None:
         for f in fields(self):
@@ -225,7 +233,9 @@ class BlockSampler:
                      index_B=torch.arange(num, device=device), block_start_B=zeros_B + P,
                      cached_B=zeros_B.clone(), step_B=zeros_B.clone(),
                      corrections_B=zeros_B.clone(),
-                     settled_B=torch.zeros(num, dtype=torch.bool, device=device))
+                     settled_B=torch.zeros(num, dtype=torch.bool, device=device),
+                     forwards_B=zeros_B.clone(),
+                     commit_step_BC=torch.full((num, C), -1, dtype=torch.long, device=device))
 
     def _chunk(self, rows: _Rows, gen_end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Columns ``[in_start_B, in_end_B)`` each row feeds: the uncached clean columns and
@@ -348,6 +358,7 @@ class BlockSampler:
         rows.cached_B = rows.block_start_B - self.shift
         self.num_model_calls += 1
         rows.step_B += 1
+        rows.forwards_B += 1
         return logits_BNV
 
     def _commit(self, rows: _Rows, lay: "_Layout", region_BN, valid_BN, logits_BNV,
@@ -363,6 +374,9 @@ class BlockSampler:
             rows.cached_B = torch.where(
                 changed_B, torch.minimum(rows.cached_B, rows.block_start_B - B), rows.cached_B)
         rows.seq_BC.scatter_(1, region_BN, new_BN)
+        steps_BN = rows.commit_step_BC.gather(1, region_BN)
+        rows.commit_step_BC.scatter_(1, region_BN, torch.where(
+            new_BN != block_BN, rows.forwards_B[:, None] - 1, steps_BN))
         done_B, first_eos_B = self._done_at_eos(rows, new_BN, in_sequence_BN)
         return done_B, rows.block_start_B - N + first_eos_B + 1
 
@@ -374,7 +388,6 @@ class BlockSampler:
         device, lay = self.backend.device, self._layout(prompts)
         rows = self._rows(prompts, lay.P, lay.seq_end, lay.C)
         self._stops_S = torch.tensor(self.stops, dtype=torch.long, device=device)
-        forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
         generator = None
         if self.cfg.temperature > 0:
             generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
@@ -386,8 +399,9 @@ class BlockSampler:
             for r in done_B.nonzero()[:, 0].tolist():
                 row = int(rows.index_B[r])
                 results[row] = Completion(tokens=rows.seq_BC[r, lay.P:ends[r]].tolist(),
-                                          num_forwards=int(forwards[row]), seconds=now,
-                                          stopped_at_eos=at_eos)
+                                          num_forwards=int(rows.forwards_B[r]), seconds=now,
+                                          stopped_at_eos=at_eos,
+                                          step_map=rows.commit_step_BC[r, lay.P:ends[r]].tolist())
             keep_B = (~done_B).nonzero()[:, 0]
             rows.keep(keep_B)
             self.backend.select_rows(keep_B)
@@ -408,7 +422,6 @@ class BlockSampler:
                 key_len = key_len + width if self.use_cache else width
                 logits_BNV = self._forward(rows, lay, in_start_B, in_end_B, region_BN, window_B,
                                            width, key_len)
-                forwards.index_add_(0, rows.index_B, torch.ones_like(rows.index_B))
                 done_B, end_B = self._commit(rows, lay, region_BN, valid_BN, logits_BNV,
                                              generator)
                 if bool(done_B.any()):

@@ -28,7 +28,8 @@ def test_sample_writes_json_lines(checkpoint, tmp_path):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["prompt"] for x in lines] == ["def f(x):", "class A:"]
     for x in lines:
-        assert set(x) == {"prompt", "completion", "num_forwards", "num_tokens", "seconds"}
+        assert set(x) == {"prompt", "completion", "num_forwards", "num_tokens", "seconds", "step_map"}
+        assert len(x["step_map"]) == x["num_tokens"] and max(x["step_map"]) < x["num_forwards"]
         assert x["num_tokens"] <= 6 and x["num_forwards"] >= 1
     assert not list(tmp_path.glob("*.tmp"))
 
