@@ -24,6 +24,7 @@ save. The optimizer uses the ``fully_reshardable`` format of the distributed opt
 can resume under another TP/PP/DP layout.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -85,21 +86,30 @@ def _die_with_parent() -> None:
         pass
 
 
-def _ensure_writer_queue() -> None:
+@contextlib.contextmanager
+def _writer_queue():
     """dist_checkpointing's file writer collects results through a Manager queue that it starts
     with the *spawn* context, which re-imports ``__main__``: any script without a main guard
     (and our own entry points run from ``python -c``) would start a second copy of itself. A
-    fork-context Manager serves the same queue without that, and is tied to the trainer's life
-    so a hard kill leaves no orphan behind."""
+    fork-context Manager serves the same queue without that, is tied to the trainer's life so a
+    hard kill leaves no orphan behind, and lives only for the write: no helper process
+    outlives a save (a test session fails on any child left running)."""
     import multiprocessing as mp
     from multiprocessing.managers import SyncManager
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=mp.get_context("fork"))
-        manager.start(_die_with_parent)
-        filesystem_async._results_queue = manager.Queue()
+    if filesystem_async._results_queue is not None:  # someone else's queue: leave it be
+        yield
+        return
+    manager = SyncManager(ctx=mp.get_context("fork"))
+    manager.start(_die_with_parent)
+    filesystem_async._results_queue = manager.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = None
+        manager.shutdown()
 
 
 def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:
@@ -232,8 +242,8 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
                            "with a lower optimizer.lr")
     final, tmp = root / name, root / f"{name}.tmp"
     _agreed(lambda: _prepare(root, tmp) if _rank() == 0 else None, root, tmp, final)
-    _ensure_writer_queue()
-    _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
+    with _writer_queue():
+        _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
     pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
     if pause:  # fault injection for tests: a window in which the shards exist but are not final
         import time
