@@ -1,4 +1,4 @@
-"""Reveal orders of one block: step maps, their ELBO, candidate orders and the exact best order.
+"""Reveal orders of the blocks of a row: step maps, their ELBO, candidates and the exact best order.
 
 Seed Diffusion 3.2 (docs/method.md 6) distils trajectories whose tokens are the data's and whose
 *order* is searched. A block of ``B`` positions is decoded in steps; its trajectory is a
@@ -6,30 +6,47 @@ Seed Diffusion 3.2 (docs/method.md 6) distils trajectories whose tokens are the 
 positions may share a step, and the steps used are ``0 .. S-1`` with none skipped. Before step
 ``k`` the positions with ``step_map < k`` hold their data tokens ``x0`` and the rest ``[MASK]``.
 
-The model is seen through one function, ``logp_fn(revealed_RB) -> logp_RBV``: for ``R`` states of
-the block (``True`` = revealed) the log-probabilities over the vocabulary at every position, from
-one forward. Everything here is plain torch on such a function, so a stub makes it hand-checkable.
+Everything works on the ``N`` blocks of a row at once (``[N, B]`` tensors). In block-diffusion
+training's ``x_t (+) x0`` layout a block's noisy copy sees only itself and the clean earlier
+blocks, so one forward of a row evaluates a different state in every block: the model is seen
+through ``logp_fn(revealed_RNB) -> logp_RNBV``, for ``R`` states of the row (``True`` = revealed)
+the log-probabilities over the vocabulary at every block position. Plain torch on such a
+function, so a stub makes everything hand-checkable (``distill.row_model`` is the real one).
 
-* ``trajectory_elbo``: ``sum_k sum_{i: step_map[i] = k} log p(x0_i | x_k)``, the ELBO of eq. 7-8
-  for that order (one forward per step, batched).
-* ``sample_order``: a candidate from the model, as the paper's implementable reading describes:
-  at each step the masked positions are scored (``confidence`` = top-1 probability, ``margin`` =
-  top-1 minus top-2, ``neg_entropy``), Gumbel noise at ``temperature`` is added and the top
-  ``tokens_per_step`` are revealed with their data tokens; its ELBO comes from the same forwards.
-  ``temperature = 0`` with ``confidence`` is the greedy order.
-* ``left_to_right``: ``tokens_per_step`` positions per step in order.
-* ``best_order``: for ``B <= 6`` the exact best one-token-per-step order by dynamic programming over
-  the ``2^B`` revealed subsets (one batched forward of all of them), to measure how close the
-  sampled candidates get.
+* ``trajectory_elbo``: per block ``sum_k sum_{i: step_map[i] = k} log p(x0_i | x_k)``, the ELBO of
+  eq. 7-8 for that order (one batched forward per step).
+* ``sample_orders``: candidates from the model, as docs/method.md 6 reads the paper: at each step
+  the masked positions are scored (``confidence`` = top-1 probability, ``margin`` = top-1 minus
+  top-2, ``neg_entropy``), Gumbel noise at the candidate's ``temperature`` is added and the top
+  ``tokens_per_step`` are revealed with their data tokens; the ELBO comes from the same forwards.
+  All candidates advance together (one forward per step for all of them); ``temperature = 0``
+  with ``confidence`` is the greedy order.
+* ``left_to_right``: ``tokens_per_step`` positions per step, in order.
+* ``best_order``: for ``B <= 6`` the exact best one-token-per-step order of every block, by
+  dynamic programming over the ``2^B`` revealed subsets (one forward per subset, all blocks
+  at once), to measure how close the sampled candidates get.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
 SCORES = ("confidence", "margin", "neg_entropy")
 MAX_EXACT_BLOCK = 6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """How one candidate order is drawn."""
+
+    score: str = "confidence"
+    temperature: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.score}@{self.temperature:g}"
 
 
 def check_step_map(step_map_B: torch.Tensor) -> None:
@@ -41,60 +58,70 @@ def check_step_map(step_map_B: torch.Tensor) -> None:
         raise ValueError(f"step_map: steps must be 0..S-1 with none skipped, got {used}")
 
 
-def states(step_map_B: torch.Tensor) -> torch.Tensor:
-    """``[S, B]`` bool: the revealed positions before each step."""
-    steps_S = torch.arange(int(step_map_B.max()) + 1)
-    return step_map_B.unsqueeze(0) < steps_S.unsqueeze(1)
+def states(step_map_NB: torch.Tensor) -> torch.Tensor:
+    """``[S, N, B]`` bool: the revealed positions before each step (S: the longest block's)."""
+    steps_S = torch.arange(int(step_map_NB.max()) + 1)
+    return step_map_NB.unsqueeze(0) < steps_S.view(-1, *[1] * step_map_NB.dim())
 
 
-def _data_logp(logp_RBV: torch.Tensor, x0_B: torch.Tensor) -> torch.Tensor:
-    """``[R, B]``: log p(x0_i | state r)."""
-    return logp_RBV.gather(-1, x0_B.expand(logp_RBV.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+def data_logp(logp_RNBV: torch.Tensor, x0_NB: torch.Tensor) -> torch.Tensor:
+    """``[R, N, B]``: log p(x0_i | state r)."""
+    index = x0_NB.expand(logp_RNBV.shape[0], *x0_NB.shape).unsqueeze(-1)
+    return logp_RNBV.gather(-1, index).squeeze(-1)
 
 
-def trajectory_elbo(step_map_B: torch.Tensor, x0_B: torch.Tensor, logp_fn: LogProbFn) -> float:
-    """The ELBO of revealing ``x0`` in the order ``step_map`` (one forward per step, batched)."""
-    check_step_map(step_map_B)
-    before_SB = states(step_map_B)
-    lp_SB = _data_logp(logp_fn(before_SB), x0_B)
-    revealed_at_SB = step_map_B.unsqueeze(0) == torch.arange(before_SB.shape[0]).unsqueeze(1)
-    return float((lp_SB * revealed_at_SB).sum())
+def trajectory_elbo(step_map_NB: torch.Tensor, x0_NB: torch.Tensor,
+                    logp_fn: LogProbFn) -> torch.Tensor:
+    """``[N]``: each block's ELBO of revealing ``x0`` in the order ``step_map``."""
+    for step_map_B in step_map_NB:
+        check_step_map(step_map_B)
+    before_SNB = states(step_map_NB)
+    lp_SNB = data_logp(logp_fn(before_SNB), x0_NB)
+    steps_S = torch.arange(before_SNB.shape[0]).view(-1, 1, 1)
+    return (lp_SNB * (step_map_NB.unsqueeze(0) == steps_S)).sum(dim=(0, 2))
 
 
 def position_scores(logp_BV: torch.Tensor, score: str) -> torch.Tensor:
-    """How sure the model is at each position (higher = reveal earlier)."""
+    """How sure the model is at each position (higher = reveal earlier); any leading dims."""
     if score == "confidence":
         return logp_BV.max(dim=-1).values.exp()
     if score == "margin":
         top2 = logp_BV.topk(2, dim=-1).values.exp()
-        return top2[:, 0] - top2[:, 1]
+        return top2[..., 0] - top2[..., 1]
     if score == "neg_entropy":
         return (logp_BV.exp() * logp_BV).sum(dim=-1)
     raise ValueError(f"score: got {score!r}, expected one of {SCORES}")
 
 
-def sample_order(x0_B: torch.Tensor, logp_fn: LogProbFn, *, score: str = "confidence",
-                 temperature: float = 0.0, tokens_per_step: int = 1,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
-    """One candidate order from the model: ``(step_map, elbo)`` (one forward per step)."""
-    B = x0_B.numel()
-    revealed_B = torch.zeros(B, dtype=torch.bool)
-    step_map_B = torch.full((B,), -1, dtype=torch.long)
-    elbo, step = 0.0, 0
-    while not revealed_B.all():
-        logp_BV = logp_fn(revealed_B.unsqueeze(0))[0]
-        keys_B = position_scores(logp_BV, score)
-        if temperature > 0:
-            uniform = torch.rand(B, generator=generator).clamp_min(1e-20)
-            keys_B = keys_B + temperature * -torch.log(-torch.log(uniform))
-        keys_B = keys_B.masked_fill(revealed_B, float("-inf"))
-        k = min(tokens_per_step, int((~revealed_B).sum()))
-        chosen = keys_B.topk(k).indices
-        elbo += float(_data_logp(logp_BV.unsqueeze(0), x0_B)[0, chosen].sum())
-        revealed_B[chosen] = True
-        step_map_B[chosen] = step
-        step += 1
-    return step_map_B, elbo
+def _keys(logp_KNBV, candidates, generator) -> torch.Tensor:
+    """Each candidate's reveal priority of every position: its score plus its Gumbel noise."""
+    keys = []
+    for k, c in enumerate(candidates):
+        key_NB = position_scores(logp_KNBV[k], c.score)
+        if c.temperature > 0:
+            uniform = torch.rand(key_NB.shape, generator=generator).clamp_min(1e-20)
+            key_NB = key_NB + c.temperature * -torch.log(-torch.log(uniform))
+        keys.append(key_NB)
+    return torch.stack(keys)
+
+
+def sample_orders(x0_NB: torch.Tensor, logp_fn: LogProbFn, candidates: list[Candidate], *,
+                  tokens_per_step: int = 1, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(step_map_KNB, elbo_KN)`` of ``K`` candidates, one batched forward per step."""
+    K, (N, B) = len(candidates), x0_NB.shape
+    revealed_KNB = torch.zeros(K, N, B, dtype=torch.bool)
+    step_map_KNB = torch.full((K, N, B), -1, dtype=torch.long)
+    elbo_KN = torch.zeros(K, N)
+    for step in range(-(-B // tokens_per_step)):
+        logp_KNBV = logp_fn(revealed_KNB)
+        keys_KNB = _keys(logp_KNBV, candidates, generator).masked_fill(revealed_KNB, float("-inf"))
+        n = min(tokens_per_step, B - step * tokens_per_step)
+        chosen_KNB = torch.zeros_like(revealed_KNB).scatter_(-1, keys_KNB.topk(n, dim=-1).indices, True)
+        elbo_KN += (data_logp(logp_KNBV, x0_NB) * chosen_KNB).sum(dim=-1)
+        revealed_KNB |= chosen_KNB
+        step_map_KNB[chosen_KNB] = step
+    return step_map_KNB, elbo_KN
 
 
 def left_to_right(block_size: int, tokens_per_step: int = 1) -> torch.Tensor:
@@ -102,21 +129,30 @@ def left_to_right(block_size: int, tokens_per_step: int = 1) -> torch.Tensor:
     return torch.arange(block_size) // tokens_per_step
 
 
-def best_order(x0_B: torch.Tensor, logp_fn: LogProbFn) -> tuple[torch.Tensor, float]:
-    """The exact best one-token-per-step order and its ELBO (dynamic programming, 2^B states)."""
-    B = x0_B.numel()
+def _subsets(B: int) -> torch.Tensor:
+    """``[2^B, B]``: subset ``s`` reveals position ``i`` when bit ``i`` of ``s`` is set."""
+    return (torch.arange(1 << B).unsqueeze(1) >> torch.arange(B)) & 1 > 0
+
+
+def best_order(x0_NB: torch.Tensor, logp_fn: LogProbFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(step_map_NB, elbo_N)``: every block's exact best one-token-per-step order."""
+    N, B = x0_NB.shape
     if B > MAX_EXACT_BLOCK:
         raise ValueError(f"best_order: block of {B} positions, the exact search takes at most {MAX_EXACT_BLOCK}")
-    n = 1 << B
-    bits_B = 1 << torch.arange(B)
-    revealed_NB = (torch.arange(n).unsqueeze(1) & bits_B) > 0
-    lp_NB = _data_logp(logp_fn(revealed_NB), x0_B).tolist()
-    value, choice = [0.0] * n, [-1] * n  # value[s]: best ELBO of revealing what s lacks
-    for s in sorted(range(n - 1), key=lambda m: -bin(m).count("1")):
-        options = [(lp_NB[s][i] + value[s | (1 << i)], i) for i in range(B) if not s >> i & 1]
-        value[s], choice[s] = max(options)
-    step_map_B, s = torch.empty(B, dtype=torch.long), 0
-    for step in range(B):
-        step_map_B[choice[s]] = step
-        s |= 1 << choice[s]
-    return step_map_B, value[0]
+    subsets_SB = _subsets(B)
+    lp_SNB = data_logp(logp_fn(subsets_SB.unsqueeze(1).expand(-1, N, -1)), x0_NB)
+    full = (1 << B) - 1
+    value_SN = torch.zeros(1 << B, N)  # best ELBO of revealing what subset s lacks
+    choice_SN = torch.zeros(1 << B, N, dtype=torch.long)
+    for s in sorted(range(full), key=lambda m: -bin(m).count("1")):
+        missing = [i for i in range(B) if not s >> i & 1]
+        options_NM = torch.stack([lp_SNB[s, :, i] + value_SN[s | 1 << i] for i in missing], dim=1)
+        value_SN[s], best_N = options_NM.max(dim=1)
+        choice_SN[s] = torch.tensor(missing)[best_N]
+    step_map_NB = torch.empty(N, B, dtype=torch.long)
+    for n in range(N):
+        s = 0
+        for step in range(B):
+            i = int(choice_SN[s, n])
+            step_map_NB[n, i], s = step, s | 1 << i
+    return step_map_NB, value_SN[0]
