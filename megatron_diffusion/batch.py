@@ -9,7 +9,7 @@ Model input in each attention mode:
 * ``causal`` / ``bidirectional``: ``tokens_BS`` is the corrupted row ``x_t`` (``S = L``);
   in AR training (mode ``causal`` with objective ``ar``) it is the clean row.
 * ``block``: ``tokens_BS`` is ``x_t (+) x0`` (``S = 2L``): the noisy copy then the clean copy
-  (METHOD.md 3). The model builds the three-part mask from ``document_ids_BL`` and the block size.
+  (docs/method.md 3). The model builds the three-part mask from ``document_ids_BL`` and the block size.
 
 Targets are always over the ``L`` positions of the noisy copy: ``labels_BL`` is ``x0`` and
 ``loss_weights_BL`` carries the ELBO weight ``w(t)`` on every position that has a loss (masked

@@ -6,7 +6,7 @@ on what a "block" is. Pure torch, no megatron.
 A row of ``L`` tokens holds one or more documents, given as ``document_ids_BL`` (int, the index of
 the document each token belongs to, non-decreasing along the row; ``B`` the batch).
 
-Two visibilities (METHOD.md 4):
+Two visibilities (docs/method.md 4):
 
 * ``shared`` (Stable-DiffCoder): the documents of a row see each other as if they were one
   sequence. Blocks are counted from the row start (block of token ``i`` is ``i // block_size``)

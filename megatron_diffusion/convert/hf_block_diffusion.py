@@ -80,7 +80,7 @@ def step_mask(block: dict, prompt_len: int, block_start: int, block_size: int, n
 def training_inputs(x_t: torch.Tensor, x0: torch.Tensor, block_size: int,
                     clean_stream: str = "block_causal") -> dict:
     """Model inputs of the training layout (one document per row): ``x_t (+) x0`` ``[b, 2L]``,
-    positions ``0..L-1`` twice, and the block-diffusion mask (METHOD.md 3)."""
+    positions ``0..L-1`` twice, and the block-diffusion mask (docs/method.md 3)."""
     b, L = x_t.shape
     blk = torch.arange(L) // block_size
     bq, bk = torch.cat([blk, blk])[:, None], torch.cat([blk, blk])[None, :]

@@ -124,7 +124,7 @@ def read_hf_config(hf_dir) -> HFModel:
 def model_config(hf: HFModel, *, vocab_size: int, mask_token_id: int, params_dtype: str,
                  make_vocab_size_divisible_by: int = 128) -> ModelConfig:
     """Our ``ModelConfig`` for an HF model; ``logit_shift=True`` because an AR checkpoint's
-    output ``i`` predicts token ``i+1`` (METHOD.md 1)."""
+    output ``i`` predicts token ``i+1`` (docs/method.md 1)."""
     return ModelConfig(
         num_layers=hf.num_layers, hidden_size=hf.hidden_size,
         num_attention_heads=hf.num_attention_heads, num_query_groups=hf.num_query_groups,

@@ -1,6 +1,6 @@
 """Tokenizers across the conversion: an HF ``tokenizer.json`` in, ours out, and back.
 
-Import: a masked diffusion LM needs a ``[MASK]`` token (METHOD.md 1). ``--add-mask-token`` adds
+Import: a masked diffusion LM needs a ``[MASK]`` token (docs/method.md 1). ``--add-mask-token`` adds
 it as a special token at the next free id (``len(tokenizer)``); if that id is past the HF
 embedding, the embedding (and an untied output layer) grows by one row, initialised as described
 in ``tensor_map.new_row_init``. If the HF embedding already has spare rows (Qwen2 pads its

@@ -1,4 +1,4 @@
-"""Block diffusion corruption (METHOD.md 3, Stable-DiffCoder 3.3).
+"""Block diffusion corruption (docs/method.md 3, Stable-DiffCoder 3.3).
 
 The row is cut into blocks by ``layout.block_ids`` (blocks restart at every document when
 visibility is 'isolated'). Block ``b`` draws its own level ``t_b`` and masks its tokens with the

@@ -1,4 +1,4 @@
-"""The corruption front: clean packed rows in, a ``DiffusionBatch`` out (METHOD.md 1-5).
+"""The corruption front: clean packed rows in, a ``DiffusionBatch`` out (docs/method.md 1-5).
 
 ``Corruptor.corrupt`` runs in the data loader, on CPU, with an explicit ``torch.Generator``:
 
@@ -124,7 +124,7 @@ class Corruptor:
         else:
             w_BL = sched.du(t_BL) / rate_BL
         # Masked positions carry w(t); in the edit stage every other editable position carries 1
-        # ("no carry-over unmasking", METHOD.md 5). loss_mask marks the eligible (non-prompt)
+        # ("no carry-over unmasking", docs/method.md 5). loss_mask marks the eligible (non-prompt)
         # positions in both stages: the denominator of the per-token normalisation.
         has_loss_BL = masked_BL | (editable_BL & edited_B[:, None])
         weights_BL = torch.where(masked_BL, w_BL, has_loss_BL.to(w_BL.dtype))

@@ -1,4 +1,4 @@
-"""Edit-based corruption (METHOD.md 5, Seed Diffusion 3.1): deletions, insertions, substitutions.
+"""Edit-based corruption (docs/method.md 5, Seed Diffusion 3.1): deletions, insertions, substitutions.
 
 Given a budget of ``k`` edit operations per budget group (the row in single mode, each diffusion
 block in block mode), the row ``x0`` (length ``L``) becomes a row ``y`` of the same length ``L``

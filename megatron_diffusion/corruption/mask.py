@@ -1,4 +1,4 @@
-"""Mask-based forward process (METHOD.md 1, 2): corruption levels and independent masking.
+"""Mask-based forward process (docs/method.md 1, 2): corruption levels and independent masking.
 
 Each row (single mode) or block (block mode) draws a level ``t``:
 

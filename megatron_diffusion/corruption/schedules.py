@@ -1,7 +1,7 @@
 """Noise schedules: the mask probability ``u(t)``, its derivative and the ELBO weight.
 
 A schedule maps the corruption level ``t`` in ``[0, 1]`` to ``u(t)``, the probability that a
-token is replaced by ``[MASK]`` (METHOD.md 1). Every schedule here has ``u(0) = 0`` and
+token is replaced by ``[MASK]`` (docs/method.md 1). Every schedule here has ``u(0) = 0`` and
 ``u(1) ~= 1``. The continuous-time ELBO weights each masked token's cross-entropy by
 
     w(t) = u'(t) / u(t)            (Stable-DiffCoder eq. 4; with a(t) = 1 - u(t): -a'(t)/(1 - a(t)))

@@ -1,6 +1,6 @@
 """Packing plans and blend indices: numpy arrays built once, cached on disk, memory-mapped.
 
-Packing (METHOD.md 4). For one store, split and *store epoch* ``e`` the plan is
+Packing (docs/method.md 4). For one store, split and *store epoch* ``e`` the plan is
 
 * ``docs.npy``  (int32/int64 ``[n]``): the split's document ids in a shuffled order
   (``default_rng([seed, e])``);

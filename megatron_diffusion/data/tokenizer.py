@@ -3,8 +3,8 @@
 A masked diffusion LM needs three special tokens beyond a causal LM's vocabulary:
 
 * ``<|endoftext|>`` (EOS): separates packed documents and, appended 1-4 times after each SFT
-  sample, teaches the model to stop at a variable length (METHOD.md 4);
-* ``[MASK]``: the absorbing state of the forward process (METHOD.md 1-2);
+  sample, teaches the model to stop at a variable length (docs/method.md 4);
+* ``[MASK]``: the absorbing state of the forward process (docs/method.md 1-2);
 * ``<|pad|>``: padding for batched sampling requests.
 
 Training uses HF ``tokenizers`` (byte-level pre-tokenizer, so every byte string round-trips).

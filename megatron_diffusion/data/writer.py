@@ -8,7 +8,7 @@ Store layout (format version 1; docs/data.md has the full description):
 * ``doc_offsets``    int64 ``[num_docs + 1]``: document ``d`` is ``tokens[off[d]:off[d+1]]``
                      (its trailing EOS included).
 * ``prompt_lengths`` int32 ``[num_docs]``: SFT prompt tokens at the start of each document
-                     (0 in CPT stores); prompt tokens stay clean and carry no loss (METHOD.md 4).
+                     (0 in CPT stores); prompt tokens stay clean and carry no loss (docs/method.md 4).
 * ``split``          int8 ``[num_docs]``: 0 train, 1 validation; a document is in validation iff
                      ``hashing.uniform(seed, doc_index) < validation_fraction``, so the split is
                      reproducible from the attrs alone.

@@ -2,7 +2,7 @@
 
 1. **RoPE from position ids.** megatron's ``GPTModel`` rotates by ``0..S-1`` whatever
    ``position_ids`` say. Block diffusion feeds ``x_t (+) x0`` whose clean copy repeats the noisy
-   copy's positions, and isolated packing restarts positions per document (METHOD.md 3, 4), so
+   copy's positions, and isolated packing restarts positions per document (docs/method.md 3, 4), so
    the rotary angles are computed from ``position_ids`` (``[b, s]``) instead; megatron's rotary
    kernels broadcast a ``[s, b, 1, d]`` table.
 2. **[MASK] is never predicted.** A forward hook on the output layer adds ``-inf`` to the logit

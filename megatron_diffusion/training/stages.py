@@ -1,4 +1,4 @@
-"""Staged runs: a curriculum of training stages in one run config (METHOD.md 10).
+"""Staged runs: a curriculum of training stages in one run config (docs/method.md 10).
 
 Stable-DiffCoder's recipe for new knowledge is AR training on the new data, then continual
 pretraining with a small-block diffusion objective. A run config may chain such stages::

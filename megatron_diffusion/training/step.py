@@ -6,7 +6,7 @@ loader (TP and PP ranks need the positions and the mask too), so no broadcast of
 needed. The loss is returned as (sum, token count) per micro-batch with
 ``calculate_per_token_loss=True``: megatron adds counts over micro-batches, and
 ``finalize_model_grads`` all-reduces them over data-parallel ranks and divides the gradients
-once, so gradients do not depend on how the global batch is split (METHOD.md 1, ``loss/elbo.py``).
+once, so gradients do not depend on how the global batch is split (docs/method.md 1, ``loss/elbo.py``).
 
 What decides how a micro-batch is run (attention layout, loss, logit shift, attention backend)
 travels as one ``ForwardSpec``, built once per run from its config.

@@ -1,7 +1,7 @@
 """Stages ``env`` (what ran where), ``ceilings`` (the two ceilings, measured) and ``pytest_gpu``.
 
 ``ceilings``: a square bf16 matrix product (``2 n^3`` FLOP) and a device-to-device copy (bytes
-read + bytes written), each the median of several timed runs on random data (METHOD.md: use the
+read + bytes written), each the median of several timed runs on random data (docs/method.md: use the
 measured ceilings, not the datasheet's). The sampler stage divides the measured bandwidth by the
 model's weight bytes for its forwards/s bound.
 """
