@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("megatron_diffusion.training.train_cli", "train (CPT/SFT) a diffusion LM on megatron-core"),
     "sample": ("megatron_diffusion.sampling.sample_cli", "block-wise parallel sampling from a checkpoint"),
     "bench-sampler": ("megatron_diffusion.sampling.bench_cli", "sampler throughput vs the AR baseline, as JSON"),
+    "distill-trajectories": ("megatron_diffusion.distill.distill_cli", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
     "convert": ("megatron_diffusion.convert.convert_cli", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
     "eval": ("megatron_diffusion.evaluation.eval_cli", "HumanEval pass@k and held-out infill/ELBO metrics"),
     "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),

@@ -1,0 +1,84 @@
+"""The trajectory store: data rows with the reveal order chosen for each searched block.
+
+A zarr v3 group per data-parallel rank (``DIR/rank00000-of-00002.zarr``), one chunk per row so a
+row is written whole and rows can be written in any order:
+
+* ``tokens``, ``document_ids`` ``[rows, L]`` int32: the packed data row (the search never
+  changes a token);
+* ``step_map`` ``[rows, L]`` int16: for a searched position the step of its block's selected
+  order at which it is revealed (0 = first), ``-1`` on context positions;
+* ``elbo_selected`` / ``elbo_left_to_right`` / ``elbo_random`` / ``elbo_exact`` ``[rows, N]``
+  float32: per searched block the ELBO of the selected order, of left to right, of one uniformly
+  random order, and of the exact best order (NaN without ``--exact``);
+* ``choice`` ``[rows, N]`` int8: which candidate (``attrs["candidates"]``) was selected;
+* ``done`` ``[rows]`` bool, written last for a row: a killed run resumes at the rows not done.
+
+``attrs`` hold the format, the settings (a resume with other settings is refused) and the
+candidates' labels.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from megatron_diffusion.errors import UsageError
+
+FORMAT = "megatron-diffusion-trajectories"
+FORMAT_VERSION = 1
+ELBOS = ("elbo_selected", "elbo_left_to_right", "elbo_random", "elbo_exact")
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    return Path(out) / f"rank{rank:05d}-of-{world:05d}.zarr"
+
+
+class TrajectoryStore:
+    """One rank's store; ``open`` creates it or resumes it with the same settings."""
+
+    def __init__(self, group):
+        self.group = group
+
+    @staticmethod
+    def open(path: Path, *, rows: int, seq_len: int, blocks: int, settings: dict,
+             candidates: list[str]) -> "TrajectoryStore":
+        if path.exists():
+            group = zarr.open_group(store=str(path), mode="r+", zarr_format=3)
+            if group.attrs.get("format") != FORMAT or group.attrs.get("settings") != settings:
+                raise UsageError(f"--out: {path} holds trajectories made with other settings "
+                                 f"({group.attrs.get('settings')}); use another --out")
+            return TrajectoryStore(group)
+        group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+        for name, dtype in (("tokens", "int32"), ("document_ids", "int32"), ("step_map", "int16")):
+            group.create_array(name, shape=(rows, seq_len), chunks=(1, seq_len), dtype=dtype,
+                               fill_value=-1)
+        for name in ELBOS:
+            group.create_array(name, shape=(rows, blocks), chunks=(1, blocks), dtype="float32",
+                               fill_value=float("nan"))
+        group.create_array("choice", shape=(rows, blocks), chunks=(1, blocks), dtype="int8",
+                           fill_value=-1)
+        group.create_array("done", shape=(rows,), chunks=(1,), dtype="bool", fill_value=False)
+        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                            "settings": settings, "candidates": candidates})
+        return TrajectoryStore(group)
+
+    def pending(self, rows: list[int]) -> list[int]:
+        done = self.group["done"][:]
+        return [r for r in rows if not done[r]]
+
+    def write_row(self, r: int, *, tokens, document_ids, step_map, choice, **elbos) -> None:
+        self.group["tokens"][r] = np.asarray(tokens, dtype=np.int32)
+        self.group["document_ids"][r] = np.asarray(document_ids, dtype=np.int32)
+        self.group["step_map"][r] = np.asarray(step_map, dtype=np.int16)
+        self.group["choice"][r] = np.asarray(choice, dtype=np.int8)
+        for name in ELBOS:
+            self.group[name][r] = np.asarray(elbos[name], dtype=np.float32)
+        self.group["done"][r] = True  # last: the row is whole
+
+
+def read_shards(out: Path) -> list:
+    """Every rank's store under ``out`` (for reports and the trajectory loader)."""
+    paths = sorted(Path(out).glob("rank*-of-*.zarr"))
+    if not paths:
+        raise UsageError(f"{out}: no trajectory store (rank*-of-*.zarr) in it")
+    return [zarr.open_group(store=str(p), mode="r", zarr_format=3) for p in paths]
