@@ -12,6 +12,7 @@ from megatron_diffusion.corruption.schedules import SCHEDULES
 
 WEIGHTINGS = ("elbo", "none")
 BLOCK_WARMUPS = ("floor", "cap")
+TRAJECTORY_WEIGHTINGS = ("inverse_rate", "uniform")
 EDIT_OPS = ("deletion", "insertion", "substitution")
 
 
@@ -58,6 +59,14 @@ class CorruptionConfig:
     """Probability that one edit operation is an insertion of a random token."""
     edit_substitution_prob: float = 1 / 3
     """Probability that one edit operation is a substitution by a different random token."""
+    trajectory_fraction: float = 0.5
+    """Rows with a reveal order (``data.trajectories``): the share trained with the trajectory
+    objective (Seed Diffusion eq. 9: a step ``s`` per block, the positions revealed at ``s`` or
+    later masked); the others get the ordinary ELBO corruption of the same row."""
+    trajectory_weighting: str = "inverse_rate"
+    """Weight ``lambda`` of the trajectory objective's masked tokens: 'inverse_rate' ``1/g_s``
+    (``g_s`` the block's masked share at step ``s``, the ELBO's ``1/t`` for a linear schedule)
+    or 'uniform' (1)."""
 
     def validate(self) -> Self:
         check_choice("schedule", self.schedule, tuple(SCHEDULES))
@@ -70,6 +79,8 @@ class CorruptionConfig:
         check_range("edit_max_rate", self.edit_max_rate, 0.0, 1.0, lo_open=True)
         check_range("edit_row_fraction", self.edit_row_fraction, 0.0, 1.0)
         check_int("edit_window", self.edit_window, lo=0)
+        check_range("trajectory_fraction", self.trajectory_fraction, 0.0, 1.0)
+        check_choice("trajectory_weighting", self.trajectory_weighting, TRAJECTORY_WEIGHTINGS)
         probs = self.edit_op_probs()
         for name, p in zip(EDIT_OPS, probs):
             check_range(f"edit_{name}_prob", p, 0.0, 1.0)

@@ -17,6 +17,13 @@
    ones 1 (Seed Diffusion eq. 5/6: the edit term has weight 1); unedited rows as in the mask
    stage; during warmup or with weighting 'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``)
    are never masked or edited and weigh 0.
+5. trajectory rows (block mode; ``step_map_BL`` from ``data.trajectories``, a share
+   ``trajectory_fraction`` of the rows that have one): Seed Diffusion eq. 9. Per searched block a
+   step ``s ~ U{0 .. S-1}`` of its reveal order; the positions revealed at ``s`` or later are
+   masked (the state ``x_s`` of the trajectory), with weight ``1/g_s`` (``g_s`` the block's
+   masked share; ``trajectory_weighting='uniform'``: 1) in place of steps 1 and 3-4's levels,
+   masks and weights; step 2's edit augmentation ``f`` applies as for any row. Context positions
+   (``step_map = -1``) are clean and weigh 0 like a prompt. ``t_BN`` reports ``g_s``.
 
 Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
 ``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN
@@ -76,8 +83,8 @@ class Corruptor:
         return self.cfg.u_max_at(step)
 
     def corrupt(self, tokens_BL: torch.Tensor, document_ids_BL: torch.Tensor, *, step: int,
-                generator: torch.Generator, prompt_mask_BL: torch.Tensor | None = None
-                ) -> DiffusionBatch:
+                generator: torch.Generator, prompt_mask_BL: torch.Tensor | None = None,
+                step_map_BL: torch.Tensor | None = None) -> DiffusionBatch:
         x0_BL, document_ids_BL, editable_BL = self._check_inputs(tokens_BL, document_ids_BL,
                                                                  prompt_mask_BL)
         B, L = x0_BL.shape
@@ -85,6 +92,10 @@ class Corruptor:
         cfg, sched = self.cfg, self.schedule
         warmup = cfg.in_warmup(step)
         stage = self.stage_at(step)
+        trajectory_B = None
+        if step_map_BL is not None:
+            trajectory_B = self._trajectory_rows(step_map_BL, generator)
+            editable_BL = editable_BL & ~(trajectory_B[:, None] & (step_map_BL < 0))
 
         t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min,
                              u_max=sched.t_cap(cfg.u_max_at(step)),
@@ -123,6 +134,12 @@ class Corruptor:
             w_BL = torch.ones_like(rate_BL)
         else:
             w_BL = sched.du(t_BL) / rate_BL
+        if trajectory_B is not None and bool(trajectory_B.any()):
+            traj_masked_BL, traj_w_BL, g_BN = self._trajectory_mask(step_map_BL, blocks_BL, generator)
+            rows_B1 = trajectory_B[:, None]
+            masked_BL = torch.where(rows_B1, traj_masked_BL & editable_BL, masked_BL)
+            w_BL = torch.where(rows_B1, traj_w_BL.to(w_BL.dtype), w_BL)
+            t_BN = torch.where(rows_B1, g_BN.to(t_BN.dtype), t_BN)
         # Masked positions carry w(t); in the edit stage every other editable position carries 1
         # ("no carry-over unmasking", docs/method.md 5). loss_mask marks the eligible (non-prompt)
         # positions in both stages: the denominator of the per-token normalisation.
@@ -142,6 +159,33 @@ class Corruptor:
             num_edits_B=num_edits_B,
             stage=stage,
         )
+
+    def _trajectory_rows(self, step_map_BL: torch.Tensor, generator) -> torch.Tensor:
+        """``[B]`` bool: the rows trained on their reveal order this time."""
+        if self.mode != "block":
+            raise UsageError("data.trajectories: reveal orders are per block; attention.mode must be 'block'")
+        if step_map_BL.shape[1] != self.seq_len:
+            raise UsageError(f"step_map_BL: got shape {tuple(step_map_BL.shape)}, expected "
+                             f"[batch, {self.seq_len}]")
+        draw_B = torch.rand(step_map_BL.shape[0], generator=generator, device=step_map_BL.device)
+        return (draw_B < self.cfg.trajectory_fraction) & (step_map_BL >= 0).any(dim=1)
+
+    def _trajectory_mask(self, step_map_BL, blocks_BL, generator):
+        """Eq. 9's state of every searched block: ``(masked_BL, weight_BL, g_BN)``."""
+        B, N = step_map_BL.shape[0], self.num_blocks
+        device = step_map_BL.device
+        last_BN = torch.full((B, N), -1, dtype=torch.long, device=device)
+        last_BN.scatter_reduce_(1, blocks_BL, step_map_BL.long(), "amax")
+        s_BN = torch.floor(torch.rand(B, N, generator=generator, device=device) * (last_BN + 1))
+        searched_BL = step_map_BL >= 0
+        masked_BL = searched_BL & (step_map_BL >= s_BN.long().gather(1, blocks_BL))
+        zeros_BN = torch.zeros(B, N, dtype=torch.float64, device=device)
+        count_BN = zeros_BN.scatter_add(1, blocks_BL, masked_BL.double())
+        size_BN = zeros_BN.scatter_add(1, blocks_BL, searched_BL.double())
+        g_BN = torch.where(size_BN > 0, count_BN / size_BN.clamp(min=1), torch.nan)
+        if self.cfg.trajectory_weighting == "uniform":
+            return masked_BL, torch.ones(step_map_BL.shape, dtype=torch.float64, device=device), g_BN
+        return masked_BL, 1.0 / g_BN.gather(1, blocks_BL), g_BN
 
     def _edit(self, x0_BL, document_ids_BL, editable_BL, u_BL, blocks_BL, generator,
               edited_B=None):

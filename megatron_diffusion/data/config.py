@@ -53,6 +53,10 @@ class DataConfig:
     """Where packing indices are cached; default ``<store>.index/`` next to each store."""
     prefetch_factor: int = 2
     """Micro-batches each worker prepares ahead."""
+    trajectories: str | None = None
+    """A ``distill-trajectories --out`` directory: training rows are its rows (tokens and the
+    selected reveal orders, shuffled per epoch) instead of packed rows of the blend; the blend
+    still gives the vocabulary and the validation rows (docs/distillation.md)."""
 
     def validate(self) -> Self:
         self._check_blend()
@@ -63,6 +67,8 @@ class DataConfig:
         check_choice("data.split", self.split, SPLITS)
         check_int("data.sft_min_eos", self.sft_min_eos, lo=1)
         check_int("data.sft_max_eos", self.sft_max_eos, lo=self.sft_min_eos)
+        if self.trajectories is not None and not isinstance(self.trajectories, str):
+            raise UsageError(f"data.trajectories: got {self.trajectories!r}, expected a directory path")
         return self
 
     def _check_blend(self) -> None:

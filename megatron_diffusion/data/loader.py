@@ -17,6 +17,10 @@ resume. The corruption callable is ``megatron_diffusion.corruption.corruptor``'s
 called with ``B = 1`` per sample and collated with ``DiffusionBatch.collate``. Without one the
 loader yields ``PackedRows``. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
 
+With ``data.trajectories`` the rows are those of a ``distill-trajectories`` directory
+(``data.trajectories.TrajectoryRows``, a seeded shuffle per epoch) and ``corrupt_fn`` also gets
+their reveal orders, ``step_map_BL=`` (the trajectory objective, ``corruption.corruptor``).
+
 Worker processes ignore SIGTERM and SIGUSR2 (the preemption signals, ``parallel/preemption``):
 ``scancel``, a SLURM preemption and torchrun's shutdown signal every process of a rank, and a
 worker dying of the default action would crash the trainer before it reaches the step boundary
@@ -33,6 +37,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,6 +46,7 @@ from megatron_diffusion.data import hashing
 from megatron_diffusion.data.config import DataConfig
 from megatron_diffusion.data.index import BlendIndex, PlanKey, StoreSamples, cache_root
 from megatron_diffusion.data.store import TokenStore
+from megatron_diffusion.data.trajectories import TrajectoryRows
 from megatron_diffusion.errors import UsageError
 
 CorruptFn = Callable[..., DiffusionBatch]
@@ -110,6 +116,8 @@ class PackedDataset(Dataset):
             blend_dir = cache_root(self.stores[0], cfg.index_cache_dir) / key.dirname / f"blend-{tag:016x}"
         self.blend = BlendIndex([ss.plan(0).num_rows for ss in self.samples], cfg.weights, blend_dir)
         self.eos_id = self.stores[0].eos_id
+        self.trajectories = None if cfg.trajectories is None else TrajectoryRows(cfg.trajectories, cfg.seq_len)
+        self._order = (-1, None)
 
     # spawn-started workers get the config and reopen (memmaps are not pickled as copies)
     def __getstate__(self):
@@ -121,13 +129,23 @@ class PackedDataset(Dataset):
 
     @property
     def samples_per_epoch(self) -> int:
-        """Rows in one blended epoch."""
-        return self.blend.size
+        """Rows in one blended epoch (or one pass over the trajectory rows)."""
+        return self.blend.size if self.trajectories is None else len(self.trajectories)
 
     def epoch_of(self, g: int) -> int:
-        return g // self.blend.size
+        return g // self.samples_per_epoch
+
+    def _trajectory_row(self, g: int):
+        """Row ``g`` of the trajectory rows, shuffled per epoch."""
+        epoch, n = self.epoch_of(g), len(self.trajectories)
+        if self._order[0] != epoch:
+            rng = np.random.default_rng(hashing.seed_from(self.cfg.seed, epoch, n))
+            self._order = (epoch, rng.permutation(n))
+        return self.trajectories.row(int(self._order[1][g % n]))
 
     def __getitem__(self, g: int):
+        if self.trajectories is not None:
+            return self._trajectory_item(g)
         store_i, j = self.blend.locate(g)
         row = self.samples[store_i].row(j)
         tokens_BL = torch.from_numpy(row.tokens_L.astype("int64"))[None]
@@ -140,6 +158,18 @@ class PackedDataset(Dataset):
         generator = torch.Generator().manual_seed(hashing.seed_from(self.cfg.seed, self.epoch_of(g), g))
         return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator,
                                prompt_mask_BL=prompt_mask_BL if self.cfg.mode == "sft" else None)
+
+    def _trajectory_item(self, g: int):
+        tokens_L, document_ids_L, step_map_L = self._trajectory_row(g)
+        tokens_BL, document_ids_BL, step_map_BL = (torch.from_numpy(a.astype("int64"))[None]
+                                                   for a in (tokens_L, document_ids_L, step_map_L))
+        step = g // self.cfg.global_batch_size
+        if self.corrupt_fn is None:
+            return PackedRows(tokens_BL, document_ids_BL, torch.zeros_like(tokens_BL, dtype=torch.bool),
+                              torch.tensor([g]), torch.tensor([step]))
+        generator = torch.Generator().manual_seed(hashing.seed_from(self.cfg.seed, self.epoch_of(g), g))
+        return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator,
+                               step_map_BL=step_map_BL)
 
 
 def build_indices(cfg: DataConfig, num_samples: int, tokenizer_hash: str | None = None,
@@ -288,12 +318,13 @@ class DiffusionDataLoader:
             "weights": cfg.weights,
             "store_ids": [s.store_id for s in self.dataset.stores],  # stores may move; ids stay
             "seed": cfg.seed, "seq_len": cfg.seq_len, "mode": cfg.mode, "split": cfg.split,
+            "trajectories": None if cfg.trajectories is None else os.path.abspath(cfg.trajectories),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after ``state["consumed_samples"]``; the blend and packing must be unchanged."""
         mine = self.state_dict()
-        for name in ("weights", "store_ids", "seed", "seq_len", "mode", "split"):
+        for name in ("weights", "store_ids", "seed", "seq_len", "mode", "split", "trajectories"):
             if state.get(name) != mine[name]:
                 raise UsageError(f"data state: {name} was {state.get(name)!r} when saved, now {mine[name]!r}; "
                                  "a changed data mix starts a new data stage (do not load the old state)")

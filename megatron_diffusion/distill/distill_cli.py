@@ -95,7 +95,8 @@ def run(args) -> int:
     from megatron_diffusion.checkpoint.loading import load_model
     from megatron_diffusion.distill import search
     from megatron_diffusion.distill.row_model import RowModel
-    from megatron_diffusion.distill.trajectory_store import TrajectoryStore, shard_path
+    from megatron_diffusion.data.trajectories import shard_path
+    from megatron_diffusion.distill.trajectory_store import TrajectoryStore
     from megatron_diffusion.training.checkpoint import resolve_checkpoint
 
     temperatures = _temperatures(args.temperatures)

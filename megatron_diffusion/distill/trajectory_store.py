@@ -14,7 +14,7 @@ row is written whole and rows can be written in any order:
 * ``done`` ``[rows]`` bool, written last for a row: a killed run resumes at the rows not done.
 
 ``attrs`` hold the format, the settings (a resume with other settings is refused) and the
-candidates' labels.
+candidates' labels. The reader is ``data.trajectories`` (the loader's stage).
 """
 
 from pathlib import Path
@@ -22,15 +22,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from megatron_diffusion.data.trajectories import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
 
-FORMAT = "megatron-diffusion-trajectories"
-FORMAT_VERSION = 1
 ELBOS = ("elbo_selected", "elbo_left_to_right", "elbo_random", "elbo_exact")
-
-
-def shard_path(out: Path, rank: int, world: int) -> Path:
-    return Path(out) / f"rank{rank:05d}-of-{world:05d}.zarr"
 
 
 class TrajectoryStore:
@@ -74,11 +69,3 @@ class TrajectoryStore:
         for name in ELBOS:
             self.group[name][r] = np.asarray(elbos[name], dtype=np.float32)
         self.group["done"][r] = True  # last: the row is whole
-
-
-def read_shards(out: Path) -> list:
-    """Every rank's store under ``out`` (for reports and the trajectory loader)."""
-    paths = sorted(Path(out).glob("rank*-of-*.zarr"))
-    if not paths:
-        raise UsageError(f"{out}: no trajectory store (rank*-of-*.zarr) in it")
-    return [zarr.open_group(store=str(p), mode="r", zarr_format=3) for p in paths]
