@@ -5,7 +5,7 @@ inside functions alike: a function-level import is still a dependency). Stages, 
 
     base (errors, fileio, layout, batch, parallel) -> data -> corruption -> masks -> model
     -> loss -> config (the run config) -> training -> sampling -> convert -> checkpoint
-    -> distill -> evaluation -> cli
+    -> distill -> evaluation -> onpolicy -> cli
 
 A module may import its own stage and earlier ones. Entry points (``cli.py`` and ``*_cli.py``)
 wire stages together and may import any stage, with two exceptions the architecture promises:
@@ -21,7 +21,7 @@ from tests.helpers import ROOT
 
 PACKAGE = ROOT / "megatron_diffusion"
 STAGES = ["base", "data", "corruption", "masks", "model", "loss", "config", "training", "sampling",
-          "convert", "checkpoint", "distill", "evaluation", "cli"]
+          "convert", "checkpoint", "distill", "evaluation", "onpolicy", "cli"]
 BASE = {"errors", "fileio", "layout", "batch", "parallel", ""}
 NEVER = {"data": "training", "corruption": "training", "masks": "training"}
 
