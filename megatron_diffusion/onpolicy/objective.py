@@ -1,0 +1,148 @@
+"""The on-policy objective of Seed Diffusion 3.3 (eq. 10-11), plain torch.
+
+**Reward.** A trajectory ``tau`` is a sampled completion with the commit step of each of its
+tokens (``sampling.sampler.Completion.step_map``: the row's forward, from 0, that wrote the
+token last). Eq. 10 rewards few steps ``|tau|`` at a correct result ``V(tau[0])``; eq. 11
+replaces the step count by a dense surrogate, ``sum_k -1 / d_Lev(tau[k], tau[k-1])``, which
+without remasking is ``sum_k -1 / n_k`` with ``n_k`` the tokens revealed at step ``k``
+(``dense_surrogate``; a step that committed nothing, possible only with self-correction, counts
+``-1``, the value of a one-token step). Decoding ``T`` tokens one per step gives ``-T``; fewer,
+fuller steps give a value closer to 0. The reward (``RewardConfig``, higher is better)::
+
+    R = surrogate_weight * steps_term + verifier_weight * V,    V in [0, 1]
+
+with ``steps_term`` the surrogate divided by the completion's token count (``normalise =
+"tokens"``, default: ``-1`` for one token per step, so a shorter answer is not rewarded just for
+being short) or the surrogate itself (``"none"``, the paper's literal form).
+
+**Estimator.** The gradient of ``E_tau[R]`` is estimated with the log-derivative trick
+(REINFORCE): ``E[(R - b) grad log pi(tau)]``. The paper reports that "directly minimizing
+trajectory length led to unstable training dynamics"; we take the two standard remedies:
+
+* a per-prompt baseline from a group of ``G`` trajectories of the same prompt
+  (``group_advantages``): ``leave_one_out`` (default, RLOO: ``b_i`` = the mean reward of the
+  *other* samples; unbiased, since ``b_i`` does not depend on sample ``i``) or ``mean`` (GRPO:
+  ``b`` = the group mean including ``i``, which scales the expected gradient by ``(G-1)/G``),
+  optionally divided by the group's standard deviation (``scale = True``, GRPO), which makes
+  the step size independent of the reward's units but changes the estimator's scale per prompt;
+* a KL anchor to the frozen starting model on the same positions (``policy_gradient_loss``'s
+  ``kl_weight``), so the policy cannot drift into degenerate fast samplers.
+
+``log pi(tau)`` is the sum of the log-probabilities of the trajectory's committed tokens (each
+read from the state it was committed from); the commit rule's choice of *positions* is a
+deterministic function of the model's outputs and is not differentiated. The loss is
+``-(sum_n A_n sum_t log p_nt) / T + kl_weight * sum_nt KL_nt / T`` with ``T`` the batch's
+committed tokens (one normalisation for the whole batch, so long and short trajectories weigh
+per token alike), whose gradient is the REINFORCE estimator plus the gradient of the mean
+per-token ``KL(pi || pi_ref)`` (``position_kl``: exact over the vocabulary, no sampling noise).
+Degenerate groups: a group of one has advantage 0 under both baselines (there is no other
+sample to compare with); a group with equal rewards has advantage 0 whatever ``scale`` says.
+"""
+
+from dataclasses import dataclass
+from typing import Self
+
+import torch
+
+from megatron_diffusion.errors import UsageError, check_choice, check_range
+
+NORMALISE = ("tokens", "none")
+BASELINES = ("leave_one_out", "mean")
+
+
+@dataclass
+class RewardConfig:
+    """How the step surrogate and the verifier score combine into the reward."""
+
+    surrogate_weight: float = 1.0
+    """Weight of the steps term (>= 0); 0 turns the speed objective off."""
+    verifier_weight: float = 1.0
+    """Weight of the verifier score V in [0, 1] (>= 0)."""
+    normalise: str = "tokens"
+    """``tokens``: the surrogate per completion token; ``none``: the surrogate as eq. 11 has it."""
+
+    def validate(self) -> Self:
+        check_range("surrogate_weight", self.surrogate_weight, lo=0)
+        check_range("verifier_weight", self.verifier_weight, lo=0)
+        check_choice("normalise", self.normalise, NORMALISE)
+        return self
+
+
+def step_counts(step_map: list[int] | torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+    """``[S]``: tokens committed at each step ``0..S-1`` (``S`` = ``num_steps`` or the last + 1)."""
+    steps = torch.as_tensor(step_map, dtype=torch.long).reshape(-1)
+    if steps.numel() == 0:
+        raise UsageError("step_map: got no tokens, expected the commit step of each generated token")
+    if int(steps.min()) < 0:
+        raise UsageError(f"step_map: got step {int(steps.min())}, expected steps >= 0")
+    last = int(steps.max()) + 1
+    if num_steps is None:
+        num_steps = last
+    elif num_steps < last:
+        raise UsageError(f"num_steps: got {num_steps}, expected >= {last} (the step map uses step {last - 1})")
+    return torch.bincount(steps, minlength=num_steps)
+
+
+def dense_surrogate(step_map: list[int] | torch.Tensor,
+                    num_steps: int | None = None) -> tuple[float, int]:
+    """``(sum_k -1 / n_k, |tau|)`` of one trajectory (eq. 11; an empty step counts -1)."""
+    counts = step_counts(step_map, num_steps).double()
+    return float(-(1.0 / counts.clamp_min(1)).sum()), int(counts.numel())
+
+
+def reward(step_map: list[int] | torch.Tensor, verifier_score: float, cfg: RewardConfig,
+           num_steps: int | None = None) -> float:
+    """``R = surrogate_weight * steps_term + verifier_weight * V`` (higher is better)."""
+    check_range("verifier_score", verifier_score, lo=0, hi=1)
+    surrogate, _ = dense_surrogate(step_map, num_steps)
+    if cfg.normalise == "tokens":
+        surrogate /= torch.as_tensor(step_map).numel()
+    return cfg.surrogate_weight * surrogate + cfg.verifier_weight * verifier_score
+
+
+def group_advantages(rewards_N: torch.Tensor, groups_N: torch.Tensor, *,
+                     baseline: str = "leave_one_out", scale: bool = False) -> torch.Tensor:
+    """``[N]``: each trajectory's reward minus its prompt group's baseline (see the docstring)."""
+    check_choice("baseline", baseline, BASELINES)
+    rewards_N = rewards_N.double()
+    _, inverse_N = torch.unique(groups_N, return_inverse=True)
+    G = int(inverse_N.max()) + 1
+    size_N = torch.bincount(inverse_N, minlength=G)[inverse_N].double()
+    sum_N = torch.zeros(G, dtype=torch.double).index_add_(0, inverse_N, rewards_N)[inverse_N]
+    if baseline == "mean":
+        advantages_N = rewards_N - sum_N / size_N
+    else:
+        others_N = (size_N - 1).clamp_min(1)
+        advantages_N = torch.where(size_N > 1, rewards_N - (sum_N - rewards_N) / others_N, 0.0)
+    if scale:
+        mean_N = sum_N / size_N
+        var_G = torch.zeros(G, dtype=torch.double).index_add_(0, inverse_N, (rewards_N - mean_N) ** 2)
+        std_N = (var_G[inverse_N] / size_N).sqrt()
+        advantages_N = torch.where(std_N > 0, advantages_N / std_N.clamp_min(1e-300), 0.0)
+    return advantages_N.to(torch.get_default_dtype())
+
+
+def position_kl(logp_V: torch.Tensor, ref_logp_V: torch.Tensor) -> torch.Tensor:
+    """``KL(pi || pi_ref)`` at every position (last dim: the vocabulary, log-probabilities)."""
+    return (logp_V.exp() * (logp_V - ref_logp_V)).sum(dim=-1)
+
+
+def policy_gradient_loss(token_logp_NT: torch.Tensor, mask_NT: torch.Tensor, advantages_N: torch.Tensor,
+                         kl_NT: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
+    """The batch's surrogate loss; its gradient is the REINFORCE estimator (+ the KL anchor's).
+
+    ``token_logp_NT``: log-probability of each committed token under the policy (differentiable),
+    ``mask_NT``: which entries are committed tokens, ``advantages_N``: constants (detached),
+    ``kl_NT``: ``position_kl`` at the same positions, required when ``kl_weight > 0``.
+    """
+    check_range("kl_weight", kl_weight, lo=0)
+    mask = mask_NT.to(token_logp_NT.dtype)
+    tokens = mask.sum()
+    if tokens == 0:
+        raise UsageError("mask: got no committed tokens, expected at least one")
+    loss = -(advantages_N.detach().to(mask.dtype).unsqueeze(1) * token_logp_NT * mask).sum() / tokens
+    if kl_weight > 0:
+        if kl_NT is None:
+            raise UsageError("kl_NT: got None with kl_weight > 0, expected the per-position KL")
+        loss = loss + kl_weight * (kl_NT * mask).sum() / tokens
+    return loss
