@@ -5,9 +5,11 @@ tokens (``sampling.sampler.Completion.step_map``: the row's forward, from 0, tha
 token last). Eq. 10 rewards few steps ``|tau|`` at a correct result ``V(tau[0])``; eq. 11
 replaces the step count by a dense surrogate, ``sum_k -1 / d_Lev(tau[k], tau[k-1])``, which
 without remasking is ``sum_k -1 / n_k`` with ``n_k`` the tokens revealed at step ``k``
-(``dense_surrogate``; a step that committed nothing, possible only with self-correction, counts
-``-1``, the value of a one-token step). Decoding ``T`` tokens one per step gives ``-T``; fewer,
-fuller steps give a value closer to 0. The reward (``RewardConfig``, higher is better)::
+(``dense_surrogate``; pass ``num_steps = Completion.num_forwards``, the row's forwards: a step
+with no kept token counts ``-1``, the value of a one-token step; that happens when
+self-correction overwrote its tokens later, or when it wrote only positions after the stop
+token, which the completion cuts, and the forward was still paid for). Decoding ``T`` tokens
+one per step gives ``-T``; fewer, fuller steps give a value closer to 0. The reward (``RewardConfig``, higher is better)::
 
     R = surrogate_weight * steps_term + verifier_weight * V,    V in [0, 1]
 

@@ -152,3 +152,18 @@ def test_model_verifier_refuses(reference, tmp_path):
     bidir = ModelVerifier(RowModel(load_model(latest_checkpoint(run))), reference.tokenizer)
     with pytest.raises(UsageError, match="block-diffusion model"):
         bidir.completion_logprobs([1, 2, 3], [4])
+
+
+def test_surrogate_of_a_real_sampler_trajectory(reference):
+    """The sampler's step map and forward count are what ``dense_surrogate`` reads: 2 blocks of
+    4 tokens at 2 steps per block (the fixed rule) commit 2 tokens per step."""
+    from megatron_diffusion.onpolicy.objective import dense_surrogate
+    from megatron_diffusion.sampling.api import DiffusionSampler
+    from megatron_diffusion.sampling.config import SamplerConfig
+
+    cfg = SamplerConfig(max_new_tokens=8, block_size=4, strategy="fixed", steps_per_block=2,
+                        ignore_eos=True).validate()
+    sampler = DiffusionSampler(reference.reference.loaded, reference.tokenizer, cfg)
+    [result] = sampler.complete(["def add(a, b):\n"])
+    assert result.num_tokens == 8 and sorted(result.step_map) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert dense_surrogate(result.step_map, result.num_forwards) == (-2.0, 4)
