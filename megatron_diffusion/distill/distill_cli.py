@@ -137,6 +137,7 @@ def _search_rows(rows, row_model, store, candidates, args) -> dict:
         step_map_L[args.context_blocks * row_model.block_size:] = found.step_map_NB.reshape(-1)
         store.write_row(i, tokens=tokens_L, document_ids=document_ids_L, step_map=step_map_L,
                         choice=found.choice_N, elbo_selected=found.elbo_selected,
+                        elbo_search=found.elbo_search,
                         elbo_left_to_right=found.elbo_left_to_right, elbo_random=found.elbo_random,
                         elbo_exact=found.elbo_exact)
         stats["rows"] += 1
@@ -149,10 +150,12 @@ def _search_rows(rows, row_model, store, candidates, args) -> dict:
 def _report(stats: dict, store, out: Path, rank: int, world: int) -> None:
     import numpy as np
 
+    from megatron_diffusion.distill.trajectory_store import ELBOS
+
     g = store.group
     done = g["done"][:]
     means = {name: float(np.nanmean(g[name][:][done])) if done.any() else float("nan")
-             for name in ("elbo_selected", "elbo_left_to_right", "elbo_random", "elbo_exact")}
+             for name in ELBOS}
     n = max(stats["rows"], 1)
     print(f"distill-trajectories rank {rank}/{world}: {int(done.sum())} rows done in {out} "
           f"({stats['rows']} this run, {stats['forwards'] / n:.1f} forwards and "

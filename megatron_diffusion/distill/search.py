@@ -47,6 +47,8 @@ class RowOrders:
     elbo_left_to_right: torch.Tensor
     elbo_random: torch.Tensor
     elbo_exact: torch.Tensor
+    elbo_search: torch.Tensor
+    """The best of the candidates and left to right (without the exact order)."""
 
 
 def _random_order(N: int, B: int, tokens_per_step: int, generator) -> torch.Tensor:
@@ -63,6 +65,7 @@ def search_row(x0_NB: torch.Tensor, logp_fn, candidates: list[Candidate], *, tok
     l2r_N = trajectory_elbo(l2r_NB, x0_NB, logp_fn)
     maps_KNB, elbos_KN = torch.cat([maps_KNB, l2r_NB[None]]), torch.cat([elbos_KN, l2r_N[None]])
     random_N = trajectory_elbo(_random_order(N, B, tokens_per_step, generator), x0_NB, logp_fn)
+    search_N = elbos_KN.max(dim=0).values
     exact_N = torch.full((N,), float("nan"))
     if exact:
         exact_NB, exact_N = best_order(x0_NB, logp_fn)
@@ -71,4 +74,4 @@ def search_row(x0_NB: torch.Tensor, logp_fn, candidates: list[Candidate], *, tok
     step_map_NB = maps_KNB[choice_N, torch.arange(N)]
     return RowOrders(step_map_NB=step_map_NB, choice_N=choice_N,
                      elbo_selected=elbos_KN[choice_N, torch.arange(N)], elbo_left_to_right=l2r_N,
-                     elbo_random=random_N, elbo_exact=exact_N)
+                     elbo_random=random_N, elbo_exact=exact_N, elbo_search=search_N)

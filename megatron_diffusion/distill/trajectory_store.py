@@ -7,9 +7,10 @@ row is written whole and rows can be written in any order:
   changes a token);
 * ``step_map`` ``[rows, L]`` int16: for a searched position the step of its block's selected
   order at which it is revealed (0 = first), ``-1`` on context positions;
-* ``elbo_selected`` / ``elbo_left_to_right`` / ``elbo_random`` / ``elbo_exact`` ``[rows, N]``
-  float32: per searched block the ELBO of the selected order, of left to right, of one uniformly
-  random order, and of the exact best order (NaN without ``--exact``);
+* ``elbo_selected`` / ``elbo_search`` / ``elbo_left_to_right`` / ``elbo_random`` / ``elbo_exact``
+  ``[rows, N]`` float32: per searched block the ELBO of the selected order, of the best sampled
+  candidate or left to right (the search without the exact order), of left to right, of one
+  uniformly random order, and of the exact best order (NaN without ``--exact``);
 * ``choice`` ``[rows, N]`` int8: which candidate (``attrs["candidates"]``) was selected;
 * ``done`` ``[rows]`` bool, written last for a row: a killed run resumes at the rows not done.
 
@@ -25,7 +26,7 @@ import zarr
 from megatron_diffusion.data.trajectories import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
 
-ELBOS = ("elbo_selected", "elbo_left_to_right", "elbo_random", "elbo_exact")
+ELBOS = ("elbo_selected", "elbo_search", "elbo_left_to_right", "elbo_random", "elbo_exact")
 
 
 class TrajectoryStore:
