@@ -85,55 +85,19 @@ class Corruptor:
     def corrupt(self, tokens_BL: torch.Tensor, document_ids_BL: torch.Tensor, *, step: int,
                 generator: torch.Generator, prompt_mask_BL: torch.Tensor | None = None,
                 step_map_BL: torch.Tensor | None = None) -> DiffusionBatch:
+        """Steps 1-5 of the module docstring, drawing from ``generator`` in that order."""
         x0_BL, document_ids_BL, editable_BL = self._check_inputs(tokens_BL, document_ids_BL,
                                                                  prompt_mask_BL)
-        B, L = x0_BL.shape
-        device = x0_BL.device
-        cfg, sched = self.cfg, self.schedule
-        warmup = cfg.in_warmup(step)
-        stage = self.stage_at(step)
+        warmup, stage = self.cfg.in_warmup(step), self.stage_at(step)
         trajectory_B = None
         if step_map_BL is not None:
             trajectory_B = self._trajectory_rows(step_map_BL, generator)
             editable_BL = editable_BL & ~(trajectory_B[:, None] & (step_map_BL < 0))
-
-        t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min,
-                             u_max=sched.t_cap(cfg.u_max_at(step)),
-                             warmup=warmup, generator=generator, device=device)
-        if self.mode == "block":
-            blocks_BL = block_ids(document_ids_BL, self.block_size, self.visibility)
-            used_BN = torch.zeros(B, self.num_blocks, dtype=torch.bool, device=device)
-            used_BN.scatter_(1, blocks_BL, True)
-            t_BN = torch.where(used_BN, t_BN, torch.full_like(t_BN, float("nan")))
-            t_BL = t_BN.gather(1, blocks_BL)
-        else:
-            t_BL = t_BN.expand(B, L)
-        u_BL = sched.u(t_BL)
-
-        num_edits_B = torch.zeros(B, dtype=torch.long, device=device)
-        y_BL = x0_BL
-        edited_B = torch.full((B,), stage == "edit", dtype=torch.bool, device=device)
-        if stage == "edit":
-            if cfg.edit_row_fraction < 1.0:
-                edited_B = torch.rand(B, generator=generator, device=device) < cfg.edit_row_fraction
-            blocks = blocks_BL if self.mode == "block" else None
-            y_BL, num_edits_B = self._edit(x0_BL, document_ids_BL, editable_BL, u_BL, blocks,
-                                           generator, edited_B)
-
-        if self.mode == "block":
-            capped = warmup and cfg.block_warmup == "cap"  # no 1/B floor while warming up
-            rate_BL = u_BL.clamp(max=1.0) if capped else clipped_rate(u_BL, self.block_size)
-            masked_BL = sample_mask(rate_BL, editable_BL, generator)
-            masked_BL = ensure_one_masked(masked_BL, blocks_BL, editable_BL, self.num_blocks,
-                                          generator)
-        else:
-            rate_BL = u_BL
-            masked_BL = sample_mask(rate_BL, editable_BL, generator)
-
-        if warmup or cfg.weighting == "none":
-            w_BL = torch.ones_like(rate_BL)
-        else:
-            w_BL = sched.du(t_BL) / rate_BL
+        t_BN, t_BL, blocks_BL = self._levels(document_ids_BL, step, warmup, generator)
+        u_BL = self.schedule.u(t_BL)
+        y_BL, num_edits_B, edited_B = self._edit_stage(stage, x0_BL, document_ids_BL, editable_BL,
+                                                       u_BL, blocks_BL, generator)
+        masked_BL, w_BL = self._mask(u_BL, t_BL, editable_BL, blocks_BL, warmup, generator)
         if trajectory_B is not None and bool(trajectory_B.any()):
             traj_masked_BL, traj_w_BL, g_BN = self._trajectory_mask(step_map_BL, blocks_BL, generator)
             rows_B1 = trajectory_B[:, None]
@@ -145,20 +109,56 @@ class Corruptor:
         # positions in both stages: the denominator of the per-token normalisation.
         has_loss_BL = masked_BL | (editable_BL & edited_B[:, None])
         weights_BL = torch.where(masked_BL, w_BL, has_loss_BL.to(w_BL.dtype))
-        loss_mask_BL = editable_BL
-
         xt_BL = torch.where(masked_BL, torch.full_like(y_BL, self.mask_token_id), y_BL)
         tokens_BS = torch.cat([xt_BL, x0_BL], dim=1) if self.mode == "block" else xt_BL
-        return DiffusionBatch(
-            tokens_BS=tokens_BS,
-            labels_BL=x0_BL.clone(),
-            loss_weights_BL=weights_BL.float(),
-            document_ids_BL=document_ids_BL,
-            loss_mask_BL=loss_mask_BL.clone(),
-            t_BN=t_BN.float(),
-            num_edits_B=num_edits_B,
-            stage=stage,
-        )
+        return DiffusionBatch(tokens_BS=tokens_BS, labels_BL=x0_BL.clone(),
+                              loss_weights_BL=weights_BL.float(), document_ids_BL=document_ids_BL,
+                              loss_mask_BL=editable_BL.clone(), t_BN=t_BN.float(),
+                              num_edits_B=num_edits_B, stage=stage)
+
+    def _levels(self, document_ids_BL, step: int, warmup: bool, generator):
+        """Step 1: ``(t_BN, t_BL, blocks_BL)``; unused block slots NaN; ``blocks_BL`` None in
+        single mode."""
+        cfg, (B, L), device = self.cfg, document_ids_BL.shape, document_ids_BL.device
+        t_BN = sample_levels(B, self.num_blocks, t_min=cfg.t_min,
+                             u_max=self.schedule.t_cap(cfg.u_max_at(step)),
+                             warmup=warmup, generator=generator, device=device)
+        if self.mode != "block":
+            return t_BN, t_BN.expand(B, L), None
+        blocks_BL = block_ids(document_ids_BL, self.block_size, self.visibility)
+        used_BN = torch.zeros(B, self.num_blocks, dtype=torch.bool, device=device)
+        used_BN.scatter_(1, blocks_BL, True)
+        t_BN = torch.where(used_BN, t_BN, torch.full_like(t_BN, float("nan")))
+        return t_BN, t_BN.gather(1, blocks_BL), blocks_BL
+
+    def _edit_stage(self, stage: str, x0_BL, document_ids_BL, editable_BL, u_BL, blocks_BL,
+                    generator):
+        """Step 2: ``(y_BL, num_edits_B, edited_B)``; outside the edit stage ``y = x0``."""
+        B, device = x0_BL.shape[0], x0_BL.device
+        edited_B = torch.full((B,), stage == "edit", dtype=torch.bool, device=device)
+        if stage != "edit":
+            return x0_BL, torch.zeros(B, dtype=torch.long, device=device), edited_B
+        if self.cfg.edit_row_fraction < 1.0:
+            edited_B = torch.rand(B, generator=generator, device=device) < self.cfg.edit_row_fraction
+        y_BL, num_edits_B = self._edit(x0_BL, document_ids_BL, editable_BL, u_BL, blocks_BL,
+                                       generator, edited_B)
+        return y_BL, num_edits_B, edited_B
+
+    def _mask(self, u_BL, t_BL, editable_BL, blocks_BL, warmup: bool, generator):
+        """Steps 3-4: ``(masked_BL, w_BL)``, the masked-token weight ``w`` at every position."""
+        cfg = self.cfg
+        if self.mode == "block":
+            capped = warmup and cfg.block_warmup == "cap"  # no 1/B floor while warming up
+            rate_BL = u_BL.clamp(max=1.0) if capped else clipped_rate(u_BL, self.block_size)
+            masked_BL = sample_mask(rate_BL, editable_BL, generator)
+            masked_BL = ensure_one_masked(masked_BL, blocks_BL, editable_BL, self.num_blocks,
+                                          generator)
+        else:
+            rate_BL = u_BL
+            masked_BL = sample_mask(rate_BL, editable_BL, generator)
+        if warmup or cfg.weighting == "none":
+            return masked_BL, torch.ones_like(rate_BL)
+        return masked_BL, self.schedule.du(t_BL) / rate_BL
 
     def _trajectory_rows(self, step_map_BL: torch.Tensor, generator) -> torch.Tensor:
         """``[B]`` bool: the rows trained on their reveal order this time."""
