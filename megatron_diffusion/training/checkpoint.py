@@ -24,7 +24,6 @@ save. The optimizer uses the ``fully_reshardable`` format of the distributed opt
 can resume under another TP/PP/DP layout.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -75,41 +74,19 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _die_with_parent() -> None:
-    """Linux: the Manager process gets SIGKILL when the trainer dies, even by ``kill -9``."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def _writer_queue():
-    """dist_checkpointing's file writer collects results through a Manager queue that it starts
-    with the *spawn* context, which re-imports ``__main__``: any script without a main guard
-    (and our own entry points run from ``python -c``) would start a second copy of itself. A
-    fork-context Manager serves the same queue without that, is tied to the trainer's life so a
-    hard kill leaves no orphan behind, and lives only for the write: no helper process
-    outlives a save (a test session fails on any child left running)."""
-    import multiprocessing as mp
-    from multiprocessing.managers import SyncManager
+def _use_in_process_results_queue() -> None:
+    """dist_checkpointing's file writer hands its results back through a queue that it creates as
+    a *spawn*-context Manager (a helper process that re-imports ``__main__``; our entry points run
+    from ``python -c`` have no main guard). Our saves are synchronous: the writer's result is put
+    and read back in this process, so a plain ``queue.Queue`` serves, and no helper process is
+    started (a fork-context Manager was tried: forking the trainer for it can crash the child,
+    seen as a segfault in its garbage collector, and it outlived every save)."""
+    import queue
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if filesystem_async._results_queue is not None:  # someone else's queue: leave it be
-        yield
-        return
-    manager = SyncManager(ctx=mp.get_context("fork"))
-    manager.start(_die_with_parent)
-    filesystem_async._results_queue = manager.Queue()
-    try:
-        yield
-    finally:
-        filesystem_async._results_queue = None
-        manager.shutdown()
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
 
 
 def sharded_state_dict(chunks, optimizer=None, is_loading: bool = False) -> dict:
@@ -242,8 +219,8 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
                            "with a lower optimizer.lr")
     final, tmp = root / name, root / f"{name}.tmp"
     _agreed(lambda: _prepare(root, tmp) if _rank() == 0 else None, root, tmp, final)
-    with _writer_queue():
-        _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
+    _use_in_process_results_queue()
+    _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
     pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
     if pause:  # fault injection for tests: a window in which the shards exist but are not final
         import time
