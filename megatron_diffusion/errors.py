@@ -8,7 +8,11 @@ expected.
 The ``check_*`` helpers are the shared value checks of every config section's ``validate()``
 and of the command-line options: ``check_choice`` (one of a list), ``check_int`` (an integer
 within bounds), ``check_range`` (a number within bounds, each end open or closed).
+``json_object`` parses one line of a JSON-lines input into an object, with the same one-line
+errors for every reader (prompt files, jsonl corpora, prompt sets).
 """
+
+import json
 
 
 class UsageError(ValueError):
@@ -56,3 +60,14 @@ def check_range(name: str, value, lo: float | None = None, hi: float | None = No
     if not (_is_number(value) and _within(value, lo, hi, lo_open, hi_open)):
         raise UsageError(f"{name}: got {value!r}, expected a number "
                          f"{_bounds(lo, hi, lo_open, hi_open)}")
+
+
+def json_object(line: str, where: str) -> dict:
+    """The JSON object on one line; ``where`` (e.g. ``FILE:LINE``) names it in the error."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: got a JSON {type(obj).__name__}, expected an object")
+    return obj

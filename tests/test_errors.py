@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
+from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range, json_object
 
 
 @pytest.mark.parametrize("call,message", [
@@ -34,3 +34,11 @@ def test_good_values_pass():
     check_range("x", 0.5, 0, 1, lo_open=True, hi_open=True)
     check_range("x", 1e9, lo=0)
     check_choice("c", None, (None, "a"))
+
+
+def test_json_object_names_the_line():
+    assert json_object('{"a": 1}', "f.jsonl:3") == {"a": 1}
+    with pytest.raises(UsageError, match=r"^f\.jsonl:3: not valid JSON \(.* at column \d+\)$"):
+        json_object('{"a": ', "f.jsonl:3")
+    with pytest.raises(UsageError, match=r"^f\.jsonl:3: got a JSON list, expected an object$"):
+        json_object("[1]", "f.jsonl:3")

@@ -15,12 +15,11 @@ naming the file, the line/row and the field.
 """
 
 import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_diffusion.errors import UsageError
+from megatron_diffusion.errors import UsageError, json_object
 
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 
@@ -80,12 +79,7 @@ def _read_jsonl(path: Path, spec: SourceSpec, stats: SourceStats) -> Iterator[tu
                 continue
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path} line {line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UsageError(f"{path} line {line_no}: expected a JSON object, got {type(obj).__name__}")
+            obj = json_object(line, f"{path} line {line_no}")
             record = []
             for name in spec.fields:
                 value = obj.get(name)

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_diffusion.errors import UsageError
+from megatron_diffusion.errors import UsageError, json_object
 from megatron_diffusion.evaluation.humaneval import load_problems
 from megatron_diffusion.fileio import write_text_atomic
 
@@ -61,12 +61,7 @@ def _string(obj: dict, name: str, where: str, required: bool) -> str | None:
 
 def parse_record(line: str, where: str) -> PromptRecord:
     """One line of a prompt set; ``where`` (``FILE:LINE``) names it in errors."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{where}: got a JSON {type(obj).__name__}, expected an object with field 'prompt'")
+    obj = json_object(line, where)
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field {unknown[0]!r}, expected only {', '.join(FIELDS)}")

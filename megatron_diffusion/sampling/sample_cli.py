@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from megatron_diffusion.errors import UsageError
+from megatron_diffusion.errors import UsageError, json_object
 from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.sampling.config import SamplerConfig
 
@@ -122,11 +122,8 @@ def read_prompts(path: str) -> list[str]:
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"--prompts: {p} line {n} is not JSON") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        item = json_object(line, f"--prompts: {p} line {n}")
+        if not isinstance(item.get("prompt"), str):
             raise UsageError(f"--prompts: {p} line {n}: expected an object with a string "
                              "'prompt'")
         prompts.append(item["prompt"])
