@@ -78,15 +78,13 @@ def _check_block(args, block_size: int) -> None:
 
 def _rows(loaded, args, world: int, rank: int):
     """``(index, tokens_L, document_ids_L)`` of this rank's rows among the first ``--rows``."""
-    from megatron_diffusion.data.loader import DiffusionDataLoader, open_stores
+    from megatron_diffusion.data.loader import DiffusionDataLoader
 
     cfg = dataclasses.replace(loaded.config.data, blend=[(1.0, args.data)], micro_batch_size=1,
                               global_batch_size=1, num_workers=0, mode="cpt", split=args.split)
-    store = open_stores(cfg)[0]
-    if store.tokenizer_hash != loaded.meta.get("tokenizer_hash", store.tokenizer_hash):
-        raise UsageError(f"--data: {args.data} was tokenized with another tokenizer than "
-                         f"{args.checkpoint}")
-    for i, rows in zip(range(args.rows), DiffusionDataLoader(cfg)):
+    # the store must be the checkpoint's tokenizer's (checked by the loader as it opens it)
+    loader = DiffusionDataLoader(cfg, tokenizer_hash=loaded.meta.get("tokenizer_hash"))
+    for i, rows in zip(range(args.rows), loader):
         if i % world == rank:
             yield i, rows.tokens_BL[0], rows.document_ids_BL[0]
 

@@ -79,3 +79,22 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tiny_store, tmp_path,
     assert code == 2 and match in printed.err
     assert len(printed.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_store_of_another_tokenizer_is_one_line(run_dir, tmp_path, capsys):
+    import sysconfig
+    from pathlib import Path
+
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+    from tests.helpers import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "other.json", 280)
+    store = tmp_path / "other.zarr"
+    preprocess(IngestConfig(inputs=[str(Path(sysconfig.get_paths()["stdlib"]) / "json")],
+                            output=str(store), tokenizer=str(tok), glob="*.py"))
+    capsys.readouterr()  # preprocess's progress
+    out = tmp_path / "traj"
+    code, printed = _distill(capsys, run_dir, store, out)
+    assert code == 2 and "tokenizer_hash" in printed.err
+    assert len(printed.err.strip().splitlines()) == 1
+    assert not out.exists()
