@@ -144,32 +144,30 @@ class PackedDataset(Dataset):
         return self.trajectories.row(int(self._order[1][g % n]))
 
     def __getitem__(self, g: int):
-        if self.trajectories is not None:
-            return self._trajectory_item(g)
-        store_i, j = self.blend.locate(g)
-        row = self.samples[store_i].row(j)
-        tokens_BL = torch.from_numpy(row.tokens_L.astype("int64"))[None]
-        document_ids_BL = torch.from_numpy(row.document_ids_L.astype("int64"))[None]
-        prompt_mask_BL = torch.from_numpy(row.prompt_mask_L.astype(bool))[None]
+        tokens_BL, document_ids_BL, prompt_mask_BL, extra = self._row(g)
         step = g // self.cfg.global_batch_size
         if self.corrupt_fn is None:
             return PackedRows(tokens_BL, document_ids_BL, prompt_mask_BL,
                               torch.tensor([g]), torch.tensor([step]))
         generator = torch.Generator().manual_seed(hashing.seed_from(self.cfg.seed, self.epoch_of(g), g))
-        return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator,
-                               prompt_mask_BL=prompt_mask_BL if self.cfg.mode == "sft" else None)
+        return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator, **extra)
 
-    def _trajectory_item(self, g: int):
-        tokens_L, document_ids_L, step_map_L = self._trajectory_row(g)
-        tokens_BL, document_ids_BL, step_map_BL = (torch.from_numpy(a.astype("int64"))[None]
-                                                   for a in (tokens_L, document_ids_L, step_map_L))
-        step = g // self.cfg.global_batch_size
-        if self.corrupt_fn is None:
-            return PackedRows(tokens_BL, document_ids_BL, torch.zeros_like(tokens_BL, dtype=torch.bool),
-                              torch.tensor([g]), torch.tensor([step]))
-        generator = torch.Generator().manual_seed(hashing.seed_from(self.cfg.seed, self.epoch_of(g), g))
-        return self.corrupt_fn(tokens_BL, document_ids_BL, step=step, generator=generator,
-                               step_map_BL=step_map_BL)
+    def _row(self, g: int):
+        """Row ``g`` as ``[1, L]`` tensors, and what else ``corrupt_fn`` gets: the SFT prompt
+        mask, or a trajectory row's reveal order."""
+        def tensor(a, dtype="int64"):
+            return torch.from_numpy(a.astype(dtype))[None]
+
+        if self.trajectories is not None:
+            tokens_L, document_ids_L, step_map_L = self._trajectory_row(g)
+            tokens_BL = tensor(tokens_L)
+            return (tokens_BL, tensor(document_ids_L), torch.zeros_like(tokens_BL, dtype=torch.bool),
+                    {"step_map_BL": tensor(step_map_L)})
+        store_i, j = self.blend.locate(g)
+        row = self.samples[store_i].row(j)
+        prompt_mask_BL = tensor(row.prompt_mask_L, bool)
+        return (tensor(row.tokens_L), tensor(row.document_ids_L), prompt_mask_BL,
+                {"prompt_mask_BL": prompt_mask_BL if self.cfg.mode == "sft" else None})
 
 
 def build_indices(cfg: DataConfig, num_samples: int, tokenizer_hash: str | None = None,
