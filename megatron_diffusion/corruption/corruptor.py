@@ -54,13 +54,10 @@ class Corruptor:
         self.cfg = cfg.validate()
         check_choice("mode", mode, MODES)
         check_choice("visibility", visibility, VISIBILITIES)
-        for name, value in (("seq_len", seq_len), ("total_steps", total_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UsageError(f"{name}: got {value!r}, expected a positive integer")
+        check_int("seq_len", seq_len, lo=1)
+        check_int("total_steps", total_steps, lo=1)
         if mode == "block":
-            if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
-                raise UsageError(f"block_size: got {block_size!r}, expected a positive integer "
-                                 "in block mode")
+            check_int("block_size (block mode)", block_size, lo=1)
         check_int("mask_token_id", mask_token_id, lo=0)
         ids = torch.as_tensor(random_token_ids)
         if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64) or ids.numel() < 2 \
