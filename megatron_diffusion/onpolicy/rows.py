@@ -1,0 +1,140 @@
+"""From sampled trajectories to the training rows of the policy-gradient loss, plain torch.
+
+A trajectory is a prompt, the completion the block sampler wrote after it and each token's
+commit step (``Completion.step_map``). REINFORCE needs ``log pi(x_i | state before step s_i)``
+for every committed token ``x_i``: the probability the sampler drew it with. The sampler
+decodes block by block with an exact KV cache (``sampling/sampler.py``): at a step of block
+``j`` the blocks before ``j`` are final, the tokens of block ``j`` committed at earlier steps are
+revealed, the rest of it is ``[MASK]``, and nothing after block ``j`` is fed. That is a block of
+the training layout ``x_t (+) x0`` (docs/masks.md): a noisy block attends only to itself and to
+the clean copies of the earlier blocks, so every block of one row can hold its own state.
+
+**Rounds.** Block ``j``'s distinct commit steps, sorted, are ``d_j[0] < d_j[1] < ...``. Row
+``r`` (a *round*) puts every block ``j`` with more than ``r`` steps in the state before its
+step ``d_j[r]``: the positions with an earlier step revealed, the others masked; the tokens
+committed at ``d_j[r]`` carry the loss. Blocks with ``r`` steps or fewer are clean in row ``r``
+(no loss; a noisy block is seen by nobody else). A trajectory needs ``max_j |d_j|`` rows, the
+most steps any of its blocks took, not one row per step: with block size 4 and 3 tokens per
+step a 64-token completion costs 2 rows.
+
+**Layout.** The sampler counts its blocks from the prompt's first token and starts the
+generation's blocks at the prompt's end; a training row counts them from position 0. The two
+agree when the prompt's length is a multiple of the block size, so on-policy prompts are filled
+on the left to one (``fill_prompt``, with the tokenizer's EOS: the document boundary of packed
+pretraining) before they are sampled, and the rows are those prompts followed by the
+completion, right-padded to ``seq_len``. Then the logits of a row's block are the sampler's
+(tests/onpolicy/test_rows.py: a greedy trajectory's tokens are the argmax of its rows).
+
+**The stop token's block.** The completion ends at its stop token; positions after it in that
+block are not kept by the sampler, so they are ``[MASK]`` in every state here (the sampler may
+have committed some of them before the stop token: those states differ from the sampler's,
+only in that block, only in positions after the answer).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One sampled completion of a filled prompt."""
+
+    prompt_ids: list[int]
+    """The filled prompt (its length a multiple of the block size)."""
+    tokens: list[int]
+    """The completion, up to and including its stop token if it has one."""
+    step_map: list[int]
+    """Commit step of each token of ``tokens``."""
+    advantage: float = 0.0
+    """Its group-relative advantage (the weight of its tokens' log-probabilities)."""
+
+
+def fill_prompt(ids: list[int], block_size: int, fill_id: int) -> list[int]:
+    """``ids`` with ``fill_id`` in front up to a multiple of ``block_size`` tokens."""
+    return [fill_id] * (-len(ids) % block_size) + list(ids)
+
+
+def rounds(step_map: list[int], block_size: int) -> list[list[int]]:
+    """Per block of the completion, its distinct commit steps in order (``d_j`` above)."""
+    steps = list(step_map)
+    return [sorted(set(steps[i:i + block_size])) for i in range(0, len(steps), block_size)]
+
+
+def _check(traj: Trajectory, block_size: int, seq_len: int) -> None:
+    P, T = len(traj.prompt_ids), len(traj.tokens)
+    if P == 0 or P % block_size:
+        raise UsageError(f"prompt_ids: {P} tokens, expected a positive multiple of the block size "
+                         f"{block_size} (fill_prompt)")
+    if T == 0 or len(traj.step_map) != T:
+        raise UsageError(f"step_map: {len(traj.step_map)} steps for {T} tokens, expected one per "
+                         "token and at least one token")
+    if P + -(-T // block_size) * block_size > seq_len:
+        raise UsageError(f"data.seq_len: a row of {seq_len} tokens cannot hold a prompt of {P} "
+                         f"and a completion of {T} (whole blocks of {block_size})")
+
+
+def policy_rows(traj: Trajectory, *, block_size: int, seq_len: int, mask_id: int,
+                pad_id: int) -> DiffusionBatch:
+    """The trajectory's rows (one per round), ``x_t (+) x0`` of ``2 * seq_len`` tokens each.
+
+    ``loss_mask_BL``: the tokens committed in the row's states (each token of the completion in
+    exactly one row); ``loss_weights_BL``: the trajectory's advantage there, 0 elsewhere.
+    """
+    _check(traj, block_size, seq_len)
+    P, T, B = len(traj.prompt_ids), len(traj.tokens), block_size
+    x0_L = torch.full((seq_len,), pad_id, dtype=torch.long)
+    x0_L[:P] = torch.tensor(traj.prompt_ids)
+    x0_L[P:P + T] = torch.tensor(traj.tokens)
+    step_L = torch.full((seq_len,), -1, dtype=torch.long)
+    step_L[P:P + T] = torch.tensor(traj.step_map)
+    per_block = rounds(traj.step_map, B)
+    R = max(len(d) for d in per_block)
+    at_RL = torch.full((R, seq_len), -1, dtype=torch.long)  # the step each row's block is before
+    for j, steps in enumerate(per_block):
+        start = P + j * B
+        for r, s in enumerate(steps):
+            at_RL[r, start:start + B] = s
+    tail_L = torch.zeros(seq_len, dtype=torch.bool)
+    tail_L[P + T:-(-(P + T) // B) * B] = True  # after the stop token, in its block
+    in_state_RL = at_RL >= 0
+    masked_RL = in_state_RL & ((step_L >= at_RL) | tail_L)
+    committed_RL = in_state_RL & (step_L == at_RL)
+    xt_RL = torch.where(masked_RL, mask_id, x0_L)
+    return DiffusionBatch(
+        tokens_BS=torch.cat([xt_RL, x0_L.expand(R, -1)], dim=1), labels_BL=x0_L.expand(R, -1).clone(),
+        loss_weights_BL=committed_RL.float() * float(traj.advantage),
+        document_ids_BL=torch.zeros(R, seq_len, dtype=torch.long), loss_mask_BL=committed_RL,
+        t_BN=masked_RL.float().mean(dim=1, keepdim=True), num_edits_B=torch.zeros(R, dtype=torch.long),
+        stage="onpolicy")
+
+
+def padding_row(*, seq_len: int, pad_id: int) -> DiffusionBatch:
+    """A row without loss: fills a micro-batch, or gives every data-parallel rank as many."""
+    x_L = torch.full((1, seq_len), pad_id, dtype=torch.long)
+    return DiffusionBatch(
+        tokens_BS=torch.cat([x_L, x_L], dim=1), labels_BL=x_L, loss_weights_BL=torch.zeros(1, seq_len),
+        document_ids_BL=torch.zeros(1, seq_len, dtype=torch.long),
+        loss_mask_BL=torch.zeros(1, seq_len, dtype=torch.bool), t_BN=torch.zeros(1, 1),
+        num_edits_B=torch.zeros(1, dtype=torch.long), stage="onpolicy")
+
+
+def micro_batches(rows: list[DiffusionBatch], size: int, count: int, *, seq_len: int,
+                  pad_id: int) -> list[DiffusionBatch]:
+    """``count`` micro-batches of ``size`` rows: ``rows`` (one or more rows each) in order,
+    then padding rows."""
+    flat = [r for batch in rows for r in _split(batch)]
+    if len(flat) > size * count:
+        raise ValueError(f"{len(flat)} rows do not fit {count} micro-batches of {size}")
+    flat += [padding_row(seq_len=seq_len, pad_id=pad_id)] * (size * count - len(flat))
+    return [DiffusionBatch.collate(flat[i:i + size]) for i in range(0, size * count, size)]
+
+
+def _split(batch: DiffusionBatch) -> list[DiffusionBatch]:
+    fields = ("tokens_BS", "labels_BL", "loss_weights_BL", "document_ids_BL", "loss_mask_BL",
+              "t_BN", "num_edits_B")
+    return [DiffusionBatch(stage=batch.stage, **{f: getattr(batch, f)[i:i + 1] for f in fields})
+            for i in range(batch.batch_size)]

@@ -1,0 +1,275 @@
+"""The ``onpolicy`` trainer stage: Seed Diffusion 3.3's step reduction on the model's own samples.
+
+``OnPolicyTrainer`` is a ``training.trainer.Trainer`` (setup, parallel state, checkpoints,
+resume, SIGTERM/SIGUSR2, the non-finite guard, metrics.jsonl are that class's) whose data and
+step differ. Each step ``s``:
+
+1. **prompts**: ``onpolicy.prompts_per_step`` prompts of the set (a seeded permutation per epoch,
+   a pure function of ``s``, so a resumed run takes the same ones), split over the data-parallel
+   ranks; each prompt filled on the left to a multiple of the block size (``rows.fill_prompt``);
+2. **generation** on this rank: ``group_size`` trajectories per prompt with the block sampler on
+   the model being trained (threshold/fixed rule, KV cache, temperature 1, seed from ``s`` and
+   the rank), in eval mode, without gradients;
+3. **reward** of each (``objective.reward``): the dense step surrogate and the verifier's score
+   (execution of the prompt's test, or the completion's likelihood under the frozen starting
+   model); group-relative advantages per prompt (``objective.group_advantages``);
+4. **rows** (``rows.policy_rows``), the reference model's log-probabilities of the committed
+   tokens (``loss.reference_logp``, when ``kl_weight > 0``), and the step through
+   ``train_step.TrainStep`` with the policy-gradient forward/backward (``loss``). Every
+   data-parallel rank runs as many micro-batches (the most any rank needs, padding rows after).
+
+Metrics per step (metrics.jsonl, over all ranks): ``loss``, ``reward``, ``verifier`` (mean
+score: the pass rate with the execution verifier), ``steps_per_block`` and
+``tokens_per_forward`` of the trajectories, ``surrogate``, ``kl`` (mean k3 per token), ``ce``
+(mean ``-log pi`` of the committed tokens), ``completion_tokens``, ``rows``, ``generation_s``.
+
+The stage needs ``--init-from`` (the model to improve); the frozen reference (KL anchor, model
+verifier) is that checkpoint, also on resume (checked against the checkpoint's record).
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megatron_diffusion.data.tokenizer import load_tokenizer
+from megatron_diffusion.distill.row_model import RowModel
+from megatron_diffusion.errors import UsageError
+from megatron_diffusion.evaluation.executor import ExecutorConfig
+from megatron_diffusion.model.gpt import build_model
+from megatron_diffusion.model.inference import LoadedModel
+from megatron_diffusion.onpolicy.loss import PolicyBatch, policy_forward_backward, reference_logp
+from megatron_diffusion.onpolicy.objective import dense_surrogate, group_advantages, reward
+from megatron_diffusion.onpolicy.prompts import read_prompts
+from megatron_diffusion.onpolicy.rows import Trajectory, fill_prompt, micro_batches, policy_rows
+from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier
+from megatron_diffusion.sampling.sampler import BlockSampler, ModelRules
+from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
+from megatron_diffusion.training.model_setup import unwrap
+from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.train_step import StepCost, TrainStep
+from megatron_diffusion.training.trainer import Trainer
+
+STATS = ("reward", "verifier", "surrogate", "forwards", "blocks", "tokens", "trajectories", "rows")
+
+
+class PromptStream:
+    """Which prompts step ``s`` takes: positions ``[s * n, (s + 1) * n)`` of the concatenated
+    per-epoch permutations (seeded), this data-parallel rank's contiguous share of them."""
+
+    def __init__(self, num_prompts: int, per_step: int, *, seed: int, dp_rank: int, dp_size: int):
+        if per_step % dp_size:
+            raise UsageError(f"onpolicy.prompts_per_step: got {per_step}, expected a multiple of "
+                             f"the {dp_size} data-parallel ranks")
+        self.num, self.per_step, self.seed = num_prompts, per_step, seed
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.consumed_samples = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num)
+
+    def take(self, step: int) -> list[int]:
+        share = self.per_step // self.dp_size
+        first = step * self.per_step + self.dp_rank * share
+        return [int(self._order(g // self.num)[g % self.num]) for g in range(first, first + share)]
+
+    def state_dict(self) -> dict:
+        return {"consumed_samples": self.consumed_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed_samples = int(state["consumed_samples"])
+
+
+class OnPolicyTrainer(Trainer):
+    """``OnPolicyTrainer(cfg, run_dir, init_from=...).setup().train()`` -> exit code."""
+
+    def _read_config(self):
+        if self.init_from is None:
+            raise UsageError("--init-from: an on-policy run improves a trained model; give its "
+                             "checkpoint (it is also the frozen reference)")
+        resume_path = super()._read_config()
+        self._read_prompts()  # bad prompts: one line, before the run directory is written
+        return resume_path
+
+    def _read_prompts(self) -> None:
+        self.tokenizer = load_tokenizer(self.cfg.training.tokenizer or self._store_tokenizer_path())
+        self.records = read_prompts(self.cfg.onpolicy.prompts)
+        self.prompt_ids = [self._filled(r) for r in self.records]
+
+    # ------------------------------------------------------------------ data
+    def _build_data(self) -> None:
+        cfg, op = self.cfg, self.cfg.onpolicy
+        self.spec = ForwardSpec.of(cfg)
+        self.stream = PromptStream(len(self.records), op.prompts_per_step, seed=op.seed,
+                                   dp_rank=self.dp_rank, dp_size=self.dp_size)
+        self.loader = self.stream  # what checkpoints save and resume restores
+        self.reference = None
+        if op.kl_weight > 0 or op.verifier == "model":
+            self.reference = build_model(cfg.model, unwrap(self.chunks)[0].config).eval()
+            self.reference.requires_grad_(False)
+        self.verifier = self._verifier()
+
+    def _store_tokenizer_path(self) -> str:
+        p = Path(self.stores[0].path) / "tokenizer.json"
+        if not p.is_file():
+            raise UsageError(f"data.blend: store {self.stores[0].path} has no tokenizer.json; "
+                             "set training.tokenizer")
+        return str(p)
+
+    def _filled(self, record) -> list[int]:
+        """The prompt's ids, filled to whole blocks; checked to fit a loss row."""
+        op, B, L = self.cfg.onpolicy, self.cfg.attention.block_size, self.cfg.data.seq_len
+        if op.verifier == "execution" and not record.has_test:
+            raise UsageError(f"onpolicy.prompts: {record.task_id} has no test; the execution "
+                             "verifier needs one per prompt (or set onpolicy.verifier=model)")
+        ids = fill_prompt(self.tokenizer.encode(record.prompt), B, self.tokenizer.eos_id)
+        if len(ids) + op.max_new_tokens > L:
+            raise UsageError(f"data.seq_len: {L} cannot hold prompt {record.task_id} ({len(ids)} "
+                             f"tokens, filled) + onpolicy.max_new_tokens={op.max_new_tokens}")
+        return ids
+
+    def _verifier(self):
+        if self.cfg.onpolicy.verifier == "execution":
+            return ExecutionVerifier(ExecutorConfig())
+        loaded = LoadedModel(self.reference, self.cfg, {}, None, Path(self.init_from))
+        return ModelVerifier(RowModel(loaded), self.tokenizer)
+
+    def _restore(self, resume_path) -> None:
+        if resume_path is not None:
+            theirs = read_meta(resume_path).get("onpolicy_reference")
+            if theirs != str(self.init_from):
+                raise UsageError(f"--init-from: {self.init_from} is not the reference this run "
+                                 f"started from ({theirs}); resume with that checkpoint")
+        super()._restore(resume_path)
+        if self.reference is not None:
+            load_checkpoint(self.init_from, [self.reference])
+        self.rules = ModelRules.from_run_config(
+            self.cfg, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+            stop_ids=tuple((self.generation or {}).get("stop_token_ids") or ()) or None)
+
+    # ------------------------------------------------------------------ step
+    def _train_step(self, logger) -> TrainStep:
+        cost = StepCost(tokens=0, flops=0.0, peak_flops=None, world_size=dist.get_world_size())
+        return TrainStep(self.chunks, self.optimizer, self.spec, cost,
+                         max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=lambda s: 0.0,
+                         say=logger.write, run=policy_forward_backward(self.cfg.onpolicy.kl_weight))
+
+    def _loop(self, step_fn: TrainStep, logger, flag) -> int:
+        while self.step < self.cfg.training.train_iters:
+            t0 = time.perf_counter()
+            lr = self._lr_at(self.step)
+            microbatches, stats = self._rollout(self.step)
+            record = step_fn(microbatches, step=self.step + 1, lr=lr, started=t0)
+            self.step += 1
+            self.stream.consumed_samples = self.step * self.cfg.onpolicy.prompts_per_step
+            if record is None:  # skipped: non-finite
+                continue
+            self._report({**record, **stats}, logger)
+            code = self._save_or_exit(logger, flag)
+            if code is not None:
+                return code
+        if self.last_saved != self.step:
+            self.save()
+        return 0
+
+    def _seed(self, step: int) -> int:
+        return (self.cfg.onpolicy.seed * 1_000_003 + step) * 4099 + self.dp_rank
+
+    def _generate(self, step: int, prompts: list[list[int]]):
+        model = unwrap(self.chunks)[0]
+        op, B = self.cfg.onpolicy, self.cfg.attention.block_size
+        model.eval()
+        try:
+            sampler = BlockSampler(model, self.rules, op.sampler(block_size=B, seed=self._seed(step)))
+            return sampler.generate(prompts)
+        finally:
+            model.train()
+
+    def _scores(self, index: list[int], prompts, completions) -> torch.Tensor:
+        """Verifier scores; under TP those of TP rank 0 (an execution may time out on one rank)."""
+        if self.cfg.onpolicy.verifier == "model":
+            scores = [self.verifier.score_ids(p, c.tokens) for p, c in zip(prompts, completions)]
+        else:
+            texts = [self.tokenizer.decode(c.tokens[:-1] if c.stopped_at_eos else c.tokens)
+                     for c in completions]
+            scores = self.verifier.score_batch([self.records[i] for i in index], texts)
+        out = torch.tensor(scores, dtype=torch.float64)
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            dist.broadcast(out, src=ps.get_tensor_model_parallel_src_rank(),
+                           group=ps.get_tensor_model_parallel_group())
+        return out
+
+    def _rollout(self, step: int):
+        """This rank's micro-batches of step ``step`` and the step's figures (all ranks)."""
+        op, B = self.cfg.onpolicy, self.cfg.attention.block_size
+        index = [i for i in self.stream.take(step) for _ in range(op.group_size)]
+        prompts = [self.prompt_ids[i] for i in index]
+        t0 = time.perf_counter()
+        completions = self._generate(step, prompts)
+        generation_s = time.perf_counter() - t0
+        scores = self._scores(index, prompts, completions)
+        rewards = torch.tensor([reward(c.step_map, float(v), op.reward(), num_steps=c.num_forwards)
+                                for c, v in zip(completions, scores)], dtype=torch.float64)
+        advantages = group_advantages(rewards, torch.tensor(index), baseline=op.baseline,
+                                      scale=op.scale_advantages)
+        rows = [policy_rows(Trajectory(p, c.tokens, c.step_map, float(a)), block_size=B,
+                            seq_len=self.cfg.data.seq_len, mask_id=self.cfg.model.mask_token_id,
+                            pad_id=self.tokenizer.pad_id)
+                for p, c, a in zip(prompts, completions, advantages)]
+        local = torch.tensor([sum(r.batch_size for r in rows), sum(int(r.loss_mask_BL.sum()) for r in rows)],
+                             dtype=torch.float64)
+        stats = self._stats(completions, scores, rewards, local[0].item(), B)
+        return self._policy_batches(rows, local), {**stats, "generation_s": generation_s}
+
+    def _policy_batches(self, rows, local: torch.Tensor) -> list[PolicyBatch]:
+        """Equal micro-batch counts on every data-parallel rank, with the reference's log-probs."""
+        mbs, L, pad = self.cfg.data.micro_batch_size, self.cfg.data.seq_len, self.tokenizer.pad_id
+        count = torch.tensor([-(-int(local[0]) // mbs)], dtype=torch.long)
+        tokens = local[1:].clone()
+        dist.all_reduce(count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+        dist.all_reduce(tokens, group=ps.get_data_parallel_group())
+        count = max(int(count), 1)
+        scale = count * self.dp_size / max(float(tokens), 1.0)
+        out = []
+        for mb in micro_batches(rows, mbs, count, seq_len=L, pad_id=pad):
+            ref = (reference_logp(self.reference, mb, self.spec) if self.cfg.onpolicy.kl_weight > 0
+                   else torch.zeros(int(mb.loss_mask_BL.sum())))
+            out.append(PolicyBatch(mb, ref, scale))
+        return out
+
+    def _stats(self, completions, scores, rewards, num_rows: float, B: int) -> dict:
+        surrogate = [dense_surrogate(c.step_map, c.num_forwards)[0] for c in completions]
+        totals = torch.tensor([float(rewards.sum()), float(scores.sum()), sum(surrogate),
+                               sum(c.num_forwards for c in completions),
+                               sum(-(-len(c.tokens) // B) for c in completions),
+                               sum(len(c.tokens) for c in completions), len(completions), num_rows],
+                              dtype=torch.float64)
+        dist.all_reduce(totals, group=ps.get_data_parallel_group())
+        t = dict(zip(STATS, totals.tolist()))
+        n = t["trajectories"]
+        return {"reward": t["reward"] / n, "verifier": t["verifier"] / n,
+                "surrogate": t["surrogate"] / n, "steps_per_block": t["forwards"] / t["blocks"],
+                "tokens_per_forward": t["tokens"] / t["forwards"],
+                "completion_tokens": t["tokens"] / n, "rows": int(t["rows"])}
+
+    def _report(self, record: dict, logger) -> None:
+        record.pop("u_max", None)
+        record["tokens_per_s"] = 2 * self.cfg.data.seq_len * record["rows"] / record["step_time_s"]
+        tr = self.cfg.training
+        if self.step % tr.log_interval == 0 or self.step == tr.train_iters:
+            logger.log(record)
+        logger.progress(self.step, {"loss": f"{record['loss']:.3f}", "reward": f"{record['reward']:.3f}",
+                                    "tok/fwd": f"{record['tokens_per_forward']:.2f}",
+                                    "verifier": f"{record['verifier']:.2f}", "kl": f"{record['kl']:.4f}"})
+
+    # ------------------------------------------------------------------ checkpoint
+    def meta(self) -> dict:
+        meta = super().meta()
+        meta["config"] = self.cfg.run_config_dict()  # what every checkpoint reader knows
+        meta["onpolicy"] = dataclasses.asdict(self.cfg.onpolicy)
+        meta["onpolicy_reference"] = str(self.init_from)
+        return meta
