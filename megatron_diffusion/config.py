@@ -347,11 +347,12 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                validate: bool = True, stage: dict | None = None) -> RunConfig:
+                validate: bool = True, stage: dict | None = None, cls=RunConfig) -> RunConfig:
     """defaults < YAML file < ``stage`` (a flat ``section.field`` dict, training/stages.py) <
     overrides (``["model.num_layers=2", ...]`` or a flat dict). A ``stages:`` list in the YAML
-    is not applied here: ``train`` runs it (``training/stages.py``)."""
-    cfg = RunConfig()
+    is not applied here: ``train`` runs it (``training/stages.py``). ``cls``: ``RunConfig`` or
+    a subclass with more sections (``onpolicy.config.OnPolicyRunConfig``)."""
+    cfg = cls()
     explicit = set()
     if path is not None:
         data = {k: v for k, v in read_yaml(path).items() if k != "stages"}
@@ -369,9 +370,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg.validate() if validate else cfg
 
 
-def config_from_dict(d: dict, validate: bool = False) -> RunConfig:
-    """Rebuild a ``RunConfig`` saved with ``to_dict`` (checkpoints, run snapshots)."""
-    cfg = RunConfig()
+def config_from_dict(d: dict, validate: bool = False, cls=RunConfig) -> RunConfig:
+    """Rebuild a ``RunConfig`` (or ``cls``) saved with ``to_dict`` (checkpoints, run snapshots)."""
+    cfg = cls()
     for key, value in _flatten(d).items():
         _apply(cfg, key, value)
     return cfg.validate() if validate else cfg

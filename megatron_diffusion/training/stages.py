@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_diffusion.config import _flatten, load_config, read_yaml
+from megatron_diffusion.config import RunConfig, _flatten, load_config, read_yaml
 from megatron_diffusion.data.vocab import resolve_vocab
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
@@ -47,6 +47,8 @@ class Stage:
     cfg: object
     """The stage's ``RunConfig`` (not yet completed from the data store)."""
     run_dir: Path
+    trainer_cls: type = Trainer
+    """The stage's trainer (``onpolicy.trainer.OnPolicyTrainer`` for an on-policy stage)."""
 
 
 def _stage_keys(i: int, raw) -> tuple[str, dict]:
@@ -67,9 +69,14 @@ def _stage_keys(i: int, raw) -> tuple[str, dict]:
     return name, {**flat, "training.train_iters": iters}
 
 
-def load_stages(config_path, overrides, run_dir) -> list[Stage] | None:
+def _plain(keys: dict) -> tuple[type, type]:
+    return RunConfig, Trainer
+
+
+def load_stages(config_path, overrides, run_dir, kind=_plain) -> list[Stage] | None:
     """The stages of ``config_path`` (None when it has no ``stages`` list), each validated
-    except for what the data store completes (vocabulary)."""
+    except for what the data store completes (vocabulary). ``kind(stage_keys)`` gives a stage's
+    ``(config class, trainer class)`` (the entry point knows the later stages' trainers)."""
     raw = read_yaml(config_path).get("stages")
     if raw is None:
         return None
@@ -81,11 +88,12 @@ def load_stages(config_path, overrides, run_dir) -> list[Stage] | None:
         if name in names:
             raise UsageError(f"stages[{i}].name: {name!r} is used twice")
         names.add(name)
+        config_cls, trainer_cls = kind(keys)
         try:
-            cfg = load_config(config_path, overrides, validate=False, stage=keys)
+            cfg = load_config(config_path, overrides, validate=False, stage=keys, cls=config_cls)
         except UsageError as e:
             raise UsageError(f"stages[{i}] ({name}): {e}") from None
-        stages.append(Stage(i + 1, name, cfg, Path(run_dir) / f"stage{i + 1}-{name}"))
+        stages.append(Stage(i + 1, name, cfg, Path(run_dir) / f"stage{i + 1}-{name}", trainer_cls))
     return stages
 
 
@@ -120,8 +128,8 @@ def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv) ->
         if done is not None:
             source = done
             continue
-        trainer = Trainer(stage.cfg, stage.run_dir, resume=resume, init_from=source,
-                          argv=argv).setup()
+        trainer = stage.trainer_cls(stage.cfg, stage.run_dir, resume=resume, init_from=source,
+                                    argv=argv).setup()
         if trainer.rank == 0:
             clear_marker(run_dir)
         code = trainer.train()

@@ -75,6 +75,37 @@ def make_forward_step(spec: ForwardSpec):
     return forward_step
 
 
+def run_schedule(chunks, microbatches: list, forward_step, *, forward_only: bool = False) -> list:
+    """Megatron's schedule over ``microbatches`` with ``forward_step``; the loss functions'
+    third outputs (on the last pipeline stage; an empty list elsewhere)."""
+    first = microbatches[0]
+    n_chunks = len(chunks)
+    iterators = [iter(microbatches) for _ in range(n_chunks)] if n_chunks > 1 else iter(microbatches)
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iterators,
+        model=chunks if n_chunks > 1 else chunks[0],
+        num_microbatches=len(microbatches),
+        seq_length=first.tokens_BS.shape[1],
+        micro_batch_size=first.tokens_BS.shape[0],
+        forward_only=forward_only,
+    )
+
+
+def reduce_reports(reports: list, size: int) -> list[float]:
+    """Sum the micro-batches' ``report`` vectors (``size`` numbers each) over micro-batches,
+    data(-and-context)-parallel ranks and the pipeline (only its last stage has them)."""
+    totals = torch.zeros(size, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        for r in reports:
+            totals += r["report"].double().cpu()
+    if dist.is_initialized():
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(
+            with_context_parallel=True))  # CP ranks hold parts of the same rows
+        dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+    return totals.tolist()
+
+
 def forward_backward(chunks, microbatches: list, spec: ForwardSpec, *,
                      forward_only: bool = False) -> dict:
     """Run the schedule over ``microbatches`` (this DP rank's share of the global batch).
@@ -83,28 +114,7 @@ def forward_backward(chunks, microbatches: list, spec: ForwardSpec, *,
     broadcast from the last pipeline stage: ``loss`` (per token), ``num_tokens``, ``ce`` (mean
     cross entropy of the positions with loss), ``acc`` (argmax accuracy at those positions).
     """
-    first = microbatches[0]
-    seq_length = first.tokens_BS.shape[1]
-    step = make_forward_step(spec)
-    n_chunks = len(chunks)
-    iterators = [iter(microbatches) for _ in range(n_chunks)] if n_chunks > 1 else iter(microbatches)
-    reports = get_forward_backward_func()(
-        forward_step_func=step,
-        data_iterator=iterators,
-        model=chunks if n_chunks > 1 else chunks[0],
-        num_microbatches=len(microbatches),
-        seq_length=seq_length,
-        micro_batch_size=first.tokens_BS.shape[0],
-        forward_only=forward_only,
-    )
-    totals = torch.zeros(5, dtype=torch.float64)
-    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        for r in reports:
-            totals += r["report"].double().cpu()
-    if dist.is_initialized():
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(
-            with_context_parallel=True))  # CP ranks hold parts of the same rows
-        dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, num_tokens, ce_sum, ce_count, correct = totals.tolist()
+    reports = run_schedule(chunks, microbatches, make_forward_step(spec), forward_only=forward_only)
+    loss_sum, num_tokens, ce_sum, ce_count, correct = reduce_reports(reports, 5)
     return {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,
             "ce": ce_sum / max(ce_count, 1.0), "acc": correct / max(ce_count, 1.0)}

@@ -36,24 +36,48 @@ def default_run_dir(config_path: str) -> Path:
     return Path(resolve_run_dir(None, default_name=Path(config_path).stem))
 
 
+def _onpolicy(keys) -> bool:
+    return any(k == "onpolicy" or k.startswith("onpolicy.") for k in keys)
+
+
+def _kinds(config_path: str, overrides: list[str]):
+    """``kind(stage_keys) -> (config class, trainer class)``: a run (or a stage) whose keys
+    include the ``onpolicy`` section is an on-policy run (``onpolicy/trainer.py``)."""
+    from megatron_diffusion.config import RunConfig, parse_override, read_yaml
+    from megatron_diffusion.training.trainer import Trainer
+
+    given = [*read_yaml(config_path).keys(), *(parse_override(o)[0] for o in overrides)]
+
+    def kind(stage_keys: dict):
+        if _onpolicy(given) or _onpolicy(stage_keys):
+            from megatron_diffusion.onpolicy.config import OnPolicyRunConfig
+            from megatron_diffusion.onpolicy.trainer import OnPolicyTrainer
+
+            return OnPolicyRunConfig, OnPolicyTrainer
+        return RunConfig, Trainer
+
+    return kind
+
+
 def run(args) -> int:
     # the training modules load megatron-core (seconds): imported here, not for ``train --help``
     from megatron_diffusion.training.stages import load_stages, run_stages
-    from megatron_diffusion.training.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"training.wandb={args.wandb!r}"] if args.wandb else [])
     if args.resume not in ("none", "auto") and not Path(args.resume).is_dir():
         raise UsageError(f"--resume: {args.resume} is not 'auto', 'none' or a checkpoint directory")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
-    stages = load_stages(args.config, overrides, run_dir)
+    kind = _kinds(args.config, overrides)
+    stages = load_stages(args.config, overrides, run_dir, kind=kind)
     if stages is not None:  # a curriculum (training/stages.py)
         code = run_stages(stages, run_dir, resume=args.resume, init_from=args.init_from,
                           argv=sys.argv)
         destroy()
         return code
-    cfg = load_config(args.config, overrides, validate=False)
-    trainer = Trainer(cfg, run_dir, resume=args.resume, init_from=args.init_from,
-                      argv=sys.argv, overwrite=args.overwrite).setup()
+    config_cls, trainer_cls = kind({})
+    cfg = load_config(args.config, overrides, validate=False, cls=config_cls)
+    trainer = trainer_cls(cfg, run_dir, resume=args.resume, init_from=args.init_from,
+                          argv=sys.argv, overwrite=args.overwrite).setup()
     code = trainer.train()
     destroy()
     return code

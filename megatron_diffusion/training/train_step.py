@@ -57,9 +57,12 @@ class TrainStep:
 
     def __init__(self, chunks, optimizer, spec: ForwardSpec, cost: StepCost, *,
                  max_nan_steps: int, u_max_at: Callable[[int], float],
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], run: Callable = forward_backward):
+        """``run(chunks, microbatches, spec) -> {"loss", "ce", ...}``: the forward/backward
+        (``step.forward_backward``; the on-policy stage passes its policy-gradient one)."""
         self.chunks, self.optimizer, self.spec, self.cost = chunks, optimizer, spec, cost
         self.max_nan_steps, self.u_max_at, self.say = max_nan_steps, u_max_at, say
+        self.run = run
         self.nan_in_a_row = 0
 
     def __call__(self, microbatches: list, *, step: int, lr: float, started: float) -> dict | None:
@@ -69,7 +72,7 @@ class TrainStep:
         for c in self.chunks:
             c.zero_grad_buffer()
         self.optimizer.zero_grad()
-        res = forward_backward(self.chunks, microbatches, self.spec)
+        res = self.run(self.chunks, microbatches, self.spec)
         bad = self._non_finite(res["loss"])
         if bad is not None:
             self._skip(step, bad)
@@ -101,6 +104,7 @@ class TrainStep:
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens_per_s": self.cost.tokens / dt, "step_time_s": dt,
                   "stage": stage, "u_max": self.u_max_at(step - 1)}
+        record.update({k: v for k, v in res.items() if k not in ("loss", "ce", "num_tokens", "acc")})
         if self.cost.peak_flops:
             record["mfu"] = self.cost.flops / dt / (self.cost.peak_flops * self.cost.world_size)
         return record

@@ -257,9 +257,7 @@ class Trainer:
                            start_step=self.step, wandb_mode=tr.wandb, wandb_project=tr.wandb_project,
                            config=self.cfg.to_dict(), tensorboard=tr.tensorboard)
         flag = getattr(self, "preemption", None) or Preemption().install()
-        cost = StepCost.of(self.cfg, self.num_params, dist.get_world_size())
-        step_fn = TrainStep(self.chunks, self.optimizer, self.spec, cost,
-                            max_nan_steps=tr.max_nan_steps, u_max_at=self._u_max, say=logger.write)
+        step_fn = self._train_step(logger)
         self.last_saved = self.step if self.resume != "none" else -1
         self.first_step = self.step
         try:
@@ -270,6 +268,12 @@ class Trainer:
         finally:
             flag.uninstall()
             logger.close()
+
+    def _train_step(self, logger: RunLogger) -> TrainStep:
+        cost = StepCost.of(self.cfg, self.num_params, dist.get_world_size())
+        return TrainStep(self.chunks, self.optimizer, self.spec, cost,
+                         max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=self._u_max,
+                         say=logger.write)
 
     def _loop(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption) -> int:
         tr, it = self.cfg.training, iter(self.loader)
@@ -338,6 +342,12 @@ class Trainer:
         return float(self.corruptor.u_max_at(step))
 
     def save(self):
+        save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=self.meta(),
+                        loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
+                        keep_last=self.cfg.training.keep_last)
+
+    def meta(self) -> dict:
+        """The checkpoint's meta.json (``checkpoint_meta`` and what the run carries through)."""
         par = self.cfg.parallel
         meta = checkpoint_meta(
             self.cfg, tokenizer_hash=self.stores[0].tokenizer_hash,
@@ -350,6 +360,4 @@ class Trainer:
             meta["converted_from"] = self.converted_from
         if self.generation:
             meta["generation"] = self.generation
-        save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=meta,
-                        loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
-                        keep_last=self.cfg.training.keep_last)
+        return meta
