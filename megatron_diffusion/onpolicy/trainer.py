@@ -42,20 +42,18 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.evaluation.executor import ExecutorConfig
 from megatron_diffusion.model.gpt import build_model
 from megatron_diffusion.model.inference import LoadedModel
+from megatron_diffusion.onpolicy import rollout
 from megatron_diffusion.onpolicy.loss import PolicyBatch, policy_forward_backward, reference_logp
-from megatron_diffusion.onpolicy.objective import dense_surrogate, group_advantages, reward
+from megatron_diffusion.onpolicy.objective import group_advantages
 from megatron_diffusion.onpolicy.prompts import read_prompts
 from megatron_diffusion.onpolicy.rows import Trajectory, fill_prompt, micro_batches, policy_rows
 from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier
-from megatron_diffusion.sampling.sampler import BlockSampler, ModelRules
+from megatron_diffusion.sampling.sampler import ModelRules
 from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 from megatron_diffusion.training.model_setup import unwrap
 from megatron_diffusion.training.step import ForwardSpec
 from megatron_diffusion.training.train_step import StepCost, TrainStep
 from megatron_diffusion.training.trainer import Trainer
-
-STATS = ("reward", "verifier", "surrogate", "forwards", "blocks", "tokens", "trajectories", "rows")
-
 
 class PromptStream:
     """Which prompts step ``s`` takes: positions ``[s * n, (s + 1) * n)`` of the concatenated
@@ -92,6 +90,11 @@ class OnPolicyTrainer(Trainer):
             raise UsageError("--init-from: an on-policy run improves a trained model; give its "
                              "checkpoint (it is also the frozen reference)")
         resume_path = super()._read_config()
+        if resume_path is not None:
+            theirs = read_meta(resume_path).get("onpolicy_reference")
+            if theirs != str(self.init_from):
+                raise UsageError(f"--init-from: {self.init_from} is not the reference this run "
+                                 f"started from ({theirs}); resume with that checkpoint")
         self._read_prompts()  # bad prompts: one line, before the run directory is written
         return resume_path
 
@@ -139,11 +142,6 @@ class OnPolicyTrainer(Trainer):
         return ModelVerifier(RowModel(loaded), self.tokenizer)
 
     def _restore(self, resume_path) -> None:
-        if resume_path is not None:
-            theirs = read_meta(resume_path).get("onpolicy_reference")
-            if theirs != str(self.init_from):
-                raise UsageError(f"--init-from: {self.init_from} is not the reference this run "
-                                 f"started from ({theirs}); resume with that checkpoint")
         super()._restore(resume_path)
         if self.reference is not None:
             load_checkpoint(self.init_from, [self.reference])
@@ -179,25 +177,10 @@ class OnPolicyTrainer(Trainer):
     def _seed(self, step: int) -> int:
         return (self.cfg.onpolicy.seed * 1_000_003 + step) * 4099 + self.dp_rank
 
-    def _generate(self, step: int, prompts: list[list[int]]):
-        model = unwrap(self.chunks)[0]
-        op, B = self.cfg.onpolicy, self.cfg.attention.block_size
-        model.eval()
-        try:
-            sampler = BlockSampler(model, self.rules, op.sampler(block_size=B, seed=self._seed(step)))
-            return sampler.generate(prompts)
-        finally:
-            model.train()
-
     def _scores(self, index: list[int], prompts, completions) -> torch.Tensor:
         """Verifier scores; under TP those of TP rank 0 (an execution may time out on one rank)."""
-        if self.cfg.onpolicy.verifier == "model":
-            scores = [self.verifier.score_ids(p, c.tokens) for p, c in zip(prompts, completions)]
-        else:
-            texts = [self.tokenizer.decode(c.tokens[:-1] if c.stopped_at_eos else c.tokens)
-                     for c in completions]
-            scores = self.verifier.score_batch([self.records[i] for i in index], texts)
-        out = torch.tensor(scores, dtype=torch.float64)
+        out = rollout.score(self.verifier, [self.records[i] for i in index], prompts, completions,
+                            self.tokenizer)
         if ps.get_tensor_model_parallel_world_size() > 1:
             dist.broadcast(out, src=ps.get_tensor_model_parallel_src_rank(),
                            group=ps.get_tensor_model_parallel_group())
@@ -209,11 +192,11 @@ class OnPolicyTrainer(Trainer):
         index = [i for i in self.stream.take(step) for _ in range(op.group_size)]
         prompts = [self.prompt_ids[i] for i in index]
         t0 = time.perf_counter()
-        completions = self._generate(step, prompts)
+        completions = rollout.sample(unwrap(self.chunks)[0], self.rules,
+                                     op.sampler(block_size=B, seed=self._seed(step)), prompts)
         generation_s = time.perf_counter() - t0
         scores = self._scores(index, prompts, completions)
-        rewards = torch.tensor([reward(c.step_map, float(v), op.reward(), num_steps=c.num_forwards)
-                                for c, v in zip(completions, scores)], dtype=torch.float64)
+        rewards = rollout.rewards(completions, scores, op.reward())
         advantages = group_advantages(rewards, torch.tensor(index), baseline=op.baseline,
                                       scale=op.scale_advantages)
         rows = [policy_rows(Trajectory(p, c.tokens, c.step_map, float(a)), block_size=B,
@@ -222,8 +205,10 @@ class OnPolicyTrainer(Trainer):
                 for p, c, a in zip(prompts, completions, advantages)]
         local = torch.tensor([sum(r.batch_size for r in rows), sum(int(r.loss_mask_BL.sum()) for r in rows)],
                              dtype=torch.float64)
-        stats = self._stats(completions, scores, rewards, local[0].item(), B)
-        return self._policy_batches(rows, local), {**stats, "generation_s": generation_s}
+        totals = torch.cat([rollout.sums(completions, scores, rewards, B), local[:1]])
+        dist.all_reduce(totals, group=ps.get_data_parallel_group())
+        stats = {**rollout.figures(totals[:-1]), "rows": int(totals[-1]), "generation_s": generation_s}
+        return self._policy_batches(rows, local), stats
 
     def _policy_batches(self, rows, local: torch.Tensor) -> list[PolicyBatch]:
         """Equal micro-batch counts on every data-parallel rank, with the reference's log-probs."""
@@ -240,21 +225,6 @@ class OnPolicyTrainer(Trainer):
                    else torch.zeros(int(mb.loss_mask_BL.sum())))
             out.append(PolicyBatch(mb, ref, scale))
         return out
-
-    def _stats(self, completions, scores, rewards, num_rows: float, B: int) -> dict:
-        surrogate = [dense_surrogate(c.step_map, c.num_forwards)[0] for c in completions]
-        totals = torch.tensor([float(rewards.sum()), float(scores.sum()), sum(surrogate),
-                               sum(c.num_forwards for c in completions),
-                               sum(-(-len(c.tokens) // B) for c in completions),
-                               sum(len(c.tokens) for c in completions), len(completions), num_rows],
-                              dtype=torch.float64)
-        dist.all_reduce(totals, group=ps.get_data_parallel_group())
-        t = dict(zip(STATS, totals.tolist()))
-        n = t["trajectories"]
-        return {"reward": t["reward"] / n, "verifier": t["verifier"] / n,
-                "surrogate": t["surrogate"] / n, "steps_per_block": t["forwards"] / t["blocks"],
-                "tokens_per_forward": t["tokens"] / t["forwards"],
-                "completion_tokens": t["tokens"] / n, "rows": int(t["rows"])}
 
     def _report(self, record: dict, logger) -> None:
         record.pop("u_max", None)

@@ -8,7 +8,7 @@ import torch
 
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.onpolicy.objective import (
-    RewardConfig, dense_surrogate, group_advantages, policy_gradient_loss, position_kl, reward,
+    RewardConfig, dense_surrogate, group_advantages, policy_gradient_loss, k3_kl, reward,
     step_counts,
 )
 
@@ -77,15 +77,25 @@ def test_loss_normalises_per_token_and_adds_the_kl():
     logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[True, True, False], [True, False, False]])
     adv = torch.tensor([2.0, -1.0])
-    kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
-    loss = policy_gradient_loss(logp, mask, adv, kl, kl_weight=0.5)
-    assert loss.item() == pytest.approx(-(2 * (-3.0) + (-1) * (-0.5)) / 3 + 0.5 * 0.6 / 3)
+    ref = torch.tensor([[-1.0, -1.0, 5.0], [-1.5, 7.0, 7.0]])  # unmasked entries must not count
+    loss = policy_gradient_loss(logp, mask, adv, ref, kl_weight=0.5)
+    k3 = (math.e - 1 - 1) + (math.exp(-1) + 1 - 1)  # d = +1 at [0, 1], d = -1 at [1, 0]
+    assert loss.item() == pytest.approx(-(2 * (-3.0) + (-1) * (-0.5)) / 3 + 0.5 * k3 / 3)
     loss.backward()
-    assert torch.allclose(logp.grad, torch.tensor([[-2 / 3, -2 / 3, 0.0], [1 / 3, 0.0, 0.0]]))
-    with pytest.raises(UsageError, match="kl_NT"):
+    # d k3 / d logp = 1 - exp(d)
+    kl_grad = torch.tensor([[0.0, 1 - math.e, 0.0], [1 - math.exp(-1), 0.0, 0.0]])
+    pg_grad = torch.tensor([[-2 / 3, -2 / 3, 0.0], [1 / 3, 0.0, 0.0]])
+    assert torch.allclose(logp.grad, pg_grad + 0.5 * kl_grad / 3)
+    with pytest.raises(UsageError, match="ref_logp_NT"):
         policy_gradient_loss(logp, mask, adv, None, kl_weight=0.1)
     with pytest.raises(UsageError, match="mask"):
         policy_gradient_loss(logp, torch.zeros_like(mask), adv)
+
+
+def test_k3_is_zero_at_the_reference_and_positive_elsewhere():
+    logp = torch.tensor([-1.0, -2.0, -0.1])
+    assert torch.equal(k3_kl(logp, logp), torch.zeros(3))
+    assert (k3_kl(logp, logp + torch.tensor([0.5, -0.5, 2.0])) > 0).all()
 
 
 # --- the 2-action toy: softmax policy over logits theta, rewards r0, r1 -------------------------
@@ -147,16 +157,21 @@ def test_mean_baseline_scales_the_expected_gradient_by_g_minus_1_over_g():
     assert scaled.mean().item() > 0  # GRPO's std scaling changes the scale, not the sign
 
 
-def test_kl_anchor_gradient_is_the_gradient_of_kl():
-    """d KL(p || q) / d theta_1 = p1 * (log p1 - log q1 - KL) for a softmax policy."""
+def test_kl_anchor_value_and_gradient_in_closed_form():
+    """Over the tokens a softmax policy ``p`` draws, ``E[k3] = KL(p || q)`` and the expected
+    gradient of the k3 term is ``p - q`` (that of ``KL(q || p)``): enumerated exactly."""
     theta = torch.tensor([THETA], requires_grad=True)
-    ref = torch.tensor([[0.5, 0.5]]).log()
-    logp = theta.log_softmax(-1)
-    kl = position_kl(logp, ref)
-    loss = policy_gradient_loss(logp[:, :1], torch.ones(1, 1, dtype=torch.bool), torch.zeros(1),
-                                kl.view(1, 1), kl_weight=1.0)
-    loss.backward()
-    p = logp.detach().exp()[0]
-    value = float((p * (p.log() - ref[0])).sum())
-    assert kl.item() == pytest.approx(value) and value > 0
-    assert theta.grad[0, 1].item() == pytest.approx(p[1].item() * (math.log(p[1]) - ref[0, 1].item() - value))
+    q = torch.tensor([0.5, 0.5])
+    p = theta.detach().softmax(-1)[0]
+    value, grad = 0.0, torch.zeros(2)
+    for x in range(2):  # each token, weighted by its probability under p
+        theta.grad = None
+        logp = theta.log_softmax(-1)[:, x:x + 1]
+        loss = policy_gradient_loss(logp, torch.ones(1, 1, dtype=torch.bool), torch.zeros(1),
+                                    q[x].log().view(1, 1), kl_weight=1.0)
+        loss.backward()
+        value += p[x].item() * loss.item()
+        grad += p[x] * theta.grad[0]
+    kl_pq = float((p * (p.log() - q.log())).sum())
+    assert value == pytest.approx(kl_pq) and kl_pq > 0
+    assert torch.allclose(grad, p - q, atol=1e-6)

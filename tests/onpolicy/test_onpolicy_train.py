@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.faults.conftest import metric_lines, wait_for
 from tests.helpers import ROOT
@@ -73,6 +74,8 @@ def test_trains_logs_and_resumes_exactly(tiny_store, base, tmp_path):
     run = tmp_path / "resumed"
     _onpolicy(tiny_store, base, run, f"training.exit_interval={STEPS // 2}")
     assert len(_records(run)) == STEPS // 2
+    other = _onpolicy(tiny_store, (tmp_path / "straight", base[1]), run, check=False)
+    assert other.returncode == 2 and "is not the reference" in other.stderr.strip().splitlines()[-1]
     _onpolicy(tiny_store, base, run)
     assert _records(run) == straight
 
@@ -127,3 +130,24 @@ def test_data_parallel_counts_every_rank(tiny_store, base, tmp_path):
     assert len(records) == 2
     # 2 prompts x 2 trajectories over both ranks, each completion 12 tokens (no stop token)
     assert all(r["tokens"] <= 4 * 12 and r["completion_tokens"] <= 12 for r in records)
+
+
+def test_an_onpolicy_stage_of_a_staged_run(tiny_store, base, tmp_path):
+    """A stage whose keys name the onpolicy section is an on-policy stage, started from the
+    previous stage's final checkpoint; the other stages train as before."""
+    cfg = yaml.safe_load((ROOT / "examples" / "cpu_demo.yaml").read_text())
+    onpolicy = dict(o.split("=", 1) for o in ONPOLICY if o.startswith("onpolicy."))
+    cfg["stages"] = [{"name": "cpt", "train_iters": 2},
+                     {"name": "op", "train_iters": 2, "onpolicy.prompts": str(base[1]),
+                      **{k: yaml.safe_load(v) for k, v in onpolicy.items()}}]
+    staged = tmp_path / "staged.yaml"
+    staged.write_text(yaml.safe_dump(cfg))
+    cmd = train_cmd(tiny_store, tmp_path / "run", "data.seq_len=32", "optimizer.lr=0.01")
+    cmd[cmd.index("--config") + 1] = str(staged)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {r["stage"] for r in _records(tmp_path / "run" / "stage1-cpt")} <= {"mask", "edit"}
+    second = _records(tmp_path / "run" / "stage2-op")
+    assert [r["stage"] for r in second] == ["onpolicy", "onpolicy"]
+    meta = json.loads((tmp_path / "run" / "stage2-op" / "checkpoints" / "iter_0000002" / "meta.json").read_text())
+    assert meta["onpolicy_reference"].endswith("stage1-cpt/checkpoints/iter_0000002")

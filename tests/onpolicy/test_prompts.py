@@ -6,7 +6,7 @@ import pytest
 
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.onpolicy.prompts import (
-    PromptRecord, read_prompts, write_humaneval_prompts, write_prompts,
+    PromptRecord, read_prompts, source_records, write_humaneval_prompts, write_prompts,
 )
 
 
@@ -60,3 +60,53 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe{}\n")
     with pytest.raises(UsageError, match="not UTF-8"):
         read_prompts(tmp_path / "binary.jsonl")
+
+
+SOURCE = '''"""A module."""
+
+
+def documented(a,
+               b=1):
+    """Add two numbers.
+
+    More text that is not kept.
+    """
+    return a + b
+
+
+def undocumented(x):
+    return x
+
+
+class Skipped:
+    def method(self):
+        """Methods are not top-level functions."""
+
+
+async def waits(t):
+    """Wait ``t`` seconds."""
+
+
+def long_one(x):
+    """''' + "word " * 60 + '''"""
+'''
+
+
+def test_source_prompts_are_signature_and_first_docstring_line(tmp_path):
+    f = tmp_path / "mod.py"
+    f.write_text(SOURCE)
+    records = source_records([f], limit=10, max_chars=200)
+    assert [r.prompt for r in records] == [
+        'def documented(a,\n               b=1):\n    """Add two numbers.\n',
+        'async def waits(t):\n    """Wait ``t`` seconds.\n']
+    assert [r.task_id for r in records] == ["mod.py:4", "mod.py:22"]
+    assert not any(r.has_test for r in records)
+    assert len(source_records([f], limit=1)) == 1
+    assert len(source_records([f], limit=10, max_chars=10_000)) == 3  # the long one too
+
+
+def test_source_prompts_refuse_a_file_that_is_not_python(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(:\n")
+    with pytest.raises(UsageError, match="bad.py: not Python source"):
+        source_records([bad], limit=5)

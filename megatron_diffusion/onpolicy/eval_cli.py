@@ -1,0 +1,100 @@
+"""``megatron-diffusion onpolicy-eval``: the on-policy stage's figures for a checkpoint, no training.
+
+Samples ``--samples`` completions of every prompt of ``--prompts`` (each filled on the left to
+whole blocks, as the stage does) with the given sampler settings, scores them with the verifier
+and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
+score; the pass rate with ``--verifier execution``), ``reward`` (``RewardConfig``'s defaults),
+``surrogate``, ``completion_tokens`` (``onpolicy/rollout.py``), and the settings. Run it on the model before
+and after an on-policy run with the same settings to compare them (docs/onpolicy.md). Bad input
+is one line and exit 2 before any model loads; ``--out`` is written atomically.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from megatron_diffusion.errors import UsageError, check_int
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint, run directory or HF export")
+    p.add_argument("--prompts", required=True, help="prompt set (JSON lines, docs/onpolicy.md)")
+    p.add_argument("--verifier", choices=("execution", "model"), default="execution")
+    p.add_argument("--reference", default=None,
+                   help="--verifier model: the frozen reference checkpoint (the starting model)")
+    p.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--strategy", choices=("threshold", "fixed"), default="threshold")
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--steps-per-block", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy (deployment); 1: as the on-policy stage samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+
+
+def _check(args):
+    """Everything that needs no model; returns the prompt records."""
+    from megatron_diffusion.onpolicy.prompts import read_prompts
+
+    check_int("--samples", args.samples, lo=1)
+    check_int("--batch-size", args.batch_size, lo=1)
+    if args.limit is not None:
+        check_int("--limit", args.limit, lo=1)
+    if args.verifier == "model" and args.reference is None:
+        raise UsageError("--reference: --verifier model needs the reference checkpoint")
+    records = read_prompts(args.prompts)[:args.limit]
+    if args.verifier == "execution":
+        untested = [r.task_id for r in records if not r.has_test]
+        if untested:
+            raise UsageError(f"--prompts: {untested[0]} has no test; --verifier execution needs "
+                             "one per prompt (or use --verifier model)")
+    return records
+
+
+def run(args) -> int:
+    records = _check(args)
+    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+    from megatron_diffusion.fileio import write_text_atomic
+    from megatron_diffusion.onpolicy import rollout
+    from megatron_diffusion.onpolicy.objective import RewardConfig
+    from megatron_diffusion.onpolicy.rows import fill_prompt
+    from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier
+    from megatron_diffusion.sampling.api import stop_token_ids
+    from megatron_diffusion.sampling.config import SamplerConfig
+    from megatron_diffusion.sampling.sampler import ModelRules
+
+    cfg = SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=args.strategy,
+                        threshold=args.threshold, steps_per_block=args.steps_per_block,
+                        temperature=args.temperature, seed=args.seed).validate()
+    loaded = load_model(args.checkpoint)
+    if loaded.tokenizer_path is None:
+        raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json")
+    tok = load_tokenizer(loaded.tokenizer_path)
+    B = loaded.config.attention.block_size
+    rules = ModelRules.from_run_config(loaded.config, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                       stop_ids=stop_token_ids(tok, (), loaded.meta))
+    verifier = (ModelVerifier.from_checkpoint(args.reference) if args.verifier == "model"
+                else ExecutionVerifier())
+    records = [r for r in records for _ in range(args.samples)]
+    prompts = [fill_prompt(tok.encode(r.prompt), B, tok.eos_id) for r in records]
+    totals, t0 = None, time.perf_counter()
+    for i in range(0, len(prompts), args.batch_size):
+        batch = prompts[i:i + args.batch_size]
+        completions = rollout.sample(loaded.model, rules, cfg, batch)
+        scores = rollout.score(verifier, records[i:i + args.batch_size], batch, completions, tok)
+        part = rollout.sums(completions, scores, rollout.rewards(completions, scores, RewardConfig()), B)
+        totals = part if totals is None else totals + part
+        print(f"onpolicy-eval: {min(i + args.batch_size, len(prompts))}/{len(prompts)} completions",
+              file=sys.stderr, flush=True)
+    out = {**rollout.figures(totals), "trajectories": len(prompts), "seconds": time.perf_counter() - t0,
+           "checkpoint": str(loaded.path), "verifier_kind": args.verifier, "settings": cfg.settings()}
+    text = json.dumps(out, indent=1)
+    if args.out:
+        write_text_atomic(args.out, text + "\n")
+    print(text)
+    return 0

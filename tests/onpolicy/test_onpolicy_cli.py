@@ -1,0 +1,75 @@
+"""``onpolicy-prompts`` and ``onpolicy-eval`` as a user runs them (subprocess), and their
+one-line refusals with nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megatron_diffusion.onpolicy.prompts import read_prompts
+from tests.helpers import ROOT, make_checkpoint
+from tests.training.conftest import env
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "megatron_diffusion.cli", *map(str, args)],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_onpolicy_prompts_humaneval_and_source(tmp_path):
+    out = tmp_path / "he.jsonl"
+    proc = _cli("onpolicy-prompts", "--humaneval", "--limit", 2, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert [r.task_id for r in read_prompts(out)] == ["HumanEval/0", "HumanEval/1"]
+    src = tmp_path / "m.py"
+    src.write_text('def f(x):\n    """Return x."""\n    return x\n')
+    proc = _cli("onpolicy-prompts", "--source", src, "--out", tmp_path / "src.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert read_prompts(tmp_path / "src.jsonl")[0].prompt == 'def f(x):\n    """Return x.\n'
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source", "missing.py"], "--source: missing.py is not a file"),
+    (["--humaneval", "--limit", "0"], "--limit"),
+])
+def test_onpolicy_prompts_bad_input(tmp_path, args, message):
+    out = tmp_path / "p.jsonl"
+    proc = _cli("onpolicy-prompts", *args, "--out", out)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ckpt")
+    make_checkpoint(run)
+    prompts = run / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "def add(a, b):\n", "entry_point": "add",
+                                   "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}) + "\n"
+                       + json.dumps({"prompt": "import json\n"}) + "\n")
+    return run, prompts
+
+
+def test_onpolicy_eval_figures(checkpoint, tmp_path):
+    run, prompts = checkpoint
+    out = tmp_path / "eval.json"
+    proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, "--verifier", "model",
+                "--reference", run, "--samples", 2, "--max-new-tokens", 8, "--strategy", "fixed",
+                "--steps-per-block", 2, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert fig["trajectories"] == 4 and fig["verifier_kind"] == "model"
+    assert fig["tokens_per_forward"] == pytest.approx(2.0)  # 2 steps per 4-token block
+    assert fig["steps_per_block"] == pytest.approx(2.0) and 0 < fig["verifier"] < 1
+    assert json.loads(proc.stdout) == fig
+
+
+def test_onpolicy_eval_bad_input(checkpoint, tmp_path):
+    run, prompts = checkpoint
+    out = tmp_path / "eval.json"
+    for args, message in [(["--verifier", "model"], "--reference"),
+                          ([], "has no test"), (["--samples", "0"], "--samples")]:
+        proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, *args, "--out", out)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert not out.exists()
