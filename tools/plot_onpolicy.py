@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from plot_warmup import read_run  # tools/ is the script's directory
+from plot_warmup import plot, read_run  # tools/ is the script's directory
 
 COLUMNS = ("tokens_per_forward", "steps_per_block", "verifier", "reward", "kl", "loss")
 
@@ -40,27 +40,8 @@ def eval_table(evals: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label, rows in runs.items():
-        steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, ("tokens_per_forward", "verifier", "kl")):
-            ax.plot(steps, [r[key] for r in rows], marker=".", label=label)
-    for ax, name in zip(axes, ("tokens per sampler forward (the step's trajectories)",
-                               "verifier score (mean)", "KL to the reference (k3, per token)")):
-        ax.set_xlabel("on-policy step")
-        ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+PANELS = {"tokens_per_forward": "tokens per sampler forward (the step's trajectories)",
+          "verifier": "verifier score (mean)", "kl": "KL to the reference (k3, per token)"}
 
 
 def main(argv=None) -> int:
@@ -77,7 +58,7 @@ def main(argv=None) -> int:
         evals = {label: json.loads(Path(path).read_text())
                  for label, path in (_pair(s, "EVAL_JSON") for s in args.eval)}
         print(eval_table(evals) + "\n")
-    plot(runs, args.out, args.title)
+    plot(runs, args.out, args.title, PANELS, log_last=False, xlabel="on-policy step")
     print(f"wrote {args.out}")
     return 0
 

@@ -49,24 +49,30 @@ def table(runs: dict, tail: int = 10, head: int = 10) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict, out: Path, title: str) -> None:
+PANELS = {"loss": "training loss (weighted, per eligible token)",
+          "ce": "cross entropy of the loss positions (nats)",
+          "grad_norm": "grad-norm before clipping (log)"}
+
+
+def plot(runs: dict, out: Path, title: str, panels: dict = PANELS, log_last: bool = True,
+         xlabel: str = "step") -> None:
+    """One panel per ``panels`` key (metrics.jsonl field -> panel title), a line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for label, rows in runs.items():
         steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, ("loss", "ce", "grad_norm")):
+        for ax, key in zip(axes, panels):
             ax.plot(steps, [r.get(key) for r in rows], marker=".", label=label)
-    for ax, name in zip(axes, ("training loss (weighted, per eligible token)",
-                               "cross entropy of the loss positions (nats)",
-                               "grad-norm before clipping (log)")):
-        ax.set_xlabel("step")
+    for ax, name in zip(axes, panels.values()):
+        ax.set_xlabel(xlabel)
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[2].set_yscale("log")
+    if log_last:
+        axes[-1].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -15,6 +15,7 @@ from typing import Self
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 from megatron_diffusion.onpolicy.objective import BASELINES, NORMALISE, RewardConfig
+from megatron_diffusion.onpolicy.prompts import read_prompts
 from megatron_diffusion.sampling.config import STRATEGIES, SamplerConfig
 
 VERIFIERS = ("execution", "model")
@@ -49,6 +50,9 @@ class OnPolicyConfig:
     """Per-prompt baseline: ``leave_one_out`` (RLOO) or ``mean`` (GRPO)."""
     scale_advantages: bool = False
     """Divide advantages by the group's reward standard deviation (GRPO)."""
+    commit_choice: bool = True
+    """Threshold rule: ``log pi(tau)`` includes the probability that each position a step left
+    masked stayed masked (``loss.py``'s ``q`` term); false: the committed tokens only (ablation)."""
     kl_weight: float = 0.05
     """Weight of the KL anchor to the frozen starting model (0 = none, no reference copy)."""
     seed: int = 0
@@ -58,6 +62,10 @@ class OnPolicyConfig:
         if not isinstance(self.prompts, str) or not self.prompts:
             raise UsageError(f"prompts: got {self.prompts!r}, expected the path of a prompt set "
                              "(JSON lines)")
+        try:  # a bad file fails with the config (in a staged run, before any stage trains)
+            read_prompts(self.prompts)
+        except UsageError as e:
+            raise UsageError(str(e) if str(e).startswith("prompts:") else f"prompts: {e}") from None
         check_int("prompts_per_step", self.prompts_per_step, lo=1)
         check_int("group_size", self.group_size, lo=2)
         check_int("max_new_tokens", self.max_new_tokens, lo=1)
@@ -98,6 +106,9 @@ class OnPolicyRunConfig(RunConfig):
         if self.onpolicy.max_new_tokens % B:
             raise UsageError(f"onpolicy.max_new_tokens: got {self.onpolicy.max_new_tokens}, "
                              f"expected a multiple of attention.block_size={B}")
+        if par.sequence_parallel:
+            raise UsageError("parallel.sequence_parallel: the on-policy sampler feeds chunks of "
+                             "any width, which sequence parallelism cannot split; set it false")
         for name in ("pipeline_model_parallel_size", "context_parallel_size"):
             if getattr(par, name) != 1:
                 raise UsageError(f"parallel.{name}: got {getattr(par, name)}, expected 1 (on-policy"

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from megatron_diffusion.errors import UsageError, check_int
 
@@ -46,6 +47,8 @@ def _check(args):
         check_int("--limit", args.limit, lo=1)
     if args.verifier == "model" and args.reference is None:
         raise UsageError("--reference: --verifier model needs the reference checkpoint")
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        raise UsageError(f"--out: the directory of {args.out} does not exist")
     records = read_prompts(args.prompts)[:args.limit]
     if args.verifier == "execution":
         untested = [r.task_id for r in records if not r.has_test]
@@ -67,13 +70,19 @@ def run(args) -> int:
     from megatron_diffusion.sampling.api import stop_token_ids
     from megatron_diffusion.sampling.config import SamplerConfig
     from megatron_diffusion.sampling.sampler import ModelRules
+    from megatron_diffusion.training.checkpoint import resolve_checkpoint
 
     cfg = SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=args.strategy,
                         threshold=args.threshold, steps_per_block=args.steps_per_block,
                         temperature=args.temperature, seed=args.seed).validate()
+    if args.reference is not None:
+        resolve_checkpoint(args.reference, option="--reference")  # before any model loads
     loaded = load_model(args.checkpoint)
     if loaded.tokenizer_path is None:
         raise UsageError(f"--checkpoint: {loaded.path} has no tokenizer.json")
+    if loaded.config.attention.mode != "block":
+        raise UsageError(f"--checkpoint: the on-policy figures are those of a block-diffusion "
+                         f"model, got attention.mode={loaded.config.attention.mode!r}")
     tok = load_tokenizer(loaded.tokenizer_path)
     B = loaded.config.attention.block_size
     rules = ModelRules.from_run_config(loaded.config, eos_id=tok.eos_id, pad_id=tok.pad_id,
@@ -92,9 +101,10 @@ def run(args) -> int:
         print(f"onpolicy-eval: {min(i + args.batch_size, len(prompts))}/{len(prompts)} completions",
               file=sys.stderr, flush=True)
     out = {**rollout.figures(totals), "trajectories": len(prompts), "seconds": time.perf_counter() - t0,
-           "checkpoint": str(loaded.path), "verifier_kind": args.verifier, "settings": cfg.settings()}
+           "checkpoint": str(loaded.path), "verifier_kind": args.verifier,
+           "settings": cfg.resolve("block", B).settings()}
     text = json.dumps(out, indent=1)
+    print(text, flush=True)  # first: a failing --out write loses nothing
     if args.out:
         write_text_atomic(args.out, text + "\n")
-    print(text)
     return 0

@@ -7,13 +7,25 @@ the log-probability of every committed token where training reads its prediction
 cross entropy is megatron's vocabulary-parallel one, so tensor parallelism needs nothing more),
 and the reference model's for the same tokens (``reference_logp``, computed before the step):
 
-    loss = scale * ( -sum_i A_i log pi(x_i) + kl_weight * sum_i k3(ref_i - log pi(x_i)) )
+    loss = scale * ( -sum_i A_i log pi(x_i) - sum_o A_o log q_o
+                     + kl_weight * sum_i k3(ref_i - log pi(x_i)) )
 
-``k3(d) = exp(d) - d - 1`` (>= 0) is the per-token KL estimator on tokens drawn from the policy
-(``objective.k3_kl``). ``scale = M / T``: ``T`` the committed tokens and ``M`` the micro-batches of
-the whole step (all data-parallel ranks), and every micro-batch reports a count of 1, so
-megatron's per-token normalisation (it divides the summed gradients by the summed counts) leaves
-exactly ``objective.policy_gradient_loss`` over the step's tokens.
+* ``i``: the committed tokens; ``o``: the positions a state left masked (``rows.PolicyRows.
+  open_BL``). Under the threshold rule the sampler drew a token at every masked position and
+  kept those whose probability reached the threshold, so the trajectory's probability also has,
+  per open position, ``q_o = P(the drawn token's probability < threshold)`` (``log_mass_below``,
+  over the vocabulary-parallel softmax). That term carries the speed reward straight to the
+  commit choice: a fast trajectory's advantage raises the mass above the threshold where its
+  steps left positions open. The one case it misses is the step that commits nothing by
+  itself, where the rule commits the most confident draw anyway. The ``fixed`` rule draws no
+  such choice, since it commits a set number of positions per step, so there is no ``q`` term
+  for it.
+* ``k3(d) = exp(d) - d - 1`` (>= 0) is the per-token KL estimator on tokens drawn from the
+  policy (``objective.k3_kl``).
+* ``scale = M / T``: ``T`` is the committed tokens and ``M`` the micro-batches of the whole step
+  (all data-parallel ranks), and every micro-batch reports a count of 1. Megatron's per-token
+  normalisation (it divides the summed gradients by the summed counts) then leaves the loss
+  above over the step's committed tokens.
 """
 
 from dataclasses import dataclass, replace
@@ -22,6 +34,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.loss.config import LossConfig
@@ -31,7 +44,7 @@ from megatron_diffusion.onpolicy.objective import k3_kl
 from megatron_diffusion.training.context_parallel_loss import output_targets
 from megatron_diffusion.training.step import ForwardSpec, reduce_reports, run_schedule
 
-REPORT = ("loss", "logp", "kl", "tokens")
+REPORT = ("loss", "logp", "kl", "tokens", "open_logq", "open")
 
 
 @dataclass
@@ -39,6 +52,8 @@ class PolicyBatch:
     """A micro-batch of policy rows and what its loss needs besides them."""
 
     batch: DiffusionBatch
+    open_BL: torch.Tensor
+    """``rows.PolicyRows.open_BL``: masked positions a state left open."""
     ref_logp_K: torch.Tensor
     """The reference model's log-probability of each committed token (``committed`` order)."""
     scale: float
@@ -53,56 +68,101 @@ class PolicyBatch:
         return self.batch.stage
 
     def to(self, device) -> "PolicyBatch":
-        return PolicyBatch(self.batch.to(device), self.ref_logp_K.to(device), self.scale)
+        return PolicyBatch(self.batch.to(device), self.open_BL.to(device), self.ref_logp_K.to(device),
+                           self.scale)
 
 
-def committed(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec):
-    """``(logits_KV, targets_K, advantage_K)``: the output that predicts each committed token."""
+def _read(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec, where_BL):
+    """``(logits_KV, targets_K, advantage_K)`` at the outputs that predict ``where_BL``'s
+    positions (training's readout: the logit shift included)."""
     S = output_BSV.shape[1]
     kwargs = spec.loss_kwargs()
-    targets_BS, is_BS, _ = output_targets(replace(batch, loss_weights_BL=batch.loss_mask_BL.float()),
+    targets_BS, is_BS, _ = output_targets(replace(batch, loss_weights_BL=where_BL.float()),
                                           S, LossConfig(), **kwargs)
     adv_BS = output_targets(batch, S, LossConfig(), **kwargs)[1]
     where = is_BS > 0
     return output_BSV[where], targets_BS[where], adv_BS[where]
 
 
+def committed(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec):
+    """``_read`` at the committed tokens (``batch.loss_mask_BL``)."""
+    return _read(output_BSV, batch, spec, batch.loss_mask_BL)
+
+
 def token_logp(logits_KV: torch.Tensor, targets_K: torch.Tensor) -> torch.Tensor:
     return -_token_ce(logits_KV[None], targets_K[None])[0]
 
 
-def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, output_BSV):
+def _tp_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the tensor-parallel ranks' vocabulary shards (backward: identity, megatron's)."""
+    if not dist.is_initialized() or parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return x
+    return reduce_from_tensor_model_parallel_region(x)
+
+
+def log_mass_below(logits_KV: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[K]``: ``log sum_v p(v) 1[p(v) < threshold]``, ``p = softmax(logits)`` over the whole
+    (vocabulary-parallel) vocabulary: the log-probability that the threshold rule leaves a
+    position open, i.e. that the token drawn there has probability below ``threshold``."""
+    logits = logits_KV.float()
+    top_K = logits.detach().max(dim=-1).values
+    if dist.is_initialized() and parallel_state.get_tensor_model_parallel_world_size() > 1:
+        dist.all_reduce(top_K, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
+    e_KV = (logits - top_K[:, None]).exp()
+    # two plain sums over the shards, so the reductions' identity backward is the exact
+    # gradient (a probability divided by a reduced total would miss the other shards' terms)
+    total_K = _tp_sum(e_KV.sum(dim=-1))
+    below_V = (e_KV.detach() / total_K.detach()[:, None]) < threshold
+    below_K = _tp_sum((e_KV * below_V).sum(dim=-1))
+    return below_K.clamp_min(1e-30).log() - total_K.log()
+
+
+def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, threshold, output_BSV):
     logits_KV, targets_K, adv_K = committed(output_BSV, pb.batch, spec)
     logp_K = token_logp(logits_KV, targets_K)
-    kl_K = k3_kl(logp_K, pb.ref_logp_K)
-    total = -(adv_K * logp_K).sum() + kl_weight * kl_K.sum()
-    # a padding micro-batch keeps a graph (column 0 is a real token: [MASK] and vocabulary
-    # padding columns are -inf)
-    loss = pb.scale * total + 0.0 * output_BSV[..., 0].sum()
+    total = -(adv_K * logp_K).sum()
+    kl_K = k3_kl(logp_K, pb.ref_logp_K) if kl_weight > 0 else torch.zeros_like(logp_K)
+    total = total + kl_weight * kl_K.sum()
+    logq_O = logp_K.new_zeros(0)
+    if threshold is not None:  # the commit rule's choice: the open positions' probability
+        open_KV, _, adv_O = _read(output_BSV, pb.batch, spec, pb.open_BL)
+        logq_O = log_mass_below(open_KV, threshold)
+        total = total - (adv_O * logq_O).sum()
+    # a padding micro-batch keeps a graph (finite entries only: [MASK] and vocabulary padding
+    # columns are -inf, and a TP shard may hold only such columns)
+    keep = torch.where(torch.isfinite(output_BSV[..., 0]), output_BSV[..., 0], 0.0).sum()
+    loss = pb.scale * total + 0.0 * keep
     report = torch.stack([loss.detach().float(), logp_K.detach().sum().float(),
-                          kl_K.detach().sum().float(), torch.tensor(float(logp_K.numel()))])
+                          kl_K.detach().sum().float(), logp_K.new_tensor(float(logp_K.numel())),
+                          logq_O.detach().sum().float(), logp_K.new_tensor(float(logq_O.numel()))])
     return loss, torch.tensor(1, dtype=torch.int), {"report": report}
 
 
-def _forward_step(spec: ForwardSpec, kl_weight: float, data_iterator, model):
+def _forward_step(spec: ForwardSpec, kl_weight: float, threshold, data_iterator, model):
     pb = next(data_iterator)
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    pb = pb.to(device)
+    pb = pb.to(_device())
     output = model(**forward_kwargs(pb.batch, spec.attention, spec.backend))
-    return output, partial(_loss, pb, spec, kl_weight)
+    return output, partial(_loss, pb, spec, kl_weight, threshold)
 
 
-def policy_forward_backward(kl_weight: float):
+def _device():
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+
+
+def policy_forward_backward(kl_weight: float, threshold: float | None):
     """``run(chunks, microbatches, spec)`` for ``TrainStep``: the loss above over the step's
     ``PolicyBatch`` micro-batches; returns ``loss`` (the step's objective), ``ce`` (mean
-    ``-log pi`` of the committed tokens), ``kl`` (mean k3) and ``tokens``."""
+    ``-log pi`` of the committed tokens), ``kl`` (mean k3), ``tokens``, and ``open_logq`` (mean
+    log-probability of leaving an open position open). ``threshold``: the threshold rule's
+    (None for ``fixed``, whose choice of positions is not a draw)."""
 
     def run(chunks, microbatches: list, spec: ForwardSpec) -> dict:
-        reports = run_schedule(chunks, microbatches, partial(_forward_step, spec, kl_weight))
-        loss, logp, kl, tokens = reduce_reports(reports, len(REPORT))
+        reports = run_schedule(chunks, microbatches, partial(_forward_step, spec, kl_weight, threshold))
+        loss, logp, kl, tokens, logq, n_open = reduce_reports(reports, len(REPORT))
         dp = parallel_state.get_data_parallel_world_size() if dist.is_initialized() else 1
         return {"loss": loss / (len(microbatches) * dp), "ce": -logp / max(tokens, 1.0),
-                "kl": kl / max(tokens, 1.0), "tokens": tokens}
+                "kl": kl / max(tokens, 1.0), "tokens": tokens,
+                "open_logq": logq / max(n_open, 1.0)}
 
     return run
 
@@ -110,6 +170,7 @@ def policy_forward_backward(kl_weight: float):
 @torch.no_grad()
 def reference_logp(model, batch: DiffusionBatch, spec: ForwardSpec) -> torch.Tensor:
     """``[K]``: the (frozen) ``model``'s log-probability of each committed token of ``batch``."""
+    batch = batch.to(_device())
     output_BSV = model(**forward_kwargs(batch, spec.attention, spec.backend))
     logits_KV, targets_K, _ = committed(output_BSV, batch, spec)
-    return token_logp(logits_KV, targets_K).float()
+    return token_logp(logits_KV, targets_K).float().cpu()

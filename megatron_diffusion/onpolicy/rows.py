@@ -12,7 +12,9 @@ the clean copies of the earlier blocks, so every block of one row can hold its o
 **Rounds.** Block ``j``'s distinct commit steps, sorted, are ``d_j[0] < d_j[1] < ...``. Row
 ``r`` (a *round*) puts every block ``j`` with more than ``r`` steps in the state before its
 step ``d_j[r]``: the positions with an earlier step revealed, the others masked; the tokens
-committed at ``d_j[r]`` carry the loss. Blocks with ``r`` steps or fewer are clean in row ``r``
+committed at ``d_j[r]`` carry the loss, and so do the positions it left masked (``open_BL``: the
+sampler drew a token there whose confidence was below the threshold, so the commit rule's
+choice enters the trajectory's probability; ``loss.py``). Blocks with ``r`` steps or fewer are clean in row ``r``
 (no loss; a noisy block is seen by nobody else). A trajectory needs ``max_j |d_j|`` rows, the
 most steps any of its blocks took, not one row per step: with block size 4 and 3 tokens per
 step a 64-token completion costs 2 rows.
@@ -77,13 +79,26 @@ def _check(traj: Trajectory, block_size: int, seq_len: int) -> None:
                          f"and a completion of {T} (whole blocks of {block_size})")
 
 
-def policy_rows(traj: Trajectory, *, block_size: int, seq_len: int, mask_id: int,
-                pad_id: int) -> DiffusionBatch:
-    """The trajectory's rows (one per round), ``x_t (+) x0`` of ``2 * seq_len`` tokens each.
+@dataclass
+class PolicyRows:
+    """Rows of trajectories, and the masked positions each row's states left open."""
 
-    ``loss_mask_BL``: the tokens committed in the row's states (each token of the completion in
-    exactly one row); ``loss_weights_BL``: the trajectory's advantage there, 0 elsewhere.
-    """
+    batch: DiffusionBatch
+    """``loss_mask_BL``: the tokens committed in the row's states (each token of a completion in
+    exactly one row); ``loss_weights_BL``: the trajectory's advantage there and on
+    ``open_BL``, 0 elsewhere."""
+    open_BL: torch.Tensor
+    """bool: positions masked in the row's state and not committed at its step (the sampler
+    drew a token there and did not keep it); the stop token's block's tail excluded."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch.batch_size
+
+
+def policy_rows(traj: Trajectory, *, block_size: int, seq_len: int, mask_id: int,
+                pad_id: int) -> PolicyRows:
+    """The trajectory's rows (one per round), ``x_t (+) x0`` of ``2 * seq_len`` tokens each."""
     _check(traj, block_size, seq_len)
     P, T, B = len(traj.prompt_ids), len(traj.tokens), block_size
     x0_L = torch.full((seq_len,), pad_id, dtype=torch.long)
@@ -103,38 +118,44 @@ def policy_rows(traj: Trajectory, *, block_size: int, seq_len: int, mask_id: int
     in_state_RL = at_RL >= 0
     masked_RL = in_state_RL & ((step_L >= at_RL) | tail_L)
     committed_RL = in_state_RL & (step_L == at_RL)
+    open_RL = masked_RL & ~committed_RL & ~tail_L
     xt_RL = torch.where(masked_RL, mask_id, x0_L)
-    return DiffusionBatch(
+    batch = DiffusionBatch(
         tokens_BS=torch.cat([xt_RL, x0_L.expand(R, -1)], dim=1), labels_BL=x0_L.expand(R, -1).clone(),
-        loss_weights_BL=committed_RL.float() * float(traj.advantage),
+        loss_weights_BL=(committed_RL | open_RL).float() * float(traj.advantage),
         document_ids_BL=torch.zeros(R, seq_len, dtype=torch.long), loss_mask_BL=committed_RL,
         t_BN=masked_RL.float().mean(dim=1, keepdim=True), num_edits_B=torch.zeros(R, dtype=torch.long),
         stage="onpolicy")
+    return PolicyRows(batch, open_RL)
 
 
-def padding_row(*, seq_len: int, pad_id: int) -> DiffusionBatch:
+def padding_row(*, seq_len: int, pad_id: int) -> PolicyRows:
     """A row without loss: fills a micro-batch, or gives every data-parallel rank as many."""
     x_L = torch.full((1, seq_len), pad_id, dtype=torch.long)
-    return DiffusionBatch(
+    no_BL = torch.zeros(1, seq_len, dtype=torch.bool)
+    return PolicyRows(DiffusionBatch(
         tokens_BS=torch.cat([x_L, x_L], dim=1), labels_BL=x_L, loss_weights_BL=torch.zeros(1, seq_len),
-        document_ids_BL=torch.zeros(1, seq_len, dtype=torch.long),
-        loss_mask_BL=torch.zeros(1, seq_len, dtype=torch.bool), t_BN=torch.zeros(1, 1),
-        num_edits_B=torch.zeros(1, dtype=torch.long), stage="onpolicy")
+        document_ids_BL=torch.zeros(1, seq_len, dtype=torch.long), loss_mask_BL=no_BL,
+        t_BN=torch.zeros(1, 1), num_edits_B=torch.zeros(1, dtype=torch.long), stage="onpolicy"), no_BL)
 
 
-def micro_batches(rows: list[DiffusionBatch], size: int, count: int, *, seq_len: int,
-                  pad_id: int) -> list[DiffusionBatch]:
+def micro_batches(rows: list[PolicyRows], size: int, count: int, *, seq_len: int,
+                  pad_id: int) -> list[PolicyRows]:
     """``count`` micro-batches of ``size`` rows: ``rows`` (one or more rows each) in order,
     then padding rows."""
-    flat = [r for batch in rows for r in _split(batch)]
+    flat = [r for group in rows for r in _split(group)]
     if len(flat) > size * count:
         raise ValueError(f"{len(flat)} rows do not fit {count} micro-batches of {size}")
     flat += [padding_row(seq_len=seq_len, pad_id=pad_id)] * (size * count - len(flat))
-    return [DiffusionBatch.collate(flat[i:i + size]) for i in range(0, size * count, size)]
+    return [PolicyRows(DiffusionBatch.collate([r.batch for r in flat[i:i + size]]),
+                       torch.cat([r.open_BL for r in flat[i:i + size]]))
+            for i in range(0, size * count, size)]
 
 
-def _split(batch: DiffusionBatch) -> list[DiffusionBatch]:
+def _split(rows: PolicyRows) -> list[PolicyRows]:
     fields = ("tokens_BS", "labels_BL", "loss_weights_BL", "document_ids_BL", "loss_mask_BL",
               "t_BN", "num_edits_B")
-    return [DiffusionBatch(stage=batch.stage, **{f: getattr(batch, f)[i:i + 1] for f in fields})
-            for i in range(batch.batch_size)]
+    b = rows.batch
+    return [PolicyRows(DiffusionBatch(stage=b.stage, **{f: getattr(b, f)[i:i + 1] for f in fields}),
+                       rows.open_BL[i:i + 1])
+            for i in range(b.batch_size)]

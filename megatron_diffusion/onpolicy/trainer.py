@@ -48,6 +48,7 @@ from megatron_diffusion.onpolicy.objective import group_advantages
 from megatron_diffusion.onpolicy.prompts import read_prompts
 from megatron_diffusion.onpolicy.rows import Trajectory, fill_prompt, micro_batches, policy_rows
 from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier
+from megatron_diffusion.parallel.process_groups import host_collective
 from megatron_diffusion.sampling.sampler import ModelRules
 from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 from megatron_diffusion.training.model_setup import unwrap
@@ -60,9 +61,7 @@ class PromptStream:
     per-epoch permutations (seeded), this data-parallel rank's contiguous share of them."""
 
     def __init__(self, num_prompts: int, per_step: int, *, seed: int, dp_rank: int, dp_size: int):
-        if per_step % dp_size:
-            raise UsageError(f"onpolicy.prompts_per_step: got {per_step}, expected a multiple of "
-                             f"the {dp_size} data-parallel ranks")
+        """``per_step``: a multiple of ``dp_size`` (``OnPolicyTrainer._init_parallel`` checks)."""
         self.num, self.per_step, self.seed = num_prompts, per_step, seed
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.consumed_samples = 0
@@ -92,7 +91,7 @@ class OnPolicyTrainer(Trainer):
         resume_path = super()._read_config()
         if resume_path is not None:
             theirs = read_meta(resume_path).get("onpolicy_reference")
-            if theirs != str(self.init_from):
+            if theirs is None or Path(theirs).resolve() != Path(self.init_from).resolve():
                 raise UsageError(f"--init-from: {self.init_from} is not the reference this run "
                                  f"started from ({theirs}); resume with that checkpoint")
         self._read_prompts()  # bad prompts: one line, before the run directory is written
@@ -102,6 +101,13 @@ class OnPolicyTrainer(Trainer):
         self.tokenizer = load_tokenizer(self.cfg.training.tokenizer or self._store_tokenizer_path())
         self.records = read_prompts(self.cfg.onpolicy.prompts)
         self.prompt_ids = [self._filled(r) for r in self.records]
+
+    def _init_parallel(self) -> None:
+        super()._init_parallel()
+        per_step = self.cfg.onpolicy.prompts_per_step
+        if per_step % self.dp_size:  # before the run directory is written
+            raise UsageError(f"onpolicy.prompts_per_step: got {per_step}, expected a multiple of "
+                             f"the {self.dp_size} data-parallel ranks")
 
     # ------------------------------------------------------------------ data
     def _build_data(self) -> None:
@@ -129,7 +135,10 @@ class OnPolicyTrainer(Trainer):
         if op.verifier == "execution" and not record.has_test:
             raise UsageError(f"onpolicy.prompts: {record.task_id} has no test; the execution "
                              "verifier needs one per prompt (or set onpolicy.verifier=model)")
-        ids = fill_prompt(self.tokenizer.encode(record.prompt), B, self.tokenizer.eos_id)
+        ids = self.tokenizer.encode(record.prompt)
+        if not ids:
+            raise UsageError(f"onpolicy.prompts: {record.task_id} encodes to no tokens")
+        ids = fill_prompt(ids, B, self.tokenizer.eos_id)
         if len(ids) + op.max_new_tokens > L:
             raise UsageError(f"data.seq_len: {L} cannot hold prompt {record.task_id} ({len(ids)} "
                              f"tokens, filled) + onpolicy.max_new_tokens={op.max_new_tokens}")
@@ -151,39 +160,34 @@ class OnPolicyTrainer(Trainer):
 
     # ------------------------------------------------------------------ step
     def _train_step(self, logger) -> TrainStep:
+        op = self.cfg.onpolicy
+        # the q term (loss.py): the threshold rule's choice of positions, unless ablated
+        threshold = op.threshold if op.strategy == "threshold" and op.commit_choice else None
         cost = StepCost(tokens=0, flops=0.0, peak_flops=None, world_size=dist.get_world_size())
         return TrainStep(self.chunks, self.optimizer, self.spec, cost,
                          max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=lambda s: 0.0,
-                         say=logger.write, run=policy_forward_backward(self.cfg.onpolicy.kl_weight))
+                         say=logger.write, run=policy_forward_backward(op.kl_weight, threshold))
 
-    def _loop(self, step_fn: TrainStep, logger, flag) -> int:
-        while self.step < self.cfg.training.train_iters:
-            t0 = time.perf_counter()
-            lr = self._lr_at(self.step)
-            microbatches, stats = self._rollout(self.step)
-            record = step_fn(microbatches, step=self.step + 1, lr=lr, started=t0)
-            self.step += 1
-            self.stream.consumed_samples = self.step * self.cfg.onpolicy.prompts_per_step
-            if record is None:  # skipped: non-finite
-                continue
-            self._report({**record, **stats}, logger)
-            code = self._save_or_exit(logger, flag)
-            if code is not None:
-                return code
-        if self.last_saved != self.step:
-            self.save()
-        return 0
+    def _step_inputs(self):
+        """Each step's micro-batches come from sampling with the current weights."""
+        while True:
+            inputs = self._rollout(self.step)
+            self.stream.consumed_samples = (self.step + 1) * self.cfg.onpolicy.prompts_per_step
+            yield inputs
 
     def _seed(self, step: int) -> int:
-        return (self.cfg.onpolicy.seed * 1_000_003 + step) * 4099 + self.dp_rank
+        return ((self.cfg.onpolicy.seed * 1_000_003 + step) * 4099 + self.dp_rank) % (2 ** 63)
 
     def _scores(self, index: list[int], prompts, completions) -> torch.Tensor:
         """Verifier scores; under TP those of TP rank 0 (an execution may time out on one rank)."""
+        src = ps.get_tensor_model_parallel_src_rank()
+        if dist.get_rank() != src:  # the same trajectories: score them once
+            return host_collective(dist.broadcast, torch.zeros(len(completions), dtype=torch.float64),
+                                   src=src, group=ps.get_tensor_model_parallel_group())
         out = rollout.score(self.verifier, [self.records[i] for i in index], prompts, completions,
                             self.tokenizer)
         if ps.get_tensor_model_parallel_world_size() > 1:
-            dist.broadcast(out, src=ps.get_tensor_model_parallel_src_rank(),
-                           group=ps.get_tensor_model_parallel_group())
+            host_collective(dist.broadcast, out, src=src, group=ps.get_tensor_model_parallel_group())
         return out
 
     def _rollout(self, step: int):
@@ -203,10 +207,10 @@ class OnPolicyTrainer(Trainer):
                             seq_len=self.cfg.data.seq_len, mask_id=self.cfg.model.mask_token_id,
                             pad_id=self.tokenizer.pad_id)
                 for p, c, a in zip(prompts, completions, advantages)]
-        local = torch.tensor([sum(r.batch_size for r in rows), sum(int(r.loss_mask_BL.sum()) for r in rows)],
-                             dtype=torch.float64)
+        local = torch.tensor([sum(r.batch_size for r in rows),
+                              sum(int(r.batch.loss_mask_BL.sum()) for r in rows)], dtype=torch.float64)
         totals = torch.cat([rollout.sums(completions, scores, rewards, B), local[:1]])
-        dist.all_reduce(totals, group=ps.get_data_parallel_group())
+        host_collective(dist.all_reduce, totals, group=ps.get_data_parallel_group())
         stats = {**rollout.figures(totals[:-1]), "rows": int(totals[-1]), "generation_s": generation_s}
         return self._policy_batches(rows, local), stats
 
@@ -215,15 +219,15 @@ class OnPolicyTrainer(Trainer):
         mbs, L, pad = self.cfg.data.micro_batch_size, self.cfg.data.seq_len, self.tokenizer.pad_id
         count = torch.tensor([-(-int(local[0]) // mbs)], dtype=torch.long)
         tokens = local[1:].clone()
-        dist.all_reduce(count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
-        dist.all_reduce(tokens, group=ps.get_data_parallel_group())
+        host_collective(dist.all_reduce, count, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+        host_collective(dist.all_reduce, tokens, group=ps.get_data_parallel_group())
         count = max(int(count), 1)
         scale = count * self.dp_size / max(float(tokens), 1.0)
         out = []
         for mb in micro_batches(rows, mbs, count, seq_len=L, pad_id=pad):
-            ref = (reference_logp(self.reference, mb, self.spec) if self.cfg.onpolicy.kl_weight > 0
-                   else torch.zeros(int(mb.loss_mask_BL.sum())))
-            out.append(PolicyBatch(mb, ref, scale))
+            ref = (reference_logp(self.reference, mb.batch, self.spec) if self.cfg.onpolicy.kl_weight > 0
+                   else torch.zeros(int(mb.batch.loss_mask_BL.sum())))
+            out.append(PolicyBatch(mb.batch, mb.open_BL, ref, scale))
         return out
 
     def _report(self, record: dict, logger) -> None:
@@ -241,5 +245,5 @@ class OnPolicyTrainer(Trainer):
         meta = super().meta()
         meta["config"] = self.cfg.run_config_dict()  # what every checkpoint reader knows
         meta["onpolicy"] = dataclasses.asdict(self.cfg.onpolicy)
-        meta["onpolicy_reference"] = str(self.init_from)
+        meta["onpolicy_reference"] = str(Path(self.init_from).resolve())
         return meta

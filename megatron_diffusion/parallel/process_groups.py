@@ -58,3 +58,17 @@ def destroy() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def host_collective(collective, tensor, **kwargs):
+    """``collective(tensor, **kwargs)`` (``dist.all_reduce``, ``dist.broadcast``) on a host
+    tensor, in place: under NCCL it travels through the GPU (NCCL takes only device tensors)."""
+    if dist.get_backend(kwargs.get("group")) != "nccl":
+        collective(tensor, **kwargs)
+        return tensor
+    import torch
+
+    on_device = tensor.to(torch.cuda.current_device())
+    collective(on_device, **kwargs)
+    tensor.copy_(on_device.cpu())
+    return tensor

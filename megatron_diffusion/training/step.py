@@ -25,6 +25,7 @@ from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.parallel import context_parallel
+from megatron_diffusion.parallel.process_groups import host_collective
 from megatron_diffusion.training.context_parallel_loss import rank_diffusion_loss
 
 
@@ -100,9 +101,10 @@ def reduce_reports(reports: list, size: int) -> list[float]:
         for r in reports:
             totals += r["report"].double().cpu()
     if dist.is_initialized():
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(
+        host_collective(dist.all_reduce, totals, group=parallel_state.get_data_parallel_group(
             with_context_parallel=True))  # CP ranks hold parts of the same rows
-        dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+        host_collective(dist.all_reduce, totals,
+                        group=parallel_state.get_pipeline_model_parallel_group())
     return totals.tolist()
 
 

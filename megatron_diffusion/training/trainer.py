@@ -276,22 +276,39 @@ class Trainer:
                          say=logger.write)
 
     def _loop(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption) -> int:
-        tr, it = self.cfg.training, iter(self.loader)
+        inputs = self._step_inputs()
+        try:
+            return self._steps(step_fn, logger, flag, inputs)
+        finally:
+            inputs.close()
+
+    def _steps(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption, inputs) -> int:
+        tr = self.cfg.training
         while self.step < tr.train_iters:
             t0 = time.perf_counter()
             lr = self._lr_at(self.step)
-            microbatches = [next(it) for _ in range(self.num_microbatches)]
+            microbatches, extra = next(inputs)
             record = step_fn(microbatches, step=self.step + 1, lr=lr, started=t0)
             self.step += 1
             if record is None:  # skipped: non-finite
                 continue
-            self._report(record, logger)
+            self._report({**record, **extra}, logger)
             code = self._save_or_exit(logger, flag)
             if code is not None:
                 return code
         if self.last_saved != self.step:
             self.save()
         return 0
+
+    def _step_inputs(self):
+        """Each step's ``(micro-batches, extra metrics)``, in order: this DP rank's share of
+        the global batch from the loader."""
+        it = iter(self.loader)
+        try:
+            while True:
+                yield [next(it) for _ in range(self.num_microbatches)], {}
+        finally:
+            it.close()  # the loader's workers stop now, not when the iterator is collected
 
     def _lr_at(self, step: int) -> float:
         opt = self.cfg.optimizer

@@ -175,3 +175,46 @@ def test_kl_anchor_value_and_gradient_in_closed_form():
     kl_pq = float((p * (p.log() - q.log())).sum())
     assert value == pytest.approx(kl_pq) and kl_pq > 0
     assert torch.allclose(grad, p - q, atol=1e-6)
+
+
+# --- the commit choice: one masked position under the threshold rule ------------------------
+# Each step draws x ~ p and commits it when p(x) >= THR, else the position stays masked: the
+# number of steps S is geometric with P(commit) = P_A (the mass of tokens at or above THR), and
+# the trajectory's probability is q^(S-1) p(x_S), q = 1 - P_A. Reward -S: dE[-S]/dtheta =
+# grad P_A / P_A^2. Only the log q term (loss.log_mass_below) carries it: with a baseline, the
+# committed token alone gives an expected gradient of 0, since S does not depend on x_S.
+THR, LOGITS = 0.4, (1.0, 0.5, -0.5)
+
+
+def _commit_choice_gradients(groups: int, G: int, with_q: bool) -> torch.Tensor:
+    from megatron_diffusion.onpolicy.loss import log_mass_below
+
+    theta = torch.tensor(LOGITS).repeat(groups * G, 1).requires_grad_()
+    p = torch.tensor(LOGITS).softmax(-1)
+    above = p >= THR
+    g = torch.Generator().manual_seed(4)
+    steps = torch.distributions.Geometric(probs=p[above].sum()).sample((groups * G,)) + 1  # >= 1
+    final = torch.multinomial(torch.where(above, p, 0.0), groups * G, replacement=True, generator=g)
+    adv = group_advantages(-steps, torch.arange(groups).repeat_interleave(G))
+    logp = theta.log_softmax(-1).gather(1, final[:, None])[:, 0]
+    logq = log_mass_below(theta, THR)
+    log_pi = logp + (steps - 1) * logq if with_q else logp
+    (-(adv * log_pi).sum()).backward()
+    return -theta.grad.view(groups, G, 3).sum(1)  # one gradient per group (prompt)
+
+
+def test_the_commit_choice_term_recovers_the_step_gradient():
+    torch.manual_seed(0)  # Geometric samples from the global generator
+    p = torch.tensor(LOGITS).softmax(-1)
+    P_A = float(p[0])
+    assert P_A >= THR > float(p[1])  # only token 0 commits
+    expected = P_A * (torch.eye(3)[0] - p) / P_A ** 2  # grad P_A / P_A^2
+    groups, G = 20000, 4
+    with_q = _commit_choice_gradients(groups, G, with_q=True) / G
+    without = _commit_choice_gradients(groups, G, with_q=False) / G
+    se = with_q.std(0) / groups ** 0.5
+    assert ((with_q.mean(0) - expected).abs() < 5 * se).all(), (with_q.mean(0), expected)
+    # without it: no signal (exactly 0 here: the committed token is always token 0, and the
+    # leave-one-out advantages of a group sum to 0)
+    assert without.mean(0).abs().max() < 1e-4 * expected.abs().max()
+    assert expected[0] > 5 * se[0]  # and the true gradient is distinguishable from 0

@@ -69,7 +69,11 @@ def test_onpolicy_eval_bad_input(checkpoint, tmp_path):
     run, prompts = checkpoint
     out = tmp_path / "eval.json"
     for args, message in [(["--verifier", "model"], "--reference"),
+                          (["--verifier", "model", "--reference", tmp_path / "none"], "--reference"),
                           ([], "has no test"), (["--samples", "0"], "--samples")]:
         proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, *args, "--out", out)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert not out.exists()
+    proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, "--verifier", "model",
+                "--reference", run, "--out", tmp_path / "missing" / "eval.json")
+    assert proc.returncode == 2 and "--out" in proc.stderr.strip().splitlines()[-1], proc.stderr

@@ -27,13 +27,16 @@ def test_hand_made_trajectory():
     # steps (8 first, then 7), block 1 one step (9; its second position is after the stop)
     traj = Trajectory([5, 6], [7, 8, 9], [1, 0, 2], advantage=-0.5)
     assert rounds(traj.step_map, 2) == [[0, 1], [2]]
-    rows = policy_rows(traj, block_size=2, seq_len=8, mask_id=M, pad_id=PAD)
+    pr = policy_rows(traj, block_size=2, seq_len=8, mask_id=M, pad_id=PAD)
+    rows = pr.batch
     x0 = [5, 6, 7, 8, 9, PAD, PAD, PAD]
     assert rows.tokens_BS.tolist() == [[5, 6, M, M, M, M, PAD, PAD] + x0,
                                        [5, 6, M, 8, 9, PAD, PAD, PAD] + x0]
     assert rows.labels_BL.tolist() == [x0, x0]
     assert rows.loss_mask_BL.int().tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0]]
-    assert rows.loss_weights_BL.tolist() == (rows.loss_mask_BL.float() * -0.5).tolist()
+    # row 0 left position 2 open (7 was drawn and not kept); the stop block's tail is not open
+    assert pr.open_BL.int().tolist() == [[0, 0, 1, 0, 0, 0, 0, 0], [0] * 8]
+    assert rows.loss_weights_BL.tolist() == ((rows.loss_mask_BL | pr.open_BL).float() * -0.5).tolist()
     assert rows.loss_mask_BL.sum() == len(traj.tokens)  # every token in exactly one row
 
 
@@ -54,8 +57,9 @@ def test_micro_batches_pad_to_the_count():
                        mask_id=M, pad_id=PAD)
     mbs = micro_batches([rows], 3, 2, seq_len=8, pad_id=PAD)
     assert [mb.batch_size for mb in mbs] == [3, 3]
-    assert int(sum(mb.loss_mask_BL.sum() for mb in mbs)) == 3
-    assert mbs[1].loss_mask_BL.sum() == 0 and (mbs[1].tokens_BS == PAD).all()
+    assert int(sum(mb.batch.loss_mask_BL.sum() for mb in mbs)) == 3
+    assert torch.equal(mbs[0].open_BL[:2], rows.open_BL) and not mbs[0].open_BL[2:].any()
+    assert mbs[1].batch.loss_mask_BL.sum() == 0 and (mbs[1].batch.tokens_BS == PAD).all()
     with pytest.raises(ValueError):
         micro_batches([rows], 1, 1, seq_len=8, pad_id=PAD)
 
@@ -79,7 +83,7 @@ def _argmax_agrees(loaded, tok, prompt, completion) -> bool:
     cfg = loaded.config
     rows = policy_rows(Trajectory(prompt, completion.tokens, completion.step_map),
                        block_size=cfg.attention.block_size, seq_len=32,
-                       mask_id=cfg.model.mask_token_id, pad_id=tok.pad_id)
+                       mask_id=cfg.model.mask_token_id, pad_id=tok.pad_id).batch
     spec = ForwardSpec.of(cfg)
     with torch.no_grad():
         out = loaded.model(**forward_kwargs(rows, spec.attention, spec.backend))
