@@ -33,7 +33,7 @@ def step_table(label: str, rows: list[dict]) -> str:
 
 
 def eval_table(evals: dict) -> str:
-    keys = ("tokens_per_forward", "steps_per_block", "verifier", "completion_tokens", "trajectories")
+    keys = ("tokens_per_forward", "steps_per_block", "verifier", "distinct_tokens", "trajectories")
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for label, e in evals.items():
         lines.append(f"| {label} | " + " | ".join(f"{e[k]:.4g}" for k in keys) + " |")

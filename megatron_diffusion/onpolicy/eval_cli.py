@@ -4,7 +4,8 @@ Samples ``--samples`` completions of every prompt of ``--prompts`` (each filled 
 whole blocks, as the stage does) with the given sampler settings, scores them with the verifier
 and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
 score; the pass rate with ``--verifier execution``), ``reward`` (``RewardConfig``'s defaults),
-``surrogate``, ``completion_tokens`` (``onpolicy/rollout.py``), and the settings. Run it on the model before
+``surrogate``, ``completion_tokens``, ``distinct_tokens`` (``onpolicy/rollout.py``), and the
+settings. Run it on the model before
 and after an on-policy run with the same settings to compare them (docs/onpolicy.md). Bad input
 is one line and exit 2 before any model loads; ``--out`` is written atomically.
 """

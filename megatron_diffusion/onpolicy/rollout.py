@@ -11,7 +11,10 @@ metrics line reports:
 * ``steps_per_block``: forwards per block of the completion (``ceil(tokens / B)`` blocks);
 * ``verifier``: the mean score (the pass rate with the execution verifier);
 * ``reward`` and ``surrogate`` (``objective.reward``, ``objective.dense_surrogate``);
-* ``completion_tokens``: mean completion length (its stop token included).
+* ``completion_tokens``: mean completion length (its stop token included);
+* ``distinct_tokens``: mean share of distinct ids in a completion (1: no id repeats). A fast
+  sampler can be a degenerate one: repeating a confident token takes few steps, and a
+  likelihood verifier may not mind; this is the figure that shows it.
 """
 
 import torch
@@ -20,7 +23,8 @@ from megatron_diffusion.onpolicy.objective import dense_surrogate, reward
 from megatron_diffusion.sampling.config import SamplerConfig
 from megatron_diffusion.sampling.sampler import BlockSampler, Completion, ModelRules
 
-SUMS = ("reward", "verifier", "surrogate", "forwards", "blocks", "tokens", "trajectories")
+SUMS = ("reward", "verifier", "surrogate", "forwards", "blocks", "tokens", "trajectories",
+        "distinct")
 
 
 def sample(model, rules: ModelRules, cfg: SamplerConfig, prompts: list[list[int]]) -> list[Completion]:
@@ -61,7 +65,8 @@ def sums(completions: list[Completion], scores: torch.Tensor, rewards_N: torch.T
     return torch.tensor([float(rewards_N.sum()), float(scores.sum()), surrogate,
                          sum(c.num_forwards for c in completions),
                          sum(-(-len(c.tokens) // block_size) for c in completions),
-                         sum(len(c.tokens) for c in completions), len(completions)],
+                         sum(len(c.tokens) for c in completions), len(completions),
+                         sum(len(set(c.tokens)) / max(len(c.tokens), 1) for c in completions)],
                         dtype=torch.float64)
 
 
@@ -73,4 +78,4 @@ def figures(totals: torch.Tensor) -> dict:
             "surrogate": t["surrogate"] / n,
             "steps_per_block": t["forwards"] / max(t["blocks"], 1.0),
             "tokens_per_forward": t["tokens"] / max(t["forwards"], 1.0),
-            "completion_tokens": t["tokens"] / n}
+            "completion_tokens": t["tokens"] / n, "distinct_tokens": t["distinct"] / n}

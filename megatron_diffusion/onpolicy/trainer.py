@@ -209,7 +209,7 @@ class OnPolicyTrainer(Trainer):
                 for p, c, a in zip(prompts, completions, advantages)]
         local = torch.tensor([sum(r.batch_size for r in rows),
                               sum(int(r.batch.loss_mask_BL.sum()) for r in rows)], dtype=torch.float64)
-        totals = torch.cat([rollout.sums(completions, scores, rewards, B), local[:1]])
+        totals = torch.cat([rollout.sums(completions, scores, rewards, B), local[:1]])  # + rows
         host_collective(dist.all_reduce, totals, group=ps.get_data_parallel_group())
         stats = {**rollout.figures(totals[:-1]), "rows": int(totals[-1]), "generation_s": generation_s}
         return self._policy_batches(rows, local), stats

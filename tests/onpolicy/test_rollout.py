@@ -18,7 +18,7 @@ def test_sums_and_figures_by_hand():
     # B = 4. A: 6 tokens in 3 forwards (2 blocks), steps [0,0,1,1 | 2,2]: two tokens per step,
     # surrogate -3/2. B: 4 tokens in 4 forwards (1 block), one per step: -4.
     a = _completion([1, 2, 3, 4, 5, 6], [0, 0, 1, 1, 2, 2], 3)
-    b = _completion([7, 8, 9, 0], [0, 1, 2, 3], 4, eos=True)
+    b = _completion([7, 7, 7, 0], [0, 1, 2, 3], 4, eos=True)  # a repeating one
     scores = torch.tensor([1.0, 0.0], dtype=torch.float64)
     rewards = rollout.rewards([a, b], scores, RewardConfig())
     assert rewards.tolist() == pytest.approx([-1.5 / 6 + 1.0, -4 / 4 + 0.0])
@@ -28,6 +28,7 @@ def test_sums_and_figures_by_hand():
     assert fig["steps_per_block"] == pytest.approx(7 / 3)
     assert fig["verifier"] == pytest.approx(0.5) and fig["completion_tokens"] == pytest.approx(5)
     assert fig["surrogate"] == pytest.approx((-1.5 - 4) / 2)
+    assert fig["distinct_tokens"] == pytest.approx((6 / 6 + 2 / 4) / 2)
     # additive: the figures of two halves summed are those of the whole
     halves = rollout.sums([a], scores[:1], rewards[:1], 4) + rollout.sums([b], scores[1:], rewards[1:], 4)
     assert torch.equal(halves, totals)
