@@ -21,7 +21,7 @@ and the reference model's for the same tokens (``reference_logp``, computed befo
   such choice, since it commits a set number of positions per step, so there is no ``q`` term
   for it.
 * ``k3(d) = exp(d) - d - 1`` (>= 0) is the per-token KL estimator on tokens drawn from the
-  policy (``objective.k3_kl``).
+  policy (``objective.k3_kl``); ``objective.policy_gradient_sum`` gives the first and last terms.
 * ``scale = M / T``: ``T`` is the committed tokens and ``M`` the micro-batches of the whole step
   (all data-parallel ranks), and every micro-batch reports a count of 1. Megatron's per-token
   normalisation (it divides the summed gradients by the summed counts) then leaves the loss
@@ -40,7 +40,7 @@ from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.loss.elbo import _token_ce
 from megatron_diffusion.model.inputs import forward_kwargs
-from megatron_diffusion.onpolicy.objective import k3_kl
+from megatron_diffusion.onpolicy.objective import policy_gradient_sum
 from megatron_diffusion.training.context_parallel_loss import output_targets
 from megatron_diffusion.training.step import ForwardSpec, reduce_reports, run_schedule
 
@@ -120,9 +120,7 @@ def log_mass_below(logits_KV: torch.Tensor, threshold: float) -> torch.Tensor:
 def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, threshold, output_BSV):
     logits_KV, targets_K, adv_K = committed(output_BSV, pb.batch, spec)
     logp_K = token_logp(logits_KV, targets_K)
-    total = -(adv_K * logp_K).sum()
-    kl_K = k3_kl(logp_K, pb.ref_logp_K) if kl_weight > 0 else torch.zeros_like(logp_K)
-    total = total + kl_weight * kl_K.sum()
+    total, kl_K = policy_gradient_sum(logp_K, adv_K, pb.ref_logp_K, kl_weight)
     logq_O = logp_K.new_zeros(0)
     if threshold is not None:  # the commit rule's choice: the open positions' probability
         open_KV, _, adv_O = _read(output_BSV, pb.batch, spec, pb.open_BL)

@@ -140,6 +140,23 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return d.exp() - d - 1
 
 
+def policy_gradient_sum(token_logp: torch.Tensor, advantages: torch.Tensor,
+                        ref_logp: torch.Tensor | None = None,
+                        kl_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_t -A_t log p_t + kl_weight * sum_t k3_t, k3_t)`` over aligned per-token tensors
+    (``advantages`` detached here); ``k3_t`` is 0 without an anchor (``kl_weight == 0``). The
+    loss's numerator, shared by ``policy_gradient_loss`` and the megatron loss (``loss.py``)."""
+    check_range("kl_weight", kl_weight, lo=0)
+    total = -(advantages.detach().to(token_logp.dtype) * token_logp).sum()
+    if kl_weight == 0:
+        return total, torch.zeros_like(token_logp)
+    if ref_logp is None:
+        raise UsageError("ref_logp_NT: got None with kl_weight > 0, expected the reference "
+                         "log-probabilities")
+    kl = k3_kl(token_logp, ref_logp)
+    return total + kl_weight * kl.sum(), kl
+
+
 def policy_gradient_loss(token_logp_NT: torch.Tensor, mask_NT: torch.Tensor, advantages_N: torch.Tensor,
                          ref_logp_NT: torch.Tensor | None = None, kl_weight: float = 0.0) -> torch.Tensor:
     """The batch's surrogate loss; its gradient is the REINFORCE estimator (+ the KL anchor's).
@@ -149,15 +166,10 @@ def policy_gradient_loss(token_logp_NT: torch.Tensor, mask_NT: torch.Tensor, adv
     ``ref_logp_NT``: the same tokens' log-probabilities under the frozen starting model,
     required when ``kl_weight > 0`` (the anchor is ``k3_kl`` of the two).
     """
-    check_range("kl_weight", kl_weight, lo=0)
-    mask = mask_NT.to(token_logp_NT.dtype)
-    tokens = mask.sum()
-    if tokens == 0:
+    mask = mask_NT.bool()
+    if not mask.any():
         raise UsageError("mask: got no committed tokens, expected at least one")
-    loss = -(advantages_N.detach().to(mask.dtype).unsqueeze(1) * token_logp_NT * mask).sum() / tokens
-    if kl_weight > 0:
-        if ref_logp_NT is None:
-            raise UsageError("ref_logp_NT: got None with kl_weight > 0, expected the reference "
-                             "log-probabilities")
-        loss = loss + kl_weight * (k3_kl(token_logp_NT, ref_logp_NT) * mask).sum() / tokens
-    return loss
+    advantages_NT = advantages_N.unsqueeze(1).expand_as(token_logp_NT)
+    ref = None if ref_logp_NT is None else ref_logp_NT[mask]
+    total, _ = policy_gradient_sum(token_logp_NT[mask], advantages_NT[mask], ref, kl_weight)
+    return total / mask.sum()

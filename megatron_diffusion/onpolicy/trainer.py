@@ -49,6 +49,7 @@ from megatron_diffusion.onpolicy.prompts import read_prompts
 from megatron_diffusion.onpolicy.rows import Trajectory, fill_prompt, micro_batches, policy_rows
 from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier
 from megatron_diffusion.parallel.process_groups import host_collective
+from megatron_diffusion.sampling.api import stop_token_ids
 from megatron_diffusion.sampling.sampler import ModelRules
 from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 from megatron_diffusion.training.model_setup import unwrap
@@ -98,7 +99,11 @@ class OnPolicyTrainer(Trainer):
         return resume_path
 
     def _read_prompts(self) -> None:
-        self.tokenizer = load_tokenizer(self.cfg.training.tokenizer or self._store_tokenizer_path())
+        path = self.cfg.training.tokenizer or self._store_tokenizer()
+        if path is None:
+            raise UsageError(f"data.blend: store {self.stores[0].path} has no tokenizer.json; "
+                             "set training.tokenizer")
+        self.tokenizer = load_tokenizer(path)
         self.records = read_prompts(self.cfg.onpolicy.prompts)
         self.prompt_ids = [self._filled(r) for r in self.records]
 
@@ -121,13 +126,6 @@ class OnPolicyTrainer(Trainer):
             self.reference = build_model(cfg.model, unwrap(self.chunks)[0].config).eval()
             self.reference.requires_grad_(False)
         self.verifier = self._verifier()
-
-    def _store_tokenizer_path(self) -> str:
-        p = Path(self.stores[0].path) / "tokenizer.json"
-        if not p.is_file():
-            raise UsageError(f"data.blend: store {self.stores[0].path} has no tokenizer.json; "
-                             "set training.tokenizer")
-        return str(p)
 
     def _filled(self, record) -> list[int]:
         """The prompt's ids, filled to whole blocks; checked to fit a loss row."""
@@ -156,7 +154,7 @@ class OnPolicyTrainer(Trainer):
             load_checkpoint(self.init_from, [self.reference])
         self.rules = ModelRules.from_run_config(
             self.cfg, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-            stop_ids=tuple((self.generation or {}).get("stop_token_ids") or ()) or None)
+            stop_ids=stop_token_ids(self.tokenizer, (), {"generation": self.generation or {}}))
 
     # ------------------------------------------------------------------ step
     def _train_step(self, logger) -> TrainStep:
@@ -181,11 +179,11 @@ class OnPolicyTrainer(Trainer):
     def _scores(self, index: list[int], prompts, completions) -> torch.Tensor:
         """Verifier scores; under TP those of TP rank 0 (an execution may time out on one rank)."""
         src = ps.get_tensor_model_parallel_src_rank()
-        if dist.get_rank() != src:  # the same trajectories: score them once
-            return host_collective(dist.broadcast, torch.zeros(len(completions), dtype=torch.float64),
-                                   src=src, group=ps.get_tensor_model_parallel_group())
-        out = rollout.score(self.verifier, [self.records[i] for i in index], prompts, completions,
-                            self.tokenizer)
+        if dist.get_rank() == src:  # the same trajectories on every TP rank: scored once
+            out = rollout.score(self.verifier, [self.records[i] for i in index], prompts,
+                                completions, self.tokenizer)
+        else:
+            out = torch.zeros(len(completions), dtype=torch.float64)
         if ps.get_tensor_model_parallel_world_size() > 1:
             host_collective(dist.broadcast, out, src=src, group=ps.get_tensor_model_parallel_group())
         return out

@@ -61,9 +61,10 @@ def destroy() -> None:
 
 
 def host_collective(collective, tensor, **kwargs):
-    """``collective(tensor, **kwargs)`` (``dist.all_reduce``, ``dist.broadcast``) on a host
-    tensor, in place: under NCCL it travels through the GPU (NCCL takes only device tensors)."""
-    if dist.get_backend(kwargs.get("group")) != "nccl":
+    """``collective(tensor, **kwargs)`` (``dist.all_reduce``, ``dist.broadcast``) in place, on
+    a tensor wherever it lives: under NCCL a host tensor travels through the GPU (NCCL takes
+    only device tensors)."""
+    if tensor.is_cuda or dist.get_backend(kwargs.get("group")) != "nccl":
         collective(tensor, **kwargs)
         return tensor
     import torch

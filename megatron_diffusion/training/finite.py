@@ -13,6 +13,8 @@ the whole world, so TP/PP ranks holding different shards and DP ranks decide the
 import torch
 import torch.distributed as dist
 
+from megatron_diffusion.parallel.process_groups import host_collective
+
 
 def _agree_all_finite(tensors) -> bool:
     flag = None
@@ -23,9 +25,7 @@ def _agree_all_finite(tensors) -> bool:
         flag = torch.tensor(False)
     flag = flag.to(torch.int32).reshape(1)
     if dist.is_available() and dist.is_initialized():
-        if dist.get_backend() == "nccl" and flag.device.type != "cuda":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        host_collective(dist.all_reduce, flag, op=dist.ReduceOp.MAX)
     return not bool(flag.item())
 
 

@@ -20,6 +20,7 @@ optimizer step. Then log, validate, checkpoint; a SIGTERM/SIGUSR2 received meanw
 exits 0.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -276,11 +277,8 @@ class Trainer:
                          say=logger.write)
 
     def _loop(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption) -> int:
-        inputs = self._step_inputs()
-        try:
+        with contextlib.closing(self._step_inputs()) as inputs:
             return self._steps(step_fn, logger, flag, inputs)
-        finally:
-            inputs.close()
 
     def _steps(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption, inputs) -> int:
         tr = self.cfg.training
