@@ -8,7 +8,7 @@ import torch
 
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.onpolicy.objective import (
-    RewardConfig, dense_surrogate, group_advantages, policy_gradient_loss, k3_kl, reward,
+    RewardConfig, dense_surrogate, group_advantages, policy_gradient_loss, policy_gradient_sum, k3_kl, reward,
     step_counts,
 )
 
@@ -90,6 +90,12 @@ def test_loss_normalises_per_token_and_adds_the_kl():
         policy_gradient_loss(logp, mask, adv, None, kl_weight=0.1)
     with pytest.raises(UsageError, match="mask"):
         policy_gradient_loss(logp, torch.zeros_like(mask), adv)
+
+
+def test_no_anchor_reports_no_kl_and_needs_no_reference():
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    total, kl = policy_gradient_sum(logp, torch.tensor([1.0, -1.0]), None, kl_weight=0.0)
+    assert total.item() == pytest.approx(-(-1.0) + (-2.0)) and torch.equal(kl, torch.zeros(2))
 
 
 def test_k3_is_zero_at_the_reference_and_positive_elsewhere():

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -76,7 +75,8 @@ def test_trains_logs_and_resumes_exactly(tiny_store, base, tmp_path):
     assert len(_records(run)) == STEPS // 2
     other = _onpolicy(tiny_store, (tmp_path / "straight", base[1]), run, check=False)
     assert other.returncode == 2 and "is not the reference" in other.stderr.strip().splitlines()[-1]
-    _onpolicy(tiny_store, base, run)
+    # the same reference named by a relative path (the run recorded it resolved)
+    _onpolicy(tiny_store, (os.path.relpath(base[0], ROOT), base[1]), run)
     assert _records(run) == straight
 
 
@@ -86,7 +86,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_store, base, tmp_path):
     cases = [([f"onpolicy.prompts={no_tests}"], "has no test"),
              (["onpolicy.group_size=1"], "onpolicy.group_size"),
              (["onpolicy.max_new_tokens=30"], "onpolicy.max_new_tokens"),
-             (["data.seq_len=16"], "data.seq_len: 16 cannot hold")]
+             (["data.seq_len=16"], "data.seq_len: 16 cannot hold"),
+             (["parallel.sequence_parallel=true"], "parallel.sequence_parallel")]
     for extra, message in cases:
         run = tmp_path / "run"
         proc = _onpolicy(tiny_store, base, run, *extra, check=False)
@@ -129,6 +130,11 @@ def test_data_parallel_counts_every_rank(tiny_store, base, tmp_path):
     _onpolicy(tiny_store, base, tmp_path / "dp2", "training.train_iters=2", nproc=2)
     records = _records(tmp_path / "dp2")
     assert len(records) == 2
+    # 3 prompts per step do not split over 2 ranks: one line, before the run dir is written
+    proc = _onpolicy(tiny_store, base, tmp_path / "dp3", "onpolicy.prompts_per_step=3", nproc=2,
+                     check=False)
+    assert proc.returncode != 0 and "onpolicy.prompts_per_step: got 3" in proc.stderr
+    assert not (tmp_path / "dp3").exists()
     # 2 prompts x 2 trajectories over both ranks, each completion 12 tokens (no stop token)
     assert all(r["tokens"] <= 4 * 12 and r["completion_tokens"] <= 12 for r in records)
 
