@@ -15,7 +15,7 @@ from typing import Self
 
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 
-STRATEGIES = ("fixed", "threshold")
+STRATEGIES = ("fixed", "threshold", "speculative")
 BIDIRECTIONAL_CONTEXTS = ("prefix", "full")
 
 
@@ -34,7 +34,13 @@ class SamplerConfig:
     strategy: str = "threshold"
     """Commit rule inside a block: ``fixed`` (``steps_per_block`` steps, ``ceil(masked left /
     steps left)`` tokens each) or ``threshold`` (every masked position whose probability is at
-    least ``threshold``, at least the most confident one per step; Fast-dLLM)."""
+    least ``threshold``, at least the most confident one per step; Fast-dLLM). ``speculative``:
+    not a block rule but lossless self-speculative decoding (``sampling/speculative.py``): the
+    clean stream verifies ``draft_len`` tokens drafted by a [MASK] block, so the output is the
+    AR decode's (greedy) or follows its distribution (``temperature > 0``)."""
+    draft_len: int | None = None
+    """``speculative``: draft tokens verified per forward (1-16); None = the training block size
+    minus 1 (a draft block of ``draft_len + 1`` [MASK], its first token the AR prediction)."""
     steps_per_block: int | None = None
     """``fixed``: denoising steps per block; None = ``block_size`` (one token per step)."""
     threshold: float = 0.9
@@ -93,6 +99,11 @@ class SamplerConfig:
             if getattr(self, name) is not None:
                 check_int(_option(name), getattr(self, name), lo=1)
         check_int("--seed", self.seed)
+        if self.draft_len is not None:
+            check_int("--draft-len", self.draft_len, lo=1, hi=16)
+        if self.strategy == "speculative" and self.self_correct:
+            raise UsageError("--self-correct: not with --strategy speculative (its output is the "
+                             "AR decode's; nothing is left to correct)")
         check_int("--revisit-window", self.revisit_window, lo=0)
         if self.revisit_window and not self.self_correct:
             raise UsageError("--revisit-window: needs --self-correct (it widens what "
@@ -130,6 +141,12 @@ class SamplerConfig:
         if cfg.block_size is None:
             cfg.block_size = {"block": training_block_size, "causal": 1,
                               "bidirectional": cfg.max_new_tokens}[attention_mode]
+        if cfg.strategy == "speculative" and not cfg.ar_baseline:
+            if attention_mode != "block":
+                raise UsageError(f"--strategy speculative: needs a block-mode model (this one: "
+                                 f"{attention_mode})")
+            if cfg.draft_len is None:
+                cfg.draft_len = max(training_block_size - 1, 1)
         if cfg.steps_per_block is None:
             cfg.steps_per_block = cfg.block_size
         if cfg.max_corrections_per_block is None:

@@ -113,6 +113,16 @@ class ModelRules:
                           max_positions=cfg.model.max_position_embeddings, stop_ids=stop_ids)
 
 
+def check_prompt_ids(prompts: list[list[int]], max_positions: int) -> None:
+    """Refuse (one line) an empty prompt or one that leaves no room in the context."""
+    for i, ids in enumerate(prompts):
+        if len(ids) == 0:
+            raise UsageError(f"prompt {i}: empty (encodes to no tokens)")
+        if len(ids) >= max_positions:
+            raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
+                             f"(model.max_position_embeddings={max_positions})")
+
+
 @dataclass
 class Completion:
     """One decoded row."""
@@ -212,12 +222,7 @@ class BlockSampler:
         """Batched forwards run so far (each counts once, whatever the batch size)."""
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
-        for i, ids in enumerate(prompts):
-            if len(ids) == 0:
-                raise UsageError(f"prompt {i}: empty (encodes to no tokens)")
-            if len(ids) >= self.rules.max_positions:
-                raise UsageError(f"prompt {i}: {len(ids)} tokens, longer than the context "
-                                 f"(model.max_position_embeddings={self.rules.max_positions})")
+        check_prompt_ids(prompts, self.rules.max_positions)
 
     def _rows(self, prompts: list[list[int]], P: int, seq_end: int, C: int) -> _Rows:
         device, num = self.backend.device, len(prompts)
