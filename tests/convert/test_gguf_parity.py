@@ -2,7 +2,8 @@
 
 SmolLM2-135M-Instruct (Q4_1) from ``reference_model.smollm2_gguf_path()`` is converted once per
 session with ``--add-mask-token``; transformers dequantises the same file. Logits, greedy decoding
-through our sampler's AR baseline, held-out next-token NLL/accuracy through our evaluation, and
+through our sampler's AR baseline (and self-speculative decoding, which must equal it), held-out
+next-token NLL/accuracy through our evaluation, and
 the tokenizer are compared. Our logits have one more real column ([MASK], not an HF token) plus
 megatron's vocabulary padding, so the first 49152 columns are compared. About 40 s in all on a
 2-core CPU (conversion ~12 s, two model loads, 5 x 16 greedy tokens through both).
@@ -131,3 +132,33 @@ def test_heldout_next_token_metrics_equal_hf(smollm2_hf, smollm2_ours, our_token
     assert ours["nll_nats"] == pytest.approx(nll, abs=1e-4)
     assert ours["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert ours["accuracy"] > 0.4  # a real code model, not noise
+
+
+def test_self_speculative_decoding_equals_ar_decode_on_smollm2(smollm2_ours, our_tokenizer):
+    """The real model read as a block model with a causal clean stream and the shift (the CPT
+    recipe's layout): self-speculative greedy output is its AR decode, token for token, with
+    drafts that are right and wrong at every position (the oracle of test_speculative.py) and
+    with the model's own (untrained) draft blocks; 5 prompts of different lengths in one batch."""
+    from megatron_diffusion.sampling.backend import ModelBackend
+    from megatron_diffusion.sampling.config import SamplerConfig
+    from megatron_diffusion.sampling.sampler import BlockSampler, ModelRules
+    from megatron_diffusion.sampling.speculative import SpeculativeSampler
+    from tests.sampling.test_speculative import OracleDrafts
+
+    model = smollm2_ours.model
+    rules = ModelRules(mode="block", clean_stream="causal", training_block_size=4,
+                       logit_shift=True, mask_id=smollm2_ours.config.model.mask_token_id,
+                       eos_id=0, pad_id=our_tokenizer.pad_id, max_positions=2048,
+                       stop_ids=(2, 0))
+    batch = [our_tokenizer.encode(p) for p in PROMPTS]
+    ar = BlockSampler(ModelBackend(model), rules,
+                      SamplerConfig(max_new_tokens=16, ar_baseline=True).validate()).generate(batch)
+    spec_cfg = SamplerConfig(max_new_tokens=16, strategy="speculative", draft_len=3).validate()
+    oracle = OracleDrafts(ModelBackend(model), [p + c.tokens + [0] * 8 for p, c in zip(batch, ar)],
+                          num_verify=4, p_wrong=0.3)
+    for backend in (oracle, ModelBackend(model)):
+        spec = SpeculativeSampler(backend, rules, spec_cfg).generate(batch)
+        assert [c.tokens for c in spec] == [c.tokens for c in ar]
+    counts = {k for c in SpeculativeSampler(oracle, rules, spec_cfg).generate(batch)
+              for k in torch.bincount(torch.tensor(c.step_map)).tolist()}
+    assert {1, 4} <= counts  # rejections and full acceptances both happened

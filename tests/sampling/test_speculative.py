@@ -54,6 +54,7 @@ class OracleDrafts:
         return self.inner.cache
 
     def session(self, capacity, use_cache):
+        self.live = list(range(len(self.reference)))  # a new generation: every row is live
         return self.inner.session(capacity, use_cache)
 
     def select_rows(self, index):

@@ -66,7 +66,7 @@ def test_dry_run_records_every_stage_with_numbers_or_a_reason(tmp_path, toy_chec
     _check_rows(sampler, "forwards_per_s", "tokens_per_second", "hbm_bound_measured",
                 "fraction_of_hbm_bound")
     assert {r["name"].split("/")[0] for r in sampler["rows"] if r["status"] == "ok"} == {
-        "ar_baseline", "block4_threshold0.9", "block4_fixed_1step", "hf_generate"}
+        "ar_baseline", "block4_threshold0.9", "block4_fixed_1step", "speculative_d3", "hf_generate"}
     cpt = results["cpt"]
     assert cpt["metrics"] and cpt["before"]["infill"] and cpt["after"]["infill"]
     files = [p for p in out.rglob("*") if p.is_file()]  # what comes back from the device

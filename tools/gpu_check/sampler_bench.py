@@ -8,6 +8,11 @@ Every variant generates exactly ``max_new_tokens`` per prompt (EOS ignored) from
   forward depend on the model's confidence);
 * ``block4_fixed_1step``: B = 4 committed in one step (4 tokens per forward whatever the
   weights: the forward rate at the block sampler's shapes);
+* ``speculative_d3``: lossless self-speculative decoding (``sampling/speculative.py``), 3 draft
+  tokens verified per forward; a converted AR model is read as a block model with a causal clean
+  stream and the logit shift (its clean stream is the AR model either way; an untrained draft
+  block is rarely accepted, so tokens per forward say something only for a CPT checkpoint passed
+  with ``--checkpoint``): the forward rate at self-speculation's shapes (20 tokens a row);
 * ``hf_generate``: ``transformers`` greedy ``generate`` of the same weights, ``min_new_tokens``
   = ``max_new_tokens`` (one forward per token).
 
@@ -28,7 +33,8 @@ from tools.gpu_check.timing import synchronize
 DATASHEET_BANDWIDTH = 4.8e12
 VARIANTS = {"ar_baseline": dict(ar_baseline=True),
             "block4_threshold0.9": dict(block_size=4, strategy="threshold", threshold=0.9),
-            "block4_fixed_1step": dict(block_size=4, strategy="fixed", steps_per_block=1)}
+            "block4_fixed_1step": dict(block_size=4, strategy="fixed", steps_per_block=1),
+            "speculative_d3": dict(strategy="speculative", draft_len=3)}
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -54,10 +60,28 @@ def prompts_for(sm, batch: int, prompt_len: int) -> list[list[int]]:
     return torch.randint(1, vocab, (batch, prompt_len), generator=g).tolist()
 
 
+def as_speculative_model(sampler):
+    """``sampler`` with its model read as a block model with a causal clean stream and the
+    logit shift (unchanged if it is one): what self-speculative decoding needs."""
+    import copy
+    import dataclasses
+
+    cfg = copy.deepcopy(sampler.loaded.config)
+    if (cfg.attention.mode, cfg.attention.clean_stream, cfg.model.logit_shift) == (
+            "block", "causal", True):
+        return sampler
+    cfg.attention.mode, cfg.attention.clean_stream = "block", "causal"
+    cfg.attention.block_size, cfg.model.logit_shift, cfg.loss.objective = 4, True, "diffusion"
+    loaded = dataclasses.replace(sampler.loaded, config=cfg)
+    return type(sampler)(loaded, sampler.tokenizer, sampler.cfg)
+
+
 def ours(ctx, sm, prompts, knobs: dict, max_new: int) -> dict:
     from megatron_diffusion.sampling.bench import measure
 
     base = sm.sampler
+    if knobs.get("strategy") == "speculative":
+        base = as_speculative_model(base)
     changes = {"block_size": None, "steps_per_block": None, "ar_baseline": False, **knobs}
     # base ignores EOS: fixed-length throughput
     variant = base.with_settings(max_new_tokens=max_new, batch_size=len(prompts), **changes)
