@@ -153,6 +153,7 @@ def diffusion_loss(logits_BSV: torch.Tensor, batch: DiffusionBatch, cfg: LossCon
         ar_ce_BL = _token_ce(logits_BSV[:, L:2 * L - 1], labels_BL[:, 1:])
         ar_BL = ar_ce_BL * eligible_BL[:, 1:].float()
         metrics["ar_ce_sum"] = ar_BL.detach().sum()
+        metrics["ar_ce_count"] = eligible_BL[:, 1:].sum()
         per_pos_BL = torch.cat([per_pos_BL, cfg.ar_loss_weight * ar_BL], dim=1)
         # weights over both halves; count stays the eligible tokens of the noisy half
     if cfg.normalization == "token":

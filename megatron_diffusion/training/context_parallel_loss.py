@@ -87,6 +87,7 @@ def context_parallel_diffusion_loss(local_BSV: torch.Tensor, batch: DiffusionBat
     per_pos_BS = ce_BS * weights
     if cfg.ar_loss_weight > 0:
         metrics["ar_ce_sum"] = (ce_BS.detach() * ar_weights).sum()
+        metrics["ar_ce_count"] = (ar_weights > 0).sum()
         per_pos_BS = per_pos_BS + cfg.ar_loss_weight * ce_BS * ar_weights
     eligible_BL = batch.loss_mask_BL
     if cfg.normalization == "token":

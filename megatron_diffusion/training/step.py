@@ -58,9 +58,12 @@ class ForwardSpec:
 def _loss_func(batch, spec: ForwardSpec, output_BSV):
     loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, spec.loss,
                                                         **spec.loss_kwargs())
+    zero = torch.zeros((), device=loss_sum.device)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
                           metrics["ce_sum"].float(), metrics["ce_count"].float(),
-                          metrics["correct"].float()])
+                          metrics["correct"].float(),
+                          metrics.get("ar_ce_sum", zero).float(),
+                          metrics.get("ar_ce_count", zero).float()])
     return loss_sum, num_tokens, {"report": report}
 
 
@@ -114,9 +117,14 @@ def forward_backward(chunks, microbatches: list, spec: ForwardSpec, *,
 
     Returns the global-batch figures, reduced over micro-batches and data-parallel ranks and
     broadcast from the last pipeline stage: ``loss`` (per token), ``num_tokens``, ``ce`` (mean
-    cross entropy of the positions with loss), ``acc`` (argmax accuracy at those positions).
+    cross entropy of the positions with loss), ``acc`` (argmax accuracy at those positions), and
+    with an AR term (``loss.ar_loss_weight``) ``ar_ce``: the clean stream's next-token cross
+    entropy, the AR model the CPT is meant to keep.
     """
     reports = run_schedule(chunks, microbatches, make_forward_step(spec), forward_only=forward_only)
-    loss_sum, num_tokens, ce_sum, ce_count, correct = reduce_reports(reports, 5)
-    return {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,
-            "ce": ce_sum / max(ce_count, 1.0), "acc": correct / max(ce_count, 1.0)}
+    loss_sum, num_tokens, ce_sum, ce_count, correct, ar_sum, ar_count = reduce_reports(reports, 7)
+    out = {"loss": loss_sum / max(num_tokens, 1.0), "num_tokens": num_tokens,
+           "ce": ce_sum / max(ce_count, 1.0), "acc": correct / max(ce_count, 1.0)}
+    if ar_count > 0:
+        out["ar_ce"] = ar_sum / ar_count
+    return out

@@ -118,3 +118,20 @@ def test_block_shift_needs_the_block_size():
     with pytest.raises(UsageError, match="block_size"):
         diffusion_loss(self_describing_logits(2 * L), batch(list(range(L))), LossConfig(),
                        logit_shift=True)
+
+
+def test_ar_term_reports_the_clean_streams_next_token_ce():
+    # self-describing logits: clean output at 8 + i predicts id 8 + i; labels make the clean
+    # stream's next-token prediction right at every second position (ce 0) and wrong elsewhere
+    logits = self_describing_logits(2 * L)
+    labels = [0] + [8 + i if i % 2 == 0 else 0 for i in range(L - 1)]
+    eligible = [True] * (L - 1) + [False]  # the last target has no loss
+    targets = torch.tensor(labels[1:])
+    ce = torch.nn.functional.cross_entropy(logits[0, L:2 * L - 1], targets, reduction="none")
+    ce = ce * torch.tensor(eligible[1:], dtype=torch.float)
+    cfg = LossConfig(ar_loss_weight=0.5)
+    _, _, m = diffusion_loss(logits.clone(), batch(labels, eligible=eligible), cfg,
+                             logit_shift=True, block_size=4)
+    assert m["ar_ce_count"].item() == 6
+    torch.testing.assert_close(m["ar_ce_sum"], ce.sum())
+    assert m["ar_ce_sum"].item() > 0

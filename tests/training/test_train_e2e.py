@@ -141,3 +141,15 @@ def test_validation_measures_the_objective_not_the_warmup(tiny_store, tmp_path):
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert first["u_max"] < 0.05
     assert first["val_loss"] > 2 * first["loss"]
+
+
+def test_the_ar_term_is_logged_as_ar_ce(tiny_store, tmp_path):
+    """With loss.ar_loss_weight the clean stream's next-token CE (the AR model a CPT keeps) is
+    in metrics.jsonl."""
+    import json
+
+    run = tmp_path / "run"
+    run_train(tiny_store, run, "training.train_iters=2", "model.logit_shift=true",
+              "attention.clean_stream=causal", "loss.ar_loss_weight=1.0")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["ar_ce"] < 20 for r in records)
