@@ -87,16 +87,23 @@ def stdlib_texts(limit: int = 40) -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files[:limit]]
 
 
-def make_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+def make_tokenizer(path: Path, vocab_size: int = 300, special: tuple[str, ...] = ()) -> Path:
+    """A byte-level BPE of our data tools; ``special``: more special tokens (ids from
+    ``vocab_size`` on), e.g. a chat template's ``<|im_start|>``."""
     from megatron_diffusion.data.tokenizer import train_tokenizer
 
-    train_tokenizer(stdlib_texts(), vocab_size).save(str(path))
+    tok = train_tokenizer(stdlib_texts(), vocab_size)
+    tok.add_special_tokens(list(special))
+    tok.save(str(path))
     return path
 
 
 def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300,
-                    seed: int = 0, **model_overrides) -> Path:
-    """A tiny randomly initialised checkpoint (one process), as the trainer would write it."""
+                    seed: int = 0, special_tokens: tuple[str, ...] = (),
+                    meta_fields: dict | None = None, **model_overrides) -> Path:
+    """A tiny randomly initialised checkpoint (one process), as the trainer would write it.
+    ``special_tokens``: extra special tokens of its tokenizer; ``meta_fields``: more meta.json
+    entries (``generation``, ...)."""
     import torch.distributed as dist
 
     from megatron_diffusion.config import RunConfig
@@ -107,7 +114,7 @@ def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300
     from megatron_diffusion.training.checkpoint import checkpoint_meta, save_checkpoint
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    tok_path = make_tokenizer(run_dir / "tokenizer.json", tokenizer_vocab)
+    tok_path = make_tokenizer(run_dir / "tokenizer.json", tokenizer_vocab, special_tokens)
     tok = load_tokenizer(tok_path)
     cfg = RunConfig()
     cfg.attention = attention or AttentionConfig(mode="block", block_size=4)
@@ -120,7 +127,7 @@ def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300
     model = build_model(cfg.model, transformer_config(cfg.model))
     shapes = {k: v.shape for k, v in weights.local_to_full([model]).items()}
     weights.load_full([model], seeded_full_weights(shapes))
-    meta = checkpoint_meta(cfg, tokenizer_hash=tok.hash)
+    meta = checkpoint_meta(cfg, tokenizer_hash=tok.hash, **(meta_fields or {}))
     path = save_checkpoint(run_dir, 0, [model], None, meta=meta, loader_state={},
                            tokenizer_path=str(tok_path))
     return path

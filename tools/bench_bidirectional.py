@@ -8,7 +8,7 @@ For each block size, three decoders of the same bidirectional checkpoint run int
 same stdlib prompts (``--ignore-eos``: fixed-length rows): ``full`` (every step feeds the whole
 generation, future blocks as [MASK], no cache: the reference), ``prefix-exact`` (prompt +
 finished blocks + current block, recomputed every step) and ``prefix-cache`` (the same, finished
-blocks cached when final: approximate). Printed: tokens/s (fastest of ``--repeats``), forwards,
+blocks cached when final: approximate). Printed: tokens/s (median of ``--repeats``), forwards,
 agreement with ``full`` and with ``prefix-exact``, and held-out accuracy against the files'
 true continuations (bench.py's definitions); then, per decoder, how many prompts' first block
 changes between ``--max-new-tokens B`` and the configured length. docs/BENCHMARKS.md has the

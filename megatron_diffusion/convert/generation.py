@@ -12,8 +12,9 @@ A converted checkpoint's ``meta.json`` has a top-level ``"generation"`` entry::
 data (``hf_tokenizer.check_document_eos``). An Instruct model needs both: it ends a turn with
 ``<|im_end|>`` and a document with ``<|endoftext|>``. The sampler stops on any of them; the
 trainer copies the entry into the checkpoints of a run started ``--init-from`` it; ``mcore-to-hf``
-writes it back as ``generation_config.json`` (``eos_token_id``: the list) and the chat template
-as ``tokenizer_config.json`` ``chat_template`` plus ``chat_template.jinja``.
+writes it back as ``generation_config.json`` ``eos_token_id`` (the list) and the same stop ids as
+``config.json`` ``eos_token_id`` (``export_eos_token_id``; a list where there are several), and
+the chat template as ``tokenizer_config.json`` ``chat_template`` plus ``chat_template.jinja``.
 """
 
 import json
@@ -74,6 +75,13 @@ def gguf_generation(reader, document_eos: int) -> dict:
     stops = stop_token_ids(*(field(reader, f"tokenizer.ggml.{k}_token_id")
                              for k in ("eos", "eot", "eom")), document_eos=document_eos)
     return generation_entry(stops, field(reader, "tokenizer.chat_template"), None)
+
+
+def export_eos_token_id(generation: dict | None, document_eos: int) -> int | list[int]:
+    """``eos_token_id`` of an export's ``config.json``: the stop ids (a list where there are
+    several, as ``generation_config.json`` has them), else the document EOS."""
+    stops = (generation or {}).get("stop_token_ids") or [document_eos]
+    return list(stops) if len(stops) > 1 else int(stops[0])
 
 
 def export_generation(out_dir, generation: dict | None, token_ids: dict) -> str | None:

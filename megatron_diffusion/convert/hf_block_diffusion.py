@@ -1,16 +1,29 @@
 """Run a megatron-diffusion export with ``transformers`` and ``torch`` alone.
 
-``convert mcore-to-hf`` copies this file into a block-diffusion export as ``block_diffusion.py``.
-It imports nothing from megatron-diffusion, so an HF user can sample from the export::
+``convert mcore-to-hf`` copies this file into a block-diffusion export as ``block_diffusion.py``
+and names its model classes in ``config.json`` ``auto_map``. It imports nothing from
+megatron-diffusion, so an HF user can sample from the export (no network needed)::
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import block_diffusion  # this file, in the export directory
 
-    model = AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True,
+                                                 dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(DIR)
-    ids = block_diffusion.generate(model, tok.encode(prompt), max_new_tokens=64, threshold=0.9)
+    ids = model.diffusion_generate(tok.encode(prompt), max_new_tokens=64, threshold=0.9)
     print(tok.decode(ids))
+
+``trust_remote_code`` makes transformers copy this file into its modules cache and load the
+model as ``BlockDiffusionLlamaForCausalLM`` (or ``...Qwen2...``): the architecture's own class
+plus ``diffusion_generate``, the same weights. Without it, load this file by its path (it is not
+on ``sys.path``; ``import block_diffusion`` works only from the export directory)::
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("block_diffusion", f"{DIR}/block_diffusion.py")
+    block_diffusion = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(block_diffusion)
+    model = AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.float32).eval()
+    ids = block_diffusion.generate(model, tok.encode(prompt), max_new_tokens=64, threshold=0.9)
 
 The weights are a Llama/Qwen2 model, but ``model.generate()`` would run them left to right with
 a causal mask, which is not how a block-diffusion model was trained. What it needs
@@ -30,7 +43,9 @@ a causal mask, which is not how a block-diffusion model was trained. What it nee
 * **Commit rule** (``threshold``): every ``[MASK]`` whose top-1 probability is at least
   ``threshold`` becomes final, and at least the most confident one per step; ``threshold=None``
   commits one token per step, the most confident (ties: leftmost). Decoding stops after a stop
-  token once every position before it is final.
+  token once every position before it is final; by default every id of ``config.json`` and
+  ``generation_config.json`` ``eos_token_id`` (an Instruct model's ``<|im_end|>`` and the
+  document ``<|endoftext|>``).
 
 This is our sampler's computation without the KV cache (``sampling/sampler.py``: same masks,
 readout and rules, so the same greedy tokens; tested in tests/convert/test_hf_block_export.py),
@@ -40,6 +55,7 @@ reproduce training-time logits.
 """
 
 import torch
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
 
 def _diffusion(model) -> dict:
@@ -110,12 +126,13 @@ def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128,
              block_size: int | None = None, threshold: float | None = None,
              stop_token_ids: list[int] | None = None, pad_token_id: int | None = None
              ) -> list[int]:
-    """New token ids after ``prompt_ids`` (cut after the first stop token)."""
+    """New token ids after ``prompt_ids`` (cut after the first stop token; default
+    ``default_stop_ids``)."""
     block = _diffusion(model)
     cfg = model.config
     B = block_size or (block["block_size"] if block["attention_mode"] == "block" else 1)
     mask_id, shift = block["mask_token_id"], int(bool(block["logit_shift"]))
-    stops = stop_token_ids if stop_token_ids is not None else _as_list(cfg.eos_token_id)
+    stops = stop_token_ids if stop_token_ids is not None else default_stop_ids(model)
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id or 0)
     device = next(model.parameters()).device
     P = len(prompt_ids)
@@ -142,7 +159,32 @@ def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128,
     return seq[P:seq_end].tolist()
 
 
+def default_stop_ids(model) -> list[int]:
+    """Every ``eos_token_id`` of ``config.json`` and of ``generation_config.json`` (each an id or
+    a list): an export lists them all, and older exports had only the document EOS in
+    ``config.json``."""
+    generation = model.generation_config
+    ids = _as_list(model.config.eos_token_id)
+    ids += _as_list(generation.eos_token_id if generation is not None else None)
+    return list(dict.fromkeys(ids))
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class _DiffusionGenerate:
+    def diffusion_generate(self, prompt_ids: list[int], **kwargs) -> list[int]:
+        """``generate(self, prompt_ids, **kwargs)``: block-diffusion decoding of this model.
+        (``model.generate()`` is transformers' left-to-right decode, not how it was trained.)"""
+        return generate(self, prompt_ids, **kwargs)
+
+
+class BlockDiffusionLlamaForCausalLM(_DiffusionGenerate, LlamaForCausalLM):
+    """A ``LlamaForCausalLM`` export as ``trust_remote_code`` loads it (``auto_map``)."""
+
+
+class BlockDiffusionQwen2ForCausalLM(_DiffusionGenerate, Qwen2ForCausalLM):
+    """A ``Qwen2ForCausalLM`` export as ``trust_remote_code`` loads it (``auto_map``)."""

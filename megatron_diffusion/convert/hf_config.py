@@ -144,7 +144,9 @@ def export_config(cfg: ModelConfig, *, architecture: str, dtype: str, token_ids:
         raise UsageError(f"architecture {architecture!r} is not supported; supported "
                          f"architectures: {', '.join(SUPPORTED_ARCHITECTURES)}")
     out = dict(base or {})
-    for stale in ("rope_scaling", "torch_dtype", "dtype", "transformers_version", "_name_or_path"):
+    # auto_map: an export's own names its block_diffusion.py, which a new export may lack
+    for stale in ("rope_scaling", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
+                  "auto_map"):
         out.pop(stale, None)
     head_dim = cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads
     out.update({

@@ -12,7 +12,10 @@ Written next to the weights:
 * ``config.json``: the HF architecture, plus a ``"diffusion"`` block recording that these are
   the weights of a diffusion LM (attention mode, block size, mask token id, logit shift, ...);
   for a model converted from HF the original config is the base, so fields we do not model
-  (``bos_token_id``, ...) survive;
+  (``bos_token_id``, ...) survive; ``eos_token_id`` lists the same stop ids as
+  ``generation_config.json``; a block-mode export also has ``auto_map``, so that
+  ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` gives the architecture's
+  class from ``block_diffusion.py``, with ``diffusion_generate``;
 * ``generation_config.json`` (``eos_token_id``: every stop id of ``meta.json`` ``generation``),
   ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` (the chat template,
   when the source model had one; see ``convert.generation``);
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_diffusion.convert.generation import export_generation
+from megatron_diffusion.convert.generation import export_eos_token_id, export_generation
 from megatron_diffusion.convert.hf_config import export_config
 from megatron_diffusion.convert.hf_to_mcore import (
     SIDECAR,
@@ -45,6 +48,8 @@ from megatron_diffusion.training.checkpoint import read_meta, resolve_checkpoint
 
 BLOCK_HELPER = "block_diffusion.py"
 """Copied into block-mode exports: ``hf_block_diffusion`` (sampling with transformers alone)."""
+REMOTE_CLASS = "BlockDiffusion{architecture}"
+"""The class of ``hf_block_diffusion`` that ``auto_map`` names for ``trust_remote_code``."""
 EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,8 +67,10 @@ def diffusion_block(cfg, meta: dict) -> dict:
 
 def model_card(cfg, block: dict, architecture: str) -> str:
     mode = block["attention_mode"]
-    helper = ("; or with transformers alone: `block_diffusion.generate(model, prompt_ids)` from "
-              f"`{BLOCK_HELPER}` in this directory (its docstring gives the mask and readout)"
+    helper = ("; or with transformers alone: `model = AutoModelForCausalLM.from_pretrained("
+              "THIS_DIR, trust_remote_code=True)`, then `model.diffusion_generate(prompt_ids)` "
+              f"(the code is `{BLOCK_HELPER}` in this directory; its docstring gives the mask and "
+              "readout, and how to use it without `trust_remote_code`)"
               if mode == "block" else "")
     how = ("block diffusion: blocks of {} tokens are denoised in parallel, left to right"
            .format(block["block_size"]) if mode == "block" else
@@ -142,13 +149,17 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
         tok = export_tokenizer_files(tmp, ckpt / "tokenizer.json",
                                      max_length=cfg.model.max_position_embeddings,
                                      hf_tokenizer_config=tok_config)
-        token_ids = {"eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+        token_ids = {"eos_token_id": export_eos_token_id(generation, tok.eos_id),
+                     "pad_token_id": tok.pad_id}
         base = source.get("config")
         if base and base.get("bos_token_id") is not None:
             token_ids["bos_token_id"] = base["bos_token_id"]
         block = diffusion_block(cfg, meta)
         hf_config = export_config(cfg.model, architecture=architecture, dtype=dtype,
                                   token_ids=token_ids, diffusion=block, base=base)
+        if cfg.attention.mode == "block":  # trust_remote_code: the class in BLOCK_HELPER
+            remote = REMOTE_CLASS.format(architecture=architecture)
+            hf_config["auto_map"] = {"AutoModelForCausalLM": f"{Path(BLOCK_HELPER).stem}.{remote}"}
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         export_generation(tmp, generation, token_ids)
         (tmp / SIDECAR).write_text(json.dumps(

@@ -8,13 +8,19 @@ A masked diffusion LM needs three special tokens beyond a causal LM's vocabulary
 * ``<|pad|>``: padding for batched sampling requests.
 
 Training uses HF ``tokenizers`` (byte-level pre-tokenizer, so every byte string round-trips).
-Special tokens are never produced from text: ``encode_special_tokens`` is set, so a source file
-containing the string ``[MASK]`` encodes it as ordinary bytes. A store records the tokenizer's hash (sha256 of the canonical JSON: keys sorted, no
-whitespace) so a run refuses a store tokenized with a different vocabulary.
+Special tokens are never produced from corpus text: ``encode_special_tokens`` is set, so a source
+file containing the string ``[MASK]`` encodes it as ordinary bytes. Prompts are different
+(``encode_prompt``): a chat template spells its turns with special tokens (``<|im_start|>``), and
+HF's tokenizer encodes each as its one id; so do we, except ``[MASK]``, which stays text (a mask
+id in the context is noise to the model, never an instruction). A store records the
+tokenizer's hash (sha256 of the canonical JSON: keys sorted, no whitespace) so a run refuses a
+store tokenized with a different vocabulary.
 """
 
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +52,37 @@ class LoadedTokenizer:
     """sha256 of the canonical tokenizer JSON (see ``tokenizer_hash``)."""
 
     def encode(self, text: str) -> list[int]:
+        """Corpus text -> ids; special-token text is encoded as ordinary bytes."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Prompt text -> ids as HF's tokenizer gives them: the text is split at the special
+        tokens it spells (``<|im_start|>`` -> its one id; ``[MASK]`` excepted, see the module
+        docstring), and each piece between them is encoded as ``encode`` does."""
+        ids: list[int] = []
+        pieces = self._prompt_specials.split(text) if self._prompt_specials else [text]
+        for i, piece in enumerate(pieces):
+            if i % 2:  # the split pattern's group: a special token (with any stripped spaces)
+                ids.append(self._prompt_special_ids[piece.strip()])
+            elif piece:
+                ids += self.encode(piece)
+        return ids
+
+    @functools.cached_property
+    def _prompt_special_ids(self) -> dict[str, int]:
+        added = self.tokenizer.get_added_tokens_decoder()
+        return {t.content: i for i, t in added.items() if t.special and i != self.mask_id}
+
+    @functools.cached_property
+    def _prompt_specials(self) -> re.Pattern | None:
+        """One group matching any special token, longest first; ``lstrip``/``rstrip`` tokens
+        take the whitespace beside them, as ``tokenizers`` does."""
+        added = self.tokenizer.get_added_tokens_decoder()
+        tokens = sorted((added[i] for i in self._prompt_special_ids.values()),
+                        key=lambda t: -len(t.content))
+        alternatives = [(r"\s*" if t.lstrip else "") + re.escape(t.content)
+                        + (r"\s*" if t.rstrip else "") for t in tokens]
+        return re.compile("(" + "|".join(alternatives) + ")") if alternatives else None
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -40,6 +40,17 @@ def stop_token_ids(tokenizer, stop_tokens, meta: dict) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def make_sampler(model, rules: ModelRules, cfg: SamplerConfig):
+    """The decoder for ``cfg.strategy``: the block sampler (``fixed``/``threshold``, and the AR
+    baseline) or the self-speculative decoder (``speculative``), both ``generate(prompts) ->
+    list[Completion]`` over the same backend."""
+    if cfg.strategy == "speculative" and not cfg.ar_baseline:
+        from megatron_diffusion.sampling.speculative import SpeculativeSampler
+
+        return SpeculativeSampler(model, rules, cfg)
+    return BlockSampler(model, rules, cfg)
+
+
 class DiffusionSampler:
     """A loaded checkpoint + tokenizer + decoding settings."""
 
@@ -49,7 +60,7 @@ class DiffusionSampler:
         rules = ModelRules.from_run_config(
             loaded.config, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
             stop_ids=stop_token_ids(tokenizer, cfg.stop_tokens, loaded.meta))
-        self.core = BlockSampler(ModelBackend(loaded.model), rules, cfg)
+        self.core = make_sampler(ModelBackend(loaded.model), rules, cfg)
         self.cfg = self.core.cfg
         self.settings = {
             **self.cfg.settings(),
@@ -73,7 +84,9 @@ class DiffusionSampler:
                                 dataclasses.replace(self.cfg, **changes).validate())
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
-        ids = [self.tokenizer.encode(p) for p in prompts]
+        """Prompt texts -> ids; special-token text (a chat template's ``<|im_start|>``) becomes
+        the special id, as with HF's tokenizer (``LoadedTokenizer.encode_prompt``)."""
+        ids = [self.tokenizer.encode_prompt(p) for p in prompts]
         self.core.check_prompts(ids)
         return ids
 

@@ -4,7 +4,8 @@ Measured (docs/method.md 8): generated tokens per second of wall time, tokens pe
 parallelism; a batched forward counts once per row in it, as in ``GenerationResult``), the number
 of batched model calls, and per-sample latency (time from the start of its batch until the row
 was done) at p50/p90. The AR baseline decodes the same prompts one token per forward with the
-same KV cache (block size 1); ``speedup`` is the ratio of tokens per second.
+same KV cache (block size 1); ``speedup`` is the ratio of tokens per second, the median over
+interleaved pairs of runs (``paired_ratio``), with its spread.
 
 Quality proxies for the sweep (``quality``), both against the same model, no references needed:
 
@@ -63,48 +64,66 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _run(decoder, prompts) -> tuple[float, list, int]:
-    """One timed decode: ``(wall seconds, completions, batched model calls)``."""
+def _run(decoder, prompts, clock=time.perf_counter) -> tuple[float, list, int]:
+    """One timed decode: ``(wall seconds, completions, batched model calls)``; the calls are
+    every forward of the decode, summed over its batches (the decoder's own counter)."""
     core = getattr(decoder, "core", None)
-    calls_before = core.num_model_calls if core is not None else 0
+    counter = core if core is not None else decoder  # hf_baseline.HFGenerate counts its own
+    calls_before = counter.num_model_calls
     _sync()
-    start = time.perf_counter()
+    start = clock()
     if core is not None:
         completions, _ = decoder.generate_ids(prompts)
     else:  # hf_baseline.HFGenerate
         completions = decoder.generate(prompts)
     _sync()
-    wall = time.perf_counter() - start
-    calls = (core.num_model_calls - calls_before if core is not None
-             else max(len(c.tokens) for c in completions))
-    return wall, completions, calls
+    wall = clock() - start
+    return wall, completions, counter.num_model_calls - calls_before
 
 
 def measure_interleaved(decoders: dict, prompts: list[list[int]], warmup: bool = True,
-                        repeats: int = 1) -> dict:
+                        repeats: int = 1, clock=time.perf_counter) -> dict:
     """Time several decoders on ``prompts`` interleaved (A, B, A, B, ...: on a shared machine
-    load changes affect all alike); each one's figures from its fastest of ``repeats`` runs,
-    with every run's wall time in ``wall_seconds_each``. ``decoders``: name -> a
-    ``DiffusionSampler`` or an ``hf_baseline.HFGenerate``."""
+    load changes affect all alike). Each one's figures come from its median run (by wall time;
+    the lower middle one for an even ``repeats``), with every run's wall time and tokens/s in
+    ``wall_seconds_each``/``tokens_per_second_each``, in run order, for ``paired_ratio``.
+    ``decoders``: name -> a ``DiffusionSampler`` or an ``hf_baseline.HFGenerate``."""
     if warmup:
         for d in decoders.values():
             size = getattr(getattr(d, "cfg", None), "batch_size", None) or len(prompts)
-            _run(d, prompts[:size])
-    best, walls = {}, {name: [] for name in decoders}
+            _run(d, prompts[:size], clock)
+    runs = {name: [] for name in decoders}
     for _ in range(repeats):
         for name, d in decoders.items():
-            run = _run(d, prompts)
-            walls[name].append(run[0])
-            if name not in best or run[0] < best[name][0]:
-                best[name] = run
-    return {name: {**_summary(decoders[name], *best[name], prompts),
-                   "wall_seconds_each": walls[name]} for name in decoders}
+            runs[name].append(_run(d, prompts, clock))
+    return {name: _median_summary(decoders[name], runs[name], prompts) for name in decoders}
+
+
+def _median_summary(decoder, runs: list, prompts) -> dict:
+    median = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
+    return {**_summary(decoder, *median, prompts),
+            "wall_seconds_each": [wall for wall, _, _ in runs],
+            "tokens_per_second_each": [sum(len(c.tokens) for c in completions) / wall
+                                       for wall, completions, _ in runs]}
 
 
 def measure(sampler, prompts: list[list[int]], warmup: bool = True, repeats: int = 1) -> dict:
     """Run ``sampler`` (a ``DiffusionSampler``) over ``prompts``; throughput and latency of the
-    fastest of ``repeats`` runs (decoding is deterministic, only the timing varies)."""
+    median of ``repeats`` runs (decoding is deterministic, only the timing varies)."""
     return measure_interleaved({"one": sampler}, prompts, warmup, repeats)["one"]
+
+
+def paired_ratio(a: dict, b: dict, key: str = "tokens_per_second_each") -> dict:
+    """``a`` over ``b`` (two ``measure_interleaved`` results) as the median of the per-pair
+    ratios of their interleaved runs, with the spread: ``{"median", "min", "max", "each"}``.
+
+    Run ``i`` of ``a`` and run ``i`` of ``b`` ran back to back, under about the same load, so
+    their ratio is a fair comparison even when the load changes between pairs; the median
+    ignores a pair hit by a load spike. The ratio of each side's fastest run instead compares
+    runs from different moments: under load it showed a 1.17x "speedup" between two identical
+    decoders (issue 23)."""
+    each = [x / y for x, y in zip(a[key], b[key], strict=True)]
+    return {"median": float(np.median(each)), "min": min(each), "max": max(each), "each": each}
 
 
 def _summary(decoder, wall: float, completions: list, num_calls: int, prompts) -> dict:

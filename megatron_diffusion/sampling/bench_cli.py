@@ -5,7 +5,9 @@ the same model, print one JSON object (``--json``) or a short table. ``--sweep``
 threshold strategy over block sizes x thresholds and writes ``sweep.md`` (table), ``sweep.png``
 (speed vs quality) and ``sweep.json`` into ``--sweep-out``. ``--hf-baseline PATH`` adds
 transformers' greedy ``generate`` of an HF directory or GGUF on the same prompts
-(``sampling.hf_baseline``); the three decoders are timed interleaved, once each per repeat.
+(``sampling.hf_baseline``); the three decoders are timed interleaved, once each per repeat,
+and every ratio between two of them is the median of the per-repeat ratios, with its min/max
+(``bench.paired_ratio``).
 """
 
 import argparse
@@ -28,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON lines {\"prompt\": TEXT} instead of stdlib snippets")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="time each setting this many times, report the fastest")
+                        help="time the decoders this many times, interleaved; report each "
+                             "one's median run and the median of the per-repeat ratios "
+                             "(with min/max)")
     parser.add_argument("--hf-baseline", default=None, metavar="HF_DIR_OR_GGUF",
                         help="also time transformers' greedy generate on the same prompts "
                              "(an HF model directory, e.g. an mcore-to-hf export, or a .gguf), "
@@ -88,7 +92,7 @@ def run(args) -> int:
     measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats)
     result, ar_result = measured["diffusion"], measured["ar"]
     out = {**_public(result), "ar_baseline": _public(ar_result),
-           "speedup_tokens_per_second": result["tokens_per_second"] / ar_result["tokens_per_second"],
+           **_ratio("speedup_tokens_per_second", result, ar_result),
            "forwards_ratio_ar_over_diffusion": ar_result["num_forwards"] / max(result["num_forwards"], 1)}
     if "hf" in measured:
         out.update(_hf_figures(args, measured))
@@ -104,7 +108,9 @@ def run(args) -> int:
                       f"{r['tokens_per_forward']:5.2f} tok/fwd  p50 {r['latency_p50']:.3f}s  "
                       f"p90 {r['latency_p90']:.3f}s  (block {r.get('block_size', 1)}, "
                       f"batch {r['batch_size']})")
-            print(f"speedup {out['speedup_tokens_per_second']:.2f}x tokens/s on {result['device']}")
+            print(f"speedup {out['speedup_tokens_per_second']:.2f}x tokens/s on {result['device']} "
+                  "(median of {} interleaved pairs, {:.2f}-{:.2f})".format(
+                      args.repeats, *out["speedup_tokens_per_second_spread"]))
             if "hf" in measured:
                 print(f"vs hf generate: ar {out['ar_over_hf_tokens_per_second']:.2f}x, diffusion "
                       f"{out['diffusion_over_hf_tokens_per_second']:.2f}x tokens/s; ar tokens "
@@ -122,14 +128,21 @@ def _hf_decoder(args, sampler, prompts):
     return hf
 
 
+def _ratio(name: str, a: dict, b: dict) -> dict:
+    """``name``: the median over interleaved pairs of ``a``'s tokens/s over ``b``'s;
+    ``name_spread``: [min, max] of the pairs; ``name_each``: every pair's."""
+    ratio = bench.paired_ratio(a, b)
+    return {name: ratio["median"], f"{name}_spread": [ratio["min"], ratio["max"]],
+            f"{name}_each": ratio["each"]}
+
+
 def _hf_figures(args, measured) -> dict:
     """HF generate's figures and our ratios to it (tokens/s; equal greedy output)."""
     hf, ar, diffusion = measured["hf"], measured["ar"], measured["diffusion"]
     same = [a.tokens == h.tokens for a, h in zip(ar["_completions"], hf["_completions"])]
     return {"hf_baseline": {**_public(hf), "path": str(Path(args.hf_baseline).resolve())},
-            "ar_over_hf_tokens_per_second": ar["tokens_per_second"] / hf["tokens_per_second"],
-            "diffusion_over_hf_tokens_per_second":
-                diffusion["tokens_per_second"] / hf["tokens_per_second"],
+            **_ratio("ar_over_hf_tokens_per_second", ar, hf),
+            **_ratio("diffusion_over_hf_tokens_per_second", diffusion, hf),
             "hf_same_tokens_as_ar": sum(same) / len(same)}
 
 

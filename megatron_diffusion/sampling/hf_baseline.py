@@ -7,6 +7,8 @@ the benchmark's token prompts greedily with ``model.generate`` (same ``max_new_t
 ids, ``min_new_tokens`` with ``--ignore-eos``), ``batch_size`` prompts at a time, left-padded
 with an attention mask. Outputs are ``Completion`` s like the sampler's: ids after the prompt up
 to and including the first stop id, so tokens/s count the same tokens on both sides.
+``num_model_calls`` counts every forward of the model (a hook on it), summed over batches, as
+the sampler's counter does.
 """
 
 import time
@@ -50,6 +52,12 @@ class HFGenerate:
         self.model, self.max_new_tokens = model, max_new_tokens
         self.stop_ids, self.pad_id, self.batch_size = tuple(stop_ids), pad_id, batch_size
         self.vocab_size = model.get_input_embeddings().weight.shape[0]
+        self.num_model_calls = 0
+        """Forwards of ``model`` so far (each batched call once), like ``BlockSampler``'s."""
+        model.register_forward_pre_hook(self._count_call)
+
+    def _count_call(self, module, args) -> None:
+        self.num_model_calls += 1
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
         top = max(max(p) for p in prompts)

@@ -1,7 +1,10 @@
 """``megatron-diffusion sample``: block-wise parallel sampling from a checkpoint (docs/sampling.md).
 
 Writes one JSON line per prompt: ``prompt, completion, num_forwards, num_tokens, seconds,
-step_map`` (the forward that committed each generated token, 0 = the first). Under
+step_map`` (the forward that committed each generated token, 0 = the first). Special-token text
+in a prompt (``<|im_start|>``) is encoded as the special id, as HF's tokenizer does. ``--chat``
+wraps each prompt as a user message in the checkpoint's chat template (``sampling.chat``); the
+line then also has ``chat_prompt``, the text decoded from. Under
 ``torchrun`` with ``--tensor-model-parallel-size N`` every rank decodes (identical decisions from
 the gathered logits) and rank 0 writes.
 """
@@ -25,7 +28,12 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     parser.add_argument("--block-size", type=int, default=None,
                         help="inference block size (default: the training block size)")
-    parser.add_argument("--strategy", default=d.strategy, help="'fixed' or 'threshold'")
+    parser.add_argument("--strategy", default=d.strategy,
+                        help="'fixed', 'threshold', or 'speculative' (lossless self-speculative "
+                        "decoding: the AR decode's output, several tokens per forward)")
+    parser.add_argument("--draft-len", type=int, default=None,
+                        help="speculative: draft tokens verified per forward (default: the "
+                        "training block size - 1)")
     parser.add_argument("--steps-per-block", type=int, default=None,
                         help="fixed: steps per block (default: the block size)")
     parser.add_argument("--threshold", type=float, default=d.threshold,
@@ -68,7 +76,7 @@ def sampler_config(args) -> SamplerConfig:
     """The decoding options as a ``SamplerConfig`` (``load_sampler`` validates it)."""
     return SamplerConfig(
         max_new_tokens=args.max_new_tokens, block_size=args.block_size, strategy=args.strategy,
-        steps_per_block=args.steps_per_block, threshold=args.threshold,
+        draft_len=args.draft_len, steps_per_block=args.steps_per_block, threshold=args.threshold,
         temperature=args.temperature, seed=args.seed, self_correct=args.self_correct,
         correction_threshold=args.correction_threshold, revisit_threshold=args.revisit_threshold,
         max_corrections_per_block=args.max_corrections_per_block,
@@ -99,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="one prompt text")
     src.add_argument("--prompts", help="JSON lines file, one {\"prompt\": TEXT} per line")
     parser.add_argument("--out", default=None, help="write JSON lines here (default: stdout)")
+    parser.add_argument("--chat", action="store_true",
+                        help="apply the checkpoint's chat template (meta.json "
+                             "generation.chat_template) to each prompt as a user message, with "
+                             "the generation prompt")
 
 
 def check_out_file(path: str) -> None:
@@ -132,19 +144,30 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def chat_prompts(sampler, prompts: list[str]) -> list[str]:
+    """``prompts`` in the checkpoint's chat template (UsageError if it carries none)."""
+    from megatron_diffusion.sampling.chat import chat_template, render_chat
+
+    meta = sampler.loaded.meta
+    template = chat_template(meta, f"checkpoint {sampler.loaded.path}")
+    return render_chat(prompts, template, sampler.tokenizer, meta)
+
+
 def run(args) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if args.out is not None:
         check_out_file(args.out)  # before the model loads and decodes, not after
     sampler = load_from_args(args)
-    sampler.encode(prompts)  # empty / too long prompts fail before any decoding
-    results = sampler.complete(prompts, progress=is_rank_zero())
+    texts = chat_prompts(sampler, prompts) if args.chat else prompts
+    sampler.encode(texts)  # empty / too long prompts fail before any decoding
+    results = sampler.complete(texts, progress=is_rank_zero())
     if not is_rank_zero():
         return 0
-    lines = [json.dumps({"prompt": p, "completion": r.text, "num_forwards": r.num_forwards,
+    lines = [json.dumps({"prompt": p, **({"chat_prompt": t} if args.chat else {}),
+                         "completion": r.text, "num_forwards": r.num_forwards,
                          "num_tokens": r.num_tokens, "seconds": round(r.seconds, 6),
                          "step_map": list(r.step_map)})
-             for p, r in zip(prompts, results)]
+             for p, t, r in zip(prompts, texts, results)]
     if args.out is None:
         sys.stdout.write("".join(line + "\n" for line in lines))
     else:

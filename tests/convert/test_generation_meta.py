@@ -52,6 +52,8 @@ def test_export_writes_stop_tokens_and_chat_template_back(hf_instruct, tmp_path)
     out = convert_mcore_to_hf(tmp_path / "mc", tmp_path / "hf", progress=False)
     gen = GenerationConfig.from_pretrained(out)
     assert gen.eos_token_id == [2, 1, 0] and gen.temperature == 0.2
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == [2, 1, 0]  # the same stops, not only the document EOS
     assert (out / "chat_template.jinja").read_text() == TEMPLATE
     tok = AutoTokenizer.from_pretrained(out)
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

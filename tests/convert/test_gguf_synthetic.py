@@ -166,7 +166,9 @@ def test_export_of_a_gguf_import_is_a_normal_hf_directory(hf_chat_llama, tmp_pat
     assert gen["eos_token_id"] == [2, 0]
     tok_cfg = json.loads((hf_out / "tokenizer_config.json").read_text())
     assert tok_cfg["chat_template"] == (hf_out / "chat_template.jinja").read_text()
-    assert json.loads((hf_out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    config = json.loads((hf_out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["eos_token_id"] == [2, 0]  # what generation_config.json stops on
 
     from transformers import AutoModelForCausalLM
 

@@ -1,7 +1,13 @@
 """A block-diffusion checkpoint exported to HF runs in transformers: the training-layout logits
-equal ours, and the export's ``block_diffusion.py`` decodes the same tokens as our sampler."""
+equal ours, the export's ``block_diffusion.py`` decodes the same tokens as our sampler, stops on
+every stop id, and loads with ``trust_remote_code`` offline."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -70,3 +76,76 @@ def test_export_helper_decodes_like_our_sampler(exported, threshold):
         theirs = helper.generate(hf, ids, max_new_tokens=10, threshold=threshold,
                                  stop_token_ids=[eos])
         assert theirs == ours.tokens, prompt
+
+
+def test_export_auto_map_names_a_class_of_its_helper(exported):
+    from transformers import LlamaForCausalLM
+
+    _, _, export, helper = exported
+    module, name = json.loads((export / "config.json").read_text())["auto_map"][
+        "AutoModelForCausalLM"].split(".")
+    assert module == "block_diffusion" and name == "BlockDiffusionLlamaForCausalLM"
+    assert issubclass(getattr(helper, name), LlamaForCausalLM)
+
+
+REMOTE = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True,
+                                             dtype=torch.float32).eval()
+ids = model.diffusion_generate(json.loads(sys.argv[2]), max_new_tokens=6, threshold=0.3)
+print(json.dumps({"class": type(model).__name__, "ids": ids}))
+"""
+
+
+def test_trust_remote_code_loads_an_export_offline(tmp_path):
+    """A Qwen2 export (QKV bias) as an HF user loads it: another directory, no network."""
+    ckpt = make_checkpoint(tmp_path / "run", attention=AttentionConfig(mode="block", block_size=4),
+                           seed=5, add_qkv_bias=True)
+    export = convert_mcore_to_hf(ckpt, tmp_path / "hf", progress=False)
+    spec = importlib.util.spec_from_file_location("block_diffusion", export / "block_diffusion.py")
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    prompt = [40, 41, 42, 43, 44]
+    want = helper.generate(_hf_model(export), prompt, max_new_tokens=6, threshold=0.3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    (tmp_path / "user").mkdir()
+    done = subprocess.run([sys.executable, "-c", REMOTE, str(export), json.dumps(prompt)],
+                          cwd=tmp_path / "user", env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == {"class": "BlockDiffusionQwen2ForCausalLM", "ids": want}
+
+
+class _AlwaysToken(torch.nn.Module):
+    """A model whose every output predicts ``token``; an older export's config: eos 0 only."""
+
+    def __init__(self, token: int, generation_eos):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.token = token
+        self.config = SimpleNamespace(
+            diffusion={"format": "megatron-diffusion", "attention_mode": "block",
+                       "block_size": 2, "clean_stream": "block_causal", "mask_token_id": 9,
+                       "logit_shift": False},
+            eos_token_id=0, pad_token_id=None, max_position_embeddings=64)
+        self.generation_config = SimpleNamespace(eos_token_id=generation_eos)
+
+    def forward(self, input_ids, position_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, 10)
+        logits[..., self.token] = 10.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_generate_stops_on_every_stop_id_by_default():
+    from megatron_diffusion.convert import hf_block_diffusion as helper
+
+    model = _AlwaysToken(2, generation_eos=[2, 0])
+    assert helper.generate(model, [5, 6, 7], max_new_tokens=8) == [2]
+    assert helper.default_stop_ids(model) == [0, 2]
+    assert helper.generate(model, [5, 6, 7], max_new_tokens=8, stop_token_ids=[0]) == [2] * 8
+    model.config.eos_token_id = [2, 0]  # a new export: config.json lists them too
+    model.generation_config = None
+    assert helper.generate(model, [5, 6, 7], max_new_tokens=4) == [2]

@@ -26,6 +26,26 @@ def test_special_token_strings_in_text_stay_text(tokenizer_path):
     assert tok.decode(ids) == text
 
 
+def test_prompt_special_token_text_is_the_special_id_as_in_hf(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.helpers import make_tokenizer
+
+    path = make_tokenizer(tmp_path / "chat.json", special=("<|im_start|>", "<|im_end|>"))
+    tok = load_tokenizer(path)
+    start, end = (tok.tokenizer.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>"))
+    assert tok.encode_prompt("<|im_start|>") == [start]
+    chat = "<|im_start|>user\ndef f():<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.encode_prompt(chat)
+    assert ids.count(start) == 2 and ids.count(end) == 1 and tok.decode(ids) == chat
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    for text in (chat, "x<|endoftext|>y", "no specials here"):
+        assert tok.encode_prompt(text) == hf.encode(text, add_special_tokens=False), text
+    masked = tok.encode_prompt("a [MASK] b")  # the absorbing state is never read from a prompt
+    assert tok.mask_id not in masked and tok.decode(masked) == "a [MASK] b"
+    assert start not in tok.encode(chat)  # corpus text (preprocess) keeps specials as text
+
+
 def test_missing_mask_names_the_file(tmp_path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()

@@ -37,14 +37,31 @@ def test_hf_baseline_from_directory_and_gguf(hf_and_ours, tmp_path, capsys):
         assert hf["num_tokens"] == out["ar_baseline"]["num_tokens"] == 10
         assert hf["decoder"].startswith("transformers") and hf["tokens_per_second"] > 0
         assert len(hf["wall_seconds_each"]) == 2 == len(out["ar_baseline"]["wall_seconds_each"])
-        assert out["ar_over_hf_tokens_per_second"] == pytest.approx(
-            out["ar_baseline"]["tokens_per_second"] / hf["tokens_per_second"])
+        pairs = [a / h for a, h in zip(out["ar_baseline"]["tokens_per_second_each"],
+                                       hf["tokens_per_second_each"])]
+        assert out["ar_over_hf_tokens_per_second_each"] == pytest.approx(pairs)
+        assert out["ar_over_hf_tokens_per_second"] == pytest.approx(sum(pairs) / 2)  # median
+        assert out["ar_over_hf_tokens_per_second_spread"] == pytest.approx(sorted(pairs))
+        assert hf["num_model_calls"] == 10  # 2 prompts x 5 tokens at batch 1: every forward
         assert out["diffusion_over_hf_tokens_per_second"] > 0
         assert out["hf_same_tokens_as_ar"] == 1.0  # same model, same greedy tokens
     argv = ["bench-sampler", "--checkpoint", str(ours), "--num-prompts", "1", "--prompt-len",
             "6", "--max-new-tokens", "3", "--hf-baseline", str(gguf)]
     assert main(argv) == 0  # the table
     assert "vs hf generate: ar" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("batch_size,calls", [(1, 12), (2, 6), (4, 3)])
+def test_hf_model_calls_are_summed_over_batches(hf_and_ours, batch_size, calls):
+    from megatron_diffusion.sampling import bench
+    from megatron_diffusion.sampling.hf_baseline import HFGenerate, load_hf_model
+
+    hf = HFGenerate(load_hf_model(str(hf_and_ours[0])), max_new_tokens=3, stop_ids=(),
+                    pad_id=0, batch_size=batch_size)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    _, completions, num_calls = bench._run(hf, prompts)
+    assert [len(c.tokens) for c in completions] == [3] * 4
+    assert num_calls == calls  # 4 prompts x 3 tokens / batch_size forwards
 
 
 @pytest.mark.parametrize("make,message", [
