@@ -122,8 +122,10 @@ class DiffusionSampler:
         return self.tokenizer.decode(ids)
 
     def complete(self, prompts: list[str], progress: bool = False) -> list[GenerationResult]:
-        completions, shares = self.generate_ids(self.encode(prompts), progress)
+        ids = self.encode(prompts)
+        completions, shares = self.generate_ids(ids, progress)
         return [GenerationResult(text=self.decode(c), num_forwards=c.num_forwards,
-                                 num_tokens=len(c.tokens), seconds=s, step_map=tuple(c.step_map))
-                for c, s in zip(completions, shares)]
+                                 num_tokens=len(c.tokens), seconds=s, step_map=tuple(c.step_map),
+                                 prompt_ids=tuple(p), token_ids=tuple(c.tokens))
+                for p, c, s in zip(ids, completions, shares)]
 

@@ -26,3 +26,8 @@ class GenerationResult:
     step_map: tuple[int, ...] = ()
     """Per generated token, the forward of this sample that committed it (0 = the first):
     ``sampler.Completion.step_map``; empty where a sampler does not record it."""
+    prompt_ids: tuple[int, ...] = ()
+    """The prompt as the model saw it (token ids); empty where a sampler does not record it."""
+    token_ids: tuple[int, ...] = ()
+    """The generated ids, up to and including the stop token (``num_tokens`` of them), so a
+    comparison of two decodes needs no re-tokenising."""

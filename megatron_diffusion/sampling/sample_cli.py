@@ -166,7 +166,8 @@ def run(args) -> int:
     lines = [json.dumps({"prompt": p, **({"chat_prompt": t} if args.chat else {}),
                          "completion": r.text, "num_forwards": r.num_forwards,
                          "num_tokens": r.num_tokens, "seconds": round(r.seconds, 6),
-                         "step_map": list(r.step_map)})
+                         "step_map": list(r.step_map), "prompt_ids": list(r.prompt_ids),
+                         "completion_ids": list(r.token_ids)})
              for p, t, r in zip(prompts, texts, results)]
     if args.out is None:
         sys.stdout.write("".join(line + "\n" for line in lines))

@@ -28,8 +28,17 @@ def test_sample_writes_json_lines(checkpoint, tmp_path):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["prompt"] for x in lines] == ["def f(x):", "class A:"]
     for x in lines:
-        assert set(x) == {"prompt", "completion", "num_forwards", "num_tokens", "seconds", "step_map"}
+        assert set(x) == {"prompt", "completion", "num_forwards", "num_tokens", "seconds", "step_map",
+                          "prompt_ids", "completion_ids"}
         assert len(x["step_map"]) == x["num_tokens"] and max(x["step_map"]) < x["num_forwards"]
+        assert len(x["completion_ids"]) == x["num_tokens"]
+    # the ids are what the model saw and wrote: they decode to the texts
+    from megatron_diffusion.checkpoint.loading import load_sampler
+
+    tok = load_sampler(checkpoint).tokenizer
+    for x in lines:
+        assert tok.decode(x["prompt_ids"]) == x["prompt"]
+        assert tok.decode(x["completion_ids"]).startswith(x["completion"])
         assert x["num_tokens"] <= 6 and x["num_forwards"] >= 1
     assert not list(tmp_path.glob("*.tmp"))
 
