@@ -20,7 +20,8 @@ HELDOUT=("$S/wsgiref/headers.py" "$S/tomllib/_parser.py" "$S/zoneinfo/_common.py
 # the settings of docs/BENCHMARKS.md "SmolLM2-135M quality", with lower thresholds (0.1, 0.05)
 QUALITY=(--heldout "${HELDOUT[@]}" --prompts-per-file 4 --batch-size 8 --max-rows 16
          --block-size 4 --thresholds 0.9,0.5,0.1,0.05)
-if [ ! -f "$RUN_DIR/quality_before.json" ]; then
+# (re-made when it predates the line-completion report)
+if ! grep -qs '"line_completion"' "$RUN_DIR/quality_before.json"; then
   megatron-diffusion eval quality --checkpoint "$DATA/smollm2" "${QUALITY[@]}" \
     --out "$RUN_DIR/quality_before.json"
 fi
@@ -49,9 +50,20 @@ nt0, nt1 = b.get("next_token"), a.get("next_token")
 if nt0 and nt1:
     print(f"next-token NLL (nats)                            {nt0['nll_nats']:9.3f}   "
           f"{nt1['nll_nats']:9.3f}")
-print("decode (B=4)           tok/forward, continuation accuracy: before | after")
-for p0, p1 in zip([b["ar_baseline"]] + b["curve"], [a["ar_baseline"]] + a["curve"]):
-    print(f"  {p0['label']:<20} {p0['tokens_per_forward']:5.2f} {p0['accuracy']:6.3f} | "
-          f"{p1['tokens_per_forward']:5.2f} {p1['accuracy']:6.3f}")
+print("decode (B=4)      held-out line exact match % [95% interval], tok/forward: before | after")
+for p0, p1 in zip(b["line_completion"]["decodes"], a["line_completion"]["decodes"]):
+    cells = []
+    for p in (p0, p1):
+        em = p["exact_match"]
+        cells.append(f"{100 * em['value']:5.1f} [{100 * em['lo']:5.1f}, {100 * em['hi']:5.1f}] "
+                     f"{p['tokens_per_forward']['value']:5.2f}")
+    print(f"  {p0['label']:<16} {cells[0]} | {cells[1]}")
+print(f"before CPT: {b['line_completion']['claim']}")
+print(f"after CPT:  {a['line_completion']['claim']}")
+print("decode (B=4)      continuation accuracy (secondary), tok/forward: before | after")
+c0, c1 = b["continuation"], a["continuation"]
+for p0, p1 in zip([c0["ar_baseline"]] + c0["curve"], [c1["ar_baseline"]] + c1["curve"]):
+    print(f"  {p0['label']:<16} {p0['accuracy']:6.3f} {p0['tokens_per_forward']:5.2f} | "
+          f"{p1['accuracy']:6.3f} {p1['tokens_per_forward']:5.2f}")
 PY
 echo "[smollm2_demo] total: ${SECONDS}s"

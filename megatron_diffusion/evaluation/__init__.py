@@ -1,6 +1,10 @@
-"""Evaluation: execution-based code benchmarks (HumanEval pass@k with decoding speed).
+"""Evaluation: execution-based code benchmarks (HumanEval pass@k with decoding speed) and the
+held-out quality report.
 
 The model-independent half lives here: ``executor`` runs untrusted checks in a sandbox,
 ``humaneval`` builds the programs, post-processes completions and computes pass@k, ``eval_cli``
-is the ``megatron-diffusion eval`` command. See docs/evaluation.md.
+is the ``megatron-diffusion eval`` command. ``quality`` is ``eval quality``: held-out line
+completion (``line_completion``) with bootstrap intervals (``bootstrap``), AUP (``aup``), the
+infill metrics (``infill``) and the secondary continuation accuracy (``continuation``). See
+docs/evaluation.md.
 """

@@ -5,7 +5,7 @@
     megatron-diffusion eval infill --checkpoint DIR --data FILE_OR_STORE --out DIR \\
         [--mask-rates 0.15,0.3,0.5,0.7,0.9]
     megatron-diffusion eval quality --checkpoint DIR --heldout FILE [FILE ...] --out REPORT.json \\
-        [--thresholds 0.9,0.7,0.5,0.3] [--block-size B]
+        [--reference DIR] [--lines 60] [--thresholds 0.9,0.7,0.5,0.3] [--block-size B]
 
 HumanEval runs the code the model writes, so it refuses to start without
 ``--allow-code-execution``; the checks run sandboxed (docs/evaluation.md). The sandbox is set up
@@ -54,25 +54,49 @@ def _threshold_list(text: str) -> list[float]:
 
 
 def _add_quality(sub) -> None:
-    q = sub.add_parser("quality", help="held-out next-token / masked-token / continuation accuracy, "
-                       "the speed/quality curve and AUP (docs/evaluation.md)",
+    q = sub.add_parser("quality", help="held-out line completion with bootstrap intervals, the "
+                       "speed/quality curve and AUP; next-token / masked-token metrics "
+                       "(docs/evaluation.md)",
                        description="quality report of a checkpoint on held-out source files")
     q.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint or run directory")
     q.add_argument("--heldout", metavar="FILE", nargs="+", required=True,
                    help="held-out source files (not seen in training)")
     q.add_argument("--out", metavar="FILE", required=True, help="writes the report as JSON here")
-    q.add_argument("--thresholds", type=_threshold_list, default=[0.9, 0.7, 0.5, 0.3], metavar="T[,T...]",
-                   help="threshold sampler points of the curve (default 0.9,0.7,0.5,0.3)")
-    q.add_argument("--block-size", type=int, help="inference block size (default: the training block size)")
-    q.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per window (default 64)")
-    q.add_argument("--continuation-len", type=int, default=32,
-                   help="tokens generated and compared with the true continuation (default 32)")
-    q.add_argument("--prompts-per-file", type=int, default=1, help="windows per file (default 1)")
-    q.add_argument("--seq-len", type=int, default=128, help="row length of the token metrics (default 128)")
-    q.add_argument("--max-rows", type=int, default=8, help="rows for the token metrics (default 8)")
-    q.add_argument("--mask-rates", type=_rate_list, default=[0.15, 0.5, 0.9], metavar="R[,R...]",
-                   help="masked-token metric rates (default 0.15,0.5,0.9)")
-    q.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default 4)")
+    q.add_argument("--reference", metavar="DIR", help="checkpoint whose AR readout scores the NLL "
+                   "of every generated line (same tokenizer vocabulary; e.g. the converted AR model)")
+    lines = q.add_argument_group("line completion (the headline figures)")
+    lines.add_argument("--lines", type=int, default=60, help="held-out lines to complete, split "
+                       "evenly over the files (default 60)")
+    lines.add_argument("--context-tokens", type=int, default=256,
+                       help="prompt: the last N tokens before the line (default 256)")
+    lines.add_argument("--max-line-tokens", type=int, default=48,
+                       help="most tokens generated per line; decoding stops at a newline (default 48)")
+    lines.add_argument("--seed", type=int, default=0, help="seed of the line choice and the bootstrap "
+                       "(default 0)")
+    lines.add_argument("--bootstrap-resamples", type=int, default=1000,
+                       help="bootstrap resamples per 95%% interval (default 1000)")
+    lines.add_argument("--within-points", type=float, default=1.0,
+                       help="exact-match points a faster decode may lose against one token per step, "
+                            "judged on the paired interval's lower bound (default 1)")
+    decodes = q.add_argument_group("decodes")
+    decodes.add_argument("--thresholds", type=_threshold_list, default=[0.9, 0.7, 0.5, 0.3],
+                         metavar="T[,T...]",
+                         help="threshold sampler points of the curve (default 0.9,0.7,0.5,0.3)")
+    decodes.add_argument("--speculative", type=_int_list, default=[], metavar="D[,D...]",
+                         help="self-speculative decoding points at these draft lengths (default none)")
+    decodes.add_argument("--block-size", type=int,
+                         help="inference block size (default: the training block size)")
+    decodes.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default 4)")
+    cont = q.add_argument_group("continuation accuracy (secondary)")
+    cont.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per window (default 64)")
+    cont.add_argument("--continuation-len", type=int, default=32,
+                      help="tokens generated and compared with the true continuation (default 32)")
+    cont.add_argument("--prompts-per-file", type=int, default=1, help="windows per file (default 1)")
+    tokens = q.add_argument_group("token metrics")
+    tokens.add_argument("--seq-len", type=int, default=128, help="row length of the token metrics (default 128)")
+    tokens.add_argument("--max-rows", type=int, default=8, help="rows for the token metrics (default 8)")
+    tokens.add_argument("--mask-rates", type=_rate_list, default=[0.15, 0.5, 0.9], metavar="R[,R...]",
+                        help="masked-token metric rates (default 0.15,0.5,0.9)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,146 +1,142 @@
 """Quality of a checkpoint on held-out code, and its speed/quality curve: ``eval quality``.
 
 One report, on source files the model did not train on (``--heldout``), that says what parallel
-decoding costs on a real model (issue 12, item 5):
+decoding costs on a real model, with bootstrap intervals that say what the sample size supports:
 
-* **Next-token accuracy and NLL** of the clean rows under a causal mask, output ``i - 1`` read
-  as the prediction of token ``i`` (``infill.next_token_metrics``), for checkpoints with an AR
-  readout: causal / AR-objective checkpoints and logit-shift checkpoints (whose AR baseline
-  decode reads exactly this). None otherwise.
-* **Masked-token accuracy and cross entropy** at fixed mask rates, in the checkpoint's own layout
-  and readout (``infill.masked_metrics``, the numbers of ``eval infill``).
-* **Continuation accuracy of greedy decoding**: the prompt is a prefix of a held-out file (from
-  its first top-level ``def``/``class``, as ``bench-sampler``'s stdlib prompts), the model
-  generates exactly ``continuation_len`` tokens (EOS ignored, so every decode is scored over the
-  same positions), and each generated token is compared with the file's true next token at the
-  same position (``bench.heldout_accuracy``); also the mean matching prefix (tokens before the
-  first divergence). Measured for the AR baseline (one token per
-  forward, KV cache), the block sampler at ``block_size`` with one token per step (the careful
-  decode, ``strategy=fixed``), and the threshold sampler at each ``threshold``: tokens per
-  forward, accuracy and tokens/s per point (``bench.measure``), the speed/quality curve.
-* **AUP**, d3LLM's *Accuracy Under Parallelism* (Qian et al., "d3LLM", hao-ai-lab/d3LLM
-  ``AUP_leaderboard/aup_utils.py`` and the AUP blog post), of the block sampler's curve: with the
-  points ``(rho_i, y_i)`` sorted by tokens per forward ``rho`` and ``y`` the accuracy in percent,
-  ``y_min = y_1 - drop`` (``y_1``: the accuracy of the least parallel point) and only points with
-  ``y_i >= y_min`` kept,
-
-      AUP = rho_1 y_1 + 1/2 sum_{i>=2} (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})),
-      W(y) = min(exp(-alpha (1 - y / y_max)), 1),
-
-  ``alpha = 3`` and ``y_max`` the best accuracy of any decode on the task (the AR baseline's
-  included). d3LLM uses ``drop = 5`` points (``aup``); the headline figure of issue 12 keeps the
-  points within 1 point of the one-token-per-step accuracy (``aup_within_1pt``). The AR
-  baseline's own AUP is ``1 x y_AR``.
+* **Line completion** (the headline; ``line_completion``, CodeXGLUE's line-level task): seeded
+  lines of the files, the preceding text as prompt, decoding cut at the first newline. Per decode:
+  exact match, edit similarity, agreement with the AR decode of the same checkpoint, NLL of the
+  generated line under a ``--reference`` checkpoint, share of distinct tokens; and its speed:
+  tokens per forward, tokens/s, forwards.
+* **Decodes** (``decode_list``, data: a label and ``SamplerConfig`` changes over a shared base):
+  the AR baseline (one token per forward, KV cache), the block sampler with one token per step
+  (``strategy=fixed``, the careful decode and the reference of the curve), the threshold sampler
+  at each ``--thresholds`` value, and ``strategy=speculative`` at each ``--speculative`` draft
+  length where the sampler has it.
+* **Intervals** (``bootstrap``): every figure with a 95% percentile interval over prompts, all
+  decodes on the same resamples; tokens per forward and tokens/s as ratios of sums per resample.
+* **AUP** (``aup.aup``, d3LLM) of the block sampler's curve on line exact match in percent,
+  ``y_max`` the best exact match of any decode (the AR baseline's included), with its interval.
+* **Within N points** (``within_points``): a decode counts as within ``--within-points`` of the
+  one-token-per-step exact match only if the *paired* interval of ``EM - EM_one_token_per_step``
+  (in points) has its lower bound ``>= -N``: a mean inside N points on a small sample is not
+  enough. The fastest such decode (tokens per forward above the reference's) is the report's
+  claim; if there is none, the report says so instead of naming one.
+* **Next-token accuracy and NLL** of clean rows (``infill.next_token_metrics``) for checkpoints
+  with an AR readout, and **masked-token accuracy and cross entropy** at fixed mask rates
+  (``infill.masked_metrics``): what the checkpoint knows, without decoding.
+* **Continuation accuracy** (``continuation``): the earlier position-wise figure, secondary.
 """
 
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Self
 from pathlib import Path
+from typing import Self
 
 import torch
 
-from megatron_diffusion.errors import UsageError, check_int
+from megatron_diffusion.errors import UsageError, check_int, check_range
+from megatron_diffusion.evaluation import bootstrap as bs
+from megatron_diffusion.evaluation import line_completion as lc
+from megatron_diffusion.evaluation.aup import aup
+
+AR_LABEL = "AR baseline"
+REFERENCE_LABEL = "1 token/step"
+"""The decode every other one is held against for "within N points" (the first of the curve)."""
 
 
 @dataclass
 class QualityConfig:
     """What ``eval quality`` measures (one field per command-line option)."""
 
+    lines: int = 60
+    """Held-out lines to complete, split evenly over the files (``line_completion``)."""
+    context_tokens: int = 256
+    """Tokens of the file's text before the line given as prompt (the last ones)."""
+    max_line_tokens: int = 48
+    """Most tokens generated per line (decoding stops at the first newline)."""
+    seed: int = 0
+    """Seed of the line choice and of the bootstrap resamples."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples of the prompts per interval."""
+    within_points: float = 1.0
+    """Exact-match points (percent) a faster decode may lose against one token per step."""
     thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
     """Confidence thresholds of the threshold sampler (the curve's points)."""
+    draft_lens: tuple[int, ...] = ()
+    """Draft lengths of self-speculative decoding (``strategy=speculative``) points."""
     block_size: int | None = None
     """Inference block size of the curve; None = the checkpoint's training block size."""
+    batch_size: int = 4
+    """Prompts decoded together."""
     prompt_len: int = 64
-    """Tokens of held-out file per prompt."""
+    """Continuation accuracy: tokens of held-out file per prompt."""
     continuation_len: int = 32
-    """Tokens generated per prompt and compared with the true continuation."""
+    """Continuation accuracy: tokens generated and compared with the true continuation."""
     prompts_per_file: int = 1
-    """Consecutive (prompt, continuation) windows taken from each held-out file."""
+    """Continuation accuracy: consecutive (prompt, continuation) windows per file."""
     seq_len: int = 128
     """Tokens per row for the next-token and masked-token metrics."""
     max_rows: int = 8
     """Rows for those metrics, split evenly over the files."""
     mask_rates: tuple[float, ...] = (0.15, 0.5, 0.9)
     """Fixed mask rates of the masked-token metrics."""
-    batch_size: int = 4
-    """Prompts decoded together."""
 
     def validate(self) -> Self:
-        for name in ("prompt_len", "continuation_len", "prompts_per_file", "seq_len", "max_rows",
+        for name in ("lines", "context_tokens", "max_line_tokens", "bootstrap_resamples",
+                     "prompt_len", "continuation_len", "prompts_per_file", "seq_len", "max_rows",
                      "batch_size"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), lo=1)
+        check_int("--seed", self.seed, lo=0)
+        check_range("--within-points", self.within_points, 0, 100)
         if self.block_size is not None:
             check_int("--block-size", self.block_size, lo=1)
         if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
             raise UsageError(f"--thresholds: got {self.thresholds!r}, expected numbers in (0, 1]")
         if not self.mask_rates or not all(0 < r < 1 for r in self.mask_rates):
             raise UsageError(f"--mask-rates: got {self.mask_rates!r}, expected numbers in (0, 1)")
+        for d in self.draft_lens:
+            check_int("--speculative", d, lo=1)
+        if self.draft_lens and not speculative_available():
+            raise UsageError("--speculative: not available (this build's sampler has no "
+                             "strategy=speculative / SamplerConfig.draft_len)")
         return self
 
 
-def aup(points: list[tuple[float, float]], y_max: float | None = None, *, alpha: float = 3.0,
-        drop: float = 5.0) -> float:
-    """d3LLM's Accuracy Under Parallelism of ``(tokens per forward, accuracy in %)`` points (see
-    the module docstring); ``y_max`` defaults to the best accuracy among ``points``."""
-    if not points or any(rho <= 0 for rho, _ in points):
-        raise ValueError(f"aup: expected points with tokens per forward > 0, got {points!r}")
-    pts = sorted(points, key=lambda p: p[0])
-    y_max = max(y for _, y in pts) if y_max is None else y_max
-    if y_max <= 0:
-        return 0.0  # every accuracy is 0: no area
+def speculative_available() -> bool:
+    from megatron_diffusion.sampling.config import SamplerConfig
 
-    def weight(y):
-        return min(math.exp(-alpha * (1 - y / y_max)), 1.0)
-
-    kept = [(rho, y) for rho, y in pts if y >= pts[0][1] - drop]
-    total = kept[0][0] * kept[0][1]
-    for (rho0, y0), (rho1, y1) in zip(kept, kept[1:]):
-        total += 0.5 * (rho1 - rho0) * (y1 * weight(y1) + y0 * weight(y0))
-    return total
+    return "draft_len" in {f.name for f in dataclasses.fields(SamplerConfig)}
 
 
-def continuation_accuracy(outputs: list[list[int]], truths: list[list[int]]) -> float:
-    """Mean over prompts of the fraction of true-continuation positions reproduced exactly
-    (a missing position, after an early stop, counts as wrong)."""
-    from megatron_diffusion.sampling.bench import heldout_accuracy
+@dataclass(frozen=True)
+class Decode:
+    """One decoding strategy of the report: its label and its ``SamplerConfig`` changes."""
 
-    if len(outputs) != len(truths) or not truths:
-        raise ValueError(f"continuation_accuracy: {len(outputs)} outputs for {len(truths)} truths")
-    return sum(heldout_accuracy(o, t) for o, t in zip(outputs, truths)) / len(truths)
+    label: str
+    changes: dict
 
 
-def matching_prefix(outputs: list[list[int]], truths: list[list[int]]) -> float:
-    """Mean number of leading generated tokens equal to the true continuation (the run before
-    the first divergence; after it, positions rarely line up again)."""
-    def run(o, t):
-        return next((i for i, (a, b) in enumerate(zip(o, t)) if a != b), min(len(o), len(t)))
+def decode_list(qc: QualityConfig, attention_mode: str) -> list[Decode]:
+    """The decodes in report order; one more strategy is one more entry here. No AR baseline
+    for a bidirectional (full-sequence) model."""
+    ar = [Decode(AR_LABEL, {"ar_baseline": True})] if attention_mode != "bidirectional" else []
+    return [*ar, Decode(REFERENCE_LABEL, {"strategy": "fixed"}),
+            *(Decode(f"threshold {t:g}", {"strategy": "threshold", "threshold": t})
+              for t in qc.thresholds),
+            *(Decode(f"speculative {d}", {"strategy": "speculative", "draft_len": d})
+              for d in qc.draft_lens)]
 
-    return sum(run(o, t) for o, t in zip(outputs, truths)) / max(len(truths), 1)
 
+def variants(sampler, base, decodes: list[Decode]) -> dict:
+    """label -> a ``DiffusionSampler`` on the same loaded weights with ``base`` + the changes."""
+    from megatron_diffusion.sampling.api import DiffusionSampler
 
-def heldout_windows(tokenizer, files: list[Path], prompt_len: int, continuation_len: int,
-                    per_file: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompts, true continuations): ``per_file`` consecutive windows of each file, from its
-    first top-level ``def``/``class`` line (skipping licence headers and module docstrings)."""
-    prompts, truths = [], []
-    width = prompt_len + continuation_len
-    for path in files:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-        first = next((i for i, line in enumerate(lines) if line.startswith(("def ", "class "))), 0)
-        ids = tokenizer.encode("".join(lines[first:]))
-        n = min(per_file, len(ids) // width)
-        if n == 0:
-            raise UsageError(f"--heldout: {path} has {len(ids)} tokens from its first def/class, fewer "
-                             f"than --prompt-len + --continuation-len = {width}")
-        for k in range(n):
-            window = ids[k * width:(k + 1) * width]
-            prompts.append(window[:prompt_len])
-            truths.append(window[prompt_len:])
-    return prompts, truths
+    return {d.label: DiffusionSampler(sampler.loaded, sampler.tokenizer,
+                                      dataclasses.replace(base, **d.changes).validate())
+            for d in decodes}
 
 
 def heldout_token_rows(loaded, files: list[Path], seq_len: int, max_rows: int) -> torch.Tensor:
@@ -157,80 +153,183 @@ def heldout_token_rows(loaded, files: list[Path], seq_len: int, max_rows: int) -
     return torch.cat(rows)[:max_rows]
 
 
-def _variant(sampler, base, **changes):
-    """A ``DiffusionSampler`` on the same loaded weights with other settings; EOS is ignored, so
-    every decode generates exactly ``max_new_tokens`` and is scored over the same positions."""
-    from megatron_diffusion.sampling.api import DiffusionSampler
-
-    return DiffusionSampler(sampler.loaded, sampler.tokenizer,
-                            dataclasses.replace(base, **changes, ignore_eos=True).validate())
-
-
-def decode_point(sampler, prompts, truths, label: str) -> dict:
-    """One point of the curve: ``bench.measure``'s speed and the continuation accuracy."""
-    from megatron_diffusion.sampling.bench import measure
-
-    r = measure(sampler, prompts, warmup=False)
-    cfg = sampler.cfg
-    return {"label": label, "block_size": cfg.block_size, "strategy": cfg.strategy,
-            "threshold": cfg.threshold if cfg.strategy == "threshold" else None,
-            "tokens_per_forward": r["tokens_per_forward"], "tokens_per_second": r["tokens_per_second"],
-            "num_forwards": r["num_forwards"], "num_tokens": r["num_tokens"],
-            "wall_seconds": r["wall_seconds"],
-            "accuracy": continuation_accuracy([c.tokens for c in r["_completions"]], truths),
-            "matching_prefix_tokens": matching_prefix([c.tokens for c in r["_completions"]], truths)}
+def score_decode(tokenizer, prompts: list, completions: list, seconds: list[float],
+                 checkpoint_stops) -> dict:
+    """Per-prompt values of one decode: lists over prompts (lines, ids, figures, cost)."""
+    lines = [p.line_prefix + lc.completion_line(tokenizer, c.tokens, checkpoint_stops)
+             for p, c in zip(prompts, completions)]
+    return {
+        "lines": lines, "tokens": [c.tokens for c in completions],
+        "exact_match": [float(lc.exact_match(g, p.true_line)) for g, p in zip(lines, prompts)],
+        "exact_match_ws": [float(lc.exact_match_ws(g, p.true_line)) for g, p in zip(lines, prompts)],
+        "edit_similarity": [lc.edit_similarity(g, p.true_line) for g, p in zip(lines, prompts)],
+        "distinct_tokens": [lc.distinct_tokens(c.tokens) for c in completions],
+        "num_tokens": [len(c.tokens) for c in completions],
+        "num_forwards": [c.num_forwards for c in completions],
+        "seconds": seconds,
+    }
 
 
-def decoding_curve(sampler, prompts, truths, qc: QualityConfig) -> tuple[dict | None, list[dict]]:
-    """(the AR baseline's point or None, the block sampler's points: one token per step first)."""
-    from megatron_diffusion.sampling.config import SamplerConfig
-
-    rules = sampler.core.rules
-    block = qc.block_size or rules.training_block_size
-    base = SamplerConfig(max_new_tokens=qc.continuation_len, batch_size=qc.batch_size)
-    ar = None
-    first = _variant(sampler, base, block_size=block, strategy="fixed")
-    first.generate_ids(prompts[:1])  # warm-up (allocations, first-call overheads), not timed
-    if rules.mode != "bidirectional":
-        ar = decode_point(_variant(sampler, base, ar_baseline=True), prompts, truths, "AR baseline")
-    curve = [decode_point(first, prompts, truths, "1 token/step")]
-    for t in qc.thresholds:
-        v = _variant(sampler, base, block_size=block, strategy="threshold", threshold=t)
-        curve.append(decode_point(v, prompts, truths, f"threshold {t:g}"))
-    return ar, curve
+def add_ar_agreement(values: dict, ar: dict) -> None:
+    values["ar_line_agreement"] = [float(a == b) for a, b in zip(values["lines"], ar["lines"])]
+    values["ar_token_agreement"] = [lc.token_agreement(t, r) for t, r in zip(values["tokens"], ar["tokens"])]
 
 
-def summarize_curve(ar: dict | None, curve: list[dict]) -> dict:
-    """AUP (d3LLM's 5-point and the headline 1-point form) and the fastest point within 1 point
-    of the one-token-per-step accuracy, with its speedup over the AR baseline."""
-    pts = [(p["tokens_per_forward"], 100 * p["accuracy"]) for p in curve]
-    y_max = max([y for _, y in pts] + ([100 * ar["accuracy"]] if ar else []))
-    y1 = 100 * curve[0]["accuracy"]
-    within = [p for p in curve if 100 * p["accuracy"] >= y1 - 1]
-    best = max(within, key=lambda p: p["tokens_per_forward"])
-    out = {"aup": aup(pts, y_max, drop=5.0), "aup_within_1pt": aup(pts, y_max, drop=1.0),
-           "aup_alpha": 3.0, "y_max_percent": y_max, "one_token_per_step_accuracy_percent": y1,
-           "ar_baseline_aup": aup([(ar["tokens_per_forward"], 100 * ar["accuracy"])], y_max) if ar else None,
-           "best_within_1pt": {"label": best["label"], "tokens_per_forward": best["tokens_per_forward"],
-                               "tokens_per_second": best["tokens_per_second"],
-                               "accuracy": best["accuracy"]}}
-    if ar:
-        out["best_within_1pt"]["speedup_tokens_per_second_over_ar"] = (
-            best["tokens_per_second"] / ar["tokens_per_second"])
+def figures(values: dict, index_RN: torch.Tensor) -> dict:
+    """Every figure of one decode with its interval (None where not measured)."""
+    means = ("exact_match", "exact_match_ws", "edit_similarity", "ar_line_agreement",
+             "ar_token_agreement", "distinct_tokens")
+    out = {k: bs.mean_estimate(values[k], index_RN) if k in values else None for k in means}
+    out["reference_nll"] = (bs.ratio_estimate(values["nll_sum"], values["num_tokens"], index_RN)
+                            if "nll_sum" in values else None)
+    out["tokens_per_forward"] = bs.ratio_estimate(values["num_tokens"], values["num_forwards"], index_RN)
+    out["tokens_per_second"] = bs.ratio_estimate(values["num_tokens"], values["seconds"], index_RN)
     return out
 
 
-def decoding_part(sampler, files: list[Path], qc: QualityConfig) -> dict:
-    """The continuation-accuracy curve, its AUP and its best point."""
-    prompts, truths = heldout_windows(sampler.tokenizer, files, qc.prompt_len, qc.continuation_len,
-                                      qc.prompts_per_file)
-    sampler.core.check_prompts(prompts)
-    ar, curve = decoding_curve(sampler, prompts, truths, qc)
-    return {"num_prompts": len(prompts), "ar_baseline": ar, "curve": curve, **summarize_curve(ar, curve)}
+def within_points(em: dict[str, list[float]], reference: str, points: float,
+                  index_RN: torch.Tensor) -> dict[str, dict]:
+    """For every decode but ``reference``: the paired interval of its exact match minus the
+    reference's, in points, and ``within`` (its lower bound ``>= -points``)."""
+    out = {}
+    for label, values in em.items():
+        if label != reference:
+            d = bs.paired_difference([100 * v for v in values], [100 * v for v in em[reference]], index_RN)
+            out[label] = {"difference_points": d, "within": d["lo"] >= -points}
+    return out
 
 
-def quality_report(sampler, files: list[Path], qc: QualityConfig) -> dict:
-    """Every metric of the module docstring for a loaded ``DiffusionSampler``."""
+def fastest_within(points: list[dict], within: dict[str, dict], reference: str) -> dict | None:
+    """The decode with the most tokens per forward among those ``within``, if faster than the
+    reference; None when no parallel setting qualifies."""
+    ref_tpf = next(p for p in points if p["label"] == reference)["tokens_per_forward"]["value"]
+    faster = [p for p in points if within.get(p["label"], {}).get("within")
+              and p["tokens_per_forward"]["value"] > ref_tpf]
+    return max(faster, key=lambda p: p["tokens_per_forward"]["value"]) if faster else None
+
+
+def aup_estimate(values: dict[str, dict], curve: list[str], index_RN: torch.Tensor,
+                 drop: float = 5.0) -> dict:
+    """AUP of the ``curve`` decodes' (tokens per forward, exact match %) points, ``y_max`` the
+    best exact match of any decode in ``values``, on all prompts and on each resample."""
+    def area(tpf: dict, em: dict) -> float:
+        return aup([(tpf[k], em[k]) for k in curve], max(em.values()), drop=drop)
+
+    tpf = {k: sum(v["num_tokens"]) / sum(v["num_forwards"]) for k, v in values.items()}
+    em = {k: 100 * sum(v["exact_match"]) / len(v["exact_match"]) for k, v in values.items()}
+    tpf_R = {k: bs.resampled_ratios(v["num_tokens"], v["num_forwards"], index_RN).tolist()
+             for k, v in values.items()}
+    em_R = {k: (100 * bs.resampled_means(v["exact_match"], index_RN)).tolist() for k, v in values.items()}
+    samples = [area({k: tpf_R[k][r] for k in values}, {k: em_R[k][r] for k in values})
+               for r in range(index_RN.shape[0])]
+    return bs.estimate(area(tpf, em), torch.tensor(samples, dtype=torch.float64))
+
+
+def claim(fastest: dict | None, qc: QualityConfig, num_lines: int, ar: dict | None) -> str:
+    """The one sentence the report may say about speed within ``--within-points``."""
+    n = f"{qc.within_points:g} point{'s' if qc.within_points != 1 else ''}"
+    if fastest is None:
+        return (f"no parallel setting is within {n} of {REFERENCE_LABEL} at this sample size "
+                f"({num_lines} lines)")
+    t = fastest["tokens_per_forward"]
+    speed = (f", {fastest['tokens_per_second']['value'] / ar['tokens_per_second']['value']:.2f}x AR tok/s"
+             if ar else "")
+    return (f"fastest within {n} of {REFERENCE_LABEL}: {fastest['label']} ({t['value']:.2f} "
+            f"[{t['lo']:.2f}, {t['hi']:.2f}] tok/fwd{speed})")
+
+
+def records(prompts: list, values: dict) -> list[dict]:
+    """Per prompt: what was asked, what came back, and its figures (to recompute any figure)."""
+    keys = [k for k in ("exact_match", "edit_similarity", "ar_line_agreement", "ar_token_agreement",
+                        "distinct_tokens", "nll_sum", "num_forwards", "seconds") if k in values]
+    return [{"file": p.file, "line_number": p.line_number, "prompt_ids": p.prompt_ids,
+             "line_prefix": p.line_prefix, "completion_ids": values["tokens"][i],
+             "line": values["lines"][i], "true_line": p.true_line,
+             **{k: values[k][i] for k in keys}} for i, p in enumerate(prompts)]
+
+
+def point(decode: Decode, values: dict, prompts: list, index_RN: torch.Tensor) -> dict:
+    """One decode's entry of the report: settings, cost, figures with intervals, records."""
+    return {"label": decode.label, "sampler": decode.changes, "block_size": values["block_size"],
+            "num_forwards": sum(values["num_forwards"]), "num_tokens": sum(values["num_tokens"]),
+            "wall_seconds": sum(values["seconds"]), **figures(values, index_RN),
+            "records": records(prompts, values)}
+
+
+def run_line_decodes(sampler, prompts: list, qc: QualityConfig,
+                     decodes: list[Decode]) -> tuple[dict, int]:
+    """label -> per-prompt values (``score_decode``) of each decode, cut at the first newline;
+    and the number of stop ids (newline tokens and the checkpoint's stops)."""
+    from megatron_diffusion.sampling.api import stop_token_ids
+    from megatron_diffusion.sampling.config import SamplerConfig
+
+    tok = sampler.tokenizer
+    checkpoint_stops = stop_token_ids(tok, (), sampler.loaded.meta)
+    stops = tuple(dict.fromkeys(lc.newline_token_ids(tok) + checkpoint_stops))
+    block = qc.block_size or sampler.core.rules.training_block_size
+    base = SamplerConfig(max_new_tokens=qc.max_line_tokens, batch_size=qc.batch_size,
+                         block_size=block, stop_tokens=stops)
+    ids = [p.prompt_ids for p in prompts]
+    decoders = variants(sampler, base, decodes)
+    decoders[REFERENCE_LABEL].generate_ids(ids[:qc.batch_size])  # warm-up, not timed
+    values = {}
+    for label, d in decoders.items():
+        completions, seconds = d.generate_ids(ids)
+        values[label] = score_decode(tok, prompts, completions, seconds, checkpoint_stops)
+        values[label]["block_size"] = d.cfg.block_size
+    return values, len(stops)
+
+
+def line_part(sampler, files: list[Path], qc: QualityConfig, reference=None) -> dict:
+    """The ``line_completion`` section: every decode's figures, AUP, the within-N claim."""
+    prompts = lc.pick_lines(sampler.tokenizer, files, qc.lines, qc.context_tokens, qc.seed)
+    sampler.core.check_prompts([p.prompt_ids for p in prompts])
+    decodes = decode_list(qc, sampler.core.rules.mode)
+    values, num_stops = run_line_decodes(sampler, prompts, qc, decodes)
+    for label, v in values.items():
+        if AR_LABEL in values and label != AR_LABEL:
+            add_ar_agreement(v, values[AR_LABEL])
+        if reference is not None:
+            nll = lc.reference_nll(reference, [p.prompt_ids for p in prompts], v["tokens"], qc.batch_size)
+            v["nll_sum"] = [s for s, _ in nll]
+    index_RN = bs.resample_indices(len(prompts), qc.bootstrap_resamples, qc.seed)
+    points = [point(d, values[d.label], prompts, index_RN) for d in decodes]
+    curve = [d.label for d in decodes if d.label != AR_LABEL]
+    within = within_points({k: values[k]["exact_match"] for k in curve}, REFERENCE_LABEL,
+                           qc.within_points, index_RN)
+    fastest = fastest_within(points, within, REFERENCE_LABEL)
+    ar = next((p for p in points if p["label"] == AR_LABEL), None)
+    kept = [REFERENCE_LABEL] + [k for k in curve if within.get(k, {}).get("within")]
+    return {"num_prompts": len(prompts), "num_stop_ids": num_stops,
+            "bootstrap": {"resamples": qc.bootstrap_resamples, "seed": qc.seed,
+                          "confidence": bs.CONFIDENCE},
+            "decodes": points,
+            "aup": aup_estimate(values, curve, index_RN),
+            "aup_within": aup_estimate(values, kept, index_RN, drop=float("inf")),
+            "ar_baseline_aup": aup_estimate(values, [AR_LABEL], index_RN) if ar else None,
+            "within_points": qc.within_points, "within": within,
+            "fastest_within": fastest and {"label": fastest["label"],
+                                           "tokens_per_forward": fastest["tokens_per_forward"],
+                                           "tokens_per_second": fastest["tokens_per_second"],
+                                           "exact_match": fastest["exact_match"]},
+            "claim": claim(fastest, qc, len(prompts), ar)}
+
+
+def continuation_section(sampler, files: list[Path], qc: QualityConfig) -> dict:
+    """The secondary continuation-accuracy section, on the same decodes (EOS ignored)."""
+    from megatron_diffusion.evaluation.continuation import continuation_part
+    from megatron_diffusion.sampling.config import SamplerConfig
+
+    block = qc.block_size or sampler.core.rules.training_block_size
+    base = SamplerConfig(max_new_tokens=qc.continuation_len, batch_size=qc.batch_size,
+                         block_size=block, ignore_eos=True)
+    return continuation_part(variants(sampler, base, decode_list(qc, sampler.core.rules.mode)),
+                             files, qc, AR_LABEL)
+
+
+def quality_report(sampler, files: list[Path], qc: QualityConfig, reference=None) -> dict:
+    """Every figure of the module docstring for a loaded ``DiffusionSampler``; ``reference``:
+    a ``LoadedModel`` that passed ``line_completion.check_reference``, or None."""
     from megatron_diffusion.evaluation.infill import masked_metrics, next_token_metrics, reads_shifted
 
     loaded = sampler.loaded
@@ -238,73 +337,120 @@ def quality_report(sampler, files: list[Path], qc: QualityConfig) -> dict:
     start = time.monotonic()
     rows = heldout_token_rows(loaded, files, qc.seq_len, qc.max_rows)
     masked_ok = not (cfg.attention.mode == "causal" and not reads_shifted(cfg))
-    decoding = decoding_part(sampler, files, qc)
+    lines = line_part(sampler, files, qc, reference)
     return {
         "checkpoint": str(loaded.path), "step": loaded.meta.get("step"),
         "converted_from": loaded.meta.get("converted_from"),
         "model": {"attention_mode": cfg.attention.mode, "training_block_size": cfg.attention.block_size,
                   "clean_stream": cfg.attention.clean_stream, "logit_shift": reads_shifted(cfg),
                   "objective": cfg.loss.objective},
+        "reference": reference and {"checkpoint": str(reference.path), "step": reference.meta.get("step")},
         "heldout": [str(f) for f in files], "settings": dataclasses.asdict(qc),
         "rows": int(rows.shape[0]),
         "next_token": next_token_metrics(model, cfg, rows),
         "masked": masked_metrics(model, cfg, rows, qc.mask_rates) if masked_ok else None,
-        **decoding,
+        "line_completion": lines,
+        "continuation": continuation_section(sampler, files, qc),
         "machine": {"device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count()},
         "wall_seconds": time.monotonic() - start,
     }
 
 
+def _cell(e: dict | None, width: int, digits: int) -> str:
+    """A figure's value in a table cell; "-" where not measured."""
+    return "-".rjust(width) if e is None else f"{e['value']:{width}.{digits}f}"
+
+
 def format_report(r: dict) -> str:
     """The printed table."""
+    lc_ = r["line_completion"]
     lines = [f"checkpoint {r['checkpoint']} (step {r['step']}), mode {r['model']['attention_mode']}, "
-             f"logit shift {r['model']['logit_shift']}; {r['rows']} rows, {r['num_prompts']} "
-             f"prompts from {len(r['heldout'])} held-out files"]
+             f"logit shift {r['model']['logit_shift']}; {r['rows']} rows, {lc_['num_prompts']} lines "
+             f"from {len(r['heldout'])} held-out files"
+             + (f"; reference {r['reference']['checkpoint']}" if r["reference"] else "")]
     nt = r["next_token"]
     lines.append(f"  next-token: accuracy {nt['accuracy']:.3f}, NLL {nt['nll_nats']:.3f} nats"
                  if nt else "  next-token: no AR readout")
     for m in r["masked"] or []:
         lines.append(f"  masked @{m['mask_rate']:.2f}: accuracy {m['accuracy']:.3f}, "
                      f"CE {m['ce_nats']:.3f} nats")
-    lines.append(f"  {'decode':16s} {'block':>5s} {'tok/fwd':>8s} {'accuracy':>9s} {'prefix':>7s} "
-                 f"{'tok/s':>8s}")
-    for p in ([r["ar_baseline"]] if r["ar_baseline"] else []) + r["curve"]:
-        lines.append(f"  {p['label']:16s} {p['block_size']:5d} {p['tokens_per_forward']:8.2f} "
-                     f"{p['accuracy']:9.3f} {p['matching_prefix_tokens']:7.2f} {p['tokens_per_second']:8.1f}")
-    best = r["best_within_1pt"]
-    speed = best.get("speedup_tokens_per_second_over_ar")
-    lines.append(f"  AUP {r['aup']:.1f} (d3LLM: alpha 3, within 5 points), within 1 point "
-                 f"{r['aup_within_1pt']:.1f}; AR baseline {r['ar_baseline_aup'] or 0:.1f}")
-    lines.append(f"  fastest within 1 point: {best['label']} ({best['tokens_per_forward']:.2f} tok/fwd"
-                 + (f", {speed:.2f}x AR tok/s)" if speed else ")"))
+    lines.append(f"  line completion ({lc_['bootstrap']['confidence']:.0%} bootstrap intervals over "
+                 f"{lc_['num_prompts']} lines, {lc_['bootstrap']['resamples']} resamples):")
+    lines.append(f"  {'decode':16s} {'block':>5s} {'line EM % [lo, hi]':>20s} {'edit':>5s} "
+                 f"{'AR line':>7s} {'AR tok':>6s} {'refNLL':>6s} {'dist':>5s} {'tok/fwd':>7s} {'tok/s':>7s}")
+    for p in lc_["decodes"]:
+        em = p["exact_match"]
+        lines.append(f"  {p['label']:16s} {p['block_size']:5d} {100 * em['value']:6.1f} "
+                     f"[{100 * em['lo']:5.1f}, {100 * em['hi']:5.1f}] {_cell(p['edit_similarity'], 5, 3)} "
+                     f"{_cell(p['ar_line_agreement'], 7, 3)} "
+                     f"{_cell(p['ar_token_agreement'], 6, 3)} "
+                     f"{_cell(p['reference_nll'], 6, 2)} {_cell(p['distinct_tokens'], 5, 2)} "
+                     f"{_cell(p['tokens_per_forward'], 7, 2)} "
+                     f"{_cell(p['tokens_per_second'], 7, 1)}")
+    a, aw = lc_["aup"], lc_["aup_within"]
+    lines.append(f"  line-EM AUP {a['value']:.1f} [{a['lo']:.1f}, {a['hi']:.1f}] (d3LLM: alpha 3, "
+                 f"within 5 points); over the decodes within {lc_['within_points']:g} "
+                 f"{aw['value']:.1f} [{aw['lo']:.1f}, {aw['hi']:.1f}]"
+                 + (f"; AR baseline {lc_['ar_baseline_aup']['value']:.1f}" if lc_["ar_baseline_aup"] else ""))
+    lines.append(f"  {lc_['claim']}")
+    c = r["continuation"]
+    lines.append(f"  continuation accuracy (secondary: {c['num_prompts']} prompts, position-wise "
+                 f"token match, EOS ignored):")
+    for p in ([c["ar_baseline"]] if c["ar_baseline"] else []) + c["curve"]:
+        lines.append(f"    {p['label']:16s} accuracy {p['accuracy']:.3f}, prefix "
+                     f"{p['matching_prefix_tokens']:.2f}, {p['tokens_per_forward']:.2f} tok/fwd")
     return "\n".join(lines)
+
+
+def config_from_args(args) -> QualityConfig:
+    return QualityConfig(
+        lines=args.lines, context_tokens=args.context_tokens, max_line_tokens=args.max_line_tokens,
+        seed=args.seed, bootstrap_resamples=args.bootstrap_resamples, within_points=args.within_points,
+        thresholds=tuple(args.thresholds), draft_lens=tuple(args.speculative),
+        block_size=args.block_size, batch_size=args.batch_size, prompt_len=args.prompt_len,
+        continuation_len=args.continuation_len, prompts_per_file=args.prompts_per_file,
+        seq_len=args.seq_len, max_rows=args.max_rows, mask_rates=tuple(args.mask_rates)).validate()
+
+
+def check_paths(args) -> None:
+    for f in args.heldout:
+        if not Path(f).is_file():
+            raise UsageError(f"--heldout: {f} is not a file")
+    for option, path in (("--checkpoint", args.checkpoint), ("--reference", args.reference)):
+        if path is not None and not os.path.isdir(path):
+            raise UsageError(f"{option}: {path!r} is not a directory")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UsageError(f"--out: expected a file path in an existing directory, got {args.out!r}")
+
+
+def check_context(loaded, qc: QualityConfig, option: str) -> None:
+    """Prompt and line must fit the model's positions."""
+    limit = loaded.config.model.max_position_embeddings
+    if qc.context_tokens + qc.max_line_tokens > limit:
+        raise UsageError(f"--context-tokens: {qc.context_tokens} + --max-line-tokens "
+                         f"{qc.max_line_tokens} exceed the {option} model's "
+                         f"max_position_embeddings {limit}")
 
 
 def run_quality(args) -> int:
     """``eval quality``: checks every argument, then loads, measures, prints, writes ``--out``."""
     import json
 
+    from megatron_diffusion.checkpoint.loading import load_model, load_sampler
     from megatron_diffusion.fileio import write_text_atomic
 
-    qc = QualityConfig(thresholds=tuple(args.thresholds), block_size=args.block_size,
-                       prompt_len=args.prompt_len, continuation_len=args.continuation_len,
-                       prompts_per_file=args.prompts_per_file, seq_len=args.seq_len,
-                       max_rows=args.max_rows, mask_rates=tuple(args.mask_rates),
-                       batch_size=args.batch_size).validate()
-    files = [Path(f) for f in args.heldout]
-    for f in files:
-        if not f.is_file():
-            raise UsageError(f"--heldout: {f} is not a file")
-    if not os.path.isdir(args.checkpoint):
-        raise UsageError(f"--checkpoint: {args.checkpoint!r} is not a directory")
-    out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise UsageError(f"--out: expected a file path in an existing directory, got {args.out!r}")
-    from megatron_diffusion.checkpoint.loading import load_sampler
-
-    sampler = load_sampler(args.checkpoint, max_new_tokens=qc.continuation_len, batch_size=qc.batch_size)
-    report = quality_report(sampler, files, qc)
+    qc = config_from_args(args)
+    check_paths(args)
+    sampler = load_sampler(args.checkpoint, max_new_tokens=qc.max_line_tokens, batch_size=qc.batch_size)
+    check_context(sampler.loaded, qc, "--checkpoint")
+    reference = None
+    if args.reference is not None:
+        reference = load_model(args.reference)
+        lc.check_reference(reference, sampler.tokenizer)
+        check_context(reference, qc, "--reference")
+    report = quality_report(sampler, [Path(f) for f in args.heldout], qc, reference)
     print(format_report(report))
-    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
     return 0

@@ -1,7 +1,7 @@
-"""``eval quality``: AUP and continuation accuracy by hand, the report on tiny checkpoints."""
+"""``eval quality``: the decode list, the "within N points" rule, AUP with its interval, the
+report end to end on tiny checkpoints (with a ``--reference``), bad input."""
 
 import json
-import math
 import sysconfig
 from pathlib import Path
 
@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from megatron_diffusion.cli import main
-from megatron_diffusion.evaluation.quality import aup, continuation_accuracy, matching_prefix, summarize_curve
+from megatron_diffusion.evaluation import bootstrap as bs
+from megatron_diffusion.evaluation import line_completion as lc
+from megatron_diffusion.evaluation import quality
+from megatron_diffusion.evaluation.aup import aup
+from megatron_diffusion.evaluation.quality import QualityConfig, decode_list
 from megatron_diffusion.masks.config import AttentionConfig
 from tests.helpers import make_checkpoint
 
@@ -17,51 +21,71 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 HELDOUT = [STDLIB / "textwrap.py", STDLIB / "shlex.py"]
 
 
-def test_aup_by_hand():
-    curve = [(3.0, 48.0), (1.0, 50.0), (4.0, 40.0), (2.0, 50.0)]  # unsorted on purpose
-    w48 = math.exp(-3 * (1 - 48 / 50))
-    # d3LLM: y_min = y_1 - 5 = 45 drops (4, 40); rho_1 y_1 + trapezoids of y W(y)
-    assert aup(curve) == pytest.approx(1 * 50 + 0.5 * 1 * (50 + 50) + 0.5 * 1 * (48 * w48 + 50))
-    assert aup(curve, drop=1.0) == pytest.approx(50 + 50)  # 48 < 50 - 1: only the first two
-    # y_max from another decode (e.g. the AR baseline) weighs every point down
-    w = [math.exp(-3 * (1 - y / 60)) for y in (50, 48)]
-    assert aup(curve, 60.0) == pytest.approx(50 + 0.5 * (50 * w[0] * 2) + 0.5 * (48 * w[1] + 50 * w[0]))
-    assert aup([(1.0, 70.0)]) == 70.0  # one point: rho x accuracy (an AR decoder's AUP)
-    assert aup([(1.0, 0.0), (2.0, 0.0)]) == 0.0
-    assert aup(curve, alpha=0.0) == pytest.approx(50 + 50 + 0.5 * (48 + 50))  # no penalty: plain area
-    with pytest.raises(ValueError):
-        aup([(0.0, 10.0)])
+def test_decode_list_is_data():
+    qc = QualityConfig(thresholds=(0.9, 0.5), draft_lens=(2, 4))  # not validated: no sampler needed
+    decodes = decode_list(qc, "block")
+    assert [d.label for d in decodes] == ["AR baseline", "1 token/step", "threshold 0.9", "threshold 0.5",
+                                          "speculative 2", "speculative 4"]
+    assert decodes[0].changes == {"ar_baseline": True} and decodes[1].changes == {"strategy": "fixed"}
+    assert decodes[3].changes == {"strategy": "threshold", "threshold": 0.5}
+    assert decodes[5].changes == {"strategy": "speculative", "draft_len": 4}
+    assert [d.label for d in decode_list(qc, "bidirectional")][0] == "1 token/step"  # no AR decode
 
 
-def test_continuation_accuracy_by_hand():
-    truths = [[5, 6, 7, 8], [1, 2, 3, 4]]
-    # positions compared one by one; a shift by one token scores 0, an early stop counts as wrong
-    assert continuation_accuracy([[5, 6, 0, 8], [1, 2]], truths) == pytest.approx((3 / 4 + 2 / 4) / 2)
-    assert continuation_accuracy([[6, 7, 8, 9], [1, 2, 3, 4, 5]], truths) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        continuation_accuracy([[1]], truths)
-    assert matching_prefix([[5, 6, 0, 8], [1, 2]], truths) == pytest.approx((2 + 2) / 2)
-    assert matching_prefix([[6, 7, 8, 9], [1, 2, 3, 4, 5]], truths) == pytest.approx((0 + 4) / 2)
+def test_within_n_points_needs_the_paired_interval_not_the_mean():
+    index = bs.resample_indices(10, 1000, seed=0)
+    em = {"1 token/step": [1.0] * 10, "same": [1.0] * 10, "one lost": [1.0] * 9 + [0.0]}
+    w = quality.within_points(em, "1 token/step", 15.0, index)
+    # "one lost": mean -10 points, inside 15; its paired interval's lower bound is -30: not claimed
+    assert w["one lost"]["difference_points"] == pytest.approx({"value": -10.0, "lo": -30.0, "hi": 0.0})
+    assert not w["one lost"]["within"]
+    assert w["same"]["within"] and "1 token/step" not in w
+    assert quality.within_points(em, "1 token/step", 30.0, index)["one lost"]["within"]
 
 
-def _point(label, tpf, acc, tps):
-    return {"label": label, "tokens_per_forward": tpf, "accuracy": acc, "tokens_per_second": tps}
+def _point(label, tpf, tps=10.0):
+    return {"label": label, "tokens_per_forward": {"value": tpf, "lo": tpf, "hi": tpf},
+            "tokens_per_second": {"value": tps, "lo": tps, "hi": tps}}
 
 
-def test_summary_picks_the_fastest_point_within_one_point():
-    ar = _point("AR baseline", 1.0, 0.52, 10.0)
-    curve = [_point("1 token/step", 1.0, 0.50, 9.0), _point("threshold 0.9", 1.5, 0.495, 14.0),
-             _point("threshold 0.5", 2.5, 0.45, 25.0)]
-    s = summarize_curve(ar, curve)
-    assert s["best_within_1pt"]["label"] == "threshold 0.9"
-    assert s["best_within_1pt"]["speedup_tokens_per_second_over_ar"] == pytest.approx(1.4)
-    assert s["y_max_percent"] == pytest.approx(52.0)
-    assert s["aup"] == pytest.approx(aup([(1.0, 50.0), (1.5, 49.5), (2.5, 45.0)], 52.0))
-    assert s["aup_within_1pt"] == pytest.approx(aup([(1.0, 50.0), (1.5, 49.5)], 52.0))
-    assert s["ar_baseline_aup"] == pytest.approx(52.0)
+def test_fastest_within_and_the_claim():
+    qc = QualityConfig(within_points=1.0)
+    points = [_point("AR baseline", 1.0, 5.0), _point("1 token/step", 1.0), _point("threshold 0.9", 1.6, 15.0),
+              _point("threshold 0.5", 2.5)]
+    within = {"threshold 0.9": {"within": True}, "threshold 0.5": {"within": False}}
+    best = quality.fastest_within(points, within, "1 token/step")
+    assert best["label"] == "threshold 0.9"  # threshold 0.5 is faster but not supported
+    assert quality.claim(best, qc, 60, points[0]) == ("fastest within 1 point of 1 token/step: threshold 0.9 "
+                                                      "(1.60 [1.60, 1.60] tok/fwd, 3.00x AR tok/s)")
+    # qualifying but not faster than the reference is no parallel gain; nothing qualifying: said plainly
+    assert quality.fastest_within([points[1], _point("threshold 0.9", 1.0)], within, "1 token/step") is None
+    none = quality.fastest_within(points, {"threshold 0.9": {"within": False}}, "1 token/step")
+    assert none is None
+    assert quality.claim(None, QualityConfig(within_points=2.0), 60, None) == (
+        "no parallel setting is within 2 points of 1 token/step at this sample size (60 lines)")
 
 
-ARGS = ["--prompt-len", "16", "--continuation-len", "8", "--seq-len", "32", "--max-rows", "4",
+def _values(em, tokens, forwards):
+    return {"exact_match": em, "num_tokens": tokens, "num_forwards": forwards}
+
+
+def test_aup_estimate_on_all_prompts_and_its_interval():
+    index = bs.resample_indices(4, 300, seed=0)
+    values = {"AR baseline": _values([1.0, 1.0, 1.0, 0.0], [4] * 4, [4] * 4),
+              "1 token/step": _values([1.0, 1.0, 0.0, 0.0], [4] * 4, [4] * 4),
+              "threshold 0.5": _values([1.0, 0.0, 0.0, 0.0], [4, 4, 8, 8], [2, 2, 2, 2])}
+    curve = ["1 token/step", "threshold 0.5"]
+    e = quality.aup_estimate(values, curve, index, drop=100.0)
+    # y_max = the AR baseline's 75%; points (1, 50) and (3, 25)
+    assert e["value"] == pytest.approx(aup([(1.0, 50.0), (3.0, 25.0)], 75.0, drop=100.0))
+    assert e["lo"] <= e["value"] <= e["hi"] and e["hi"] > e["lo"]
+    constant = {k: _values([1.0] * 4, [4] * 4, [4] * 4) for k in ("a", "b")}
+    assert quality.aup_estimate(constant, ["a", "b"], index) == pytest.approx(
+        {"value": 100.0, "lo": 100.0, "hi": 100.0})
+
+
+ARGS = ["--lines", "6", "--context-tokens", "48", "--max-line-tokens", "10", "--bootstrap-resamples", "200",
+        "--prompt-len", "16", "--continuation-len", "8", "--seq-len", "32", "--max-rows", "4",
         "--thresholds", "0.9,0.5", "--mask-rates", "0.3"]
 
 
@@ -72,24 +96,76 @@ def causal_ckpt(tmp_path_factory):
                            logit_shift=True)
 
 
-def test_report_on_a_block_checkpoint(tmp_path, capsys):
+def _recompute(records, key):
+    return sum(r[key] for r in records) / len(records)
+
+
+def test_report_on_a_block_checkpoint_with_a_reference(causal_ckpt, tmp_path, capsys):
+    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+
     run = tmp_path / "run"
     make_checkpoint(run)
     out = tmp_path / "report.json"
     assert main(["eval", "quality", "--checkpoint", str(run), "--heldout", *map(str, HELDOUT),
-                 "--out", str(out), "--block-size", "4", *ARGS]) == 0
+                 "--out", str(out), "--block-size", "4", "--reference", str(causal_ckpt), *ARGS]) == 0
     printed = capsys.readouterr().out
-    assert "threshold 0.5" in printed and "AUP" in printed
+    assert "line EM" in printed and "AUP" in printed and "continuation accuracy (secondary" in printed
     r = json.loads(out.read_text())
-    assert [p["label"] for p in r["curve"]] == ["1 token/step", "threshold 0.9", "threshold 0.5"]
-    assert r["ar_baseline"]["block_size"] == 1 and r["curve"][0]["block_size"] == 4
-    for p in [r["ar_baseline"], *r["curve"]]:
+    lines = r["line_completion"]
+    assert printed.count(lines["claim"]) == 1 and r["reference"]["checkpoint"].startswith(str(causal_ckpt))
+    decodes = {p["label"]: p for p in lines["decodes"]}
+    assert list(decodes) == ["AR baseline", "1 token/step", "threshold 0.9", "threshold 0.5"]
+    assert decodes["AR baseline"]["block_size"] == 1 and decodes["1 token/step"]["block_size"] == 4
+    assert lines["num_prompts"] == 6 and lines["bootstrap"]["resamples"] == 200
+
+    tok = load_tokenizer(run / "tokenizer.json")
+    ref = load_model(causal_ckpt)
+    newline = set(lc.newline_token_ids(tok))
+    ar = decodes["AR baseline"]["records"]
+    for p in decodes.values():
+        rec = p["records"]
+        assert [(x["file"], x["line_number"]) for x in rec] == [(x["file"], x["line_number"]) for x in ar]
+        for x in rec:
+            text = Path(x["file"]).read_text().split("\n")
+            # the prompt is the text right before the line (its last --context-tokens tokens), up to
+            # the file's token boundary after the newline (which may carry some indentation)
+            before = "\n".join(text[:x["line_number"] - 1]) + "\n"
+            prompt = tok.decode(x["prompt_ids"])
+            assert len(x["prompt_ids"]) <= 48 and (before + x["line_prefix"]).endswith(prompt)
+            assert prompt.rstrip(" \t").endswith("\n") and not x["line_prefix"].strip()
+            assert x["true_line"] == text[x["line_number"] - 1] and x["true_line"].startswith(x["line_prefix"])
+            # decoding stops at the first newline token; the line is the text before it
+            ids = x["completion_ids"]
+            assert 1 <= len(ids) <= 10 and not newline & set(ids[:-1])
+            assert x["line"] == x["line_prefix"] + tok.decode(ids).split("\n")[0]
+            assert x["exact_match"] == float(x["line"].strip() == x["true_line"].strip())
+        # every figure is recomputable from the records
+        assert p["exact_match"]["value"] == pytest.approx(_recompute(rec, "exact_match"))
+        assert p["edit_similarity"]["value"] == pytest.approx(_recompute(rec, "edit_similarity"))
+        assert p["tokens_per_forward"]["value"] == pytest.approx(
+            sum(len(x["completion_ids"]) for x in rec) / sum(x["num_forwards"] for x in rec))
+        assert p["distinct_tokens"]["value"] == pytest.approx(
+            sum(len(set(x["completion_ids"])) / len(x["completion_ids"]) for x in rec) / len(rec))
+        for e in (p["exact_match"], p["tokens_per_forward"], p["reference_nll"]):
+            assert e["lo"] <= e["value"] + 1e-9 and e["value"] <= e["hi"] + 1e-9
+        nll = lc.reference_nll(ref, [x["prompt_ids"] for x in rec], [x["completion_ids"] for x in rec], 1)
+        assert p["reference_nll"]["value"] == pytest.approx(
+            sum(s for s, _ in nll) / sum(n for _, n in nll), rel=1e-4)
+        if p["label"] != "AR baseline":
+            assert p["ar_line_agreement"]["value"] == pytest.approx(
+                sum(x["line"] == a["line"] for x, a in zip(rec, ar)) / len(rec))
+            assert p["ar_token_agreement"]["value"] == pytest.approx(sum(
+                lc.token_agreement(x["completion_ids"], a["completion_ids"]) for x, a in zip(rec, ar)) / len(rec))
+    assert decodes["AR baseline"]["ar_line_agreement"] is None
+    assert set(lines["within"]) == {"threshold 0.9", "threshold 0.5"}
+    # the secondary continuation section keeps the old figures on the same decodes
+    c = r["continuation"]
+    assert c["ar_baseline"]["label"] == "AR baseline" and [p["label"] for p in c["curve"]] == list(decodes)[1:]
+    for p in [c["ar_baseline"], *c["curve"]]:
         assert p["num_tokens"] == 2 * 8  # EOS ignored: every decode scored over the same positions
-        assert 1.0 <= p["tokens_per_forward"] <= 4 and 0 <= p["accuracy"] <= 1
     assert r["next_token"] is None  # block mode without shift: no AR readout
     assert [m["mask_rate"] for m in r["masked"]] == [0.3] and r["rows"] == 4
-    assert r["aup"] == pytest.approx(aup([(p["tokens_per_forward"], 100 * p["accuracy"]) for p in r["curve"]],
-                                         r["y_max_percent"]))
 
 
 def test_next_token_metrics_match_a_plain_causal_forward(causal_ckpt, tmp_path):
@@ -121,6 +197,11 @@ def test_next_token_metrics_match_a_plain_causal_forward(causal_ckpt, tmp_path):
     (["--block-size", "0"], "--block-size: got 0"),
     (["--continuation-len", "0"], "--continuation-len: got 0"),
     (["--heldout", "/nonexistent.py"], "--heldout: /nonexistent.py is not a file"),
+    (["--lines", "0"], "--lines: got 0"),
+    (["--within-points", "-1"], "--within-points: got -1.0"),
+    (["--bootstrap-resamples", "0"], "--bootstrap-resamples: got 0"),
+    (["--speculative", "0"], "argument --speculative: expected integers >= 1"),
+    (["--reference", "/nonexistent/ref"], "--reference: '/nonexistent/ref' is not a directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2(causal_ckpt, tmp_path, capsys, extra, message):
     out = tmp_path / "report.json"
@@ -133,6 +214,55 @@ def test_bad_input_is_one_line_and_exit_2(causal_ckpt, tmp_path, capsys, extra, 
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_a_prompt_and_line_longer_than_the_model_are_refused(causal_ckpt, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["eval", "quality", "--checkpoint", str(causal_ckpt), "--heldout", str(HELDOUT[0]),
+                 "--out", str(out), "--context-tokens", "240"]) == 2  # after the load (its warnings)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "megatron-diffusion eval: error: --context-tokens: 240 + --max-line-tokens 48 exceed the "
+        "--checkpoint model's max_position_embeddings 256")
+    assert not out.exists()
+
+
+def test_a_speculative_point_is_one_more_decode_and_reproduces_the_ar_lines(tmp_path):
+    """A block model with a causal clean stream and the shift: self-speculative decoding (greedy)
+    is lossless, so its lines are the AR baseline's, token for token, in fewer forwards."""
+    if not quality.speculative_available():
+        pytest.skip("the sampler has no strategy=speculative")
+    run = tmp_path / "run"
+    make_checkpoint(run, attention=AttentionConfig(mode="block", block_size=4, clean_stream="causal"),
+                    logit_shift=True)
+    out = tmp_path / "report.json"
+    assert main(["eval", "quality", "--checkpoint", str(run), "--heldout", *map(str, HELDOUT),
+                 "--out", str(out), *ARGS, "--thresholds", "0.5", "--speculative", "2"]) == 0
+    decodes = {p["label"]: p for p in json.loads(out.read_text())["line_completion"]["decodes"]}
+    assert list(decodes) == ["AR baseline", "1 token/step", "threshold 0.5", "speculative 2"]
+    spec, ar = decodes["speculative 2"], decodes["AR baseline"]
+    assert spec["sampler"] == {"strategy": "speculative", "draft_len": 2}
+    assert [x["completion_ids"] for x in spec["records"]] == [x["completion_ids"] for x in ar["records"]]
+    assert spec["ar_line_agreement"]["value"] == 1.0 and spec["ar_token_agreement"]["value"] == 1.0
+    assert spec["exact_match"] == ar["exact_match"]
+
+
+def test_speculative_points_need_the_sampler_strategy(causal_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quality, "speculative_available", lambda: False)
+    out = tmp_path / "report.json"
+    assert main(["eval", "quality", "--checkpoint", str(causal_ckpt), "--heldout", str(HELDOUT[0]),
+                 "--out", str(out), "--speculative", "2,4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--speculative: not available" in err and not out.exists()
+
+
+def test_a_reference_with_another_vocabulary_is_refused(causal_ckpt, tmp_path, capsys):
+    other = make_checkpoint(tmp_path / "other", attention=AttentionConfig(mode="causal"), tokenizer_vocab=320)
+    out = tmp_path / "report.json"
+    assert main(["eval", "quality", "--checkpoint", str(causal_ckpt), "--heldout", *map(str, HELDOUT),
+                 "--out", str(out), "--reference", str(other), *ARGS]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the loads (their warnings)
+    assert last.startswith("megatron-diffusion eval: error: --reference: ") and "another tokenizer vocabulary" in last
     assert not out.exists()
 
 
@@ -150,19 +280,22 @@ def test_block_shift_checkpoint_is_read_with_its_shift(tmp_path):
     read from the noisy output ``j - 1``, a block's first token from the clean output before it."""
     from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
     from megatron_diffusion.evaluation.infill import masked_metrics
-    from megatron_diffusion.evaluation.quality import QualityConfig, heldout_token_rows, quality_report
+    from megatron_diffusion.evaluation.quality import heldout_token_rows, quality_report
     from megatron_diffusion.model.inputs import model_inputs
     from megatron_diffusion.checkpoint.loading import load_sampler
 
     run = tmp_path / "run"
     make_checkpoint(run, attention=AttentionConfig(mode="block", block_size=4), logit_shift=True)
-    qc = QualityConfig(prompt_len=16, continuation_len=8, seq_len=32, max_rows=4, thresholds=(0.5,),
+    qc = QualityConfig(lines=4, context_tokens=32, max_line_tokens=8, bootstrap_resamples=50,
+                       prompt_len=16, continuation_len=8, seq_len=32, max_rows=4, thresholds=(0.5,),
                        mask_rates=(0.5,))
     sampler = load_sampler(run, max_new_tokens=8, batch_size=4)
     loaded = sampler.loaded
     r = quality_report(sampler, HELDOUT, qc)
     assert r["next_token"] is not None  # the shift gives it an AR readout
-    assert [p["label"] for p in r["curve"]] == ["1 token/step", "threshold 0.5"]  # decoded shifted too
+    labels = ["AR baseline", "1 token/step", "threshold 0.5"]  # decoded shifted too
+    assert [p["label"] for p in r["line_completion"]["decodes"]] == labels
+    assert [p["label"] for p in r["continuation"]["curve"]] == labels[1:]
 
     rows = heldout_token_rows(loaded, HELDOUT, 32, 4)
     cfg = loaded.config
