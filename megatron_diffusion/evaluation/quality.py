@@ -99,16 +99,7 @@ class QualityConfig:
             raise UsageError(f"--mask-rates: got {self.mask_rates!r}, expected numbers in (0, 1)")
         for d in self.draft_lens:
             check_int("--speculative", d, lo=1)
-        if self.draft_lens and not speculative_available():
-            raise UsageError("--speculative: not available (this build's sampler has no "
-                             "strategy=speculative / SamplerConfig.draft_len)")
         return self
-
-
-def speculative_available() -> bool:
-    from megatron_diffusion.sampling.config import SamplerConfig
-
-    return "draft_len" in {f.name for f in dataclasses.fields(SamplerConfig)}
 
 
 @dataclass(frozen=True)
@@ -248,11 +239,23 @@ def records(prompts: list, values: dict) -> list[dict]:
              **{k: values[k][i] for k in keys}} for i, p in enumerate(prompts)]
 
 
+def accepted_draft_length(values: dict, index_RN: torch.Tensor) -> dict:
+    """Self-speculative decoding: mean drafts accepted per forward that had a draft. A forward
+    commits its accepted drafts + 1 token and a row's first forward has no draft, so per row
+    ``accepted = tokens - forwards`` over ``forwards - 1`` drafted forwards (a last forward cut
+    at the newline counts what it committed: a slight underestimate)."""
+    accepted = [t - f for t, f in zip(values["num_tokens"], values["num_forwards"])]
+    drafted = [f - 1 for f in values["num_forwards"]]
+    return bs.ratio_estimate(accepted, drafted, index_RN) if sum(drafted) else None
+
+
 def point(decode: Decode, values: dict, prompts: list, index_RN: torch.Tensor) -> dict:
     """One decode's entry of the report: settings, cost, figures with intervals, records."""
+    extra = ({"mean_accepted_draft": accepted_draft_length(values, index_RN)}
+             if decode.changes.get("strategy") == "speculative" else {})
     return {"label": decode.label, "sampler": decode.changes, "block_size": values["block_size"],
             "num_forwards": sum(values["num_forwards"]), "num_tokens": sum(values["num_tokens"]),
-            "wall_seconds": sum(values["seconds"]), **figures(values, index_RN),
+            "wall_seconds": sum(values["seconds"]), **figures(values, index_RN), **extra,
             "records": records(prompts, values)}
 
 
@@ -393,6 +396,11 @@ def format_report(r: dict) -> str:
                  f"within 5 points); over the decodes within {lc_['within_points']:g} "
                  f"{aw['value']:.1f} [{aw['lo']:.1f}, {aw['hi']:.1f}]"
                  + (f"; AR baseline {lc_['ar_baseline_aup']['value']:.1f}" if lc_["ar_baseline_aup"] else ""))
+    for p in lc_["decodes"]:
+        if p.get("mean_accepted_draft"):
+            m = p["mean_accepted_draft"]
+            lines.append(f"  {p['label']}: {m['value']:.2f} [{m['lo']:.2f}, {m['hi']:.2f}] drafts "
+                         f"accepted per drafted forward; output = the AR decode's (lossless)")
     lines.append(f"  {lc_['claim']}")
     c = r["continuation"]
     lines.append(f"  continuation accuracy (secondary: {c['num_prompts']} prompts, position-wise "
