@@ -30,6 +30,7 @@ decoding costs on a real model, with bootstrap intervals that say what the sampl
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,10 +277,15 @@ def run_line_decodes(sampler, prompts: list, qc: QualityConfig,
     decoders = variants(sampler, base, decodes)
     decoders[REFERENCE_LABEL].generate_ids(ids[:qc.batch_size])  # warm-up, not timed
     values = {}
-    for label, d in decoders.items():
+    for i, (label, d) in enumerate(decoders.items(), 1):
+        start = time.monotonic()
         completions, seconds = d.generate_ids(ids)
         values[label] = score_decode(tok, prompts, completions, seconds, checkpoint_stops)
         values[label]["block_size"] = d.cfg.block_size
+        em = sum(values[label]["exact_match"]) / len(prompts)
+        print(f"[eval quality] decode {i}/{len(decoders)} {label}: {len(prompts)} lines, "
+              f"exact match {em:.3f}, {time.monotonic() - start:.0f} s", file=sys.stderr,
+              flush=True)
     return values, len(stops)
 
 
