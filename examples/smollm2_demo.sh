@@ -1,69 +1,83 @@
 #!/usr/bin/env bash
-# The real-model job: SmolLM2-135M from its GGUF -> a short block-diffusion CPT on stdlib code
-# (examples/smollm2_cpt.sh: AR stage, then B=4 diffusion with the logit shift) -> parallel
-# decoding, with a before/after quality report on held-out stdlib files the CPT never saw.
-# Prints tokens per forward and the before/after figures; about 5 minutes on a quiet 2-core CPU
-# (313 s measured; 13-15 minutes while other work shared the cores)
-# (docs/BENCHMARKS.md, "SmolLM2 demo").
+# The real-model job: SmolLM2-135M from its GGUF -> a short self-speculative block-diffusion CPT
+# on stdlib code (examples/smollm2_spec_cpt.yaml, shortened: B = 4 with the logit shift, a causal
+# clean stream trained with the AR loss) -> held-out line completion before and after (exact
+# match, edit similarity, agreement with the AR decode, 95% bootstrap intervals) for the AR
+# decode, the block sampler and threshold decoding, and self-speculative decoding, whose output
+# is checked here to be the CPT model's AR decode token for token. The samples it prints come
+# from self-speculative decoding, so the AR rows of the table vouch for their quality.
+# About 10-12 minutes on a quiet 2-core CPU (docs/BENCHMARKS.md, "SmolLM2 demo").
 #
 #   bash examples/smollm2_demo.sh          # resumable: a re-run skips what is done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATA=${DATA:-runs/smollm2_data}
-export RUN_DIR=${RUN_DIR:-runs/smollm2_demo}
+RUN_DIR=${RUN_DIR:-runs/smollm2_demo}
 SECONDS=0
-bash examples/smollm2_cpt.sh "$@"
+# the long recipe, shortened to fit a demo: 40 steps of 128-token rows
+CONFIG=examples/smollm2_spec_cpt.yaml RUN_DIR="$RUN_DIR" bash examples/smollm2_cpt.sh \
+  training.train_iters=40 data.seq_len=128 corruption.warmup_steps=5 training.save_interval=0 \
+  training.keep_last=1 "$@"
 echo "[smollm2_demo] convert + CPT: ${SECONDS}s"
 S=$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 # packages outside the training corpus (examples/smollm2_cpt.sh INPUTS)
 HELDOUT=("$S/wsgiref/headers.py" "$S/tomllib/_parser.py" "$S/zoneinfo/_common.py" "$S/html/parser.py")
-# the settings of docs/BENCHMARKS.md "SmolLM2-135M quality", with lower thresholds (0.1, 0.05)
-QUALITY=(--heldout "${HELDOUT[@]}" --prompts-per-file 4 --batch-size 8 --max-rows 16
-         --block-size 4 --thresholds 0.9,0.5,0.1,0.05)
-# (re-made when it predates the line-completion report)
+QUALITY=(--heldout "${HELDOUT[@]}" --lines 40 --context-tokens 256 --reference "$DATA/smollm2"
+         --prompts-per-file 1 --max-rows 4 --batch-size 8 --block-size 4
+         --thresholds 0.9,0.5,0.1)
 if ! grep -qs '"line_completion"' "$RUN_DIR/quality_before.json"; then
   megatron-diffusion eval quality --checkpoint "$DATA/smollm2" "${QUALITY[@]}" \
     --out "$RUN_DIR/quality_before.json"
 fi
-megatron-diffusion eval quality --checkpoint "$RUN_DIR/stage2-block4" "${QUALITY[@]}" \
+megatron-diffusion eval quality --checkpoint "$RUN_DIR" "${QUALITY[@]}" --speculative 3 \
   --out "$RUN_DIR/quality_after.json"
 echo "[smollm2_demo] + quality before/after: ${SECONDS}s"
-megatron-diffusion sample --checkpoint "$RUN_DIR/stage2-block4" --prompts examples/demo_prompts.jsonl \
-  --max-new-tokens 32 --block-size 4 --strategy threshold --threshold 0.1 \
-  --out "$RUN_DIR/samples.jsonl"
+for mode in ar spec; do
+  knobs=(--ar-baseline)
+  [ "$mode" = spec ] && knobs=(--strategy speculative --draft-len 3)
+  megatron-diffusion sample --checkpoint "$RUN_DIR" --prompts examples/demo_prompts.jsonl \
+    --max-new-tokens 48 --batch-size 1 "${knobs[@]}" --out "$RUN_DIR/samples_$mode.jsonl"
+done
 python - "$RUN_DIR" <<'PY'
 import json, sys
 run = sys.argv[1]
-for r in map(json.loads, open(f"{run}/samples.jsonl")):
+ar, spec = ([json.loads(x) for x in open(f"{run}/samples_{m}.jsonl")] for m in ("ar", "spec"))
+for r in spec:
     print("-" * 60)
     print(r["prompt"] + "\033[1m" + r["completion"] + "\033[0m")
-    print(f"[{r['num_tokens']} tokens in {r['num_forwards']} forwards]")
+    print(f"[self-speculative: {r['num_tokens']} tokens in {r['num_forwards']} forwards]")
+same = all(a["completion_ids"] == s["completion_ids"] for a, s in zip(ar, spec))
+tok = lambda rs: sum(r["num_tokens"] for r in rs)
+fwd = lambda rs: sum(r["num_forwards"] for r in rs)
+sec = lambda rs: sum(r["seconds"] for r in rs)
+print("=" * 72)
+print(f"self-speculative decoding on the CPT model, batch 1, {len(spec)} prompts: output "
+      f"{'IDENTICAL to' if same else 'DIFFERENT from (a bug!)'} its AR decode; "
+      f"{tok(spec) / fwd(spec):.2f} tokens/forward; {tok(spec) / sec(spec):.1f} tok/s vs "
+      f"{tok(ar) / sec(ar):.1f} for the AR decode (one run each, not interleaved)")
 b, a = (json.load(open(f"{run}/quality_{k}.json")) for k in ("before", "after"))
-print("=" * 60)
-print("held-out stdlib files never seen in training     before CPT   after CPT")
-for m0, m1 in zip(b["masked"], a["masked"]):
-    print(f"masked-token accuracy @{m0['mask_rate']:.2f}                     "
-          f"{m0['accuracy']:9.3f}   {m1['accuracy']:9.3f}")
-    print(f"masked-token CE (nats) @{m0['mask_rate']:.2f}                    "
-          f"{m0['ce_nats']:9.3f}   {m1['ce_nats']:9.3f}")
-nt0, nt1 = b.get("next_token"), a.get("next_token")
-if nt0 and nt1:
-    print(f"next-token NLL (nats)                            {nt0['nll_nats']:9.3f}   "
-          f"{nt1['nll_nats']:9.3f}")
-print("decode (B=4)      held-out line exact match % [95% interval], tok/forward: before | after")
-for p0, p1 in zip(b["line_completion"]["decodes"], a["line_completion"]["decodes"]):
-    cells = []
-    for p in (p0, p1):
-        em = p["exact_match"]
-        cells.append(f"{100 * em['value']:5.1f} [{100 * em['lo']:5.1f}, {100 * em['hi']:5.1f}] "
-                     f"{p['tokens_per_forward']['value']:5.2f}")
-    print(f"  {p0['label']:<16} {cells[0]} | {cells[1]}")
-print(f"before CPT: {b['line_completion']['claim']}")
-print(f"after CPT:  {a['line_completion']['claim']}")
-print("decode (B=4)      continuation accuracy (secondary), tok/forward: before | after")
-c0, c1 = b["continuation"], a["continuation"]
-for p0, p1 in zip([c0["ar_baseline"]] + c0["curve"], [c1["ar_baseline"]] + c1["curve"]):
-    print(f"  {p0['label']:<16} {p0['accuracy']:6.3f} {p0['tokens_per_forward']:5.2f} | "
-          f"{p1['accuracy']:6.3f} {p1['tokens_per_forward']:5.2f}")
+lines = a["line_completion"]["num_prompts"]
+print(f"held-out line completion ({lines} lines of files never trained on, 256-token context), "
+      "95% intervals")
+print(f"  {'decode (B=4)':<15} {'line exact match %':>26} {'edit sim':>17} {'AR agree':>9} "
+      f"{'tok/fwd':>15}")
+print(f"  {'':<15} {'before':>12} {'after':>13} {'before':>8} {'after':>8} {'after':>9} "
+      f"{'before':>7} {'after':>7}")
+rows_b = {p["label"]: p for p in b["line_completion"]["decodes"]}
+for p in a["line_completion"]["decodes"]:
+    q = rows_b.get(p["label"])
+    em = lambda x: (f"{100 * x['exact_match']['value']:4.1f} [{100 * x['exact_match']['lo']:2.0f},"
+                    f"{100 * x['exact_match']['hi']:2.0f}]") if x else "-"
+    es = lambda x: f"{x['edit_similarity']['value']:.3f}" if x else "-"
+    tpf = lambda x: f"{x['tokens_per_forward']['value']:.2f}" if x else "-"
+    agree = p["ar_line_agreement"]
+    agree = f"{agree['value']:.2f}" if agree else "-"
+    print(f"  {p['label']:<15} {em(q):>12} {em(p):>13} {es(q):>8} {es(p):>8} {agree:>9} "
+          f"{tpf(q):>7} {tpf(p):>7}")
+    if p.get("mean_accepted_draft"):
+        m = p["mean_accepted_draft"]
+        print(f"  {'':<15} (lossless: the AR decode's lines; {m['value']:.2f} drafts accepted per "
+              "drafted forward)")
+print(f"  after CPT: {a['line_completion']['claim']}")
 PY
 echo "[smollm2_demo] total: ${SECONDS}s"
