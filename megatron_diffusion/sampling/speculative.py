@@ -42,6 +42,7 @@ Shape suffixes: ``B`` rows, ``C`` buffer columns, ``D`` draft tokens, ``K = D + 
 positions, ``W`` chunk width, ``S`` key slots, ``V`` vocabulary.
 """
 
+import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -300,8 +301,6 @@ class SpeculativeSampler:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]]) -> list[Completion]:
         """Completions for one batch of prompts (token ids), in order."""
-        import time
-
         self.check_prompts(prompts)
         start_time = time.perf_counter()
         P, D = max(len(p) for p in prompts), self.D
