@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
 from megatron_diffusion.masks.dense import make_mask_mod, mask_tokens
 from megatron_diffusion.parallel.run_dir import wandb_run_id
@@ -73,6 +74,15 @@ def attended_pairs(cfg, document_ids_BL: torch.Tensor, query_chunk: int | None =
     return total / B
 
 
+def _parse_record(line: str) -> dict | None:
+    """A ``metrics.jsonl`` record, or None for a line that is not one (torn)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 class RunLogger:
     """metrics.jsonl + tqdm progress bar + optional wandb/TensorBoard, on rank 0."""
 
@@ -97,17 +107,33 @@ class RunLogger:
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the records up to ``step`` (the checkpoint a run resumes from). A line that is
+        not a whole record (an append torn by a kill or a full disk) is dropped with a warning,
+        so a requeue is never stuck on it."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        keep = []
+        for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            record = _parse_record(line)
+            if record is None:
+                print(f"warning: {self.path}:{n}: dropped a torn metrics line (an interrupted "
+                      "append)", file=sys.stderr, flush=True)
+            elif record["step"] <= step:
+                keep.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # full disk, read-only file system: one line, not a traceback
+            raise UsageError(f"{self.path}: cannot append the step {record.get('step')} metrics "
+                             f"({e.strerror or e}); the last checkpoint is kept, --resume auto "
+                             "continues from it") from None
         if self.plain:
             print(self.plain_line(record), flush=True)
         if self.wandb is not None:

@@ -49,3 +49,40 @@ def test_training_prints_one_line_per_log_interval(tiny_store, tmp_path):
     proc = run_cli(tiny_store, tmp_path / "run", "training.train_iters=4", "training.log_interval=2")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("iteration")]
     assert [LINE.match(line).group(1, 2) for line in lines] == [("2", "4"), ("4", "4")], proc.stdout
+
+
+def _resume_logger(run_dir, start_step):
+    return RunLogger(run_dir, enabled=True, total_steps=10, start_step=start_step,
+                     wandb_mode="off", wandb_project="x", config={}, tensorboard=False)
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path, capsys):
+    """An append torn by a full disk or a kill left half a record: a requeue's resume keeps the
+    whole records up to its checkpoint and drops the torn one, with a warning naming it."""
+    import json
+
+    whole = [json.dumps({**RECORD, "step": s}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(whole) + '\n{"step": 4, "loss": 3.')
+    _resume_logger(tmp_path, start_step=2)
+    kept = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in kept] == [1, 2]
+    assert "metrics.jsonl:4: dropped a torn metrics line" in capsys.readouterr().err
+
+
+def test_metrics_append_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import pytest
+
+    from megatron_diffusion.errors import UsageError
+
+    logger = _resume_logger(tmp_path, start_step=0)
+    real_open = type(logger.path).open
+
+    def full(self, mode="r", *args, **kwargs):
+        if "a" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(type(logger.path), "open", full)
+    with pytest.raises(UsageError, match=r"cannot append the step 2 metrics \(No space left on "
+                                         r"device\); the last checkpoint is kept"):
+        logger.log(RECORD)
