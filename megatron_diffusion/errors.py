@@ -13,6 +13,7 @@ errors for every reader (prompt files, jsonl corpora, prompt sets).
 """
 
 import json
+import math
 
 
 class UsageError(ValueError):
@@ -55,11 +56,15 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None) ->
 
 def check_range(name: str, value, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ``UsageError`` unless ``value`` is a number (int or float, not a bool) between
-    ``lo`` and ``hi`` (inclusive unless ``lo_open``/``hi_open``; a bound of None is open-ended)."""
-    if not (_is_number(value) and _within(value, lo, hi, lo_open, hi_open)):
-        raise UsageError(f"{name}: got {value!r}, expected a number "
-                         f"{_bounds(lo, hi, lo_open, hi_open)}")
+    """Raise ``UsageError`` unless ``value`` is a finite number (int or float, not a bool)
+    between ``lo`` and ``hi`` (inclusive unless ``lo_open``/``hi_open``; a bound of None is
+    open-ended). inf and nan are refused: no setting means them, and ``optimizer.lr=inf`` was
+    accepted, trained to non-finite weights and failed at the save."""
+    finite = _is_number(value) and math.isfinite(value)
+    if not (finite and _within(value, lo, hi, lo_open, hi_open)):
+        kind = "a number" if finite or not _is_number(value) else "a finite number"
+        bound = "" if lo is None and hi is None else " " + _bounds(lo, hi, lo_open, hi_open)
+        raise UsageError(f"{name}: got {value!r}, expected {kind}{bound}")
 
 
 def json_object(line: str, where: str) -> dict:

@@ -75,6 +75,8 @@ def test_one_validate_signature_in_the_whole_package():
     ({"corruption.t_min": 1.0}, "corruption.t_min: got 1.0, expected a number in [0.0, 1.0)"),
     ({"data.sft_max_eos": 0}, "data.sft_max_eos: got 0, expected an integer >= 1"),
     ({"optimizer.min_lr": 1.0}, "optimizer.min_lr: got 1.0, expected a number in [0, 0.0003]"),
+    # accepted before, then non-finite weights and a traceback at the first save
+    ({"optimizer.lr": float("inf")}, "optimizer.lr: got inf, expected a finite number > 0"),
     ({"parallel.virtual_pipeline_model_parallel_size": 2},
      "parallel.virtual_pipeline_model_parallel_size: got 2, expected null"),
 ])

@@ -18,6 +18,9 @@ from megatron_diffusion.errors import UsageError, check_choice, check_int, check
      "a.x: got 0.0, expected a number in (0, 1]"),
     (lambda: check_range("a.x", 3, hi=2), "a.x: got 3, expected a number <= 2"),
     (lambda: check_range("a.x", False, lo=0), "a.x: got False, expected a number >= 0"),
+    (lambda: check_range("a.x", float("inf"), lo=0, lo_open=True),
+     "a.x: got inf, expected a finite number > 0"),
+    (lambda: check_range("a.x", float("nan")), "a.x: got nan, expected a finite number"),
     (lambda: check_choice("a.c", "z", ("x", "y")), "a.c: got 'z', expected one of 'x', 'y'"),
 ])
 def test_bad_values_raise_one_line_naming_the_field(call, message):
