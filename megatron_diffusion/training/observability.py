@@ -146,7 +146,10 @@ class RunLogger:
 
     def plain_line(self, record: dict) -> str:
         """``iteration 10/1200 | loss ... | lr ... | grad norm ... | tokens/s ... | step time
-        ... s | ETA h:mm:ss`` (+ mfu, val loss): what a Megatron user greps a job log for."""
+        ... s | ETA h:mm:ss`` (+ ar ce, masked rate cap, mfu, val loss): what a Megatron user
+        greps a job log for. ``ar ce`` (the AR term's next-token CE) and ``u_max`` (the warmup's
+        masking cap) say why the loss of a diffusion CPT rises at first: more masks, not
+        divergence."""
         step, width = record["step"], len(str(self.total_steps))
         done = max(step - self.start_step, 1)
         eta = (time.monotonic() - self.t_start) / done * max(self.total_steps - step, 0)
@@ -155,6 +158,10 @@ class RunLogger:
                  f"lr {record['lr']:.3e}", f"grad norm {grad:.3f}" if grad is not None else "grad norm -",
                  f"tokens/s {record['tokens_per_s']:.0f}", f"step time {record['step_time_s']:.3f} s",
                  f"ETA {datetime.timedelta(seconds=round(eta))}"]
+        if "ar_ce" in record:
+            parts.append(f"ar ce {record['ar_ce']:.4f}")
+        if record.get("u_max") is not None and record["u_max"] < 1:
+            parts.append(f"mask cap {record['u_max']:.2f}")
         if "mfu" in record:
             parts.append(f"mfu {record['mfu']:.1%}")
         if "val_loss" in record:

@@ -34,6 +34,19 @@ def test_plain_line_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and LINE.match(lines[0]), lines
     assert "iteration 2/10" in lines[0].replace("  ", " ")
+    assert "ar ce" not in lines[0] and "mask cap" not in lines[0]  # no AR term, warmup over
+
+
+def test_plain_line_says_why_a_diffusion_cpt_loss_rises(tmp_path, monkeypatch):
+    """During the corruption warmup the loss climbs with the masking cap; with an AR term its CE
+    is the figure that shows the AR model is kept: both are in the batch-log line."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    log = _logger(tmp_path)
+    log.log({**RECORD, "ar_ce": 2.6411, "u_max": 0.35})
+    log.close()
+    line = out.getvalue().splitlines()[0]
+    assert LINE.match(line) and line.endswith("| ar ce 2.6411 | mask cap 0.35")
 
 
 def test_no_plain_line_on_a_terminal(tmp_path, monkeypatch):
