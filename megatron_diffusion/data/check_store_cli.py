@@ -1,8 +1,10 @@
 """``megatron-diffusion check-store STORE [STORE ...]``: verify every chunk file's checksum.
 
 Reads every byte of every chunk file listed in ``STORE/checksums.json`` (written by
-``preprocess``) and compares size and CRC-32. Prints one line per problem (a missing, truncated
-or corrupted file) and exits 2 if there was any; prints a summary line per good store.
+``preprocess``) and compares size and CRC-32, then decodes every token chunk and checks that its
+ids lie inside the store's vocabulary. Prints one line per problem (a missing, truncated or
+corrupted file, an id out of range) and exits 2 if there was any; prints a summary line per good
+store.
 """
 
 import sys
@@ -12,6 +14,21 @@ from megatron_diffusion.errors import UsageError
 
 def add_arguments(p) -> None:
     p.add_argument("stores", nargs="+", metavar="STORE", help="token stores (.zarr directories)")
+
+
+def token_id_problems(store) -> list[str]:
+    """One message per token chunk whose ids fall outside ``[0, vocab_size)``."""
+    from megatron_diffusion.data.store import TokenStore
+
+    opened = TokenStore(store)
+    chunk = opened._tokens.chunks[0]
+    problems = []
+    for c in range(-(-opened.num_tokens // chunk)):
+        try:
+            opened._decode_chunk(c)
+        except UsageError as e:
+            problems.append(str(e).removeprefix(f"store {store}: "))
+    return problems
 
 
 def run(args) -> int:
@@ -30,7 +47,7 @@ def run(args) -> int:
         if manifest is None:
             raise UsageError(f"store {store}: no {checksums.MANIFEST} (written before checksums "
                              "existed; re-run preprocess to get one)")
-        problems = checksums.verify(store, manifest)
+        problems = checksums.verify(store, manifest) or token_id_problems(store)
         for p in problems:
             print(f"store {store}: {p}", file=sys.stderr)
         bad += bool(problems)

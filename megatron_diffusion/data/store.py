@@ -55,6 +55,12 @@ class TokenStore:
             raise UsageError(f"store {self.path}: incomplete, missing {', '.join(missing)}")
         self._tokens = self._group["tokens"]
         self._check_chunk_files()
+        try:
+            self._manifest = checksums.read_manifest(self.path)
+        except ValueError as e:
+            raise UsageError(f"store {self.path}: {e}") from None
+        self._verified: set[str] = set()
+        """Chunk files whose CRC-32 this process checked (each once, at its first read)."""
 
     def _check_chunk_files(self) -> None:
         """Every chunk file ``checksums.json`` lists is there whole (a stat each, no reads).
@@ -105,17 +111,49 @@ class TokenStore:
     # cache, measured with tools/bench_loader.py). Memory per worker stays bounded.
     CHUNK_CACHE = 64
 
+    def _chunk_file(self, c: int) -> str:
+        """The file (relative to the store) holding token chunk ``c`` (its shard's)."""
+        cs = self._tokens.chunks[0]
+        return f"tokens/c/{c * cs // self._tokens.shards[0] if self._tokens.shards else c}"
+
+    def _verify_chunk_file(self, rel: str) -> None:
+        """Before a decode: the file is there with the manifest's size (a stat, every read: a
+        file deleted after the store was opened would read as zeros) and, at its first read in
+        this process, its CRC-32."""
+        entry = (self._manifest or {}).get("files", {}).get(rel)
+        if entry is None:
+            return  # a store from before checksums, or a chunk zarr never wrote (fill value)
+        size, crc = entry
+        problem = checksums.missing_or_truncated(self.path, {"files": {rel: entry}})
+        if problem:
+            raise UsageError(f"store {self.path}: {problem[0]} (changed since the store was "
+                             "opened; run check-store)")
+        if rel not in self._verified:
+            if checksums.crc32_file(self.path / rel) != crc:
+                raise UsageError(f"store {self.path}: chunk file {rel} fails its checksum "
+                                 "(corrupted); run check-store")
+            self._verified.add(rel)
+
+    def _decode_chunk(self, c: int) -> np.ndarray:
+        """Token chunk ``c``, verified (file and checksum, ids inside the vocabulary)."""
+        cs, rel = self._tokens.chunks[0], self._chunk_file(c)
+        self._verify_chunk_file(rel)
+        try:
+            arr = np.asarray(self._tokens[c * cs:min((c + 1) * cs, self.num_tokens)], dtype=np.int32)
+        except Exception as e:  # a corrupt shard: crc32c/blosc errors from zarr's codecs
+            raise UsageError(f"store {self.path}: token chunk {c} (file {rel}) "
+                             f"is unreadable ({type(e).__name__}: {e}); run check-store") from None
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size):
+            raise UsageError(f"store {self.path}: token chunk {c} (file {rel}) holds ids outside "
+                             f"[0, {self.vocab_size}) (min {int(arr.min())}, max {int(arr.max())}): "
+                             "corrupt, or written with another tokenizer")
+        return arr
+
     def _chunk(self, c: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_chunk_cache", {})
         arr = cache.pop(c, None)
         if arr is None:
-            cs = self._tokens.chunks[0]
-            try:
-                arr = np.asarray(self._tokens[c * cs:min((c + 1) * cs, self.num_tokens)], dtype=np.int32)
-            except Exception as e:  # a corrupt shard: crc32c/blosc errors from zarr's codecs
-                shard = c * cs // self._tokens.shards[0] if self._tokens.shards else c
-                raise UsageError(f"store {self.path}: token chunk {c} (file tokens/c/{shard}) "
-                                 f"is unreadable ({type(e).__name__}: {e}); run check-store") from None
+            arr = self._decode_chunk(c)
             if len(cache) >= self.CHUNK_CACHE:
                 cache.pop(next(iter(cache)))
         cache[c] = arr  # most recently used last

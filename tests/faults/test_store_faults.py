@@ -88,4 +88,48 @@ def test_corrupt_shard_index_read_in_a_loader_worker_is_one_line(store, tmp_path
                      f"data.blend=[[1.0, {store}]]", *TINY, "training.train_iters=10",
                      "data.num_workers=1")
     assert code == 2
-    _one_error_line(out.err, str(store), "tokens/c/0", "unreadable")
+    _one_error_line(out.err, str(store), "tokens/c/0", "fails its checksum")
+
+
+def test_a_chunk_deleted_after_the_store_was_opened_is_an_error_not_zeros(store):
+    """A scratch purge or a re-run of preprocess mid-run: the open-time check passed, the file
+    is gone at the read. zarr would read the fill value (0, EOS) and training went on."""
+    from megatron_diffusion.data.store import TokenStore
+    from megatron_diffusion.errors import UsageError
+
+    opened = TokenStore(store)
+    (store / "tokens" / "c" / "0").unlink()
+    with pytest.raises(UsageError, match="tokens/c/0 is missing .*changed since the store was opened"):
+        opened.read_tokens(0, 8)
+
+
+def test_bytes_flipped_after_the_store_was_opened_fail_the_checksum_at_first_read(store):
+    from megatron_diffusion.data.store import TokenStore
+    from megatron_diffusion.errors import UsageError
+
+    opened = TokenStore(store)
+    chunk = store / "tokens" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 3] ^= 0x01  # same size: only the checksum can tell
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="tokens/c/0 fails its checksum"):
+        opened.read_tokens(0, 8)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_and_check_store_finds_them(store, capsys):
+    """Ids >= the vocabulary (a corrupt writer, another tokenizer) gave an IndexError traceback
+    in the embedding, and check-store said ok."""
+    import zarr
+
+    from megatron_diffusion.data import checksums
+    from megatron_diffusion.data.store import TokenStore
+    from megatron_diffusion.errors import UsageError
+
+    vocab = TokenStore(store).vocab_size
+    tokens = zarr.open_group(store=str(store), mode="r+", zarr_format=3)["tokens"]
+    tokens[3] = vocab + 5
+    checksums.write_manifest(store)  # the files are whole: only the ids are wrong
+    with pytest.raises(UsageError, match=rf"ids outside \[0, {vocab}\) \(min \d+, max {vocab + 5}\)"):
+        TokenStore(store).read_tokens(0, 8)
+    code, out = _cli(capsys, "check-store", str(store))
+    assert code == 2 and f"max {vocab + 5}" in out.err
