@@ -86,6 +86,54 @@ def resolve_run_dir(
     raise UsageError("--run-dir: required outside a SLURM job (no SLURM_JOB_ID to name it)")
 
 
+_HELD_LOCKS: dict[str, int] = {}
+"""Run-directory locks this process holds: lock path -> open file descriptor (kept open: the
+lock lives as long as the descriptor, and the kernel drops it when the process dies)."""
+
+
+def lock_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / ".lock"
+
+
+def lock_run(run_dir: str | os.PathLike) -> None:
+    """Take the run directory's advisory lock (``flock``) for the life of this process, or raise
+    one ``UsageError`` naming its holder: two trainers on one run directory deleted each other's
+    ``.tmp`` checkpoints and interleaved ``metrics.jsonl``. A dead holder (kill -9, a lost node)
+    holds nothing: the kernel releases a ``flock`` with the process. The lock file is
+    ``RUN_DIR/.lock`` (created with the directory); ``--overwrite`` takes the old run's lock,
+    removes the run (``unlock_run``) and locks the new directory."""
+    import fcntl
+    import socket
+
+    path = lock_path(run_dir)
+    if str(path) in _HELD_LOCKS:
+        return  # this process holds it already (a second run in one process, as tests do)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(f"--run-dir: {run_dir} is in use by another trainer ({holder}; lock "
+                         f"{path}); wait for it to end or use another --run-dir") from None
+    except OSError as e:  # a file system without flock (some NFS/Lustre mounts): say so, go on
+        os.close(fd)
+        print(f"warning: --run-dir: cannot lock {path} ({e.strerror}); nothing stops a second "
+              "trainer on this run directory", file=sys.stderr, flush=True)
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS[str(path)] = fd
+
+
+def unlock_run(run_dir: str | os.PathLike) -> None:
+    """Release this process's lock of ``run_dir`` (after ``remove_run`` took the directory)."""
+    fd = _HELD_LOCKS.pop(str(lock_path(run_dir)), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def remove_run(run_dir: str | os.PathLike) -> None:
     """Delete a run directory for ``train --overwrite``: renamed aside first (one atomic step,
     so nobody sees a half-deleted run mixed with a new one), then removed."""

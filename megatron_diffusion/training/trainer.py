@@ -40,8 +40,8 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.model.weights import seeded_init
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
-from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-from megatron_diffusion.parallel.run_dir import remove_run, snapshot_run
+from megatron_diffusion.parallel.process_groups import host_collective, initialize_model_parallel
+from megatron_diffusion.parallel.run_dir import lock_run, remove_run, snapshot_run, unlock_run
 from megatron_diffusion.training.checkpoint import (checkpoint_meta, checkpoint_problem,
                                                     has_checkpoints, load_checkpoint,
                                                     load_loader_state,
@@ -87,8 +87,7 @@ class Trainer:
         self.converted_from = self.generation = None
         resume_path = self._read_config()
         self._init_parallel()
-        if self.rank == 0:
-            self._prepare_run_dir()
+        self._on_rank0_agreed(self._prepare_run_dir)
         self._build_model_and_optimizer()
         self._build_data()
         self._restore(resume_path)
@@ -123,11 +122,30 @@ class Trainer:
                              f"micro-batches ({self.num_microbatches}) to be a multiple of "
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
 
+    def _on_rank0_agreed(self, work) -> None:
+        """``work()`` on rank 0; every rank raises if it failed (one ``UsageError``), instead of
+        the other ranks waiting for rank 0 in their next collective."""
+        error = None
+        if self.rank == 0:
+            try:
+                work()
+            except UsageError as e:
+                error = e
+        failed = torch.tensor([float(error is not None)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            host_collective(dist.all_reduce, failed, op=dist.ReduceOp.MAX)
+        if failed.item():
+            raise error or UsageError("--run-dir: rank 0 could not prepare the run directory "
+                                      "(its log has the reason)")
+
     def _prepare_run_dir(self) -> None:
         try:
+            lock_run(self.run_dir)  # before anything is written or removed
             if self.overwrite:  # the old run goes whole, before the new one writes anything
                 remove_run(self.run_dir)
+                unlock_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock_run(self.run_dir)  # the new directory's (a no-op without --overwrite)
             clear_marker(self.run_dir)
             self._snapshot()
         except OSError as e:  # read-only, full, a file in the way

@@ -37,3 +37,31 @@ def test_overwrite_replaces_the_old_run(tiny_store, tmp_path):
     meta = json.loads((ckpts / "iter_0000002" / "meta.json").read_text())
     assert meta["config"]["training"]["train_iters"] == 2  # the new run's, not the old one's
     assert not list(tmp_path.glob(".*"))  # no leftover of the old run beside it
+
+
+def test_a_second_trainer_on_a_live_run_dir_is_refused_and_a_dead_holder_releases(tiny_store,
+                                                                                   tmp_path):
+    """Two trainers on one run dir deleted each other's .tmp checkpoints and interleaved
+    metrics.jsonl. A live holder of the run dir's lock refuses the second with one line naming
+    it; once the holder dies (SIGKILL: no cleanup), the lock is free."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from megatron_diffusion.parallel.run_dir import lock_run\n"
+         f"lock_run({str(run)!r}); print('locked', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = run_cli(tiny_store, run, "training.train_iters=2", check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and f"is in use by another trainer (pid {holder.pid} on" in err[0], err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    run_cli(tiny_store, run, "training.train_iters=2")
+    assert sorted(losses(run)) == [1, 2]
