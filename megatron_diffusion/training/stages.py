@@ -116,10 +116,16 @@ def _final_checkpoint(stage: Stage):
     return latest if done else None
 
 
-def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv) -> int:
-    """Run the unfinished stages in order; returns the exit code of the last one run."""
+def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv,
+               overwrite: bool = False) -> int:
+    """Run the unfinished stages in order; returns the exit code of the last one run. A stage
+    that was preempted (even during its final save or validation, with every step done) stops
+    the run with ``PREEMPTED`` in ``run_dir``; ``overwrite`` replaces every stage's run."""
     if resume not in ("auto", "none"):
         raise UsageError(f"--resume: a staged run takes 'auto' or 'none', got {resume!r}")
+    if overwrite and resume != "none":
+        raise UsageError(f"--overwrite: replaces every stage's run in {run_dir}, it cannot be "
+                         f"combined with --resume {resume}")
     for stage in stages:
         _validate(stage)
     source = init_from
@@ -129,12 +135,13 @@ def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv) ->
             source = done
             continue
         trainer = stage.trainer_cls(stage.cfg, stage.run_dir, resume=resume, init_from=source,
-                                    argv=argv).setup()
+                                    argv=argv, overwrite=overwrite).setup()
         if trainer.rank == 0:
             clear_marker(run_dir)
         code = trainer.train()
-        if code != 0 or trainer.step < stage.cfg.training.train_iters:
-            if trainer.rank == 0 and (stage.run_dir / MARKER).exists():
+        preempted = getattr(trainer, "preempted", False)  # agreed by every rank
+        if code != 0 or preempted or trainer.step < stage.cfg.training.train_iters:
+            if trainer.rank == 0 and preempted:
                 write_marker(run_dir, f"stage{stage.index} {trainer.step}")
             return code
         source = _final_checkpoint(stage)

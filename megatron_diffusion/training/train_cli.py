@@ -71,7 +71,7 @@ def run(args) -> int:
     stages = load_stages(args.config, overrides, run_dir, kind=kind)
     if stages is not None:  # a curriculum (training/stages.py)
         code = run_stages(stages, run_dir, resume=args.resume, init_from=args.init_from,
-                          argv=sys.argv)
+                          argv=sys.argv, overwrite=args.overwrite)
         destroy()
         return code
     config_cls, trainer_cls = kind({})

@@ -71,6 +71,8 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.resume, self.init_from, self.argv = resume, init_from, argv or []
         self.overwrite = overwrite
+        self.preempted = False
+        """Set when the run stopped on a preemption signal (``_preempted``), on every rank."""
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -364,6 +366,7 @@ class Trainer:
 
     def _preempted(self, logger: RunLogger, message: str) -> int:
         """Exit 0 with the marker the batch script requeues the job on."""
+        self.preempted = True  # a staged run stops here, whatever step this is
         logger.write(message)
         if self.rank == 0:
             write_marker(self.run_dir, str(self.step))

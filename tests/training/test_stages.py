@@ -84,3 +84,58 @@ def test_the_smollm2_recipe_is_ar_then_shifted_block_diffusion(tmp_path):
             block.model.logit_shift) == ("diffusion", "block", 4, True)
     assert ar.optimizer.lr == block.optimizer.lr == 1.0e-5  # overrides reach every stage
     assert not any(s.cfg.is_explicit("model.rotary_base") for s in stages)  # from --init-from
+
+
+class _PreemptedAtItsLastStep:
+    """A stage trainer that did every step, then got SIGTERM during its final save: what
+    ``Trainer._preempted`` leaves (the stage's PREEMPTED marker, ``preempted``, exit 0)."""
+
+    calls: list = []
+
+    def __init__(self, cfg, run_dir, *, resume, init_from, argv, overwrite=False):
+        self.cfg, self.run_dir, self.rank, self.step = cfg, run_dir, 0, 0
+        self.preempted = False
+        type(self).calls.append((run_dir.name, resume, overwrite))
+
+    def setup(self):
+        return self
+
+    def train(self):
+        from megatron_diffusion.parallel.preemption import write_marker
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.step = self.cfg.training.train_iters
+        write_marker(self.run_dir, str(self.step))
+        self.preempted = True
+        return 0
+
+
+def test_preemption_during_a_stages_final_save_stops_the_run(tiny_store, tmp_path):
+    """Before: stage 1 printed 'saved step N, exiting', stage 2 trained to the end, exit 0,
+    no PREEMPTED in RUN_DIR, so SLURM never requeued."""
+    from megatron_diffusion.parallel.preemption import MARKER
+    from megatron_diffusion.training.stages import load_stages, run_stages
+
+    run = tmp_path / "run"
+    stages = load_stages(staged_config(tmp_path), [f"data.blend=[[1.0, {tiny_store}]]", *TINY], run)
+    for s in stages:
+        s.trainer_cls = _PreemptedAtItsLastStep
+    _PreemptedAtItsLastStep.calls = []
+    assert run_stages(stages, run, resume="auto", init_from=None, argv=[]) == 0
+    assert [c[0] for c in _PreemptedAtItsLastStep.calls] == ["stage1-ar"]  # stage 2 not started
+    assert (run / MARKER).read_text().split()[1:] == ["stage1", "3"]
+
+
+def test_overwrite_reaches_every_stage_and_resume_auto_with_it_is_refused(tiny_store, tmp_path):
+    from megatron_diffusion.errors import UsageError
+    from megatron_diffusion.training.stages import load_stages, run_stages
+
+    run = tmp_path / "run"
+    stages = load_stages(staged_config(tmp_path), [f"data.blend=[[1.0, {tiny_store}]]", *TINY], run)
+    for s in stages:
+        s.trainer_cls = _PreemptedAtItsLastStep
+    _PreemptedAtItsLastStep.calls = []
+    run_stages(stages, run, resume="none", init_from=None, argv=[], overwrite=True)
+    assert _PreemptedAtItsLastStep.calls == [("stage1-ar", "none", True)]
+    with pytest.raises(UsageError, match="--overwrite: replaces every stage's run"):
+        run_stages(stages, run, resume="auto", init_from=None, argv=[], overwrite=True)
