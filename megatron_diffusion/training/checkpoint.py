@@ -71,7 +71,71 @@ def checkpoint_root(run_dir) -> Path:
 
 
 def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    """This process's global rank: torch.distributed's, or before it is up the launcher's
+    ``RANK`` (``--resume auto`` picks its checkpoint before the process group exists)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+CHECKSUMS = "checksums.json"
+"""Per file of a checkpoint: ``[size, CRC-32]`` (``checksums.json``, written before the rename
+that makes the checkpoint exist)."""
+SHARED_FILES = ("meta.json", "tokenizer.json", "model_optim/.metadata", "model_optim/common.pt",
+                "model_optim/metadata.json")
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+_WRITER = re.compile(r"(?:model_optim/__(\d+)_\d+\.distcp|rng/rank_(\d+)\.pt)")
+
+
+def _own_files(path: Path, rank: int, world: int = 1) -> list[str]:
+    """The per-rank files (shards, RNG states) of checkpoint ``path`` that rank ``rank`` of
+    ``world`` checksums: those written by ranks congruent to it modulo ``world``, so every
+    file is covered once whatever the world size the checkpoint was saved with."""
+    files = sorted(list((path / "model_optim").glob("__*_*.distcp")) + list((path / "rng").glob("rank_*.pt")))
+    own = []
+    for f in files:
+        m = _WRITER.fullmatch(f.relative_to(path).as_posix())
+        if m and int(m.group(1) or m.group(2)) % world == rank:
+            own.append(m.group(0))
+    return own
+
+
+def _shared_files(path: Path) -> list[str]:
+    loader = sorted(p.relative_to(path).as_posix() for p in (path / "loader").glob("*.json"))
+    return [f for f in SHARED_FILES if (path / f).is_file()] + loader
+
+
+def _file_sums(path: Path, files: list[str]) -> dict:
+    from megatron_diffusion.data.checksums import crc32_file
+
+    return {f: [(path / f).stat().st_size, crc32_file(path / f)] for f in files}
+
+
+def checksum_problem(path: Path) -> str | None:
+    """The first file of this rank's share of checkpoint ``path`` (the shared files and its
+    share of the per-rank ones, ``_own_files``) whose size or CRC-32 differs from
+    ``checksums.json``; None when all match or the checkpoint predates checksums. The ranks
+    verify their shares in parallel; ``agree_on_checkpoint`` makes the verdict every rank's."""
+    f = path / CHECKSUMS
+    if not f.is_file():
+        return None
+    sums = _read_json(f, path)["files"]
+    for rel in _shared_files(path) + _own_files(path, _rank(), _world()):
+        if rel not in sums:
+            continue
+        size, crc = sums[rel]
+        got = _file_sums(path, [rel])[rel]
+        if got[0] != size:
+            return f"checkpoint {path}: {rel} is truncated or overwritten ({got[0]} bytes, expected {size})"
+        if got[1] != crc:
+            return f"checkpoint {path}: {rel} fails its checksum (corrupted)"
+    for rel in sums:
+        if not (path / rel).is_file():
+            return f"checkpoint {path}: {rel} is missing"
+    return None
 
 
 def _use_in_process_results_queue() -> None:
@@ -139,11 +203,12 @@ def latest_checkpoint(run_dir, say=None) -> Path | None:
     return found[-1] if found else None
 
 
-def newest_loadable_checkpoint(run_dir, say) -> Path | None:
+def newest_loadable_checkpoint(run_dir, say, older_than: Path | None = None) -> Path | None:
     """``--resume auto``: ``latest``'s target, else the newest checkpoint whose files are all
     there whole (``checkpoint_problem``); ``say`` is told about every one skipped. None when
-    the run has no checkpoint; UsageError when it has some and none loads."""
-    told = []
+    the run has no checkpoint; UsageError when it has some and none loads. ``older_than``:
+    only checkpoints before that one (another rank could not load it)."""
+    told = [older_than] if older_than is not None else []
 
     def tell(message):
         told.append(message)
@@ -151,6 +216,12 @@ def newest_loadable_checkpoint(run_dir, say) -> Path | None:
 
     candidates = [p for p in [_pointer_target(run_dir, tell)] if p is not None]
     candidates += [p for p in reversed(list_checkpoints(run_dir)) if p not in candidates]
+    if older_than is not None:
+        candidates = [p for p in candidates if p.name < older_than.name]
+        if not candidates:
+            raise UsageError(f"--resume auto: no checkpoint in {checkpoint_root(run_dir)} loads "
+                             f"on every rank (none older than {older_than.name}); pass "
+                             "--overwrite to start again")
     problems = []
     for path in candidates:
         problem = checkpoint_problem(path)
@@ -164,6 +235,52 @@ def newest_loadable_checkpoint(run_dir, say) -> Path | None:
         raise UsageError(f"--resume auto: no checkpoint in {checkpoint_root(run_dir)} loads "
                          f"(newest: {problems[0]}); pass --overwrite to start again")
     return None
+
+
+def agree_on_checkpoint(path: Path | None, run_dir, say, fall_back: bool,
+                        notes=()) -> Path | None:
+    """Once the process group is up, the checkpoint every rank resumes from: each rank chose
+    ``path`` verifying only its share of the per-rank files, so start at the oldest choice and
+    verify every rank's share of it, stepping back (``fall_back``: ``--resume auto``) while any
+    rank finds a problem; without ``fall_back`` the first problem is every rank's error.
+    ``notes``: what this rank found while choosing, said (by ``say``) for the ranks that chose
+    the oldest."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return path
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (None if path is None else str(path), list(notes)))
+    chosen = [c for c, _ in gathered]
+    if None in chosen:  # no checkpoint on some rank's view: the ranks disagree on the run dir
+        if any(chosen):
+            raise UsageError(f"--resume: the ranks see different checkpoints in {run_dir} "
+                             f"({sorted(set(map(str, chosen)))}); is the run dir shared?")
+        return None
+    path = Path(min(chosen, key=lambda c: Path(c).name))
+    verified = Path(chosen[dist.get_rank()]) == path  # this rank's share already checked
+    if len(set(chosen)) > 1:
+        for rank, (choice, told) in enumerate(gathered):
+            for note in told if rank and Path(choice) == path else ():
+                say(f"rank {rank}: {note}")
+    while True:
+        problems = [None] * dist.get_world_size()
+        dist.all_gather_object(problems, None if verified else checksum_problem(path))
+        problem = next((p for p in problems if p), None)
+        if problem is None:
+            return path
+        if not fall_back:
+            raise UsageError(f"--resume: {problem}")
+        say(f"{problem}; falling back to an older checkpoint")
+        try:  # the ranks' own checks differ: the oldest choice, or the first rank's error
+            older, error = str(newest_loadable_checkpoint(run_dir, say, older_than=path)), None
+        except UsageError as e:
+            older, error = None, str(e)
+        outcomes = [None] * dist.get_world_size()
+        dist.all_gather_object(outcomes, (older, error))
+        errors = [e for _, e in outcomes if e]
+        if errors:
+            raise UsageError(errors[0])
+        path = Path(min((o for o, _ in outcomes), key=lambda c: Path(c).name))
+        verified = Path(outcomes[dist.get_rank()][0]) == path
 
 
 def checkpoint_problem(path) -> str | None:
@@ -197,7 +314,10 @@ def checkpoint_problem(path) -> str | None:
         if f.stat().st_size < size:
             return (f"checkpoint {path}: model_optim/{rel} is truncated ({f.stat().st_size} "
                     f"bytes, the index needs {size})")
-    return None
+    try:
+        return checksum_problem(path)
+    except UsageError as e:
+        return str(e)
 
 
 def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader_state: dict,
@@ -221,12 +341,18 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
     _agreed(lambda: _prepare(root, tmp) if _rank() == 0 else None, root, tmp, final)
     _use_in_process_results_queue()
     _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
+    sums = {}
+    _agreed(lambda: sums.update(_file_sums(tmp, _own_files(tmp, _rank(), _world()))), root, tmp, final)
+    if dist.is_initialized() and dist.get_world_size() > 1:  # every rank's own files, to rank 0
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, sums)
+        sums = {k: v for part in gathered for k, v in part.items()}
     pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
     if pause:  # fault injection for tests: a window in which the shards exist but are not final
         import time
 
         time.sleep(pause)
-    commit = lambda: _commit(run_dir, tmp, final, meta, step, tokenizer_path, keep_last)  # noqa: E731
+    commit = lambda: _commit(run_dir, tmp, final, meta, step, tokenizer_path, keep_last, sums)  # noqa: E731
     _agreed(lambda: commit() if _rank() == 0 else None, root, tmp, final)
     return final
 
@@ -260,12 +386,17 @@ def _write_shards(tmp: Path, chunks, optimizer, loader_state: dict) -> None:
     torch.save(rng_state(), tmp / "rng" / f"rank_{_rank():05d}.pt")
 
 
-def _commit(run_dir, tmp: Path, final: Path, meta: dict, step: int, tokenizer_path, keep_last):
-    """Rank 0: meta.json last, then the rename that makes the checkpoint exist, then ``latest``."""
+def _commit(run_dir, tmp: Path, final: Path, meta: dict, step: int, tokenizer_path, keep_last,
+            sums: dict):
+    """Rank 0: meta.json, then ``checksums.json`` (every rank's files and the shared ones),
+    then the rename that makes the checkpoint exist, then ``latest``."""
     root = tmp.parent
     if tokenizer_path:
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     (tmp / "meta.json").write_text(json.dumps(dict(meta, step=step), indent=2))
+    files = {**sums, **_file_sums(tmp, _shared_files(tmp))}
+    (tmp / CHECKSUMS).write_text(json.dumps({"algorithm": "crc32", "files": files}, indent=0,
+                                            sort_keys=True))
     aside = root / f"{final.name}.old.tmp"
     if final.exists():  # re-saving the same step (e.g. preemption right after a save)
         os.replace(final, aside)
@@ -351,17 +482,25 @@ def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
                      "nor a run directory with checkpoints")
 
 
-def load_checkpoint(path, chunks, optimizer=None) -> dict:
-    """Load model (and optimizer) shards for this rank's layout; returns ``meta``."""
+def load_checkpoint(path, chunks, optimizer=None, *, verified: bool = False) -> dict:
+    """Load model (and optimizer) shards for this rank's layout; returns ``meta``. The files
+    are checked first, every rank's problem raised on every rank; ``verified``: already done
+    (``agree_on_checkpoint``)."""
     path = Path(path)
     meta = read_meta(path)
-    problem = checkpoint_problem(path)
+    problems = [None if verified else checkpoint_problem(path)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        mine, problems = problems[0], [None] * dist.get_world_size()
+        dist.all_gather_object(problems, mine)
+    problem = next((p for p in problems if p), None)
     if problem is not None:
         raise UsageError(problem)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
     try:
         state = dist_checkpointing.load(sharded_state_dict(chunks, optimizer, is_loading=True),
                                         str(path / "model_optim"))
-    except Exception as e:  # corrupted bytes the size check cannot see
+    except (Exception, CheckpointException) as e:  # bytes a checkpoint without checksums hides
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UsageError(f"checkpoint {path}: model_optim cannot be loaded ({first})") from None
     for i, chunk in enumerate(chunks):

@@ -42,9 +42,9 @@ from megatron_diffusion.model.weights import seeded_init
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 from megatron_diffusion.parallel.process_groups import host_collective, initialize_model_parallel
 from megatron_diffusion.parallel.run_dir import lock_run, remove_run, snapshot_run, unlock_run
-from megatron_diffusion.training.checkpoint import (checkpoint_meta, checkpoint_problem,
-                                                    has_checkpoints, load_checkpoint,
-                                                    load_loader_state,
+from megatron_diffusion.training.checkpoint import (agree_on_checkpoint, checkpoint_meta,
+                                                    checkpoint_problem, has_checkpoints,
+                                                    load_checkpoint, load_loader_state,
                                                     newest_loadable_checkpoint, read_meta,
                                                     resolve_checkpoint, restore_rng,
                                                     save_checkpoint)
@@ -72,6 +72,7 @@ class Trainer:
         self.resume, self.init_from, self.argv = resume, init_from, argv or []
         self.overwrite = overwrite
         self.preempted = False
+        self.resume_notes = []
         """Set when the run stopped on a preemption signal (``_preempted``), on every rank."""
 
     # ------------------------------------------------------------------ setup
@@ -204,6 +205,10 @@ class Trainer:
 
     def _restore(self, resume_path) -> None:
         self.step = 0
+        if self.resume != "none":  # every rank checked its share of the files: agree on one
+            resume_path = agree_on_checkpoint(resume_path, self.run_dir, _say_on_rank0,
+                                              fall_back=self.resume == "auto",
+                                              notes=self.resume_notes)
         if resume_path is not None:
             self._load(resume_path)
         elif self.init_from is not None:
@@ -225,6 +230,11 @@ class Trainer:
         p = Path(self.stores[0].path) / "tokenizer.json"
         return str(p) if p.is_file() else None
 
+    def _resume_note(self, message: str) -> None:
+        """Said on rank 0; kept on every rank for ``agree_on_checkpoint``."""
+        self.resume_notes.append(message)
+        _say_on_rank0(message)
+
     def _resume_path(self):
         if self.overwrite and self.resume != "none":
             raise UsageError(f"--overwrite: replaces the run in {self.run_dir}, it cannot be "
@@ -235,7 +245,7 @@ class Trainer:
         if self.resume == "none":
             return None
         if self.resume == "auto":  # a damaged newest checkpoint: the newest that loads
-            return newest_loadable_checkpoint(self.run_dir, say=_say_on_rank0)
+            return newest_loadable_checkpoint(self.run_dir, say=self._resume_note)
         path = Path(self.resume)
         if not (path / "meta.json").is_file():
             raise UsageError(f"--resume: {path} is not a complete checkpoint (no meta.json)")
@@ -256,7 +266,7 @@ class Trainer:
                                  f"{theirs.get(key)!r}, this run has {getattr(self.cfg.model, key)!r}")
 
     def _load(self, path):
-        meta = load_checkpoint(path, self.chunks, self.optimizer)
+        meta = load_checkpoint(path, self.chunks, self.optimizer, verified=True)
         self.step = int(meta["step"])
         self.converted_from = meta.get("converted_from", self.converted_from)
         self.generation = meta.get("generation", self.generation)

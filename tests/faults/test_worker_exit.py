@@ -65,10 +65,10 @@ def test_workers_stop_when_a_worker_read_fails(tmp_path):
     store = json_store(tmp_path, "s.zarr", validation_fraction=0.0)
     chunk = store / "tokens" / "c" / "0"
     data = bytearray(chunk.read_bytes())
-    data[-6] ^= 0xFF  # the shard index: only a worker's read finds it
+    data[-6] ^= 0xFF  # the shard index: only a worker's read finds it (its CRC at first read)
     chunk.write_bytes(bytes(data))
     before = set(multiprocessing.active_children())
-    with pytest.raises(UsageError, match="unreadable"):
+    with pytest.raises(UsageError, match="fails its checksum"):
         next(iter(_loader(store)))
     assert _new_live_children(before) == []
 
