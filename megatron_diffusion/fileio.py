@@ -7,11 +7,16 @@ same file from different processes do not collide.
 
 An output that is a directory, or a write that fails because the file system is full,
 read-only or not writable, is a ``UsageError`` naming the output (one line, exit 2 at the CLI).
+
+Directory outputs (a store of ``preprocess``, a ``convert`` output) are built in a
+``.NAME.tmp-PID`` sibling; a ``kill -9`` leaves it behind, and ``remove_stale_temporaries``
+(called by the next run writing the same output) deletes those whose process is gone.
 """
 
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +51,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.NAME.tmp-PID`` siblings of ``out`` whose process is gone (a ``kill -9``
+    leaves them: the writer's cleanup never ran). A live pid's directory is left alone; a pid is
+    only known on this host, so a run writing the same output from another node is not seen."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # alive under another user / not a pid

@@ -1,10 +1,13 @@
 """Output directories that appear complete or not at all.
 
-A conversion writes into ``.NAME.tmp-XXXX`` next to ``--out`` and renames it to ``--out`` only
-when everything is written; on any error (or Ctrl-C) the temporary directory is removed. An
-existing non-empty ``--out`` is refused unless ``--force``, and then replaced only at the end,
-so a failed ``--force`` run leaves the old output in place. The directory gets the mode
-``mkdir`` would give it (0755 under the usual umask 022), not ``mkdtemp``'s private 0700.
+A conversion writes into ``.NAME.tmp-PID`` next to ``--out`` and renames it to ``--out`` only
+when everything is written; on any error (or Ctrl-C) the temporary directory is removed. A
+``kill -9`` (or a lost node) leaves it behind: the next conversion to the same ``--out`` deletes
+the ``.NAME.tmp-PID`` of every process that is gone (``fileio.remove_stale_temporaries``, as
+``preprocess`` does). An existing non-empty ``--out`` is refused unless ``--force``, and then
+replaced only at the end, so a failed ``--force`` run leaves the old output in place. The
+directory gets the mode ``mkdir`` gives (0755 under the usual umask 022), so colleagues on a
+shared cluster can read the output.
 
 Under torchrun (``reshard``), rank 0 creates and commits the directory and the path is
 broadcast; the other ranks write their shards into it.
@@ -13,12 +16,12 @@ broadcast; the other ranks write their shards into it.
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import remove_stale_temporaries
 
 
 def check_output_dir(out, force: bool, option: str = "--out") -> Path:
@@ -30,13 +33,6 @@ def check_output_dir(out, force: bool, option: str = "--out") -> Path:
         if any(out.iterdir()):
             raise UsageError(f"{option}: {out} is not empty; pass --force to replace it")
     return out
-
-
-def mkdir_mode() -> int:
-    """The mode ``mkdir`` gives a new directory: 0777 less the process umask (0755 usually)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o777 & ~mask
 
 
 def _rank() -> int:
@@ -51,8 +47,10 @@ def atomic_output_dir(out, force: bool, option: str = "--out"):
     tmp = None
     if _rank() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        tmp.chmod(mkdir_mode())  # mkdtemp makes it 0700: colleagues could not read the output
+        remove_stale_temporaries(out)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed run's, whose pid this process reuses
+        tmp.mkdir()
     if distributed:
         box = [str(tmp) if tmp else None]
         dist.broadcast_object_list(box, src=0)

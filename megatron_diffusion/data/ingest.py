@@ -20,6 +20,7 @@ from megatron_diffusion.data.sources import SourceSpec, SourceStats, check_input
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, from_json_string, load_tokenizer
 from megatron_diffusion.data.writer import TOKEN_CHUNK, TOKEN_SHARD, StoreWriter
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
+from megatron_diffusion.fileio import remove_stale_temporaries
 
 
 @dataclass
@@ -147,22 +148,6 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
         },
     })
     return {**attrs, "undecodable_examples": stats.undecodable_examples}
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Delete ``.NAME.tmp-PID`` siblings of ``out`` whose process is gone (a ``kill -9``
-    leaves them: the ``finally`` below never ran). A live pid's store is left alone; a pid is
-    only known on this host, so a run writing the same output from another node is not seen."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (PermissionError, OverflowError):
-            pass  # alive under another user / not a pid
 
 
 def preprocess(cfg: IngestConfig) -> dict:
