@@ -9,7 +9,9 @@ as in metrics.jsonl) on this data-parallel rank's micro-batches:
    sees the same number);
 3. a non-finite loss, or a finite loss with a non-finite gradient (``finite.grads_finite``: all
    ranks agree), skips the optimizer step with a warning and returns None; more than
-   ``max_nan_steps`` skipped in a row raise ``RuntimeError`` (the run stops, nothing saved);
+   ``max_nan_steps`` skipped in a row stop the run: a ``UsageError`` (one line, exit 2) that
+   names the steps and the learning rate, on every rank alike; nothing is saved, so the last
+   checkpoint (saved before the divergence) stays ``latest``;
 4. otherwise ``optimizer.step()`` (gradient clipping inside) and the record: step, loss, ce, lr,
    grad_norm, tokens_per_s and step_time_s (timed from ``started``, so the wait for data
    counts), stage, u_max, and mfu where the device's peak FLOP/s is known (``StepCost``).
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_diffusion.config import RunConfig
+from megatron_diffusion.errors import UsageError
 from megatron_diffusion.training.finite import grads_finite
 from megatron_diffusion.training.observability import attended_pairs, flops_per_token, peak_flops
 from megatron_diffusion.training.step import ForwardSpec, forward_backward
@@ -75,7 +78,7 @@ class TrainStep:
         res = self.run(self.chunks, microbatches, self.spec)
         bad = self._non_finite(res["loss"])
         if bad is not None:
-            self._skip(step, bad)
+            self._skip(step, bad, lr)
             return None
         self.nan_in_a_row = 0
         _, grad_norm, _ = self.optimizer.step()
@@ -90,14 +93,19 @@ class TrainStep:
             return "non-finite gradient (finite loss)"
         return None
 
-    def _skip(self, step: int, why: str) -> None:
+    def _skip(self, step: int, why: str, lr: float) -> None:
         self.nan_in_a_row += 1
         self.say(f"step {step}: {why}, step skipped ({self.nan_in_a_row}/{self.max_nan_steps} "
                  "in a row)")
         if self.nan_in_a_row > self.max_nan_steps:
-            raise RuntimeError(f"{self.nan_in_a_row} non-finite steps in a row at step {step}; "
-                               f"stopping (training.max_nan_steps={self.max_nan_steps}). Lower "
-                               "optimizer.lr or check data.")
+            # a diverged run, not a crash: one line (a traceback before), and no requeue can
+            # help, so not exit 0; the weights were never saved non-finite
+            first = step - self.nan_in_a_row + 1
+            raise UsageError(f"training stopped: {self.nan_in_a_row} consecutive non-finite steps "
+                             f"(steps {first}-{step}, the last: {why}; "
+                             f"training.max_nan_steps={self.max_nan_steps}) at lr {lr:.3g}; the "
+                             "last checkpoint is kept: lower optimizer.lr or check the data, then "
+                             "--resume auto")
 
     def _record(self, res: dict, *, step, lr, grad_norm, dt, stage) -> dict:
         record = {"step": step, "loss": res["loss"], "ce": res["ce"], "lr": lr,

@@ -117,3 +117,20 @@ def test_no_validation_documents_is_found_at_setup(store_without_validation, tmp
 
 def test_no_validation_documents_is_fine_without_evaluation(store_without_validation, tmp_path):
     run_cli(store_without_validation, tmp_path / "run", "training.train_iters=1")
+
+
+def test_a_diverged_run_stops_with_one_line_and_keeps_its_last_checkpoint(tiny_store, tmp_path):
+    run = tmp_path / "run"  # step 1 is finite and saved; its update (lr 1e9) makes every later loss NaN
+    proc = run_cli(tiny_store, run, "training.train_iters=20", "training.save_interval=1",
+                   "optimizer.lr=1e9", "training.max_nan_steps=2", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(err) == 1, proc.stderr[-3000:]
+    assert "training stopped: 3 consecutive non-finite steps" in err[0], err
+    assert "steps 2-4" in err[0] and "optimizer.lr" in err[0], err
+    assert sorted(losses(run)) == [1]
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "iter_0000001"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000001", "latest"]
+    tensors = _checkpoint_tensors(ckpts / "iter_0000001")
+    assert tensors and all(bool(t.isfinite().all()) for t in tensors.values())

@@ -8,6 +8,7 @@ import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_diffusion.config import RunConfig
+from megatron_diffusion.errors import UsageError
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.gpt import transformer_config
@@ -87,7 +88,8 @@ def test_a_non_finite_loss_is_skipped_counted_and_stops_the_run_when_repeated(mo
     assert step_fn.nan_in_a_row == 0  # a finite step resets the count
     for step in (7, 8):
         assert _run(step_fn, step, poison=True) is None
-    with pytest.raises(RuntimeError, match="3 non-finite steps in a row at step 9"):
+    with pytest.raises(UsageError, match=r"3 consecutive non-finite steps \(steps 7-9, the last: "
+                                         "non-finite loss inf"):
         _run(step_fn, 9, poison=True)
 
 
