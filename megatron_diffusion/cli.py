@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.parallel.preemption import Preemption
 
 # name -> (module, one-line help). Kept in pipeline order.
 COMMANDS = {
@@ -29,6 +30,12 @@ COMMANDS = {
     "onpolicy-eval": ("megatron_diffusion.onpolicy.eval_cli", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
     "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),
 }
+
+# Commands that save and requeue on SIGUSR2/SIGTERM (parallel/preemption.py, docs/slurm.md). Their
+# handlers are installed before the command's module is imported: importing torch and
+# megatron-core takes seconds, and a signal then (a preemption right after a requeue) killed the
+# process with status 143, no PREEMPTED, no requeue. The trainer's handlers take over from these.
+PREEMPTIBLE = ("train",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=pattern)
     command = next((a for a in argv if not a.startswith("-")), None)
     only = command if command in COMMANDS else None
+    preemption = Preemption().install() if only in PREEMPTIBLE else None
+    try:
+        return _run(argv, command, only)
+    finally:
+        if preemption is not None:
+            preemption.uninstall()
+
+
+def _run(argv: list[str], command: str | None, only: str | None) -> int:
     try:
         parser = build_parser(only)
     except ModuleNotFoundError as e:  # a command whose module is not there yet / missing extra

@@ -17,6 +17,11 @@ The contract between ``slurm/pretrain.sbatch`` and a long-running program (the t
 4. The batch shell sees the step exit 0 with the marker present and runs ``scontrol requeue``;
    the job keeps its id, so the run directory and wandb id stay the same. The program calls
    ``clear_marker(run_dir)`` when it starts and resumes from the checkpoint.
+
+The handlers must be in place from the first moment a signal can come: ``megatron-diffusion
+train`` installs a ``Preemption`` before it imports torch and megatron-core (seconds), and the
+trainer's own, installed over it, starts with what that one received (a signal during the
+imports then ends like one during setup: ``PREEMPTED``, exit 0, no step done).
 """
 
 import os
@@ -34,7 +39,9 @@ class Preemption:
     """Records SIGUSR2/SIGTERM and agrees across ranks on when to stop.
 
     Use as a context manager (handlers are installed on entry, the previous ones restored on
-    exit), or call ``install``/``uninstall``.
+    exit), or call ``install``/``uninstall``. Installed over another ``Preemption``, it starts
+    with the signal that one received and hands its own back when uninstalled, so no signal is
+    lost between the two.
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS):
@@ -50,12 +57,22 @@ class Preemption:
     def install(self) -> "Preemption":
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+        for outer in self._outer():  # read after the swap: a signal goes to one or the other
+            self.received = self.received or outer.received
         return self
 
     def uninstall(self) -> None:
+        outer = self._outer()
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+        for o in outer:
+            o.received = o.received or self.received
+
+    def _outer(self) -> list["Preemption"]:
+        """The ``Preemption`` objects whose handlers this one replaced."""
+        owners = (getattr(h, "__self__", None) for h in self._previous.values())
+        return [o for o in dict.fromkeys(owners) if isinstance(o, Preemption)]
 
     def __enter__(self) -> "Preemption":
         return self.install()

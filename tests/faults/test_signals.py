@@ -71,3 +71,17 @@ def test_sigterm_during_setup_exits_0_and_requeues(tiny_store, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert (run / "PREEMPTED").is_file()
     assert metric_lines(run) == 0  # stopped before step 1
+
+
+def test_sigterm_while_importing_torch_exits_0_and_requeues(tiny_store, tmp_path):
+    """Before: the default action, status 143 (-15 here), no PREEMPTED, so SLURM never requeued."""
+    run = tmp_path / "run"
+    run.mkdir()  # as slurm/pretrain.sbatch creates it
+    proc = start_train(tiny_store, run, *LONG, wrapper=FAULTS_DIR / "hold_import.py")
+    wait_for(lambda: (run / "IMPORT_HELD").is_file(), what="train to start importing torch")
+    os.killpg(proc.pid, signal.SIGTERM)
+    (run / "SIGNALLED").touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert (run / "PREEMPTED").read_text().split()[-1] == "0"  # stopped before step 1
+    assert metric_lines(run) == 0

@@ -28,6 +28,20 @@ def test_signal_is_recorded_not_fatal_and_handlers_restored():
     assert signal.getsignal(signal.SIGUSR2) is before
 
 
+def test_a_preemption_installed_over_another_keeps_and_hands_back_its_signal():
+    """The CLI's, installed before the heavy imports, and the trainer's, installed over it."""
+    with Preemption() as early:
+        os.kill(os.getpid(), signal.SIGTERM)  # during the imports
+        with Preemption() as trainer:
+            assert trainer.received == signal.SIGTERM
+    with Preemption() as early:
+        with Preemption():
+            os.kill(os.getpid(), signal.SIGUSR2)  # after a stage's trainer looked for the last time
+        assert early.received == signal.SIGUSR2
+        with Preemption() as next_stage:
+            assert next_stage.received == signal.SIGUSR2
+
+
 def test_marker_roundtrip(tmp_path):
     run = tmp_path / "run"
     assert not marker_exists(run) and not clear_marker(run)
