@@ -50,7 +50,9 @@ class DataConfig:
     sft_max_eos: int = 4
     """SFT: most EOS after a sample; the count is uniform in [min, max] per (epoch, document)."""
     index_cache_dir: str | None = None
-    """Where packing indices are cached; default ``<store>.index/`` next to each store."""
+    """Where packing indices are cached; default ``<store>.index/`` next to each store, or the
+    per-user cache (``$XDG_CACHE_HOME/megatron-diffusion/index/``) for a store whose directory
+    is not writable."""
     prefetch_factor: int = 2
     """Micro-batches each worker prepares ahead."""
     trajectories: str | None = None

@@ -25,9 +25,21 @@ a small high-weight store repeats while a large one is still being read for the 
 Sizes: ``docs`` 4-8 B and ``cum`` 8 B per document, ``rows`` 8 B per row, the blend 9 B per row;
 the per-document arrays of the store (``doc_offsets`` etc.) are cached as ``.npy`` too. Files are
 written to a temp name and renamed, so ranks racing to build the same plan are safe.
+
+Where (``cache_root``): ``data.index_cache_dir`` if set, else ``NAME.zarr.index/`` beside the
+store. A store whose directory this user cannot write (a read-only shared dataset, another
+user's files) gets its index in the per-user cache instead, ``$XDG_CACHE_HOME`` (default
+``~/.cache``) ``/megatron-diffusion/index/NAME.zarr-<hash of the store's absolute path>/``, said
+once per process on stderr. Below either, the store's id (a fresh uuid per ``preprocess``) keys
+the files, so a re-ingested store, or another store of the same name, never reads stale ones.
 """
 
+import errno
+import hashlib
 import json
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +69,51 @@ class PlanKey:
         return f"seed{self.seed}-L{self.seq_len}-{self.split}-{self.mode}{eos}"
 
 
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+"""Why an index beside a store cannot be written (a read-only mount, another user's directory)."""
+
+_ANNOUNCED: set[str] = set()
+"""Stores whose fallback index directory this process has already named on stderr."""
+
+
 def cache_root(store: TokenStore, index_cache_dir: str | None) -> Path:
-    """``<store>.index/<store_id>/`` (or under ``index_cache_dir``): a re-ingested store gets a new id."""
-    base = Path(index_cache_dir) if index_cache_dir else store.path.parent / f"{store.path.name}.index"
-    return base / store.store_id
+    """``<store>.index/<store_id>/`` (or under ``index_cache_dir``): a re-ingested store gets a
+    new id. Falls back to ``user_cache_root`` when the store's directory is not writable."""
+    if index_cache_dir:
+        return Path(index_cache_dir) / store.store_id
+    beside = store.path.parent / f"{store.path.name}.index" / store.store_id
+    reason = _unwritable(beside)
+    if reason is None:
+        return beside
+    root = user_cache_root(store)
+    if str(store.path) not in _ANNOUNCED and os.environ.get("RANK", "0") == "0":
+        print(f"warning: store {store.path}: cannot write its index beside it ({beside.parent}: "
+              f"{reason}); using {root.parent} (set data.index_cache_dir to choose)",
+              file=sys.stderr, flush=True)
+    _ANNOUNCED.add(str(store.path))
+    return root
+
+
+def user_cache_root(store: TokenStore) -> Path:
+    """The per-user index directory of ``store``: keyed by its absolute path (two stores of one
+    name do not share it) and its id."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the XDG spec's rule
+    where = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:16]
+    return base / "megatron-diffusion" / "index" / f"{store.path.name}-{where}" / store.store_id
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be created in ``directory`` (made if missing), or None if they can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as e:
+        if e.errno in UNWRITABLE_ERRNOS:
+            return e.strerror
+        raise
+    return None
 
 
 def extra_eos(key: PlanKey, epoch: int, doc_ids: np.ndarray) -> np.ndarray:

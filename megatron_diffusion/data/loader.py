@@ -27,12 +27,20 @@ worker dying of the default action would crash the trainer before it reaches the
 where it saves. The signals are blocked while the workers start, so none falls into the window
 before a worker has installed its ``SIG_IGN``; a worker still ends with its parent (torch's
 watchdog) and when the loader shuts it down.
+
+A worker that dies (the out-of-memory killer's SIGKILL, a crash) is reported at the loader's next
+micro-batch, never in the middle of whatever the main thread does: torch's SIGCHLD handler would
+raise its ``RuntimeError`` anywhere (in a forward, an optimizer step, a checkpoint save), so the
+loader wraps it to stay silent about dead workers, checks its workers before it asks them for each
+micro-batch, and raises ``LoaderWorkerDied``: one line naming the worker, how it died and the
+likely cause. Micro-batches handed out before stay valid; a trainer stops at the step boundary.
 """
 
 import atexit
 import contextlib
 import os
 import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -102,18 +110,21 @@ class PackedDataset(Dataset):
         cfg.validate()
         self.cfg, self.corrupt_fn = cfg, corrupt_fn
         self._expect = (tokenizer_hash, vocab_size)
+        self._roots = None
         self._open()
 
     def _open(self) -> None:
         cfg = self.cfg
         self.stores = open_stores(cfg, *self._expect)
+        if self._roots is None:  # chosen once (a fallback is said once): workers get the choice
+            self._roots = [cache_root(s, cfg.index_cache_dir) for s in self.stores]
         key = _plan_key(cfg)
-        self.samples = [StoreSamples(s, key, cache_root(s, cfg.index_cache_dir)) for s in self.stores]
+        self.samples = [StoreSamples(s, key, root) for s, root in zip(self.stores, self._roots)]
         blend_dir = None
         if len(self.stores) > 1:  # keyed by every store id, its weight and the plan key
             tag = hashing.seed_from(*[int(s.store_id[:15], 16) for s in self.stores],
                                     *[int(w * 1e9) for w in cfg.weights])
-            blend_dir = cache_root(self.stores[0], cfg.index_cache_dir) / key.dirname / f"blend-{tag:016x}"
+            blend_dir = self._roots[0] / key.dirname / f"blend-{tag:016x}"
         self.blend = BlendIndex([ss.plan(0).num_rows for ss in self.samples], cfg.weights, blend_dir)
         self.eos_id = self.stores[0].eos_id
         self.trajectories = None if cfg.trajectories is None else TrajectoryRows(cfg.trajectories, cfg.seq_len)
@@ -121,7 +132,8 @@ class PackedDataset(Dataset):
 
     # spawn-started workers get the config and reopen (memmaps are not pickled as copies)
     def __getstate__(self):
-        return {"cfg": self.cfg, "corrupt_fn": self.corrupt_fn, "_expect": self._expect}
+        return {"cfg": self.cfg, "corrupt_fn": self.corrupt_fn, "_expect": self._expect,
+                "_roots": self._roots}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -204,6 +216,56 @@ class _MicroBatchSampler:
 
 
 WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class LoaderWorkerDied(UsageError):
+    """A loader worker process died (killed by a signal, or exited): which, how, the likely cause.
+    One line, exit 2 in the CLI; the trainer saves its last completed step first."""
+
+
+# why a worker dies of a signal, and what to change; {n} is data.num_workers
+_LIKELY_CAUSE = {
+    signal.SIGKILL: "most likely by the out-of-memory killer: lower data.num_workers (now {n}) or "
+                    "give the job more memory",
+    signal.SIGBUS: "most likely out of shared memory (/dev/shm): lower data.num_workers (now {n}) "
+                   "or raise the shared-memory limit",
+    signal.SIGSEGV: "a crash in native code",
+}
+
+
+def _worker_death(batches, num_workers: int, where: str) -> LoaderWorkerDied | None:
+    """The first dead worker of a torch iterator (``_workers[i]`` is worker ``i``), or None."""
+    for worker_id, worker in enumerate(batches._workers):
+        code = worker.exitcode  # None while it runs; -N: killed by signal N
+        if code is None:
+            continue
+        what = f"data loader worker {worker_id}{where} (pid {worker.pid})"
+        if code >= 0:
+            return LoaderWorkerDied(f"{what} exited with status {code}")
+        sig = signal.Signals(-code)
+        cause = _LIKELY_CAUSE.get(sig, "").format(n=num_workers)
+        return LoaderWorkerDied(f"{what} was killed by {sig.name} (signal {-code})"
+                                + (f", {cause}" if cause else ""))
+    return None
+
+
+def _defer_worker_deaths() -> None:
+    """Wrap torch's SIGCHLD handler (installed by the first iterator with workers) so that it does
+    not raise a worker's death wherever the main thread is; the loader reports it instead."""
+    torch_handler = signal.getsignal(signal.SIGCHLD)
+    if not callable(torch_handler) or getattr(torch_handler, "defers_worker_deaths", False) \
+            or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as e:
+            if not str(e).startswith("DataLoader worker"):
+                raise
+
+    handler.defers_worker_deaths = True
+    signal.signal(signal.SIGCHLD, handler)
 
 
 def _worker_message(text: str) -> str:
@@ -297,12 +359,25 @@ class DiffusionDataLoader:
             batches = iter(loader)  # starts the workers
         if cfg.num_workers > 0:
             _LIVE_WORKER_ITERATORS.add(batches)
+            _defer_worker_deaths()
+        where = f" of data-parallel rank {self.rank}" if self.size > 1 else ""
         try:
             for batch in batches:
                 self.consumed_samples += cfg.micro_batch_size * self.size
                 yield batch
+                if cfg.num_workers > 0:  # before asking: a dead worker's micro-batch never comes
+                    died = _worker_death(batches, cfg.num_workers, where)
+                    if died is not None:
+                        raise died
+        except LoaderWorkerDied:
+            raise
         except UsageError as e:  # from a worker, wrapped by torch with the worker's traceback
             raise UsageError(_worker_message(str(e))) from None
+        except RuntimeError:  # torch found a dead worker first (its first micro-batch)
+            died = _worker_death(batches, cfg.num_workers, where) if cfg.num_workers > 0 else None
+            if died is None:
+                raise
+            raise died from None
         finally:  # finished, failed or closed: the workers stop now, not whenever GC frees them
             if cfg.num_workers > 0:
                 _stop_workers(batches)

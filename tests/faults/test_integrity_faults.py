@@ -6,10 +6,16 @@ write was a traceback, a checkpoint of another tokenizer was trained on or sampl
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from megatron_diffusion.cli import main
+from tests.faults.conftest import json_store
+from tests.helpers import ROOT
+from tests.training.conftest import env, losses, train_cmd
 
 
 def _dead_pid() -> int:
@@ -35,3 +41,65 @@ def test_convert_removes_the_temporaries_of_a_killed_conversion(tmp_path, capsys
         assert not dead.exists(), kind
         assert alive.is_dir(), kind
         assert out.is_dir() and not list(tmp_path.glob(f".{out.name}.tmp-{os.getpid()}"))
+
+
+def _read_only(directory, cmd, env):
+    """Run ``cmd`` while ``directory`` is read-only: a read-only bind mount in a private mount
+    namespace as root (``chmod`` does not stop root), ``chmod a-w`` otherwise."""
+    if os.geteuid() != 0:
+        mode = directory.stat().st_mode
+        directory.chmod(0o555)
+        try:
+            return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=300)
+        finally:
+            directory.chmod(mode)
+    if shutil.which("unshare") is None:
+        pytest.skip("root without unshare: no way to make a directory read-only")
+    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 99; shift; '
+              'touch "$0/probe" 2>/dev/null && exit 98; exec "$@"')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, str(directory), str(directory),
+                           *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode in (98, 99):
+        pytest.skip(f"cannot mount {directory} read-only here ({proc.stderr.strip()})")
+    return proc
+
+
+def test_a_store_on_a_read_only_file_system_indexes_in_the_user_cache(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    store = json_store(shared, "s.zarr", validation_fraction=0.05)
+    cache = tmp_path / "cache"
+    # one worker: the DataLoader's process must use the cache chosen by the trainer, unannounced
+    cmd = train_cmd(store, tmp_path / "run", "training.train_iters=1", "data.num_workers=1")
+    proc = _read_only(shared, cmd, dict(env(), XDG_CACHE_HOME=str(cache)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if "index" in line]
+    assert len(said) == 1 and str(store) in said[0] and "Read-only file system" in said[0], said
+    root = cache / "megatron-diffusion" / "index"
+    [keyed] = root.iterdir()  # s.zarr-<hash of the store's path>
+    assert keyed.name.startswith("s.zarr-") and str(keyed) in said[0]
+    assert list(keyed.glob("*/seed*-L16-train-cpt/epoch0/meta.json")), sorted(keyed.rglob("*"))
+    assert not (shared / "s.zarr.index").exists()
+    assert sorted(losses(tmp_path / "run")) == [1]
+
+
+def test_two_read_only_stores_of_one_name_get_their_own_cache(tmp_path, monkeypatch, capsys):
+    """The per-user cache is keyed by the store's path: two ``s.zarr`` never share an index.
+    (The read-only condition is the previous test's real one; here only its answer.)"""
+    from megatron_diffusion.data import index
+    from megatron_diffusion.data.store import TokenStore
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    stores = [TokenStore(json_store(tmp_path / d, "s.zarr", 0.0)) for d in ("a", "b")]
+    capsys.readouterr()  # preprocess's progress
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(index, "_unwritable", lambda directory: "Read-only file system",
+                        raising=False)
+    roots = [index.cache_root(s, None) for s in stores]
+    assert roots[0] != roots[1] and all(r.is_relative_to(tmp_path / "cache") for r in roots)
+    assert [r.name for r in roots] == [s.store_id for s in stores]
+    index.cache_root(stores[0], None)
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 2 and all(str(r.parent) in line for r, line in zip(roots, said)), said
