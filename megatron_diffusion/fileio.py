@@ -8,9 +8,14 @@ same file from different processes do not collide.
 An output that is a directory, or a write that fails because the file system is full,
 read-only or not writable, is a ``UsageError`` naming the output (one line, exit 2 at the CLI).
 
-Directory outputs (a store of ``preprocess``, a ``convert`` output) are built in a
-``.NAME.tmp-PID`` sibling; a ``kill -9`` leaves it behind, and ``remove_stale_temporaries``
-(called by the next run writing the same output) deletes those whose process is gone.
+Directory outputs (a store of ``preprocess``, a trajectory store of ``distill-trajectories``, a
+``convert`` output) are built in a ``.NAME.tmp-PID`` sibling (``atomic_dir``); a ``kill -9``
+leaves it behind, and ``remove_stale_temporaries`` (called by the next run writing the same
+output) deletes those whose process is gone.
+
+``output_errors`` is the one place that tells an output's failure (a full disk, a read-only
+file system, no permission) from any other ``OSError`` and turns it into that one line; the
+helpers here use it, and so does a writer that appends to an existing output in place.
 """
 
 import contextlib
@@ -26,6 +31,30 @@ OUTPUT_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EP
                  errno.ENOTDIR, errno.ENOENT)
 
 
+def _concerns(filename, path: Path, temporaries) -> bool:
+    """Whether a failed call on ``filename`` was a write of the output ``path``: no filename (a
+    failed ``write()``, e.g. ENOSPC), ``path`` or a temporary or anything inside them, or a
+    parent directory of ``path`` being created; not an input the writer was reading."""
+    if filename is None:
+        return True
+    f = Path(os.fsdecode(filename)).absolute()
+    roots = [Path(p).absolute() for p in (path, *temporaries)]
+    return any(f == r or r in f.parents for r in roots) or f in roots[0].parents
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike, *temporaries, hint: str = "") -> Iterator[None]:
+    """Turn a failed write of the output ``path`` (or of its ``temporaries``) because the file
+    system is full, read-only or not writable into ``UsageError("PATH: cannot write (REASON)"
+    + hint)``; any other ``OSError`` propagates."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in OUTPUT_ERRNOS and _concerns(e.filename, Path(path), temporaries):
+            raise UsageError(f"{path}: cannot write ({e.strerror}){hint}") from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``."""
@@ -34,18 +63,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise UsageError(f"{path}: is a directory, expected a file to write")
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        # the output's own fault (not an input the body was reading): no filename means a
-        # failed write() to it, e.g. ENOSPC
-        ours = e.filename in (None, str(tmp), str(path))
-        if ours and e.errno in OUTPUT_ERRNOS:
-            raise UsageError(f"{path}: cannot write ({e.strerror})") from None
-        raise
+        with output_errors(path, tmp):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory ``.NAME.tmp-PID`` next to ``path`` (its parents created); on
+    success it replaces ``path`` (an existing one is renamed aside first, then deleted), on any
+    error or interrupt it is removed, so ``path`` is whole or as it was. A full, read-only or
+    unwritable file system is the one-line ``UsageError`` of ``output_errors``. Leftovers of a
+    killed writer of the same ``path`` are removed first (``remove_stale_temporaries``)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    aside = path.parent / f".{path.name}.tmp-old-{os.getpid()}"  # a stale temporary if killed
+    try:
+        with output_errors(path, tmp, aside):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed run's, whose pid this one reuses
+            tmp.mkdir()
+            yield tmp
+            replacing = path.exists() or path.is_symlink()
+            if replacing:
+                os.replace(path, aside)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if replacing:
+                    os.replace(aside, path)
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        elif aside.exists() or aside.is_symlink():
+            aside.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

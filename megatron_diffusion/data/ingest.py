@@ -3,12 +3,12 @@
 Documents are read in order (``sources``), tokenized in batches by a process pool (order kept
 by ``imap``; one EOS appended to every document) and appended with ``writer.StoreWriter``, whose
 docstring describes the store layout. Everything goes to a hidden temporary sibling that is
-renamed at the end: an interrupted or failed run leaves no store behind.
+renamed at the end (``fileio.atomic_dir``): an interrupted or failed run leaves no store behind,
+and a full or read-only disk is one line naming the output.
 """
 
 import multiprocessing as mp
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Self
 from pathlib import Path
@@ -20,7 +20,7 @@ from megatron_diffusion.data.sources import SourceSpec, SourceStats, check_input
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, from_json_string, load_tokenizer
 from megatron_diffusion.data.writer import TOKEN_CHUNK, TOKEN_SHARD, StoreWriter
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
-from megatron_diffusion.fileio import remove_stale_temporaries
+from megatron_diffusion.fileio import atomic_dir
 
 
 @dataclass
@@ -159,17 +159,9 @@ def preprocess(cfg: IngestConfig) -> dict:
     out = Path(cfg.output)
     if out.exists() and not cfg.overwrite:
         raise UsageError(f"--output: {out} exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # error, interrupt or a full disk: never a partial store (a full disk is one line)
+    with atomic_dir(out) as tmp:
         summary = _write_store(tmp, cfg, tok, tokenizer_json)
         # a store carries its tokenizer: training and checkpoints find it without extra flags
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:  # error or interrupt (KeyboardInterrupt included): never leave a partial store
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -4,13 +4,15 @@
 """
 
 import argparse
+import os
+import re
 from pathlib import Path
 
 from tqdm import tqdm
 
 from megatron_diffusion.data.tokenizer import iter_text_files, load_tokenizer, train_tokenizer
 from megatron_diffusion.errors import UsageError
-from megatron_diffusion.fileio import atomic_path
+from megatron_diffusion.fileio import atomic_path, output_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input: no text in {' '.join(args.input)} (files matching --glob "
                          f"{args.glob!r}, UTF-8, not empty)")
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_errors(out):  # a read-only or full file system: one line naming the output
+        out.parent.mkdir(parents=True, exist_ok=True)
     # temp file + rename: an interrupted run never leaves a half-written tokenizer.json
     with atomic_path(out) as tmp:
-        tok.save(str(tmp))
+        _save(tok, tmp)
         loaded = load_tokenizer(tmp)
         if loaded.vocab_size != args.vocab_size:  # too little text for that many merges
             raise UsageError(f"--vocab-size: asked {args.vocab_size}, the corpus gave only "
@@ -50,3 +53,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}: vocab_size={loaded.vocab_size} eos={loaded.eos_id} "
           f"mask={loaded.mask_id} pad={loaded.pad_id} hash={loaded.hash[:12]}")
     return 0
+
+
+def _save(tok, path: Path) -> None:
+    """``tok.save``, with an I/O failure raised as the ``OSError`` it is: ``tokenizers`` raises a
+    bare ``Exception("Read-only file system (os error 30)")``, which ``atomic_path`` could not
+    tell from a bug (a traceback before)."""
+    try:
+        tok.save(str(path))
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_diffusion.errors import UsageError, check_int
+from megatron_diffusion.fileio import output_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +109,8 @@ def run(args) -> int:
     row_model.check(seq_len, args.context_blocks)
     candidates = search.candidate_set(args.candidates, temperatures)
     rows = list(_rows(loaded, args, world, rank))  # the data is checked before --out is made
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with output_errors(args.out):  # a read-only or full disk: one line naming --out
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     store = TrajectoryStore.open(shard_path(Path(args.out), rank, world), rows=args.rows,
                                  seq_len=seq_len, blocks=seq_len // B - args.context_blocks,
                                  settings=_settings(args, checkpoint, temperatures),

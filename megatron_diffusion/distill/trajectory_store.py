@@ -16,6 +16,11 @@ row is written whole and rows can be written in any order:
 
 ``attrs`` hold the format, the settings (a resume with other settings is refused) and the
 candidates' labels. The reader is ``data.trajectories`` (the loader's stage).
+
+The group is created whole or not at all (``fileio.atomic_dir``: a half-created group could
+never be resumed, it has no settings), and a full or read-only disk is one line naming the
+store, at its creation or at a row's write (zarr writes each chunk file by rename, and
+``done`` last, so the rows done so far stay whole and a re-run resumes at the others).
 """
 
 from pathlib import Path
@@ -25,6 +30,7 @@ import zarr
 
 from megatron_diffusion.data.trajectories import FORMAT, FORMAT_VERSION
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.fileio import atomic_dir, output_errors
 
 ELBOS = ("elbo_selected", "elbo_search", "elbo_left_to_right", "elbo_random", "elbo_exact")
 
@@ -32,8 +38,8 @@ ELBOS = ("elbo_selected", "elbo_search", "elbo_left_to_right", "elbo_random", "e
 class TrajectoryStore:
     """One rank's store; ``open`` creates it or resumes it with the same settings."""
 
-    def __init__(self, group):
-        self.group = group
+    def __init__(self, path: Path, group):
+        self.path, self.group = path, group
 
     @staticmethod
     def open(path: Path, *, rows: int, seq_len: int, blocks: int, settings: dict,
@@ -43,30 +49,34 @@ class TrajectoryStore:
             if group.attrs.get("format") != FORMAT or group.attrs.get("settings") != settings:
                 raise UsageError(f"--out: {path} holds trajectories made with other settings "
                                  f"({group.attrs.get('settings')}); use another --out")
-            return TrajectoryStore(group)
-        group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
-        for name, dtype in (("tokens", "int32"), ("document_ids", "int32"), ("step_map", "int16")):
-            group.create_array(name, shape=(rows, seq_len), chunks=(1, seq_len), dtype=dtype,
+            return TrajectoryStore(path, group)
+        with atomic_dir(path) as tmp:
+            group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+            for name, dtype in (("tokens", "int32"), ("document_ids", "int32"),
+                                ("step_map", "int16")):
+                group.create_array(name, shape=(rows, seq_len), chunks=(1, seq_len), dtype=dtype,
+                                   fill_value=-1)
+            for name in ELBOS:
+                group.create_array(name, shape=(rows, blocks), chunks=(1, blocks),
+                                   dtype="float32", fill_value=float("nan"))
+            group.create_array("choice", shape=(rows, blocks), chunks=(1, blocks), dtype="int8",
                                fill_value=-1)
-        for name in ELBOS:
-            group.create_array(name, shape=(rows, blocks), chunks=(1, blocks), dtype="float32",
-                               fill_value=float("nan"))
-        group.create_array("choice", shape=(rows, blocks), chunks=(1, blocks), dtype="int8",
-                           fill_value=-1)
-        group.create_array("done", shape=(rows,), chunks=(1,), dtype="bool", fill_value=False)
-        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                            "settings": settings, "candidates": candidates})
-        return TrajectoryStore(group)
+            group.create_array("done", shape=(rows,), chunks=(1,), dtype="bool", fill_value=False)
+            group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                "settings": settings, "candidates": candidates})
+        return TrajectoryStore(path, zarr.open_group(store=str(path), mode="r+", zarr_format=3))
 
     def pending(self, rows: list[int]) -> list[int]:
         done = self.group["done"][:]
         return [r for r in rows if not done[r]]
 
     def write_row(self, r: int, *, tokens, document_ids, step_map, choice, **elbos) -> None:
-        self.group["tokens"][r] = np.asarray(tokens, dtype=np.int32)
-        self.group["document_ids"][r] = np.asarray(document_ids, dtype=np.int32)
-        self.group["step_map"][r] = np.asarray(step_map, dtype=np.int16)
-        self.group["choice"][r] = np.asarray(choice, dtype=np.int8)
-        for name in ELBOS:
-            self.group[name][r] = np.asarray(elbos[name], dtype=np.float32)
-        self.group["done"][r] = True  # last: the row is whole
+        with output_errors(self.path, hint=f"; row {r} is not stored, the rows done before it "
+                           "are kept: a re-run with the same settings resumes at the others"):
+            self.group["tokens"][r] = np.asarray(tokens, dtype=np.int32)
+            self.group["document_ids"][r] = np.asarray(document_ids, dtype=np.int32)
+            self.group["step_map"][r] = np.asarray(step_map, dtype=np.int16)
+            self.group["choice"][r] = np.asarray(choice, dtype=np.int8)
+            for name in ELBOS:
+                self.group[name][r] = np.asarray(elbos[name], dtype=np.float32)
+            self.group["done"][r] = True  # last: the row is whole
