@@ -115,12 +115,19 @@ def remove_stale_temporaries(out: Path) -> None:
     leaves them: the writer's cleanup never ran). A live pid's directory is left alone; a pid is
     only known on this host, so a run writing the same output from another node is not seen."""
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if owner_gone(tmp.name.rsplit("-", 1)[-1]):
             shutil.rmtree(tmp, ignore_errors=True)
-        except (PermissionError, OverflowError):
-            pass  # alive under another user / not a pid
+
+
+def owner_gone(pid: str) -> bool:
+    """Whether the process ``pid`` (the digits a temporary's name carries) is gone from this
+    host; False for this process, a live one (another user's too) or text that is no pid."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        pass  # alive under another user / not a pid
+    return False

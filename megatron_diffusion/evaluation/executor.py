@@ -28,6 +28,16 @@ possible depends on the machine; ``isolation`` picks one of three modes:
 
 ``auto`` chooses the strongest mode whose probe check passes. As root, ``process`` is used only
 when asked for explicitly, because root is exempt from RLIMIT_NPROC (fork bombs are unbounded).
+
+A check dies with its evaluator, however the evaluator ends. The wall-clock limit is enforced
+here, so a check that outlived this process would sleep on forever (the CPU limit never binds).
+Each check gets the read end of a pipe whose only write end this process holds: the kernel
+closes it when this process dies (SIGKILL and the OOM killer included), and the check's monitor
+(``sandbox_child.py``) then ends the check at once. A SIGTERM (or Ctrl-C) to an evaluator that
+has no handler of its own (``eval humaneval``; the trainer's preemption handler is left alone)
+kills the running checks, removes their work directories and only then ends the process with
+SIGTERM's usual status. A work directory is ``TMPDIR/md-eval-PID-*``: those of an evaluator
+that died without its cleanup (SIGKILL) are removed by the next ``run_checks`` on the host.
 """
 
 import fcntl
@@ -46,9 +56,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Self
 from functools import lru_cache
+from pathlib import Path
 from queue import SimpleQueue
 
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
+from megatron_diffusion.fileio import owner_gone
 
 ISOLATION_MODES = ("auto", "namespace", "setuid", "process")
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -56,6 +68,8 @@ CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox
 NAMESPACE_PREFIX = ("--net", "--mount", "--pid", "--ipc", "--fork", "--kill-child", "--mount-proc")
 USERNS_PREFIX = ("--user", "--map-root-user", *NAMESPACE_PREFIX)
 OUTPUT_TAIL_BYTES = 600
+WORK_DIR_PREFIX = "md-eval-"
+"""A check's work directory is ``TMPDIR/md-eval-PID-XXXXXXXX`` (PID: the evaluator's)."""
 
 
 @dataclass
@@ -145,26 +159,101 @@ def _warn_once(key: str, text: str) -> None:
     print(f"{bar}\nWARNING (megatron-diffusion eval sandbox): {text}\n{bar}", file=sys.stderr, flush=True)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived while checks ran (raised in the main thread by ``_terminate``)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+class RunningChecks:
+    """The process groups of the checks running now, so that a stopping evaluator can kill
+    them; once stopped, a check that starts is killed at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pgids: set[int] = set()
+        self.stopped = False
+
+    def add(self, pgid: int) -> None:
+        with self.lock:
+            self.pgids.add(pgid)
+            if self.stopped:
+                _kill_group(pgid)
+
+    def discard(self, pgid: int) -> None:
+        with self.lock:
+            self.pgids.discard(pgid)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            for pgid in self.pgids:
+                _kill_group(pgid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # namespace mode: unshare, whose --kill-child ends the rest
+    except ProcessLookupError:
+        pass
+
+
 def run_checks(programs: list[str], cfg: ExecutorConfig, progress: bool = False) -> list[CheckResult]:
-    """Run each program in its own sandboxed subprocess, ``cfg.workers`` at a time; in order."""
+    """Run each program in its own sandboxed subprocess, ``cfg.workers`` at a time; in order.
+
+    An exception here (Ctrl-C; SIGTERM where nobody else handles it) kills the running checks
+    and starts no more; their work directories are removed before it propagates."""
     cfg.validate()
+    remove_stale_work_dirs()
     sandbox = resolve_sandbox(cfg)
     slots: SimpleQueue[int] = SimpleQueue()
     for slot in range(cfg.workers):
         slots.put(slot)
+    running = RunningChecks()
 
     def one(program: str) -> CheckResult:
+        if running.stopped:
+            return CheckResult("error", "not run: the evaluation was stopped", 0.0)
         slot = slots.get()
         try:
-            return run_one(program, cfg, sandbox, slot)
+            return run_one(program, cfg, sandbox, slot, running=running)
         finally:
             slots.put(slot)
 
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+    # SIGTERM's default action would kill this process mid-check and leave the work dirs behind
+    own_sigterm = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if own_sigterm:
+        signal.signal(signal.SIGTERM, _terminate)
+    pool = ThreadPoolExecutor(max_workers=cfg.workers)
+    terminated = False
+    try:
         results = pool.map(one, programs)
         return list(tqdm(results, total=len(programs), desc="checks", disable=not progress))
+    except BaseException as e:
+        terminated = isinstance(e, _Terminated)
+        if own_sigterm:  # a second SIGTERM must not cut the cleanup short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        running.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # the killed checks remove their dirs
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if terminated:
+            os.kill(os.getpid(), signal.SIGTERM)  # the default action now, with its status
+
+
+def remove_stale_work_dirs() -> None:
+    """Delete the ``md-eval-PID-*`` work directories of evaluators that are gone (a SIGKILL
+    leaves them: the cleanup never ran), as ``fileio.remove_stale_temporaries`` does."""
+    for base in Path(tempfile.gettempdir()).glob(f"{WORK_DIR_PREFIX}*-*"):
+        if owner_gone(base.name[len(WORK_DIR_PREFIX):].split("-", 1)[0]):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def resolve_sandbox(cfg: ExecutorConfig) -> Sandbox:
@@ -238,11 +327,14 @@ def _warn_about(sandbox: Sandbox, root: bool) -> None:
                                                  if root else ""))
 
 
-def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int) -> CheckResult:
-    """One check in ``sandbox``, as the uid of worker ``slot`` when the mode drops privileges."""
+def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int,
+            running: RunningChecks | None = None) -> CheckResult:
+    """One check in ``sandbox``, as the uid of worker ``slot`` when the mode drops privileges;
+    registered in ``running`` while it runs."""
     uid = cfg.sandbox_uid_base + slot if sandbox.mode in ("namespace", "setuid") else None
     start = time.monotonic()
-    with _slot_lock(uid), tempfile.TemporaryDirectory(prefix="md-eval-", ignore_cleanup_errors=True) as base:
+    prefix = f"{WORK_DIR_PREFIX}{os.getpid()}-"
+    with _slot_lock(uid), tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as base:
         os.chmod(base, 0o711)  # the sandbox uid may traverse to work/, not list or read the rest
         workdir = os.path.join(base, "work")  # namespace mode: the child makes its own in a tmpfs
         if sandbox.mode != "namespace":
@@ -254,9 +346,11 @@ def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int) -> C
             f.write(program)
         with open(program_path, "rb") as stdin, open(os.path.join(base, "output"), "w+b") as output, \
                 open(os.path.join(base, "result"), "w+b") as result:
+            # the check's lifeline: it reads EOF when this process is gone (the module docstring)
+            alive_read, alive_write = os.pipe()
             child_cfg = {
                 "mode": sandbox.mode, "uid": uid, "gid": uid, "workdir": workdir,
-                "result_fd": result.fileno(), "tmp_size_mb": cfg.file_size_mb,
+                "result_fd": result.fileno(), "alive_fd": alive_read, "tmp_size_mb": cfg.file_size_mb,
                 "network_guard": sandbox.network_guard, "file_guard": sandbox.file_guard,
                 "limits": _limits(cfg),
             }
@@ -264,16 +358,28 @@ def run_one(program: str, cfg: ExecutorConfig, sandbox: Sandbox, slot: int) -> C
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                    "HOME": home, "TMPDIR": home}
             cmd = [*sandbox.prefix, cfg.python, "-I", "-S", "-B", CHILD_SCRIPT, json.dumps(child_cfg)]
-            proc = subprocess.Popen(cmd, stdin=stdin, stdout=output, stderr=subprocess.STDOUT, env=env,
-                                    cwd=base, pass_fds=(result.fileno(),), start_new_session=True)
+            try:
+                proc = subprocess.Popen(cmd, stdin=stdin, stdout=output, stderr=subprocess.STDOUT,
+                                        env=env, cwd=base, pass_fds=(result.fileno(), alive_read),
+                                        start_new_session=True)
+            except BaseException:
+                os.close(alive_write)
+                raise
+            finally:
+                os.close(alive_read)
             timed_out = False
             try:
+                if running is not None:
+                    running.add(proc.pid)
                 proc.wait(timeout=cfg.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)  # the leader is not reaped yet: pgid still ours
                 proc.wait()
             finally:
+                if running is not None:
+                    running.discard(proc.pid)
+                os.close(alive_write)
                 if uid is not None:
                     _sweep_uid(uid, kill=sandbox.mode == "setuid" or timed_out)
             seconds = time.monotonic() - start

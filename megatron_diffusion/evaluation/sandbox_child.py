@@ -19,6 +19,11 @@ Where a pid namespace is available this process is its pid 1: when it exits, the
 every process left in the namespace (orphans, ``setsid`` escapees, fork-bomb children). Without
 one it kills its own process group on the way out.
 
+The check dies with its evaluator: the monitor holds the read end of a pipe (``alive_fd``) whose
+only write end is the evaluator's, and a thread waits on it. End of file means the evaluator is
+gone, however it ended (a SIGKILL included, which no handler sees; its wall-clock limit went
+with it): the monitor then ends the check the same way, at once.
+
 Only the standard library is used: this file runs under the interpreter that runs the checks,
 which need not have the package installed.
 """
@@ -29,6 +34,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import traceback
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
@@ -230,6 +236,26 @@ def run_program(cfg, source, message_fd, workdir):
     os._exit(0)
 
 
+def end_check():
+    """Kill every process of the check, this one included (see the module docstring)."""
+    if os.getpid() == 1:
+        os._exit(1)  # the pid namespace goes with its init
+    os.killpg(0, signal.SIGKILL)
+
+
+def watch_evaluator(alive_fd):
+    """A daemon thread that ends the check when the evaluator's end of ``alive_fd`` closes."""
+    def watch():
+        try:
+            while os.read(alive_fd, 64):
+                pass
+        except OSError:
+            pass
+        end_check()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def verdict(wait_status, message, cfg, cpu_seconds):
     if message.startswith("P") and os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0:
         return "passed", ""
@@ -264,9 +290,11 @@ def main():
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
+        os.close(cfg["alive_fd"])
         result.close()
         run_program(cfg, source, write_fd, workdir)
     os.close(write_fd)
+    watch_evaluator(cfg["alive_fd"])  # after the fork: the runner has no copy of the thread
     _, wait_status, usage = os.wait4(pid, 0)
     os.set_blocking(read_fd, False)
     try:
