@@ -11,7 +11,8 @@ step, tokenizer hash; ``tokenizer.json``), and its weights are sharded with
 ``dist_checkpointing``, so it loads under any tensor-parallel size, not only the one it was
 trained with. ``load_sampler(path, ...)`` is the contract of docs/evaluation.md: the loaded model
 and its tokenizer as a ``sampling.api.DiffusionSampler``, its settings validated once, before
-any weight is read.
+any weight is read. A checkpoint's ``tokenizer.json`` must be the tokenizer its ``meta.json``
+records (``check_own_tokenizer``): a swapped file would turn the model's ids into other text.
 """
 
 import dataclasses
@@ -21,7 +22,8 @@ import torch
 
 from megatron_diffusion.config import config_from_dict
 from megatron_diffusion.convert.hf_export import is_hf_export, load_hf_export
-from megatron_diffusion.data.tokenizer import load_tokenizer
+from megatron_diffusion.data.tokenizer import (check_tokenizer_hash, load_tokenizer,
+                                               tokenizer_file_hash)
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.inference import LoadedModel, build_inference_model
 from megatron_diffusion.sampling.api import KNOBS, DiffusionSampler
@@ -45,6 +47,7 @@ def load_native(ckpt: Path, *, tensor_model_parallel_size: int = 1,
                 attention_backend: str | None = None) -> LoadedModel:
     """Load checkpoint directory ``ckpt`` (its meta.json format checked) into its own model."""
     meta = read_meta(ckpt)
+    check_own_tokenizer(ckpt, meta)
     cfg = config_from_dict(meta["config"])
     model = build_inference_model(cfg.model, tensor_model_parallel_size=tensor_model_parallel_size,
                                   seed=cfg.training.seed, params_dtype=params_dtype,
@@ -60,6 +63,16 @@ def load_native(ckpt: Path, *, tensor_model_parallel_size: int = 1,
     tok = ckpt / "tokenizer.json"
     return LoadedModel(model=model, config=cfg, meta=meta,
                        tokenizer_path=str(tok) if tok.is_file() else None, path=ckpt)
+
+
+def check_own_tokenizer(ckpt: Path, meta: dict, option: str = "--checkpoint") -> None:
+    """``ckpt/tokenizer.json`` is the tokenizer ``meta`` records; no file, or no recorded hash
+    (a checkpoint from before hashes were recorded): nothing to compare."""
+    tok = ckpt / "tokenizer.json"
+    if tok.is_file():
+        check_tokenizer_hash(f"{option}: {tok} is not the tokenizer checkpoint {ckpt} was "
+                             "trained with", ("hash", tokenizer_file_hash(tok, option)),
+                             (f"{ckpt / 'meta.json'} tokenizer_hash", meta.get("tokenizer_hash")))
 
 
 def load_sampler(checkpoint, config: SamplerConfig | None = None, *,

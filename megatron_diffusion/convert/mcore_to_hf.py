@@ -107,6 +107,7 @@ def _architecture(cfg, meta: dict) -> str:
 def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
                         max_shard_bytes: int = 5 * 2**30, force: bool = False,
                         progress: bool = True) -> Path:
+    from megatron_diffusion.checkpoint.loading import check_own_tokenizer
     from megatron_diffusion.config import config_from_dict
     from megatron_diffusion.convert.dist_stream import GroupLoader
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
@@ -116,6 +117,7 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
     meta = read_meta(ckpt)  # checks the format
     if not (ckpt / "tokenizer.json").is_file():
         raise UsageError(f"--checkpoint: {ckpt} has no tokenizer.json to export")
+    check_own_tokenizer(ckpt, meta)  # the export ships it as the model's tokenizer
     cfg = config_from_dict(meta["config"])
     dtype = dtype or cfg.model.params_dtype
     check_choice("--dtype", dtype, tuple(EXPORT_DTYPES))

@@ -94,6 +94,29 @@ def tokenizer_hash(tokenizer_json: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def tokenizer_file_hash(path: str | Path, option: str) -> str:
+    """``tokenizer_hash`` of the file ``path``; an unreadable file is one line naming ``option``."""
+    try:
+        return tokenizer_hash(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"{option}: cannot read {path} ({e.strerror})") from None
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError
+        raise UsageError(f"{option}: {path} is not a tokenizer.json (not JSON)") from None
+
+
+def check_tokenizer_hash(message: str, found: tuple[str, str | None],
+                         expected: tuple[str, str | None], hint: str = "") -> None:
+    """Refuse a tokenizer whose hash is not the one recorded where it is used (a vocabulary of
+    the same size is not enough: its ids mean other tokens): ``UsageError(message (FOUND_LABEL
+    HASH..., EXPECTED_LABEL HASH...)hint)``. ``found``/``expected`` are (label, hash) pairs; a
+    missing hash (a checkpoint from before hashes were recorded) is not compared."""
+    (found_label, found_hash), (expected_label, expected_hash) = found, expected
+    if found_hash is None or expected_hash is None or found_hash == expected_hash:
+        return
+    raise UsageError(f"{message} ({found_label} {found_hash[:12]}..., {expected_label} "
+                     f"{expected_hash[:12]}...){hint}")
+
+
 def find_eos_id(tok: Tokenizer) -> int | None:
     """Id of the end-of-document token: ``<|endoftext|>``, else (a converted Llama/Qwen2/
     Seed-Coder tokenizer) the lowest-id special token spelled ``</s>`` or, ignoring case and

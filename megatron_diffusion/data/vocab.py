@@ -4,14 +4,15 @@ A store records the vocabulary it was tokenized with (``vocab_size``, the EOS/[M
 the tokenizer's hash). ``resolve_vocab(cfg)`` (``cfg``: a ``config.RunConfig``, read here, not
 imported: the run config is a later stage) fills ``model.vocab_size`` / ``model.mask_token_id``
 where the config leaves them unset (0 / -1), refuses a config that names other values, and
-checks ``training.tokenizer`` against the store's hash. ``store_vocabulary(store)`` gives
+checks ``training.tokenizer`` against the store's hash; ``check_checkpoint_store`` checks a
+checkpoint's (``--init-from``, ``--resume``) the same way. ``store_vocabulary(store)`` gives
 ``corruption.factory.make_corruptor`` the ids its edits may not draw.
 """
 
 from pathlib import Path
 
 from megatron_diffusion.data.loader import open_stores
-from megatron_diffusion.data.tokenizer import tokenizer_hash
+from megatron_diffusion.data.tokenizer import check_tokenizer_hash, tokenizer_file_hash
 from megatron_diffusion.errors import UsageError
 
 
@@ -34,14 +35,20 @@ def check_run_tokenizer(path, store) -> None:
     """``training.tokenizer`` (shipped in every checkpoint) must be the store's tokenizer."""
     if path is None:
         return
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"training.tokenizer: cannot read {path} ({e.strerror})") from None
-    if tokenizer_hash(text) != store.tokenizer_hash:
-        raise UsageError(f"training.tokenizer: {path} is not the tokenizer store {store.path} was "
-                         f"made with (hash {tokenizer_hash(text)[:12]}..., store "
-                         f"{store.tokenizer_hash[:12]}...)")
+    check_tokenizer_hash(f"training.tokenizer: {path} is not the tokenizer store {store.path} "
+                         "was made with", ("hash", tokenizer_file_hash(path, "training.tokenizer")),
+                         ("store", store.tokenizer_hash))
+
+
+def check_checkpoint_store(meta: dict, checkpoint, store, option: str) -> None:
+    """A checkpoint (``meta``: its meta.json) trains only on data of its own tokenizer; one
+    from before tokenizer hashes were recorded is not checked."""
+    checkpoint = Path(checkpoint)
+    check_tokenizer_hash(f"{option}: checkpoint {checkpoint} was trained with another tokenizer "
+                         f"than store {store.path} was made with",
+                         (f"{checkpoint / 'meta.json'} tokenizer_hash", meta.get("tokenizer_hash")),
+                         ("store", store.tokenizer_hash),
+                         f"; tokenize the data with {checkpoint / 'tokenizer.json'}")
 
 
 def store_vocabulary(store) -> dict:

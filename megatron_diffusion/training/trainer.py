@@ -35,7 +35,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.corruption.factory import make_corruptor
 from megatron_diffusion.data.loader import DiffusionDataLoader, build_indices
-from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
+from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab, store_vocabulary
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.model.weights import seeded_init
@@ -105,9 +105,12 @@ class Trainer:
         if init_meta is not None:
             self._check_same_model(init_meta, self.init_from, "--init-from",
                                    ("add_qkv_bias", "untie_embeddings_and_output_weights"))
+            check_checkpoint_store(init_meta, self.init_from, self.stores[0], "--init-from")
         resume_path = self._resume_path()
         if resume_path is not None:  # before anything is written
-            self._check_same_model(read_meta(resume_path), resume_path, "--resume")
+            meta = read_meta(resume_path)
+            self._check_same_model(meta, resume_path, "--resume")
+            check_checkpoint_store(meta, resume_path, self.stores[0], "--resume")
         return resume_path
 
     def _init_parallel(self) -> None:

@@ -103,3 +103,89 @@ def test_two_read_only_stores_of_one_name_get_their_own_cache(tmp_path, monkeypa
     index.cache_root(stores[0], None)
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 2 and all(str(r.parent) in line for r, line in zip(roots, said)), said
+
+
+def _other_tokenizer(path):
+    """Another tokenizer of the same size (300 ids, the same special ids): other merges."""
+    from megatron_diffusion.data.tokenizer import load_tokenizer, train_tokenizer
+    from tests.helpers import stdlib_texts
+
+    train_tokenizer(stdlib_texts(5), 300).save(str(path))
+    return load_tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory):
+    """``tiny_store``'s documents tokenized with ``_other_tokenizer``."""
+    import sysconfig
+    from pathlib import Path
+
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+
+    d = tmp_path_factory.mktemp("other")
+    _other_tokenizer(d / "tokenizer.json")
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    preprocess(IngestConfig(inputs=[str(lib / "json"), str(lib / "email")],
+                            output=str(d / "s.zarr"), tokenizer=str(d / "tokenizer.json"),
+                            glob="*.py", validation_fraction=0.1))
+    return d / "s.zarr"
+
+
+def _refused(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_a_checkpoint_of_another_tokenizer_is_refused_by_init_from_and_resume(
+        tiny_store, other_store, tmp_path):
+    from megatron_diffusion.data.store import TokenStore
+    from megatron_diffusion.training.checkpoint import latest_checkpoint
+    from tests.faults.conftest import run_cli
+
+    assert TokenStore(other_store).vocab_size == TokenStore(tiny_store).vocab_size == 300
+    run = tmp_path / "run"
+    run_cli(tiny_store, run, "training.train_iters=1", "training.save_interval=1")
+    ckpt = latest_checkpoint(run)
+    meta = ckpt / "meta.json"
+
+    cpt = tmp_path / "cpt"
+    proc = run_cli(other_store, cpt, "training.train_iters=1", resume=None,
+                   extra=["--init-from", str(run)], check=False)
+    _refused(proc, "--init-from", str(meta), str(other_store), "tokenizer")
+    assert not cpt.exists()
+
+    def written():
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = written()
+    proc = run_cli(other_store, run, "training.train_iters=2", check=False)  # --resume auto
+    assert written() == before  # before: config.yaml and a snapshot rewritten, then refused
+    _refused(proc, "--resume", str(meta), str(other_store), "tokenizer")
+
+
+@pytest.mark.parametrize("checksums", [False, True], ids=["no-checksums", "checksums"])
+def test_sample_refuses_a_swapped_tokenizer_json(tmp_path, capsys, checksums):
+    import json
+
+    from tests.helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run", num_layers=2)
+    if not checksums:  # a checkpoint from before checksums: only the hash can tell
+        (ckpt / "checksums.json").unlink()
+    _other_tokenizer(ckpt / "tokenizer.json")
+    argv = ["sample", "--checkpoint", str(ckpt), "--prompt", "def f", "--max-new-tokens", "4"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    for needle in ("--checkpoint", str(ckpt / "tokenizer.json"), str(ckpt / "meta.json")):
+        assert needle in err[0], err[0]
+
+    if not checksums:  # a checkpoint from before tokenizer hashes: nothing to compare, it loads
+        meta = json.loads((ckpt / "meta.json").read_text())
+        del meta["tokenizer_hash"]
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+        assert main(argv) == 0, capsys.readouterr().err
