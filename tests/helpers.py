@@ -131,3 +131,19 @@ def make_checkpoint(run_dir: Path, *, attention=None, tokenizer_vocab: int = 300
     path = save_checkpoint(run_dir, 0, [model], None, meta=meta, loader_state={},
                            tokenizer_path=str(tok_path))
     return path
+
+
+def rewrite_meta(ckpt, meta: dict) -> None:
+    """Replace a checkpoint's meta.json and its entry in checksums.json (a test that edits a
+    checkpoint on purpose: the checksums refuse any other change)."""
+    import json
+
+    from megatron_diffusion.training.checkpoint import CHECKSUMS, _file_sums
+
+    ckpt = Path(ckpt)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    sums_file = ckpt / CHECKSUMS
+    if sums_file.is_file():
+        sums = json.loads(sums_file.read_text())
+        sums["files"].update(_file_sums(ckpt, ["meta.json"]))
+        sums_file.write_text(json.dumps(sums))

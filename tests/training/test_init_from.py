@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, rewrite_meta
 from tests.training.conftest import TINY, env, run_train
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def source(tiny_store, tmp_path_factory):
     ckpt = src / "checkpoints" / "iter_0000001"
     meta = json.loads((ckpt / "meta.json").read_text())
     meta["generation"] = GENERATION  # what conversion writes
-    (ckpt / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(ckpt, meta)
     return ckpt
 
 
