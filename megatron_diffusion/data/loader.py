@@ -41,6 +41,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -233,20 +234,26 @@ _LIKELY_CAUSE = {
 }
 
 
-def _worker_death(batches, num_workers: int, where: str) -> LoaderWorkerDied | None:
-    """The first dead worker of a torch iterator (``_workers[i]`` is worker ``i``), or None."""
-    for worker_id, worker in enumerate(batches._workers):
-        code = worker.exitcode  # None while it runs; -N: killed by signal N
-        if code is None:
-            continue
-        what = f"data loader worker {worker_id}{where} (pid {worker.pid})"
-        if code >= 0:
-            return LoaderWorkerDied(f"{what} exited with status {code}")
-        sig = signal.Signals(-code)
-        cause = _LIKELY_CAUSE.get(sig, "").format(n=num_workers)
-        return LoaderWorkerDied(f"{what} was killed by {sig.name} (signal {-code})"
-                                + (f", {cause}" if cause else ""))
-    return None
+def _worker_death(batches, num_workers: int, where: str,
+                  wait: float = 0.0) -> LoaderWorkerDied | None:
+    """The first dead worker of a torch iterator (``_workers[i]`` is worker ``i``), or None;
+    ``wait``: seconds to give a worker still dying (the error its death caused can come first)."""
+    end = time.monotonic() + wait
+    while True:
+        for worker_id, worker in enumerate(batches._workers):
+            code = worker.exitcode  # None while it runs; -N: killed by signal N
+            if code is None:
+                continue
+            what = f"data loader worker {worker_id}{where} (pid {worker.pid})"
+            if code >= 0:
+                return LoaderWorkerDied(f"{what} exited with status {code}")
+            sig = signal.Signals(-code)
+            cause = _LIKELY_CAUSE.get(sig, "").format(n=num_workers)
+            return LoaderWorkerDied(f"{what} was killed by {sig.name} (signal {-code})"
+                                    + (f", {cause}" if cause else ""))
+        if time.monotonic() >= end:
+            return None
+        time.sleep(0.05)
 
 
 def _defer_worker_deaths() -> None:
@@ -373,8 +380,10 @@ class DiffusionDataLoader:
             raise
         except UsageError as e:  # from a worker, wrapped by torch with the worker's traceback
             raise UsageError(_worker_message(str(e))) from None
-        except RuntimeError:  # torch found a dead worker first (its first micro-batch)
-            died = _worker_death(batches, cfg.num_workers, where) if cfg.num_workers > 0 else None
+        except Exception:  # torch's "exited unexpectedly", a reset connection to a dying worker
+            if cfg.num_workers == 0:
+                raise
+            died = _worker_death(batches, cfg.num_workers, where, wait=2.0)
             if died is None:
                 raise
             raise died from None

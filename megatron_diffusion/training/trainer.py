@@ -17,7 +17,9 @@ Each step (``train_step.TrainStep``): the step's learning rate (a pure function 
 curriculum: corruption warmup, then mask stage, then edit stage for the last fraction of steps),
 ``forward_backward``, the non-finite guard (skip, ``max_nan_steps`` in a row stop the run), the
 optimizer step. Then log, validate, checkpoint; a SIGTERM/SIGUSR2 received meanwhile saves and
-exits 0.
+exits 0. A loader worker that dies (the out-of-memory killer) stops every rank before the step
+whose data it held: the last completed step is saved, with the loader back at that step's end,
+and the run stops with one line (``LoaderWorkerDied``, exit 2); ``--resume auto`` continues.
 """
 
 import contextlib
@@ -34,7 +36,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.corruption.factory import make_corruptor
-from megatron_diffusion.data.loader import DiffusionDataLoader, build_indices
+from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied, build_indices
 from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab, store_vocabulary
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.gpt import transformer_config
@@ -318,7 +320,10 @@ class Trainer:
         while self.step < tr.train_iters:
             t0 = time.perf_counter()
             lr = self._lr_at(self.step)
-            microbatches, extra = next(inputs)
+            try:
+                microbatches, extra = next(inputs)
+            except LoaderWorkerDied as e:
+                raise self._loader_died(e) from None
             record = step_fn(microbatches, step=self.step + 1, lr=lr, started=t0)
             self.step += 1
             if record is None:  # skipped: non-finite
@@ -333,13 +338,45 @@ class Trainer:
 
     def _step_inputs(self):
         """Each step's ``(micro-batches, extra metrics)``, in order: this DP rank's share of
-        the global batch from the loader."""
+        the global batch from the loader. A loader worker's death on any rank raises
+        ``LoaderWorkerDied`` on every rank before the step, the loader back at its start."""
         it = iter(self.loader)
         try:
             while True:
-                yield [next(it) for _ in range(self.num_microbatches)], {}
+                start, died = self.loader.consumed_samples, None
+                try:
+                    microbatches = [next(it) for _ in range(self.num_microbatches)]
+                except LoaderWorkerDied as e:
+                    died = e
+                died = self._agree_on_loader(died)
+                if died is not None:
+                    self.loader.consumed_samples = start  # what the completed steps consumed
+                    raise died
+                yield microbatches, {}
         finally:
             it.close()  # the loader's workers stop now, not when the iterator is collected
+
+    def _agree_on_loader(self, died: LoaderWorkerDied | None) -> LoaderWorkerDied | None:
+        """Under several ranks, one small all-reduce per step: a rank whose workers live gets a
+        stand-in for another rank's ``LoaderWorkerDied``, so every rank stops at this step."""
+        if dist.get_world_size() == 1:
+            return died
+        failed = torch.tensor([0 if died is None else self.rank + 1])
+        host_collective(dist.all_reduce, failed, op=dist.ReduceOp.MAX)
+        if died is None and failed.item():
+            died = LoaderWorkerDied(f"a data loader worker of rank {int(failed.item()) - 1} died "
+                                    "(that rank's message says which and why)")
+        return died
+
+    def _loader_died(self, died: LoaderWorkerDied) -> LoaderWorkerDied:
+        """Save the last completed step (every rank stopped before the next, the loader is back
+        at its end); the one-line error to stop with."""
+        if self.step > 0 and self.last_saved != self.step:
+            self.save()
+            self.last_saved = self.step
+            return LoaderWorkerDied(f"{died}; saved step {self.step}, --resume auto continues "
+                                    "from it")
+        return LoaderWorkerDied(f"{died}; --resume auto continues from step {self.step}")
 
     def _lr_at(self, step: int) -> float:
         opt = self.cfg.optimizer
