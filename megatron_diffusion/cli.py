@@ -58,11 +58,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-# megatron-core warns at import that Transformer Engine / Apex are missing and falls back to
-# torch implementations; that is the expected state on CPU (and TE is an extra), so the
-# messages are noise for every command. FP8/TE requested without TE is a hard error instead.
+# Known third-party warnings, silenced at the entry point (ours stay). megatron-core warns at
+# import that Transformer Engine / Apex are missing and falls back to torch implementations;
+# that is the expected state on CPU (and TE is an extra); FP8/TE requested without TE is a hard
+# error instead. Every checkpoint load goes through megatron-core's dist_checkpointing, whose
+# torch calls are deprecated upstream (load_state_dict, ShardedTensor: three FutureWarnings per
+# load); the GGUF reader hands torch read-only memory-mapped arrays, which we copy at once.
 _BENIGN_WARNINGS = (r".*(Transformer Engine|Apex).* not installed.*",
-                    r".*Apex is not installed.*", r"full scope is deprecated.*")
+                    r".*Apex is not installed.*", r"full scope is deprecated.*",
+                    r"`load_state_dict` is deprecated.*",
+                    r"Please use DTensor instead and we are deprecating ShardedTensor.*",
+                    r"The given NumPy array is not writable.*")
 
 
 def main(argv: list[str] | None = None) -> int:
