@@ -114,16 +114,22 @@ class OnPolicyTrainer(Trainer):
             raise UsageError(f"onpolicy.prompts_per_step: got {per_step}, expected a multiple of "
                              f"the {self.dp_size} data-parallel ranks")
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ data, models
     def _build_data(self) -> None:
         cfg, op = self.cfg, self.cfg.onpolicy
         self.spec = ForwardSpec.of(cfg)
         self.stream = PromptStream(len(self.records), op.prompts_per_step, seed=op.seed,
                                    dp_rank=self.dp_rank, dp_size=self.dp_size)
         self.loader = self.stream  # what checkpoints save and resume restores
+
+    def _build_model_and_optimizer(self) -> None:
+        """The policy, and the frozen reference (its weights come in ``_restore``) that the KL
+        term and the model verifier read."""
+        super()._build_model_and_optimizer()
+        op = self.cfg.onpolicy
         self.reference = None
         if op.kl_weight > 0 or op.verifier == "model":
-            self.reference = build_model(cfg.model, unwrap(self.chunks)[0].config).eval()
+            self.reference = build_model(self.cfg.model, unwrap(self.chunks)[0].config).eval()
             self.reference.requires_grad_(False)
         self.verifier = self._verifier()
 

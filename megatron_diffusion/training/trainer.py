@@ -5,11 +5,15 @@ One ``Trainer`` per process (one process by default; torchrun/SLURM start many).
 1. config: the data store completes the model config (its vocabulary and special ids; a
    mismatch with an explicit config is an error before any work), ``--init-from`` its
    architecture; the checkpoint to resume from is found and checked;
-2. parallel state (TP/PP/VPP/CP/DP) and the run directory (rank 0);
-3. model and optimizer: the model chunks in megatron DDP (``model_setup``), Adam;
-4. data: the corrupting loader of this DP rank (``corruption.factory``), the held-out split
-   (``validation``), the ``step.ForwardSpec`` every forward of the run follows;
-5. restore: the resumed checkpoint (weights, optimizer, loader, RNG) or ``--init-from``'s
+2. parallel state (TP/PP/VPP/CP/DP);
+3. data: the packing plan (rank 0 builds it), the corrupting loader of this DP rank
+   (``corruption.factory``), the held-out split (``validation``), the ``step.ForwardSpec``
+   every forward of the run follows. Before the run directory: data that cannot make one row
+   (a store of 2 tokens, no validation documents for evaluation) is refused with nothing
+   written, and a run directory that did not exist still does not;
+4. the run directory (rank 0: lock, config snapshot);
+5. model and optimizer: the model chunks in megatron DDP (``model_setup``), Adam;
+6. restore: the resumed checkpoint (weights, optimizer, loader, RNG) or ``--init-from``'s
    weights.
 
 Each step (``train_step.TrainStep``): the step's learning rate (a pure function of the step,
@@ -92,9 +96,9 @@ class Trainer:
         self.converted_from = self.generation = None
         resume_path = self._read_config()
         self._init_parallel()
+        self._build_data()  # refusals about the data: before anything is written
         self._on_rank0_agreed(self._prepare_run_dir)
         self._build_model_and_optimizer()
-        self._build_data()
         self._restore(resume_path)
         return self
 
@@ -130,9 +134,11 @@ class Trainer:
                              f"micro-batches ({self.num_microbatches}) to be a multiple of "
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
 
-    def _on_rank0_agreed(self, work) -> None:
-        """``work()`` on rank 0; every rank raises if it failed (one ``UsageError``), instead of
-        the other ranks waiting for rank 0 in their next collective."""
+    def _on_rank0_agreed(self, work, what: str = "--run-dir: rank 0 could not prepare the run "
+                                                 "directory") -> None:
+        """``work()`` on rank 0; every rank raises if it failed (one ``UsageError``; on the
+        other ranks ``what``), instead of the other ranks waiting for rank 0 in their next
+        collective. The all-reduce is also the barrier after ``work``."""
         error = None
         if self.rank == 0:
             try:
@@ -143,8 +149,7 @@ class Trainer:
         if dist.is_initialized() and dist.get_world_size() > 1:
             host_collective(dist.all_reduce, failed, op=dist.ReduceOp.MAX)
         if failed.item():
-            raise error or UsageError("--run-dir: rank 0 could not prepare the run directory "
-                                      "(its log has the reason)")
+            raise error or UsageError(f"{what} (its log has the reason)")
 
     def _prepare_run_dir(self) -> None:
         try:
@@ -198,9 +203,9 @@ class Trainer:
         self.spec = ForwardSpec.of(cfg)
         self.corruptor = make_corruptor(cfg, **store_vocabulary(store))
         self.held_out = HeldOut(cfg, store, self.spec, dp_rank=self.dp_rank, dp_size=self.dp_size)
-        if self.rank == 0:
-            build_indices(cfg.data, cfg.training.train_iters * cfg.data.global_batch_size)
-        dist.barrier()
+        num_samples = cfg.training.train_iters * cfg.data.global_batch_size
+        self._on_rank0_agreed(lambda: build_indices(cfg.data, num_samples),
+                              "data.blend: rank 0 could not build the packing plan")
         self.loader = DiffusionDataLoader(cfg.data, data_parallel_rank=self.dp_rank,
                                           data_parallel_size=self.dp_size,
                                           corrupt_fn=self.corruptor.corrupt,

@@ -101,6 +101,33 @@ def test_tokenizer_that_does_not_match_the_store_is_refused_at_config_time(tiny_
 
 
 @pytest.fixture
+def two_token_store(tmp_path):
+    """A store of one document: one token and its EOS."""
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("a")
+    tok = make_tokenizer(tmp_path / "tokenizer.json", 300)
+    preprocess(IngestConfig(inputs=[str(tmp_path / "src")], output=str(tmp_path / "two.zarr"),
+                            tokenizer=str(tok), glob="*.py", validation_fraction=0.0))
+    return tmp_path / "two.zarr"
+
+
+def test_a_store_too_small_for_one_row_is_refused_before_the_run_dir_is_written(two_token_store,
+                                                                                 tmp_path):
+    # a new run dir, and an empty one made beforehand (as slurm/pretrain.sbatch makes it)
+    for run, made_before in ((tmp_path / "new", False), (tmp_path / "made", True)):
+        if made_before:
+            run.mkdir()
+        proc = run_cli(two_token_store, run, "training.train_iters=2", check=False)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and str(two_token_store) in err[0] and "fewer than one row" in err[0], err
+        assert run.exists() == made_before  # before: config.yaml, snapshots/ (and .lock) in it
+        assert not made_before or not list(run.iterdir()), list(run.iterdir())
+
+
+@pytest.fixture
 def store_without_validation(tmp_path):
     return json_store(tmp_path, "noval.zarr", validation_fraction=0.0)
 
@@ -112,7 +139,7 @@ def test_no_validation_documents_is_found_at_setup(store_without_validation, tmp
     assert proc.returncode == 2, proc.stderr[-3000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "validation" in err[0] and "eval_interval" in err[0], err
-    assert not (run / "metrics.jsonl").exists()  # before any step
+    assert not run.exists()  # before any step, before the run dir is written
 
 
 def test_no_validation_documents_is_fine_without_evaluation(store_without_validation, tmp_path):
