@@ -47,7 +47,9 @@ class CorruptionConfig:
     Seed Diffusion 3.1 does not give the share; 1.0 (default) edits every row."""
     edit_max_rate: float = 0.1
     """``eps``: the edit budget is ``k_t = stochastic_round(eps * u(t) * n)``, ``n`` the number of
-    non-prompt tokens of the row, capped at ``floor(eps * n)``, so ``k_t / L <= eps``."""
+    non-prompt tokens of the row, capped at ``floor(eps * n)``, so ``k_t / L <= eps``. In block
+    mode each block's budget is ``stochastic_round(eps * u(t_b) * n_b) <= ceil(eps * n_b)``, so a
+    row can exceed ``eps L`` (docs/corruption.md, departures)."""
     edit_window: int = 8
     """Realignment window ``W`` of a length-changing edit in single mode: a segment ends every
     ``W`` tokens, so one deletion shifts at most ``W - 1`` tokens (the Hamming distance stays near

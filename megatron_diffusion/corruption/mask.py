@@ -4,7 +4,8 @@ Each row (single mode) or block (block mode) draws a level ``t``:
 
 * outside warmup ``t ~ U(t_min, 1)`` (``t_min`` bounds the ELBO weight ``u'(t)/u(t)``);
 * during the corruption warmup (Stable-DiffCoder 3.2) ``t ~ U(0, u_max(step))`` and the weight is 1.
-  All schedules satisfy ``u(t) <= t``, so capping ``t`` caps the mask rate.
+  The cap on ``t`` is the schedule's ``t_cap(u_max)``, so the mask rate stays below ``u_max``
+  (``t <= u_max`` for the schedules with ``u(t) <= t``; not ``cosine-dllm``, where ``u(t) > t``).
 
 Then every eligible (non-prompt) token is masked independently with probability ``rate``.
 

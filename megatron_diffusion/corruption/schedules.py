@@ -55,7 +55,7 @@ class Schedule:
 
 COSINE_BD3LMS = Schedule(
     "cosine-bd3lms",
-    u=lambda t: 1.0 - torch.cos(0.5 * math.pi * t),
+    u=lambda t: 2.0 * torch.sin(0.25 * math.pi * t) ** 2,  # = 1 - cos(pi t/2), no cancellation
     du=lambda t: 0.5 * math.pi * torch.sin(0.5 * math.pi * t),
 )
 

@@ -25,6 +25,18 @@ def test_cosine_by_hand():
     assert s.u(torch.tensor([1.0])).item() == pytest.approx(1.0)
 
 
+def test_cosine_is_accurate_in_float32_at_small_t():
+    """``1 - cos(pi t/2)`` in float32 cancels: 1.5% high at t = 1e-3 (weight 1971 instead of
+    ~2000); ``2 sin^2(pi t/4)`` is the same function without the cancellation."""
+    s = get_schedule("cosine-bd3lms")
+    t64 = torch.tensor([1e-4, 1e-3, 1e-2, 0.1], dtype=torch.float64)
+    exact_u = 1 - torch.cos(0.5 * math.pi * t64)  # float64: exact enough here
+    exact_w = 0.5 * math.pi * torch.sin(0.5 * math.pi * t64) / exact_u
+    u32, w32 = s.u(t64.float()).double(), s.weight(t64.float()).double()
+    assert torch.allclose(u32, exact_u, rtol=1e-5), (u32, exact_u)
+    assert torch.allclose(w32, exact_w, rtol=1e-5), (w32, exact_w)
+
+
 def test_log_linear_by_hand():
     s = get_schedule("log-linear")
     t = torch.tensor([0.5], dtype=torch.float64)
