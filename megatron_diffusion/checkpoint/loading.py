@@ -22,13 +22,13 @@ import torch
 
 from megatron_diffusion.config import config_from_dict
 from megatron_diffusion.convert.hf_export import is_hf_export, load_hf_export
-from megatron_diffusion.data.tokenizer import (check_tokenizer_hash, load_tokenizer,
-                                               tokenizer_file_hash)
+from megatron_diffusion.data.tokenizer import load_tokenizer
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.inference import LoadedModel, build_inference_model
 from megatron_diffusion.sampling.api import KNOBS, DiffusionSampler
 from megatron_diffusion.sampling.config import SamplerConfig
-from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
+from megatron_diffusion.training.checkpoint import (check_own_tokenizer, load_checkpoint, read_meta,
+                                                    resolve_checkpoint)
 
 
 def load_model(path, *, tensor_model_parallel_size: int = 1, params_dtype: str | None = None,
@@ -63,16 +63,6 @@ def load_native(ckpt: Path, *, tensor_model_parallel_size: int = 1,
     tok = ckpt / "tokenizer.json"
     return LoadedModel(model=model, config=cfg, meta=meta,
                        tokenizer_path=str(tok) if tok.is_file() else None, path=ckpt)
-
-
-def check_own_tokenizer(ckpt: Path, meta: dict, option: str = "--checkpoint") -> None:
-    """``ckpt/tokenizer.json`` is the tokenizer ``meta`` records; no file, or no recorded hash
-    (a checkpoint from before hashes were recorded): nothing to compare."""
-    tok = ckpt / "tokenizer.json"
-    if tok.is_file():
-        check_tokenizer_hash(f"{option}: {tok} is not the tokenizer checkpoint {ckpt} was "
-                             "trained with", ("hash", tokenizer_file_hash(tok, option)),
-                             (f"{ckpt / 'meta.json'} tokenizer_hash", meta.get("tokenizer_hash")))
 
 
 def load_sampler(checkpoint, config: SamplerConfig | None = None, *,

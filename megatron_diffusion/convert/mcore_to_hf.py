@@ -107,10 +107,10 @@ def _architecture(cfg, meta: dict) -> str:
 def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
                         max_shard_bytes: int = 5 * 2**30, force: bool = False,
                         progress: bool = True) -> Path:
-    from megatron_diffusion.checkpoint.loading import check_own_tokenizer
     from megatron_diffusion.config import config_from_dict
     from megatron_diffusion.convert.dist_stream import GroupLoader
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
+    from megatron_diffusion.training.checkpoint import check_own_tokenizer
 
     out = check_output_dir(out, force)
     ckpt = resolve_checkpoint(checkpoint)

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_diffusion.data.tokenizer import check_tokenizer_hash, tokenizer_file_hash
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
 
@@ -235,6 +236,16 @@ def newest_loadable_checkpoint(run_dir, say, older_than: Path | None = None) -> 
         raise UsageError(f"--resume auto: no checkpoint in {checkpoint_root(run_dir)} loads "
                          f"(newest: {problems[0]}); pass --overwrite to start again")
     return None
+
+
+def check_own_tokenizer(ckpt: Path, meta: dict, option: str = "--checkpoint") -> None:
+    """``ckpt/tokenizer.json`` is the tokenizer ``meta`` records; no file, or no recorded hash
+    (a checkpoint from before hashes were recorded): nothing to compare."""
+    tok = ckpt / "tokenizer.json"
+    if tok.is_file():
+        check_tokenizer_hash(f"{option}: {tok} is not the tokenizer checkpoint {ckpt} was "
+                             "trained with", ("hash", tokenizer_file_hash(tok, option)),
+                             (f"{ckpt / 'meta.json'} tokenizer_hash", meta.get("tokenizer_hash")))
 
 
 def agree_on_checkpoint(path: Path | None, run_dir, say, fall_back: bool,
