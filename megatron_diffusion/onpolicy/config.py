@@ -51,8 +51,9 @@ class OnPolicyConfig:
     scale_advantages: bool = False
     """Divide advantages by the group's reward standard deviation (GRPO)."""
     commit_choice: bool = True
-    """Threshold rule: ``log pi(tau)`` includes the probability that each position a step left
-    masked stayed masked (``loss.py``'s ``q`` term); false: the committed tokens only (ablation)."""
+    """``log pi(tau)`` includes the probability that each position a step left masked stayed
+    masked, under either rule (``choice.py``, ``loss.py``'s ``q`` term); false: the committed
+    tokens only (ablation)."""
     kl_weight: float = 0.05
     """Weight of the KL anchor to the frozen starting model (0 = none, no reference copy)."""
     seed: int = 0

@@ -11,15 +11,13 @@ and the reference model's for the same tokens (``reference_logp``, computed befo
                      + kl_weight * sum_i k3(ref_i - log pi(x_i)) )
 
 * ``i``: the committed tokens; ``o``: the positions a state left masked (``rows.PolicyRows.
-  open_BL``). Under the threshold rule the sampler drew a token at every masked position and
-  kept those whose probability reached the threshold, so the trajectory's probability also has,
-  per open position, ``q_o = P(the drawn token's probability < threshold)`` (``log_mass_below``,
-  over the vocabulary-parallel softmax). That term carries the speed reward straight to the
-  commit choice: a fast trajectory's advantage raises the mass above the threshold where its
-  steps left positions open. The one case it misses is the step that commits nothing by
-  itself, where the rule commits the most confident draw anyway. The ``fixed`` rule draws no
-  such choice, since it commits a set number of positions per step, so there is no ``q`` term
-  for it.
+  open_BL``). The sampler drew a token at every masked position and its commit rule kept some,
+  so the trajectory's probability also has, per open position, ``q_o``: the probability that
+  its draw was not kept (``onpolicy/choice.py``: below the threshold, or ranked after the kept
+  draws in a threshold rule's fallback step and under the fixed rule; ``log_mass_in`` over the
+  vocabulary-parallel softmax). That term carries the speed reward straight to the commit
+  choice: a fast trajectory's advantage raises the mass of the draws that get kept where its
+  steps left positions open. ``rule=None`` (``onpolicy.commit_choice: false``) leaves it out.
 * ``k3(d) = exp(d) - d - 1`` (>= 0) is the per-token KL estimator on tokens drawn from the
   policy (``objective.k3_kl``); ``objective.policy_gradient_sum`` gives the first and last terms.
 * ``scale = M / T``: ``T`` is the committed tokens and ``M`` the micro-batches of the whole step
@@ -40,6 +38,7 @@ from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.loss.elbo import _token_ce
 from megatron_diffusion.model.inputs import forward_kwargs
+from megatron_diffusion.onpolicy.choice import CommitRule, open_cutoffs
 from megatron_diffusion.onpolicy.objective import policy_gradient_sum
 from megatron_diffusion.training.context_parallel_loss import output_targets
 from megatron_diffusion.training.step import ForwardSpec, reduce_reports, run_schedule
@@ -73,20 +72,24 @@ class PolicyBatch:
 
 
 def _read(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec, where_BL):
-    """``(logits_KV, targets_K, advantage_K)`` at the outputs that predict ``where_BL``'s
-    positions (training's readout: the logit shift included)."""
-    S = output_BSV.shape[1]
+    """``(logits_KV, targets_K, advantage_K, row_K, position_K)`` at the outputs that predict
+    ``where_BL``'s positions (training's readout: the logit shift included), in output order."""
+    B, L, S = batch.batch_size, batch.seq_len, output_BSV.shape[1]
     kwargs = spec.loss_kwargs()
-    targets_BS, is_BS, _ = output_targets(replace(batch, loss_weights_BL=where_BL.float()),
-                                          S, LossConfig(), **kwargs)
+    number_BL = torch.arange(1, L + 1, device=where_BL.device).expand(B, L) * where_BL
+    targets_BS, number_BS, _ = output_targets(replace(batch, loss_weights_BL=number_BL.float()),
+                                              S, LossConfig(), **kwargs)
     adv_BS = output_targets(batch, S, LossConfig(), **kwargs)[1]
-    where = is_BS > 0
-    return output_BSV[where], targets_BS[where], adv_BS[where]
+    where = number_BS > 0
+    row_K = torch.arange(B, device=where.device)[:, None].expand(B, S)[where]
+    return (output_BSV[where], targets_BS[where], adv_BS[where], row_K,
+            number_BS[where].long() - 1)
 
 
 def committed(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec):
-    """``_read`` at the committed tokens (``batch.loss_mask_BL``)."""
-    return _read(output_BSV, batch, spec, batch.loss_mask_BL)
+    """``_read``'s logits, targets and advantages at the committed tokens
+    (``batch.loss_mask_BL``)."""
+    return _read(output_BSV, batch, spec, batch.loss_mask_BL)[:3]
 
 
 def token_logp(logits_KV: torch.Tensor, targets_K: torch.Tensor) -> torch.Tensor:
@@ -100,11 +103,12 @@ def _tp_sum(x: torch.Tensor) -> torch.Tensor:
     return reduce_from_tensor_model_parallel_region(x)
 
 
-def log_mass_below(logits_KV: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``[K]``: ``log sum_v p(v) 1[p(v) < threshold]``, ``p = softmax(logits)`` over the whole
-    (vocabulary-parallel) vocabulary: the log-probability that the threshold rule leaves a
-    position open, i.e. that the token drawn there has probability below ``threshold``."""
-    logits = logits_KV.float()
+def log_mass_in(logits_KV: torch.Tensor, lt_K: torch.Tensor, le_K: torch.Tensor) -> torch.Tensor:
+    """``[K]``: ``log sum_v p(v) 1[p(v) < lt] 1[p(v) <= le]``, ``p = softmax(logits)`` over the
+    whole (vocabulary-parallel) vocabulary: the log-probability that a draw there was not kept
+    (``choice.open_cutoffs`` gives the cutoffs; constants of the gradient). In float32, or
+    float64 for float64 logits."""
+    logits = logits_KV if logits_KV.dtype == torch.float64 else logits_KV.float()
     top_K = logits.detach().max(dim=-1).values
     if dist.is_initialized() and parallel_state.get_tensor_model_parallel_world_size() > 1:
         dist.all_reduce(top_K, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
@@ -112,19 +116,33 @@ def log_mass_below(logits_KV: torch.Tensor, threshold: float) -> torch.Tensor:
     # two plain sums over the shards, so the reductions' identity backward is the exact
     # gradient (a probability divided by a reduced total would miss the other shards' terms)
     total_K = _tp_sum(e_KV.sum(dim=-1))
-    below_V = (e_KV.detach() / total_K.detach()[:, None]) < threshold
+    p_KV = (e_KV.detach() / total_K.detach()[:, None]).double()
+    # a tie within float error is a tie (the cutoffs come from the kept tokens' log-probabilities,
+    # another computation of the same numbers): the rule's tie-break decides it
+    tol = 16 * torch.finfo(logits.dtype).eps
+    below_V = (p_KV < lt_K.double()[:, None] * (1 - tol)) & (p_KV <= le_K.double()[:, None] * (1 + tol))
     below_K = _tp_sum((e_KV * below_V).sum(dim=-1))
     return below_K.clamp_min(1e-30).log() - total_K.log()
 
 
-def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, threshold, output_BSV):
+def _open_log_q(output_BSV, pb: "PolicyBatch", spec: ForwardSpec, rule: CommitRule, logp_K):
+    """``(log q_O, advantage_O)`` at the open positions (module docstring; ``choice.py``)."""
+    _, _, _, row_K, pos_K = _read(output_BSV, pb.batch, spec, pb.batch.loss_mask_BL)
+    open_KV, _, adv_O, row_O, pos_O = _read(output_BSV, pb.batch, spec, pb.open_BL)
+    block = spec.loss_kwargs()["block_size"] or pb.batch.seq_len  # blocks count from position 0
+    groups = pb.batch.seq_len // block + 1
+    lt_O, le_O = open_cutoffs(logp_K.detach().exp(), row_K * groups + pos_K // block, pos_K,
+                              row_O * groups + pos_O // block, pos_O, rule)
+    return log_mass_in(open_KV, lt_O, le_O), adv_O
+
+
+def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, rule, output_BSV):
     logits_KV, targets_K, adv_K = committed(output_BSV, pb.batch, spec)
     logp_K = token_logp(logits_KV, targets_K)
     total, kl_K = policy_gradient_sum(logp_K, adv_K, pb.ref_logp_K, kl_weight)
     logq_O = logp_K.new_zeros(0)
-    if threshold is not None:  # the commit rule's choice: the open positions' probability
-        open_KV, _, adv_O = _read(output_BSV, pb.batch, spec, pb.open_BL)
-        logq_O = log_mass_below(open_KV, threshold)
+    if rule is not None:  # the commit rule's choice: the open positions' probability
+        logq_O, adv_O = _open_log_q(output_BSV, pb, spec, rule, logp_K)
         total = total - (adv_O * logq_O).sum()
     # a padding micro-batch keeps a graph (finite entries only: [MASK] and vocabulary padding
     # columns are -inf, and a TP shard may hold only such columns)
@@ -136,26 +154,26 @@ def _loss(pb: PolicyBatch, spec: ForwardSpec, kl_weight: float, threshold, outpu
     return loss, torch.tensor(1, dtype=torch.int), {"report": report}
 
 
-def _forward_step(spec: ForwardSpec, kl_weight: float, threshold, data_iterator, model):
+def _forward_step(spec: ForwardSpec, kl_weight: float, rule, data_iterator, model):
     pb = next(data_iterator)
     pb = pb.to(_device())
     output = model(**forward_kwargs(pb.batch, spec.attention, spec.backend))
-    return output, partial(_loss, pb, spec, kl_weight, threshold)
+    return output, partial(_loss, pb, spec, kl_weight, rule)
 
 
 def _device():
     return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
 
 
-def policy_forward_backward(kl_weight: float, threshold: float | None):
+def policy_forward_backward(kl_weight: float, rule: CommitRule | None):
     """``run(chunks, microbatches, spec)`` for ``TrainStep``: the loss above over the step's
     ``PolicyBatch`` micro-batches; returns ``loss`` (the step's objective), ``ce`` (mean
     ``-log pi`` of the committed tokens), ``kl`` (mean k3), ``tokens``, and ``open_logq`` (mean
-    log-probability of leaving an open position open). ``threshold``: the threshold rule's
-    (None for ``fixed``, whose choice of positions is not a draw)."""
+    log-probability of leaving an open position open). ``rule``: the trajectories' commit rule
+    (None: the ``q`` term left out, an ablation)."""
 
     def run(chunks, microbatches: list, spec: ForwardSpec) -> dict:
-        reports = run_schedule(chunks, microbatches, partial(_forward_step, spec, kl_weight, threshold))
+        reports = run_schedule(chunks, microbatches, partial(_forward_step, spec, kl_weight, rule))
         loss, logp, kl, tokens, logq, n_open = reduce_reports(reports, len(REPORT))
         dp = parallel_state.get_data_parallel_world_size() if dist.is_initialized() else 1
         return {"loss": loss / (len(microbatches) * dp), "ce": -logp / max(tokens, 1.0),

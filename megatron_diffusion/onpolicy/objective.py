@@ -31,11 +31,11 @@ trajectory length led to unstable training dynamics"; we take the two standard r
   ``kl_weight``), so the policy cannot drift into degenerate fast samplers.
 
 ``log pi(tau)`` is the sum of the log-probabilities of the trajectory's committed tokens (each
-read from the state it was committed from) and, under the threshold rule, of each open
-position's probability of staying open: the sampler drew a token there too and did not keep it
-because its probability was below the threshold (``onpolicy/loss.py``'s ``q`` term; without it
-the step count, which depends only on those choices, would give the gradient no signal:
-tests/onpolicy/test_objective.py's one-position toy). The loss over committed tokens is
+read from the state it was committed from) and of each open position's probability of staying
+open: the sampler drew a token there too and its commit rule did not keep it (``onpolicy/
+choice.py``: exact for the threshold rule, its fallback steps included, and the fixed rule;
+``loss.py``'s ``q`` term). Without it the step count, which depends only on those choices,
+would give the gradient no signal. The loss over committed tokens is
 ``-(sum_n A_n sum_t log p_nt) / T + kl_weight * sum_nt k3_nt / T`` with ``T`` the batch's
 committed tokens (one normalisation for the whole batch, so long and short trajectories weigh
 per token alike). ``k3 = exp(d) - d - 1`` with ``d = log pi_ref(x) - log pi(x)`` (``k3_kl``;

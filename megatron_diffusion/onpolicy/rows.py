@@ -13,8 +13,8 @@ the clean copies of the earlier blocks, so every block of one row can hold its o
 ``r`` (a *round*) puts every block ``j`` with more than ``r`` steps in the state before its
 step ``d_j[r]``: the positions with an earlier step revealed, the others masked; the tokens
 committed at ``d_j[r]`` carry the loss, and so do the positions it left masked (``open_BL``: the
-sampler drew a token there whose confidence was below the threshold, so the commit rule's
-choice enters the trajectory's probability; ``loss.py``). Blocks with ``r`` steps or fewer are clean in row ``r``
+sampler drew a token there and its commit rule did not keep it, so the rule's choice enters the
+trajectory's probability; ``choice.py``, ``loss.py``). Blocks with ``r`` steps or fewer are clean in row ``r``
 (no loss; a noisy block is seen by nobody else). A trajectory needs ``max_j |d_j|`` rows, the
 most steps any of its blocks took, not one row per step: with block size 4 and 3 tokens per
 step a 64-token completion costs 2 rows.

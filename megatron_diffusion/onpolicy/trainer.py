@@ -43,6 +43,7 @@ from megatron_diffusion.evaluation.executor import ExecutorConfig
 from megatron_diffusion.model.gpt import build_model
 from megatron_diffusion.model.inference import LoadedModel
 from megatron_diffusion.onpolicy import rollout
+from megatron_diffusion.onpolicy.choice import CommitRule
 from megatron_diffusion.onpolicy.loss import PolicyBatch, policy_forward_backward, reference_logp
 from megatron_diffusion.onpolicy.objective import group_advantages
 from megatron_diffusion.onpolicy.prompts import read_prompts
@@ -165,12 +166,12 @@ class OnPolicyTrainer(Trainer):
     # ------------------------------------------------------------------ step
     def _train_step(self, logger) -> TrainStep:
         op = self.cfg.onpolicy
-        # the q term (loss.py): the threshold rule's choice of positions, unless ablated
-        threshold = op.threshold if op.strategy == "threshold" and op.commit_choice else None
+        # the q term (loss.py, choice.py): the commit rule's choice of positions, unless ablated
+        rule = CommitRule(op.strategy, op.threshold) if op.commit_choice else None
         cost = StepCost(tokens=0, flops=0.0, peak_flops=None, world_size=dist.get_world_size())
         return TrainStep(self.chunks, self.optimizer, self.spec, cost,
                          max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=lambda s: 0.0,
-                         say=logger.write, run=policy_forward_backward(op.kl_weight, threshold))
+                         say=logger.write, run=policy_forward_backward(op.kl_weight, rule))
 
     def _step_inputs(self):
         """Each step's micro-batches come from sampling with the current weights."""
