@@ -39,8 +39,9 @@ megatron-diffusion sample --checkpoint "$RUN_DIR" --prompts examples/demo_prompt
   --out "$RUN_DIR/samples.jsonl"
 python - "$RUN_DIR/samples.jsonl" <<'PY'
 import json, sys
+bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")  # none in a log file
 for r in map(json.loads, open(sys.argv[1])):
     print("-" * 60)
-    print(r["prompt"] + "\033[1m" + r["completion"] + "\033[0m")
+    print(r["prompt"] + bold + r["completion"] + plain)
     print(f"[{r['num_tokens']} tokens in {r['num_forwards']} forwards]")
 PY

@@ -6,7 +6,7 @@
 # decode, the block sampler and threshold decoding, and self-speculative decoding, whose output
 # is checked here to be the CPT model's AR decode token for token. The samples it prints come
 # from self-speculative decoding, so the AR rows of the table vouch for their quality.
-# About 10-12 minutes on a quiet 2-core CPU (docs/BENCHMARKS.md, "SmolLM2 demo").
+# About 28-32 minutes on a shared 2-core CPU (README, "The main job: what to expect").
 #
 #   bash examples/smollm2_demo.sh          # resumable: a re-run skips what is done
 set -euo pipefail
@@ -14,7 +14,10 @@ cd "$(dirname "$0")/.."
 export DATA=${DATA:-runs/smollm2_data}
 RUN_DIR=${RUN_DIR:-runs/smollm2_demo}
 SECONDS=0
-# the long recipe, shortened to fit a demo: 40 steps of 128-token rows
+# the long recipe, shortened to fit a demo: 40 steps of 128-token rows (the recipe's 256 and
+# 400 steps: docs/BENCHMARKS.md, "Self-speculative decoding and the long CPT"). The loss rises
+# when the 5-step corruption warmup ends (more masks; `mask cap` leaves the log line then);
+# `ar ce`, the clean stream's next-token CE, is the one that says the AR model is kept.
 CONFIG=examples/smollm2_spec_cpt.yaml RUN_DIR="$RUN_DIR" bash examples/smollm2_cpt.sh \
   training.train_iters=40 data.seq_len=128 corruption.warmup_steps=5 training.save_interval=0 \
   training.keep_last=1 "$@"
@@ -42,9 +45,10 @@ python - "$RUN_DIR" <<'PY'
 import json, sys
 run = sys.argv[1]
 ar, spec = ([json.loads(x) for x in open(f"{run}/samples_{m}.jsonl")] for m in ("ar", "spec"))
+bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")  # none in a log file
 for r in spec:
     print("-" * 60)
-    print(r["prompt"] + "\033[1m" + r["completion"] + "\033[0m")
+    print(r["prompt"] + bold + r["completion"] + plain)
     print(f"[self-speculative: {r['num_tokens']} tokens in {r['num_forwards']} forwards]")
 same = all(a["completion_ids"] == s["completion_ids"] for a, s in zip(ar, spec))
 tok = lambda rs: sum(r["num_tokens"] for r in rs)
