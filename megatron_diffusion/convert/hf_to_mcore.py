@@ -40,6 +40,7 @@ from megatron_diffusion.convert.hf_tokenizer import PreparedTokenizer, prepare_t
 from megatron_diffusion.convert.outdir import atomic_output_dir, check_output_dir
 from megatron_diffusion.convert.safetensors_io import SafetensorsCheckpoint
 from megatron_diffusion.convert.tensor_map import TensorLayout
+from megatron_diffusion.data.tokenizer import check_tokenizer_hash
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.training.checkpoint import check_format, checkpoint_meta, save_checkpoint
 
@@ -102,6 +103,11 @@ def plan_import(hf_dir, *, add_mask_token: bool = False, params_dtype: str | Non
     tok = prepare_tokenizer(hf_dir, add_mask_token=add_mask_token, hf_vocab_size=hf.vocab_size,
                             eos_token=eos_token)
     sidecar = read_sidecar(hf_dir)
+    if sidecar is not None:  # an export: its tokenizer is the exported checkpoint's
+        check_tokenizer_hash(f"{hf_dir / 'tokenizer.json'} is not the tokenizer the exported "
+                             "checkpoint was trained with", ("hash", tok.loaded.hash),
+                             (f"{hf_dir / SIDECAR} tokenizer_hash",
+                              sidecar["meta"].get("tokenizer_hash")))
     cfg = run_config(hf, tok, params_dtype or _default_dtype(reader), sidecar,
                      f"--hf: {hf_dir / SIDECAR}", make_vocab_size_divisible_by)
     if sidecar is not None and "generation" in sidecar["meta"]:

@@ -189,3 +189,22 @@ def test_sample_refuses_a_swapped_tokenizer_json(tmp_path, capsys, checksums):
         del meta["tokenizer_hash"]
         (ckpt / "meta.json").write_text(json.dumps(meta))
         assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_an_hf_export_with_a_swapped_tokenizer_is_refused(tmp_path, capsys):
+    """An `mcore-to-hf` export carries the exported checkpoint's tokenizer hash (its
+    megatron_diffusion.json); `sample` of the export (and `convert hf-to-mcore` of it) used a
+    replaced tokenizer.json silently."""
+    from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
+    from tests.helpers import make_checkpoint
+
+    export = tmp_path / "hf"
+    convert_mcore_to_hf(make_checkpoint(tmp_path / "run", num_layers=2), export, progress=False)
+    argv = ["sample", "--checkpoint", str(export), "--prompt", "def f", "--max-new-tokens", "4"]
+    assert main(argv) == 0, capsys.readouterr().err  # its own tokenizer loads
+    _other_tokenizer(export / "tokenizer.json")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and str(export / "tokenizer.json") in err[0], err
+    assert "megatron_diffusion.json tokenizer_hash" in err[0], err[0]
