@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_diffusion.config import RunConfig, _flatten, load_config, read_yaml
+from megatron_diffusion.data.tokenizer import check_tokenizer_hash
 from megatron_diffusion.data.vocab import resolve_vocab
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
@@ -97,14 +98,26 @@ def load_stages(config_path, overrides, run_dir, kind=_plain) -> list[Stage] | N
     return stages
 
 
-def _validate(stage: Stage) -> None:
-    """Validate a copy completed from the data store, so a bad stage 2 fails before stage 1."""
+def _validate(stage: Stage):
+    """Validate a copy completed from the data store, so a bad stage 2 fails before stage 1;
+    returns the stage's first store."""
     cfg = copy.deepcopy(stage.cfg)
     try:
-        resolve_vocab(cfg)
+        stores = resolve_vocab(cfg)
         cfg.validate()
     except UsageError as e:
         raise UsageError(f"stages[{stage.index - 1}] ({stage.name}): {e}") from None
+    return stores[0]
+
+
+def _check_tokenizers(stages: list[Stage], stores: list) -> None:
+    """A stage starts from the previous stage's checkpoint, so its data must be tokenized like
+    the previous stage's (checked before stage 1 trains, not when stage 2 starts)."""
+    for prev, (stage, store) in zip(stores, zip(stages[1:], stores[1:])):
+        check_tokenizer_hash(f"stages[{stage.index - 1}] ({stage.name}): store {store.path} was "
+                             "made with another tokenizer than the previous stage's store "
+                             f"{prev.path}, whose checkpoint it starts from",
+                             ("hash", store.tokenizer_hash), ("previous", prev.tokenizer_hash))
 
 
 def _final_checkpoint(stage: Stage):
@@ -126,8 +139,7 @@ def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv,
     if overwrite and resume != "none":
         raise UsageError(f"--overwrite: replaces every stage's run in {run_dir}, it cannot be "
                          f"combined with --resume {resume}")
-    for stage in stages:
-        _validate(stage)
+    _check_tokenizers(stages, [_validate(stage) for stage in stages])
     source = init_from
     for stage in stages:
         done = _final_checkpoint(stage) if resume == "auto" else None
