@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_diffusion.data.checksums import crc32_file
 from megatron_diffusion.data.tokenizer import check_tokenizer_hash, tokenizer_file_hash
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
@@ -88,6 +89,15 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _every_rank(value) -> list:
+    """``value`` of every rank in rank order (an all-gather; ``[value]`` in one process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 _WRITER = re.compile(r"(?:model_optim/__(\d+)_\d+\.distcp|rng/rank_(\d+)\.pt)")
 
 
@@ -110,8 +120,6 @@ def _shared_files(path: Path) -> list[str]:
 
 
 def _file_sums(path: Path, files: list[str]) -> dict:
-    from megatron_diffusion.data.checksums import crc32_file
-
     return {f: [(path / f).stat().st_size, crc32_file(path / f)] for f in files}
 
 
@@ -258,8 +266,7 @@ def agree_on_checkpoint(path: Path | None, run_dir, say, fall_back: bool,
     the oldest."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return path
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (None if path is None else str(path), list(notes)))
+    gathered = _every_rank((None if path is None else str(path), list(notes)))
     chosen = [c for c, _ in gathered]
     if None in chosen:  # no checkpoint on some rank's view: the ranks disagree on the run dir
         if any(chosen):
@@ -273,8 +280,7 @@ def agree_on_checkpoint(path: Path | None, run_dir, say, fall_back: bool,
             for note in told if rank and Path(choice) == path else ():
                 say(f"rank {rank}: {note}")
     while True:
-        problems = [None] * dist.get_world_size()
-        dist.all_gather_object(problems, None if verified else checksum_problem(path))
+        problems = _every_rank(None if verified else checksum_problem(path))
         problem = next((p for p in problems if p), None)
         if problem is None:
             return path
@@ -285,8 +291,7 @@ def agree_on_checkpoint(path: Path | None, run_dir, say, fall_back: bool,
             older, error = str(newest_loadable_checkpoint(run_dir, say, older_than=path)), None
         except UsageError as e:
             older, error = None, str(e)
-        outcomes = [None] * dist.get_world_size()
-        dist.all_gather_object(outcomes, (older, error))
+        outcomes = _every_rank((older, error))
         errors = [e for _, e in outcomes if e]
         if errors:
             raise UsageError(errors[0])
@@ -354,10 +359,7 @@ def save_checkpoint(run_dir, step: int, chunks, optimizer, *, meta: dict, loader
     _agreed(lambda: _write_shards(tmp, chunks, optimizer, loader_state), root, tmp, final)
     sums = {}
     _agreed(lambda: sums.update(_file_sums(tmp, _own_files(tmp, _rank(), _world()))), root, tmp, final)
-    if dist.is_initialized() and dist.get_world_size() > 1:  # every rank's own files, to rank 0
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, sums)
-        sums = {k: v for part in gathered for k, v in part.items()}
+    sums = {k: v for part in _every_rank(sums) for k, v in part.items()}  # every rank's files
     pause = float(os.environ.get("MEGATRON_DIFFUSION_FAULT_PAUSE_BEFORE_COMMIT", "0"))
     if pause:  # fault injection for tests: a window in which the shards exist but are not final
         import time
@@ -499,10 +501,7 @@ def load_checkpoint(path, chunks, optimizer=None, *, verified: bool = False) -> 
     (``agree_on_checkpoint``)."""
     path = Path(path)
     meta = read_meta(path)
-    problems = [None if verified else checkpoint_problem(path)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        mine, problems = problems[0], [None] * dist.get_world_size()
-        dist.all_gather_object(problems, mine)
+    problems = _every_rank(None if verified else checkpoint_problem(path))
     problem = next((p for p in problems if p), None)
     if problem is not None:
         raise UsageError(problem)

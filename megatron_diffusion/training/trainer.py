@@ -78,8 +78,9 @@ class Trainer:
         self.resume, self.init_from, self.argv = resume, init_from, argv or []
         self.overwrite = overwrite
         self.preempted = False
-        self.resume_notes = []
         """Set when the run stopped on a preemption signal (``_preempted``), on every rank."""
+        self.resume_notes = []
+        """What ``--resume auto`` found choosing its checkpoint (``agree_on_checkpoint``)."""
 
     # ------------------------------------------------------------------ setup
     def setup(self):
