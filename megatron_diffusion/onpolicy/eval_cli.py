@@ -4,10 +4,11 @@ Samples ``--samples`` completions of every prompt of ``--prompts`` (each filled 
 whole blocks, as the stage does) with the given sampler settings, scores them with the verifier
 and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
 score; the pass rate with ``--verifier execution``), ``reward`` (``RewardConfig``'s defaults),
-``surrogate``, ``completion_tokens``, ``distinct_tokens`` (``onpolicy/rollout.py``), and the
-settings. Run it on the model before
-and after an on-policy run with the same settings to compare them (docs/onpolicy.md). Bad input
-is one line and exit 2 before any model loads; ``--out`` is written atomically.
+``surrogate``, ``completion_tokens``, ``distinct_tokens`` (``onpolicy/rollout.py``), the
+settings, ``per_prompt`` records and 95% bootstrap ``intervals`` over prompts
+(``onpolicy/intervals.py``). Run it on the model before and after a stage with the same settings;
+``--paired BEFORE.json`` adds the paired interval of the differences (docs/onpolicy.md). Bad
+input is one line and exit 2 before any model loads; ``--out`` is written atomically.
 """
 
 import argparse
@@ -36,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--paired", default=None, metavar="BASE_JSON",
+                   help="an onpolicy-eval --out of the same prompts: add this run minus that one")
 
 
 def _check(args):
@@ -51,12 +54,35 @@ def _check(args):
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():
         raise UsageError(f"--out: the directory of {args.out} does not exist")
     records = read_prompts(args.prompts)[:args.limit]
+    args.base_rows = None if args.paired is None else _base_rows(args.paired)
+    if args.base_rows is not None:
+        from megatron_diffusion.onpolicy.intervals import check_same_prompts
+        check_same_prompts([r.task_id for r in records], args.base_rows)
     if args.verifier == "execution":
         untested = [r.task_id for r in records if not r.has_test]
         if untested:
             raise UsageError(f"--prompts: {untested[0]} has no test; --verifier execution needs "
                              "one per prompt (or use --verifier model)")
     return records
+
+
+def _base_rows(path: str) -> list[dict]:
+    """The ``per_prompt`` records of an earlier ``onpolicy-eval --out``."""
+    try:
+        rows = json.loads(Path(path).read_text())["per_prompt"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--paired: {path} is not an onpolicy-eval --out with per_prompt "
+                         f"records ({type(e).__name__}: {e})") from None
+    if not isinstance(rows, list) or not rows:
+        raise UsageError(f"--paired: {path} has no per_prompt records")
+    for i, row in enumerate(rows):
+        fields = (row.get("task_id"), row.get("score"), row.get("tokens"), row.get("forwards")) \
+            if isinstance(row, dict) else ()
+        if len(fields) != 4 or not isinstance(fields[0], str) \
+                or not all(isinstance(v, (int, float)) for v in fields[1:]) or not fields[3] > 0:
+            raise UsageError(f"--paired: {path}: per_prompt[{i}] is not a record with task_id, "
+                             "score, tokens and forwards > 0")
+    return rows
 
 
 def run(args) -> int:
@@ -90,22 +116,37 @@ def run(args) -> int:
                                        stop_ids=stop_token_ids(tok, (), loaded.meta))
     verifier = (ModelVerifier.from_checkpoint(args.reference) if args.verifier == "model"
                 else ExecutionVerifier())
+    task_ids = [r.task_id for r in records]
     records = [r for r in records for _ in range(args.samples)]
     prompts = [fill_prompt(tok.encode(r.prompt), B, tok.eos_id) for r in records]
-    totals, t0 = None, time.perf_counter()
+    totals, every, t0 = None, ([], [], []), time.perf_counter()
     for i in range(0, len(prompts), args.batch_size):
         batch = prompts[i:i + args.batch_size]
         completions = rollout.sample(loaded.model, rules, cfg, batch)
         scores = rollout.score(verifier, records[i:i + args.batch_size], batch, completions, tok)
         part = rollout.sums(completions, scores, rollout.rewards(completions, scores, RewardConfig()), B)
         totals = part if totals is None else totals + part
+        every[0].extend(scores.tolist())
+        every[1].extend(len(c.tokens) for c in completions)
+        every[2].extend(c.num_forwards for c in completions)
         print(f"onpolicy-eval: {min(i + args.batch_size, len(prompts))}/{len(prompts)} completions",
               file=sys.stderr, flush=True)
     out = {**rollout.figures(totals), "trajectories": len(prompts), "seconds": time.perf_counter() - t0,
            "checkpoint": str(loaded.path), "verifier_kind": args.verifier,
            "settings": cfg.resolve("block", B).settings()}
+    out.update(_with_intervals(task_ids, every, args.base_rows))
     text = json.dumps(out, indent=1)
     print(text, flush=True)  # first: a failing --out write loses nothing
     if args.out:
         write_text_atomic(args.out, text + "\n")
     return 0
+
+
+def _with_intervals(task_ids: list[str], every: tuple, base_rows: list[dict] | None) -> dict:
+    from megatron_diffusion.onpolicy import intervals
+
+    rows = intervals.per_prompt(task_ids, *every)
+    out = {"intervals": intervals.intervals(rows), "per_prompt": rows}
+    if base_rows is not None:
+        out["paired"] = intervals.paired(rows, base_rows)
+    return out

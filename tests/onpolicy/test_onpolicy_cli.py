@@ -63,14 +63,36 @@ def test_onpolicy_eval_figures(checkpoint, tmp_path):
     assert fig["tokens_per_forward"] == pytest.approx(2.0)  # 2 steps per 4-token block
     assert fig["steps_per_block"] == pytest.approx(2.0) and 0 < fig["verifier"] < 1
     assert json.loads(proc.stdout) == fig
+    rows = fig["per_prompt"]
+    assert [r["samples"] for r in rows] == [2, 2] and sum(r["tokens"] for r in rows) / 4 == \
+        pytest.approx(fig["completion_tokens"])
+    assert sum(r["score"] for r in rows) / 2 == pytest.approx(fig["verifier"])
+    for name in ("verifier", "tokens_per_forward"):
+        est = fig["intervals"][name]
+        assert est["lo"] <= est["value"] <= est["hi"] and est["value"] == pytest.approx(fig[name])
+    # the same run again, paired with the first: the same completions, every difference 0
+    proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, "--verifier", "model",
+                "--reference", run, "--samples", 2, "--max-new-tokens", 8, "--strategy", "fixed",
+                "--steps-per-block", 2, "--paired", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paired = json.loads(proc.stdout)["paired"]
+    assert paired["verifier"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert paired["tokens_per_forward"]["value"] == 0.0
 
 
 def test_onpolicy_eval_bad_input(checkpoint, tmp_path):
     run, prompts = checkpoint
     out = tmp_path / "eval.json"
+    bad, other = tmp_path / "bad.json", tmp_path / "other.json"
+    bad.write_text('{"verifier": 0.5}')
+    other.write_text(json.dumps({"per_prompt": [{"task_id": "x", "score": 1, "tokens": 4,
+                                                 "forwards": 2}]}))
     for args, message in [(["--verifier", "model"], "--reference"),
                           (["--verifier", "model", "--reference", tmp_path / "none"], "--reference"),
-                          ([], "has no test"), (["--samples", "0"], "--samples")]:
+                          ([], "has no test"), (["--samples", "0"], "--samples"),
+                          (["--verifier", "model", "--reference", run, "--paired", bad], "--paired"),
+                          (["--verifier", "model", "--reference", run, "--paired", other],
+                           "--paired: its prompts are not this run's")]:
         proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, *args, "--out", out)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert not out.exists()
