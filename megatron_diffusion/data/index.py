@@ -215,6 +215,10 @@ class StorePlan:
         real_len = real_hi - real_lo
         within = np.arange(real_len.sum()) - np.repeat(np.cumsum(real_len) - real_len, real_len)
         tokens[np.repeat(seg_start, real_len) + within] = real
+        ends_here = (real_hi == stored_len) & (real_len > 0)  # documents whose last token is here
+        if ends_here.any():
+            last = (seg_start + real_hi - lo - 1)[ends_here]
+            self.store.check_document_ends(doc_ids[ends_here], tokens[last])
         document_ids = np.repeat(np.arange(len(pos)), seg_len)
         if self.prompt_lengths is not None:
             offset_in_doc = np.arange(L) - np.repeat(seg_start - lo, seg_len)
