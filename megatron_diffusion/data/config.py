@@ -28,7 +28,12 @@ def parse_data_path(items: list[str]) -> list[tuple[float, str]]:
 class DataConfig:
     blend: list[tuple[float, str]] = field(default_factory=list)
     """Stores and their weights, Megatron-style ``[(0.7, "a.zarr"), (0.3, "b.zarr")]``; weights
-    are normalised. Each store contributes ``weight`` of the rows of every epoch."""
+    are normalised. Each store contributes ``weight`` of the rows of every epoch. A store is a
+    zarr store or a Megatron-LM indexed dataset's ``.bin``/``.idx`` prefix (``data.indexed``)."""
+    tokenizer: str | None = None
+    """The tokenizer.json the blend's data was tokenized with. Required when the blend names a
+    Megatron indexed dataset (its files record no tokenizer): it gives the vocabulary, the EOS/
+    [MASK]/pad ids and the hash the run records; zarr stores in the blend must match it."""
     seq_len: int = 2048
     """Tokens per packed row (``L``)."""
     micro_batch_size: int = 1
@@ -69,6 +74,8 @@ class DataConfig:
         check_choice("data.split", self.split, SPLITS)
         check_int("data.sft_min_eos", self.sft_min_eos, lo=1)
         check_int("data.sft_max_eos", self.sft_max_eos, lo=self.sft_min_eos)
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise UsageError(f"data.tokenizer: got {self.tokenizer!r}, expected a tokenizer.json path")
         if self.trajectories is not None and not isinstance(self.trajectories, str):
             raise UsageError(f"data.trajectories: got {self.trajectories!r}, expected a directory path")
         return self
