@@ -57,6 +57,28 @@ def test_same_rows_as_the_zarr_store_of_the_same_tokens(twins, tokenizer_path):
         assert torch.equal(ra.tokens_BL, rb.tokens_BL) and torch.equal(ra.document_ids_BL, rb.document_ids_BL)
 
 
+def test_written_as_preprocess_data_py_writes_it(twins, tokenizer_path, tmp_path):
+    """Megatron-LM's tools/preprocess_data.py (not in megatron-core's wheel) calls
+    ``add_document(ids, sentence_lens)`` with ``DType.optimal_dtype(vocab)``; with
+    --split-sentences a document is several sequences: still one document here."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    zarr_path, _ = twins
+    store = TokenStore(zarr_path)
+    off = store.read_doc_array("doc_offsets")
+    prefix = tmp_path / "code_text_sentence"
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=DType.optimal_dtype(store.vocab_size))
+    for d in range(store.num_docs):
+        ids = store.read_tokens(int(off[d]), int(off[d + 1])).tolist()
+        cut = sorted({len(ids) // 3, 2 * len(ids) // 3} - {0})
+        builder.add_document(ids, np.diff([0, *cut, len(ids)]).tolist())
+    builder.finalize(f"{prefix}.idx")
+    a, b = PackedDataset(_cfg(zarr_path, tokenizer_path)), PackedDataset(_cfg(prefix, tokenizer_path))
+    assert len(b.stores[0]._index.sequence_lengths) > 2 * store.num_docs
+    for g in range(a.samples_per_epoch):
+        assert torch.equal(a[g].tokens_BL, b[g].tokens_BL) and torch.equal(a[g].document_ids_BL, b[g].document_ids_BL)
+
+
 def test_corrupted_batches_and_dp_shards_match_the_zarr_store(twins, tokenizer_path):
     zarr_path, prefix = twins
     for rank in range(2):
