@@ -21,8 +21,10 @@ store's code.
 * **SFT**: a document written as two sequences, prompt then response (``add_item(prompt);
   add_item(response + [eos]); end_document()``), is an SFT sample whose prompt is its first
   sequence. ``data.mode=sft`` needs every document to have exactly two sequences.
-* **Split**: every non-empty document is a training document (the format has no split);
-  empty documents (Megatron writes one for an empty text) are in no split.
+* **Split**: the format has none. ``validation_fraction`` (``data.indexed_validation_fraction``)
+  of the documents are held out as ``preprocess`` holds them out (``writer.split_codes``, with
+  ``preprocess``'s default seed); empty documents (Megatron writes one for an empty text) are in
+  no split. The fraction is part of the dataset's id, so the cached indices follow it.
 * **Tokenizer**: the files record none. ``data.tokenizer`` names it; it gives the vocabulary,
   the EOS/[MASK]/pad ids and the hash the run records and checks against zarr stores and
   checkpoints. What the format allows to check, and is checked: the token dtype can hold the
@@ -49,10 +51,12 @@ import numpy as np
 
 from megatron_diffusion.data.store import DOC_ARRAYS, write_doc_array_npy
 from megatron_diffusion.data.tokenizer import LoadedTokenizer
-from megatron_diffusion.data.writer import SPLITS
+from megatron_diffusion.data.writer import split_codes
 from megatron_diffusion.errors import UsageError
 
 SUFFIXES = (".bin", ".idx")
+SPLIT_SEED = 1234
+"""Seed of the validation split's hash: ``preprocess --seed``'s default."""
 NO_SPLIT = -1
 """``split`` code of an empty document: in neither the train nor the validation split."""
 EOS_SAMPLE = 16
@@ -93,9 +97,9 @@ def _open_megatron(prefix: str):
 class IndexedTokenSource:
     """A Megatron indexed dataset with ``TokenStore``'s read interface (``path`` is the prefix)."""
 
-    def __init__(self, prefix: str | Path, tokenizer: LoadedTokenizer):
+    def __init__(self, prefix: str | Path, tokenizer: LoadedTokenizer, validation_fraction: float = 0.0):
         self.path = Path(prefix)
-        self.tokenizer = tokenizer
+        self.tokenizer, self.validation_fraction = tokenizer, validation_fraction
         self.bin_path, self.idx_path = (Path(f"{prefix}{s}") for s in SUFFIXES)
         self._check_files_exist()
         self._dataset = _open_megatron(str(prefix))
@@ -150,10 +154,11 @@ class IndexedTokenSource:
                          f"describes {self.num_tokens} {self.dtype} tokens = {self.bin_bytes} bytes ({why})")
 
     def _fingerprint(self) -> str:
-        """The dataset's id (keys the index cache and the loader's state): both files' sizes
-        and the first and last MiB of the ``.idx`` (lengths and document boundaries), so a copy
-        keeps it and a re-tokenized dataset gets another."""
-        h = hashlib.sha256(f"{self.idx_path.stat().st_size} {self.bin_bytes}".encode())
+        """The dataset's id (keys the index cache and the loader's state): both files' sizes,
+        the first and last MiB of the ``.idx`` (lengths and document boundaries) and the
+        validation fraction, so a copy keeps it and a re-tokenized dataset gets another."""
+        h = hashlib.sha256(f"{self.idx_path.stat().st_size} {self.bin_bytes} "
+                           f"validation {self.validation_fraction!r}".encode())
         with open(self.idx_path, "rb") as f:
             h.update(f.read(FINGERPRINT_BYTES))
             f.seek(max(0, self.idx_path.stat().st_size - FINGERPRINT_BYTES))
@@ -254,7 +259,8 @@ class IndexedTokenSource:
             return self._doc_starts(np.arange(start, end))
         if name == "split":
             empty = np.diff(self._doc_starts(np.arange(start, end + 1))) == 0
-            return np.where(empty, NO_SPLIT, SPLITS["train"]).astype(np.int8)
+            codes = split_codes(np.arange(start, end), SPLIT_SEED, self.validation_fraction)
+            return np.where(empty, NO_SPLIT, codes).astype(np.int8)
         if self.mode != "sft":  # prompt_lengths
             return np.zeros(end - start, dtype=np.int32)
         first_seq = np.asarray(self._index.document_indices[start:end])

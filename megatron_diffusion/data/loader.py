@@ -90,8 +90,10 @@ def _plan_key(cfg: DataConfig) -> PlanKey:
     return PlanKey(cfg.seed, cfg.seq_len, cfg.split, cfg.mode, *eos)
 
 
-def open_source(path: str, tokenizer: LoadedTokenizer | None) -> TokenStore | IndexedTokenSource:
-    """A blend entry: a zarr store, or a Megatron indexed dataset read with ``tokenizer``."""
+def open_source(path: str, tokenizer: LoadedTokenizer | None,
+                validation_fraction: float = 0.0) -> TokenStore | IndexedTokenSource:
+    """A blend entry: a zarr store, or a Megatron indexed dataset read with ``tokenizer``
+    (``validation_fraction`` of its documents held out)."""
     prefix = indexed_prefix(path)
     if prefix is None:
         return TokenStore(path)
@@ -99,7 +101,7 @@ def open_source(path: str, tokenizer: LoadedTokenizer | None) -> TokenStore | In
         raise UsageError(f"data.tokenizer: blend entry {path} is a Megatron indexed dataset, "
                          "whose files record no tokenizer; set data.tokenizer to the "
                          "tokenizer.json it was made with")
-    return IndexedTokenSource(prefix, tokenizer)
+    return IndexedTokenSource(prefix, tokenizer, validation_fraction)
 
 
 _DATA_TOKENIZERS: dict = {}
@@ -129,7 +131,7 @@ def open_stores(cfg: DataConfig, tokenizer_hash: str | None = None,
         raise UsageError("data.blend: expected at least one (weight, store path) pair, e.g. "
                          "data.blend='[[1.0, corpus.zarr]]'")
     tokenizer = data_tokenizer(cfg)
-    stores = [open_source(p, tokenizer) for p in cfg.paths]
+    stores = [open_source(p, tokenizer, cfg.indexed_validation_fraction) for p in cfg.paths]
     tokenizer_hash = tokenizer_hash or (tokenizer and tokenizer.hash) or stores[0].tokenizer_hash
     for s in stores:
         s.check_compatible(vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)

@@ -128,6 +128,22 @@ def test_blend_with_a_zarr_store(twins, cpt_store, tokenizer_path):
     assert torch.equal(ds[g].tokens_BL, alone[ds.blend.locate(g)[1]].tokens_BL)
 
 
+def test_validation_split_as_preprocess_holds_it_out(tmp_path, tokenizer_path, cpt_store):
+    """cpt_store holds out 10% (preprocess's default seed): its twin with the same fraction has
+    the same train and validation rows; the fraction is part of the dataset's id."""
+    prefix = write_indexed_like(cpt_store, tmp_path / "held")
+    for split in ("train", "validation"):
+        a = PackedDataset(_cfg(cpt_store, tokenizer_path, split=split))
+        b = PackedDataset(_cfg(prefix, tokenizer_path, split=split, indexed_validation_fraction=0.1))
+        assert b.samples_per_epoch == a.samples_per_epoch > 0
+        assert all(torch.equal(a[g].tokens_BL, b[g].tokens_BL) for g in range(a.samples_per_epoch))
+    ids = {f: open_stores(_cfg(prefix, tokenizer_path, indexed_validation_fraction=f))[0].store_id
+           for f in (0.0, 0.1)}
+    assert ids[0.0] != ids[0.1]
+    with pytest.raises(UsageError, match="no documents in split 'validation'"):
+        PackedDataset(_cfg(prefix, tokenizer_path, split="validation"))
+
+
 def test_sft_prompt_masks_match_the_zarr_store(sft_twins, tokenizer_path):
     sft_store, prefix = sft_twins
     a = PackedDataset(_cfg(sft_store, tokenizer_path, mode="sft", seq_len=64))
