@@ -188,17 +188,28 @@ def test_needs_data_tokenizer(twins):
         open_stores(DataConfig(blend=[(1.0, twins[1])]))
 
 
+def test_data_tokenizer_and_fraction_are_checked(twins, tmp_path):
+    with pytest.raises(UsageError, match="data.tokenizer: .*absent.json is not a file"):
+        open_stores(_cfg(twins[1], tmp_path / "absent.json"))
+    with pytest.raises(UsageError, match=r"data.indexed_validation_fraction: got 1.0, expected a number in \[0, 1\)"):
+        _cfg(twins[1], "tok.json", indexed_validation_fraction=1.0).validate()
+
+
 def test_other_vocabulary_or_eos_is_refused(twins, tmp_path):
     from tests.helpers import make_tokenizer
 
     small = make_tokenizer(tmp_path / "small.json", 280)  # ids of the data lie beyond it
     with pytest.raises(UsageError, match=r"ids outside \[0, 280\)"):
         PackedDataset(_cfg(twins[1], small))[0]
-    big = make_tokenizer(tmp_path / "big.json", 900)  # EOS is id 0 in both: caught by content only
-    tokenizer = load_tokenizer(big)
-    source = IndexedTokenSource(twins[1], tokenizer)
-    with pytest.raises(UsageError, match="tokenizer_hash"):
+    # what the format cannot show: another tokenizer with room for every id and the same EOS id
+    # (0 in both) reads; only the hash against the run's other data or checkpoint refuses it
+    source = IndexedTokenSource(twins[1], load_tokenizer(make_tokenizer(tmp_path / "big.json", 900)))
+    assert len(source.read_tokens(0, source.num_tokens)) == source.num_tokens
+    with pytest.raises(UsageError, match="data.tokenizer .*big.json has tokenizer_hash"):
         source.check_compatible(tokenizer_hash=load_tokenizer(twins[0] / "tokenizer.json").hash)
+    blend = [(1.0, str(twins[0])), (1.0, twins[1])]
+    with pytest.raises(UsageError, match="store .*s.zarr: tokenizer_hash"):
+        open_stores(_cfg(twins[1], tmp_path / "big.json", blend=blend))
 
 
 def test_documents_without_eos_are_refused(tmp_path, tokenizer_path):
