@@ -38,3 +38,17 @@ def test_indexed_training_matches_zarr_and_resumes_exactly(twins, tmp_path):
     assert losses(run) == losses(tmp_path / "zarr")  # identical floats
     shipped = sorted(run.glob("checkpoints/iter_*/tokenizer.json"))
     assert shipped and tokenizer_file_hash(shipped[-1], "test") == tokenizer_file_hash(tok, "test")
+
+
+@pytest.mark.distributed
+def test_indexed_training_dp2_matches_one_process(twins, tmp_path):
+    """DP=2 (rank 0 builds the indices from the .idx, both ranks read their shards) trains the
+    losses of one process, as it does on a zarr store."""
+    _, prefix, tok = twins
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_train(prefix, ref, "training.train_iters=3", f"data.tokenizer={tok}")
+    run_train(prefix, run, "training.train_iters=3", f"data.tokenizer={tok}", nproc=2)
+    a, b = losses(ref), losses(run)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
