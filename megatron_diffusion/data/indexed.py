@@ -240,6 +240,28 @@ class IndexedTokenSource:
             raise UsageError(f"{self._where()}: tokens from {start} hold the [MASK] id {self.mask_id} "
                              f"of data.tokenizer {self.tokenizer.path}: tokenized with another tokenizer")
 
+    def verify(self, block: int = 1 << 24) -> list[str]:
+        """Read everything once (``check-store``): every id inside the vocabulary and not
+        [MASK], every non-empty document ending with EOS; the first problem of each block of
+        ``block`` tokens or documents, without the dataset's name."""
+        self._check_bin_size(since_open=True)
+        tokens = self._dataset.get(0, offset=0, length=self.num_tokens)  # the memory map, no copy
+        problems = []
+        for start in range(0, self.num_tokens, block):
+            problems += self._problem(self._check_ids, tokens[start:start + block], start)
+        for d in range(0, self.num_docs, block):
+            starts = self.read_doc_array("doc_offsets", d, min(d + block, self.num_docs) + 1)
+            docs = np.flatnonzero(starts[1:] > starts[:-1])
+            problems += self._problem(self.check_document_ends, d + docs, tokens[starts[docs + 1] - 1])
+        return problems
+
+    def _problem(self, check, *args) -> list[str]:
+        try:
+            check(*args)
+        except UsageError as e:
+            return [str(e).removeprefix(f"{self._where()}: ")]
+        return []
+
     def _doc_starts(self, docs: np.ndarray) -> np.ndarray:
         """Token offset where each of ``docs`` starts: the pointer of its first sequence
         ``di[d]`` (``num_tokens`` for ``d = num_docs``, or for empty documents at the end)."""

@@ -326,3 +326,22 @@ def test_bin_truncated_after_open_is_refused_at_the_next_read(twins, tokenizer_p
         f.truncate(100)
     with pytest.raises(UsageError, match="later.bin is 100 bytes.*changed since the dataset was opened"):
         ds[1]
+
+
+def test_check_store_reads_every_token_and_document_end(twins, tokenizer_path, tmp_path, capsys):
+    from megatron_diffusion.cli import main
+
+    assert main(["check-store", twins[1], "--tokenizer", str(tokenizer_path)]) == 0
+    assert "ok, every token and document end read" in capsys.readouterr().out
+    eos = load_tokenizer(tokenizer_path).eos_id
+    builder = indexed_builder(tmp_path / "bad")
+    for d in range(40):  # open checks documents 0-15 and 24-39 only
+        builder.add_item(torch.tensor([5, 9999 if d == 30 else 6, 7 if d == 20 else eos]))
+        builder.end_document()
+    builder.finalize(str(tmp_path / "bad.idx"))
+    assert main(["check-store", str(tmp_path / "bad"), "--tokenizer", str(tokenizer_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "ids outside [0, " in err[0] and "max 9999" in err[0]
+    assert "document 20 ends with id 7" in err[1] and "1 of 1 stores failed" in err[2]
+    assert main(["check-store", twins[1]]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
