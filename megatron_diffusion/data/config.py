@@ -29,7 +29,7 @@ class DataConfig:
     blend: list[tuple[float, str]] = field(default_factory=list)
     """Stores and their weights, Megatron-style ``[(0.7, "a.zarr"), (0.3, "b.zarr")]``; weights
     are normalised. Each store contributes ``weight`` of the rows of every epoch. A store is a
-    zarr store or a Megatron-LM indexed dataset's ``.bin``/``.idx`` prefix (``data.indexed``)."""
+    zarr store or a Megatron-LM indexed dataset's ``.bin``/``.idx`` prefix (``data/indexed.py``)."""
     tokenizer: str | None = None
     """The tokenizer.json the blend's data was tokenized with. Required when the blend names a
     Megatron indexed dataset (its files record no tokenizer): it gives the vocabulary, the EOS/
