@@ -2,6 +2,7 @@
 """Loader throughput: a Megatron indexed dataset (.bin/.idx) against a zarr store of the same tokens.
 
     python tools/bench_indexed.py --tokens 20e6 --seq-len 8192 --rows 100 --rounds 6
+    python tools/bench_indexed.py --index-only-docs 10e6 --seq-len 8192   # start-up at scale
 
 Writes a synthetic zarr store (``bench_data_index.write_synthetic``: random ids, log-normal
 document lengths, EOS last) and the same documents as ``PREFIX.bin``/``.idx`` with megatron-core's
@@ -12,6 +13,11 @@ a second open (cached, what every rank does), and clean packed rows/s through
 ``DiffusionDataLoader`` (``--workers``, random rows: the plan shuffles them). The rows/s rounds
 alternate between the two sources (which goes first alternates too), so a shared machine's load
 falls on both alike; the ratio is of the medians, and per round. Prints one JSON object.
+
+``--index-only-docs N`` instead writes an ``.idx`` of N documents (log-normal lengths) beside a
+sparse ``.bin`` of the right size (zeros: EOS in the synthetic tokenizer, no disk blocks) and
+times what a rank's start-up costs at scale: the first open (per-document arrays and packing
+plan built from the ``.idx``) and a cached open, extrapolated to 1T tokens by documents.
 """
 
 import argparse
@@ -60,6 +66,41 @@ def write_indexed_twin(store_path: Path, prefix: Path) -> float:
     return time.perf_counter() - t0
 
 
+def write_index_only(prefix: Path, num_docs: int, mean_doc_len: float, vocab: int) -> dict:
+    """An .idx through megatron-core's ``_IndexWriter`` (pointers by cumsum: its Python loop
+    would take minutes) and a sparse .bin of the size the .idx describes."""
+    from megatron.core.datasets.indexed_dataset import DType, _IndexWriter
+
+    dtype = DType.optimal_dtype(vocab)
+    lengths = np.maximum(2, np.random.default_rng(0).lognormal(np.log(mean_doc_len) - 0.5, 1.0, num_docs))
+    lengths = lengths.astype(np.int32)
+    with _IndexWriter(f"{prefix}.idx", dtype) as writer:
+        itemsize = np.dtype(dtype).itemsize
+        writer._sequence_pointers = lambda lens: np.concatenate([[0], np.cumsum(lens, dtype=np.int64)[:-1]]) * itemsize
+        writer.write(lengths, None, np.arange(num_docs + 1, dtype=np.int64))
+    num_tokens = int(lengths.sum(dtype=np.int64))
+    with open(f"{prefix}.bin", "wb") as f:
+        f.truncate(num_tokens * itemsize)
+    return {"num_docs": num_docs, "num_tokens": num_tokens, "idx_bytes": Path(f"{prefix}.idx").stat().st_size}
+
+
+def startup_at_scale(args, work: Path) -> dict:
+    from megatron_diffusion.data.config import DataConfig
+
+    prefix = work / "scale_text_document"
+    out = write_index_only(prefix, int(args.index_only_docs), args.mean_doc_len, args.vocab)
+    cfg = DataConfig(blend=[(1.0, str(prefix))], tokenizer=str(write_tokenizer(work / "tok.json", args.vocab)),
+                     seq_len=args.seq_len, num_workers=0)
+    open_seconds(cfg)  # loads the tokenizer once (not what scales)
+    shutil.rmtree(work / "scale_text_document.index")
+    out["open_first_s"] = open_seconds(cfg)
+    out["open_cached_s"] = open_seconds(cfg)
+    out["index_cache_bytes"] = _dir_bytes(work / "scale_text_document.index")
+    scale = 1e12 / out["num_tokens"]
+    out["extrapolated_1T"] = {k: out[k] * scale for k in ("num_docs", "idx_bytes", "index_cache_bytes", "open_first_s")}
+    return out
+
+
 def open_seconds(cfg) -> float:
     from megatron_diffusion.data.loader import PackedDataset
 
@@ -94,7 +135,17 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--workers", type=int, default=0, help="data.num_workers (0: in this process)")
     p.add_argument("--dir", default=None, help="work directory (default: a temp dir, removed)")
+    p.add_argument("--index-only-docs", type=float, default=0,
+                   help="instead: start-up on an .idx of this many documents (sparse .bin)")
     args = p.parse_args()
+    if args.index_only_docs:
+        work = Path(args.dir or tempfile.mkdtemp(prefix="bench-indexed-"))
+        try:
+            print(json.dumps({**startup_at_scale(args, work), "args": vars(args)}, indent=2))
+        finally:
+            if not args.dir:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     from megatron_diffusion.data.config import DataConfig
 
