@@ -1,10 +1,14 @@
-"""``megatron-diffusion check-store STORE [STORE ...]``: verify every chunk file's checksum.
+"""``megatron-diffusion check-store STORE [STORE ...] [--tokenizer TOK]``: verify every chunk file's checksum.
 
 Reads every byte of every chunk file listed in ``STORE/checksums.json`` (written by
 ``preprocess``) and compares size and CRC-32, then decodes every token chunk and checks that its
 ids lie inside the store's vocabulary. Prints one line per problem (a missing, truncated or
 corrupted file, an id out of range) and exits 2 if there was any; prints a summary line per good
 store.
+
+A Megatron ``.bin``/``.idx`` prefix (with ``--tokenizer``, the ``data.tokenizer`` it is read
+with) has no checksums: every token is read and checked against the tokenizer (ids inside its
+vocabulary, no [MASK], every document ending with its EOS), what the trainer checks per row.
 """
 
 import sys
@@ -13,7 +17,21 @@ from megatron_diffusion.errors import UsageError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("stores", nargs="+", metavar="STORE", help="token stores (.zarr directories)")
+    p.add_argument("stores", nargs="+", metavar="STORE",
+                   help="token stores (.zarr directories) or Megatron .bin/.idx prefixes")
+    p.add_argument("--tokenizer", default=None,
+                   help="the tokenizer.json .bin/.idx datasets were made with (data.tokenizer)")
+
+
+def indexed_problems(prefix: str, tokenizer) -> list[str]:
+    """Every token of a Megatron dataset checked against ``tokenizer`` (a path)."""
+    from megatron_diffusion.data.indexed import IndexedTokenSource
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+
+    if tokenizer is None:
+        raise UsageError(f"--tokenizer: {prefix} is a Megatron indexed dataset, whose files record "
+                         "no tokenizer; name the tokenizer.json it was made with")
+    return IndexedTokenSource(prefix, load_tokenizer(tokenizer)).verify()
 
 
 def token_id_problems(store) -> list[str]:
@@ -31,28 +49,41 @@ def token_id_problems(store) -> list[str]:
     return problems
 
 
+def zarr_problems(store) -> tuple[list[str], str]:
+    """Problems of a zarr store (checksums, then ids), and what was verified."""
+    from megatron_diffusion.data import checksums
+
+    if not (store / "zarr.json").is_file():
+        raise UsageError(f"store {store}: not a token store (no zarr.json)")
+    try:
+        manifest = checksums.read_manifest(store)
+    except ValueError as e:
+        raise UsageError(f"store {store}: {e}") from None
+    if manifest is None:
+        raise UsageError(f"store {store}: no {checksums.MANIFEST} (written before checksums "
+                         "existed; re-run preprocess to get one)")
+    problems = checksums.verify(store, manifest) or token_id_problems(store)
+    return problems, f"{len(manifest['files'])} chunk files verified"
+
+
 def run(args) -> int:
     from pathlib import Path
 
-    from megatron_diffusion.data import checksums
+    from megatron_diffusion.data.indexed import indexed_prefix
 
     bad = 0
     for store in map(Path, args.stores):
-        if not (store / "zarr.json").is_file():
-            raise UsageError(f"store {store}: not a token store (no zarr.json)")
-        try:
-            manifest = checksums.read_manifest(store)
-        except ValueError as e:
-            raise UsageError(f"store {store}: {e}") from None
-        if manifest is None:
-            raise UsageError(f"store {store}: no {checksums.MANIFEST} (written before checksums "
-                             "existed; re-run preprocess to get one)")
-        problems = checksums.verify(store, manifest) or token_id_problems(store)
+        prefix = indexed_prefix(str(store))
+        if prefix is None:
+            name, (problems, verified) = f"store {store}", zarr_problems(store)
+        else:
+            name = f"indexed dataset {prefix}"
+            problems, verified = indexed_problems(prefix, args.tokenizer), "every token and document end read"
         for p in problems:
-            print(f"store {store}: {p}", file=sys.stderr)
+            print(f"{name}: {p}", file=sys.stderr)
         bad += bool(problems)
         if not problems:
-            print(f"store {store}: ok, {len(manifest['files'])} chunk files verified")
+            print(f"{name}: ok, {verified}")
     if bad:
         raise UsageError(f"{bad} of {len(args.stores)} stores failed the check")
     return 0

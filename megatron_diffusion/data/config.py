@@ -28,7 +28,16 @@ def parse_data_path(items: list[str]) -> list[tuple[float, str]]:
 class DataConfig:
     blend: list[tuple[float, str]] = field(default_factory=list)
     """Stores and their weights, Megatron-style ``[(0.7, "a.zarr"), (0.3, "b.zarr")]``; weights
-    are normalised. Each store contributes ``weight`` of the rows of every epoch."""
+    are normalised. Each store contributes ``weight`` of the rows of every epoch. A store is a
+    zarr store or a Megatron-LM indexed dataset's ``.bin``/``.idx`` prefix (``data/indexed.py``)."""
+    tokenizer: str | None = None
+    """The tokenizer.json the blend's data was tokenized with. Required when the blend names a
+    Megatron indexed dataset (its files record no tokenizer): it gives the vocabulary, the EOS/
+    [MASK]/pad ids and the hash the run records; zarr stores in the blend must match it."""
+    indexed_validation_fraction: float = 0.0
+    """Megatron indexed datasets in the blend (the format has no split): the fraction of their
+    documents in the validation split, chosen by a hash of the document index as ``preprocess
+    --validation-fraction`` chooses them (with its default seed). Zarr stores keep their own split."""
     seq_len: int = 2048
     """Tokens per packed row (``L``)."""
     micro_batch_size: int = 1
@@ -69,6 +78,10 @@ class DataConfig:
         check_choice("data.split", self.split, SPLITS)
         check_int("data.sft_min_eos", self.sft_min_eos, lo=1)
         check_int("data.sft_max_eos", self.sft_max_eos, lo=self.sft_min_eos)
+        check_range("data.indexed_validation_fraction", self.indexed_validation_fraction, 0, 1,
+                    hi_open=True)
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise UsageError(f"data.tokenizer: got {self.tokenizer!r}, expected a tokenizer.json path")
         if self.trajectories is not None and not isinstance(self.trajectories, str):
             raise UsageError(f"data.trajectories: got {self.trajectories!r}, expected a directory path")
         return self

@@ -26,8 +26,12 @@ Sizes: ``docs`` 4-8 B and ``cum`` 8 B per document, ``rows`` 8 B per row, the bl
 the per-document arrays of the store (``doc_offsets`` etc.) are cached as ``.npy`` too. Files are
 written to a temp name and renamed, so ranks racing to build the same plan are safe.
 
-Where (``cache_root``): ``data.index_cache_dir`` if set, else ``NAME.zarr.index/`` beside the
-store. A store whose directory this user cannot write (a read-only shared dataset, another
+A "store" here is a zarr ``TokenStore`` or a Megatron ``.bin``/``.idx`` dataset
+(``indexed.IndexedTokenSource``): both give ``store_id``, the per-document arrays and token
+ranges, and check the EOS that ends each document a row reads.
+
+Where (``cache_root``): ``data.index_cache_dir`` if set, else ``NAME.zarr.index/`` (``PREFIX.index/``
+for a ``.bin``/``.idx`` prefix) beside the store. A store whose directory this user cannot write (a read-only shared dataset, another
 user's files) gets its index in the per-user cache instead, ``$XDG_CACHE_HOME`` (default
 ``~/.cache``) ``/megatron-diffusion/index/NAME.zarr-<hash of the store's absolute path>/``, said
 once per process on stderr. Below either, the store's id (a fresh uuid per ``preprocess``) keys
@@ -215,6 +219,10 @@ class StorePlan:
         real_len = real_hi - real_lo
         within = np.arange(real_len.sum()) - np.repeat(np.cumsum(real_len) - real_len, real_len)
         tokens[np.repeat(seg_start, real_len) + within] = real
+        ends_here = (real_hi == stored_len) & (real_len > 0)  # documents whose last token is here
+        if ends_here.any():
+            last = (seg_start + real_hi - lo - 1)[ends_here]
+            self.store.check_document_ends(doc_ids[ends_here], tokens[last])
         document_ids = np.repeat(np.arange(len(pos)), seg_len)
         if self.prompt_lengths is not None:
             offset_in_doc = np.arange(L) - np.repeat(seg_start - lo, seg_len)

@@ -45,6 +45,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,7 +55,9 @@ from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.data import hashing
 from megatron_diffusion.data.config import DataConfig
 from megatron_diffusion.data.index import BlendIndex, PlanKey, StoreSamples, cache_root
+from megatron_diffusion.data.indexed import IndexedTokenSource, indexed_prefix
 from megatron_diffusion.data.store import TokenStore
+from megatron_diffusion.data.tokenizer import LoadedTokenizer, load_tokenizer
 from megatron_diffusion.data.trajectories import TrajectoryRows
 from megatron_diffusion.errors import UsageError
 
@@ -87,19 +90,56 @@ def _plan_key(cfg: DataConfig) -> PlanKey:
     return PlanKey(cfg.seed, cfg.seq_len, cfg.split, cfg.mode, *eos)
 
 
+def open_source(path: str, tokenizer: LoadedTokenizer | None,
+                validation_fraction: float = 0.0) -> TokenStore | IndexedTokenSource:
+    """A blend entry: a zarr store, or a Megatron indexed dataset read with ``tokenizer``
+    (``validation_fraction`` of its documents held out)."""
+    prefix = indexed_prefix(path)
+    if prefix is None:
+        return TokenStore(path)
+    if tokenizer is None:
+        raise UsageError(f"data.tokenizer: blend entry {path} is a Megatron indexed dataset, "
+                         "whose files record no tokenizer; set data.tokenizer to the "
+                         "tokenizer.json it was made with")
+    return IndexedTokenSource(prefix, tokenizer, validation_fraction)
+
+
+_DATA_TOKENIZERS: dict = {}
+"""``data.tokenizer`` by (file, mtime): loaded once per process (every open_stores asks)."""
+
+
+def data_tokenizer(cfg: DataConfig) -> LoadedTokenizer | None:
+    """``data.tokenizer`` loaded, or None when the config names none."""
+    if cfg.tokenizer is None:
+        return None
+    p = Path(cfg.tokenizer)
+    if not p.is_file():
+        raise UsageError(f"data.tokenizer: {p} is not a file (expected a tokenizer.json)")
+    key = (str(p.resolve()), p.stat().st_mtime_ns)
+    if key not in _DATA_TOKENIZERS:
+        try:
+            _DATA_TOKENIZERS[key] = load_tokenizer(p)
+        except UsageError as e:
+            raise UsageError(f"data.tokenizer: {e}") from None
+    return _DATA_TOKENIZERS[key]
+
+
 def open_stores(cfg: DataConfig, tokenizer_hash: str | None = None,
-                vocab_size: int | None = None) -> list[TokenStore]:
+                vocab_size: int | None = None) -> list[TokenStore | IndexedTokenSource]:
     """Open and cross-check the blend's stores (same tokenizer; SFT stores for SFT mode)."""
     if not cfg.blend:  # an empty config, or no data section
         raise UsageError("data.blend: expected at least one (weight, store path) pair, e.g. "
                          "data.blend='[[1.0, corpus.zarr]]'")
-    stores = [TokenStore(p) for p in cfg.paths]
-    tokenizer_hash = tokenizer_hash or stores[0].tokenizer_hash
+    tokenizer = data_tokenizer(cfg)
+    stores = [open_source(p, tokenizer, cfg.indexed_validation_fraction) for p in cfg.paths]
+    tokenizer_hash = tokenizer_hash or (tokenizer and tokenizer.hash) or stores[0].tokenizer_hash
     for s in stores:
         s.check_compatible(vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
         if cfg.mode == "sft" and s.mode != "sft":
+            hint = ("whose documents are two sequences, prompt and response" if
+                    isinstance(s, IndexedTokenSource) else "made with --prompt-field/--response-field")
             raise UsageError(f"store {s.path}: mode is {s.mode!r}, data.mode 'sft' needs a store "
-                             "made with --prompt-field/--response-field")
+                             + hint)
     return stores
 
 

@@ -32,6 +32,20 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def write_doc_array_npy(path: Path, dtype, length: int, read, step: int = 1 << 20) -> np.ndarray:
+    """A per-document array as a read-only memmap of ``path``, written once (atomically) from
+    ``read(i, j)`` slices of ``step`` documents: no rank holds the whole array in memory."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(length,))
+            for i in range(0, length, step):
+                out[i:i + step] = read(i, min(i + step, length))
+            out.flush()
+            del out
+    return np.load(path, mmap_mode="r")
+
+
 class TokenStore:
     """A token store opened read-only. ``path`` names it in every error message."""
 
@@ -95,6 +109,12 @@ class TokenStore:
     store_id = property(lambda self: str(self.attrs["store_id"]))
     mode = property(lambda self: str(self.attrs.get("mode", "cpt")))
 
+    @property
+    def tokenizer_file(self) -> str | None:
+        """The tokenizer.json ``preprocess`` copied into the store (None in older stores)."""
+        p = self.path / "tokenizer.json"
+        return str(p) if p.is_file() else None
+
     def check_compatible(self, vocab_size: int | None = None, tokenizer_hash: str | None = None) -> None:
         """UsageError naming this store and the field if it was tokenized differently."""
         if vocab_size is not None and vocab_size != self.vocab_size:
@@ -103,6 +123,13 @@ class TokenStore:
         if tokenizer_hash is not None and tokenizer_hash != self.tokenizer_hash:
             raise UsageError(f"store {self.path}: tokenizer_hash is {self.tokenizer_hash[:12]}..., "
                              f"expected {tokenizer_hash[:12]}... (re-run preprocess with the run's tokenizer)")
+
+    def check_document_ends(self, doc_ids: np.ndarray, last_tokens: np.ndarray) -> None:
+        """Every document ends with EOS (``preprocess`` appends it); anything else is corruption."""
+        bad = np.flatnonzero(np.asarray(last_tokens) != self.eos_id)
+        if len(bad):
+            raise UsageError(f"store {self.path}: document {int(doc_ids[bad[0]])} ends with id "
+                             f"{int(last_tokens[bad[0]])}, not EOS {self.eos_id} (corrupt; run check-store)")
 
     # data -------------------------------------------------------------------------------------
     # Decoded chunks are kept in a small per-process LRU (``CHUNK_CACHE`` chunks, 256 KiB each
@@ -184,18 +211,9 @@ class TokenStore:
         """``name`` in ``DOC_ARRAYS`` as a read-only memmap, copied once chunk by chunk."""
         if name not in DOC_ARRAYS:
             raise ValueError(f"{name!r} is not one of {DOC_ARRAYS}")
-        path = Path(cache_dir) / f"{name}.npy"
-        if not path.exists():
-            src = self._group[name]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=src.shape)
-                step = src.chunks[0]
-                for i in range(0, src.shape[0], step):
-                    out[i:i + step] = src[i:i + step]
-                out.flush()
-                del out
-        return np.load(path, mmap_mode="r")
+        src = self._group[name]
+        return write_doc_array_npy(Path(cache_dir) / f"{name}.npy", src.dtype, src.shape[0],
+                                   lambda i, j: src[i:j], step=src.chunks[0])
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r}, docs={self.num_docs}, tokens={self.num_tokens})"

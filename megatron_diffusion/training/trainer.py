@@ -238,8 +238,7 @@ class Trainer:
         return meta
 
     def _store_tokenizer(self):
-        p = Path(self.stores[0].path) / "tokenizer.json"
-        return str(p) if p.is_file() else None
+        return self.stores[0].tokenizer_file  # a zarr store's copy, or data.tokenizer
 
     def _resume_note(self, message: str) -> None:
         """Said on rank 0; kept on every rank for ``agree_on_checkpoint``."""

@@ -49,8 +49,8 @@ class HeldOut:
             PackedDataset(self.data, None, self.store.tokenizer_hash, self.store.vocab_size)
         except UsageError as e:
             raise UsageError(f"training.eval_interval/infill_eval_interval: no validation data "
-                             f"({e}); preprocess with --validation-fraction > 0 or set both "
-                             "to 0") from None
+                             f"({e}); preprocess with --validation-fraction > 0 (for a .bin/.idx "
+                             "dataset: data.indexed_validation_fraction) or set both to 0") from None
 
     @torch.no_grad()
     def evaluate(self, chunks, corrupt_fn, spec: ForwardSpec) -> dict:

@@ -1,13 +1,18 @@
-"""Shared fixtures: a tokenizer trained on a slice of this interpreter's stdlib, small stores."""
+"""Shared fixtures: a tokenizer trained on a slice of this interpreter's stdlib, small stores,
+Megatron indexed datasets (.bin/.idx) written from a store by megatron-core's builder."""
 
 import json
 import random
 import sysconfig
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from megatron_diffusion.data.ingest import IngestConfig, preprocess
+from megatron_diffusion.data.store import TokenStore
 from megatron_diffusion.data.tokenizer import iter_text_files, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -65,3 +70,26 @@ def sft_records() -> list[dict]:
 def sft_store(tmp_path_factory, tokenizer_path, sft_records) -> Path:
     return make_store(tmp_path_factory.mktemp("sft"), tokenizer_path, sft_records,
                       prompt_field="prompt", response_field="response", validation_fraction=0.0)
+
+
+def indexed_builder(prefix, dtype=np.uint16):
+    """megatron-core's ``IndexedDatasetBuilder`` writing ``PREFIX.bin`` (``finalize`` the .idx)."""
+    with warnings.catch_warnings():  # megatron-core's Apex/TE fallback warnings at import
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    return IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
+
+
+def write_indexed_like(store_path, prefix, *, sft=False, dtype=np.uint16):
+    """The documents of a zarr store as a Megatron indexed dataset: one sequence per document
+    (EOS last, as --append-eod writes it), or prompt and response sequences for SFT."""
+    store = TokenStore(store_path)
+    off, prompt = store.read_doc_array("doc_offsets"), store.read_doc_array("prompt_lengths")
+    builder = indexed_builder(prefix, dtype)
+    for d in range(store.num_docs):
+        doc = torch.from_numpy(store.read_tokens(int(off[d]), int(off[d + 1])).astype(np.int64))
+        for part in (doc[:prompt[d]], doc[prompt[d]:]) if sft else (doc,):
+            builder.add_item(part)
+        builder.end_document()
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
