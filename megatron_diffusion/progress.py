@@ -32,7 +32,7 @@ class Progress:
         self.plain = (not _is_terminal(self.stream)) if plain is None else plain
         self.interval_s, self.done, self.start = interval_s, 0, time.monotonic()
         self.last_done, self.last_time = 0, self.start
-        self.bar = None
+        self.bar, self.postfix = None, {}
         if not enabled:
             return
         if self.plain:
@@ -50,6 +50,12 @@ class Progress:
             self.bar.update(n)
         elif self._due(before):
             self._line()
+
+    def set_postfix(self, **values) -> None:
+        """Figures shown after the count (``tokens=...``): on the bar, or on the next line."""
+        self.postfix = values
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
 
     def close(self) -> None:
         if not self.enabled:
@@ -83,14 +89,26 @@ class Progress:
     def plain_line(self) -> str:
         """``[desc] done/total unit (pct), elapsed s, ETA h:mm:ss``."""
         elapsed = time.monotonic() - self.start
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         if not self.total:
-            return f"[{self.desc}] {self.done} {self.unit}s, {elapsed:.0f} s"
+            return f"[{self.desc}] {self.done} {self.unit}s, {elapsed:.0f} s{extra}"
         text = (f"[{self.desc}] {self.done}/{self.total} {self.unit}s "
                 f"({100 * self.done / self.total:.0f}%), {elapsed:.0f} s")
         if 0 < self.done < self.total:
             eta = elapsed / self.done * (self.total - self.done)
             text += f", ETA {datetime.timedelta(seconds=round(eta))}"
-        return text
+        return text + extra
+
+
+def track(items, desc: str, *, total: int | None = None, unit: str = "item",
+          enabled: bool = True):
+    """``items`` one by one with a ``Progress`` (``total`` default: ``len(items)`` if any)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    with Progress(total, desc, unit=unit, enabled=enabled) as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 def _is_terminal(stream) -> bool:
