@@ -89,7 +89,8 @@ def run(args) -> int:
     decoders = {"diffusion": sampler, "ar": ar}
     if args.hf_baseline is not None:
         decoders["hf"] = _hf_decoder(args, sampler, prompts)
-    measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats)
+    measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats,
+                                         progress=is_rank_zero())
     result, ar_result = measured["diffusion"], measured["ar"]
     out = {**_public(result), "ar_baseline": _public(ar_result),
            **_ratio("speedup_tokens_per_second", result, ar_result),
