@@ -45,6 +45,7 @@ MODEL_NAME = "megatron_diffusion"
 STRATEGIES = ("ar", "fixed", "threshold", "speculative")
 SAMPLER_ARGS = ("block_size", "steps_per_block", "threshold", "draft_len", "temperature", "seed")
 DEFAULT_MAX_GEN_TOKS = 256
+DEFAULT_AUTO_BATCH = 8
 
 
 def sampler_knobs(strategy: str, **args) -> dict:
@@ -56,6 +57,17 @@ def sampler_knobs(strategy: str, **args) -> dict:
     if strategy == "ar":
         return {**knobs, "strategy": "fixed", "ar_baseline": True}
     return {**knobs, "strategy": strategy}
+
+
+def parse_batch_size(value) -> int:
+    """lm-eval's ``--batch_size`` (a string on its command line): an integer >= 1, or ``auto``
+    / ``auto:N`` (no memory probing here: 8)."""
+    text = str(value)
+    if text.startswith("auto"):
+        return DEFAULT_AUTO_BATCH
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--batch_size: got {text!r}, expected an integer >= 1 or 'auto'")
+    return int(text)
 
 
 def cut_at_stops(text: str, until: list[str]) -> str:
@@ -86,7 +98,7 @@ class MegatronDiffusionLM(TemplateLM):
         for name, value in (("mc_draws", mc_draws), ("max_new_tokens", max_new_tokens)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UsageError(f"--model_args {name}: got {value!r}, expected an integer >= 1")
-        self.batch_size = batch_size if isinstance(batch_size, int) and batch_size > 0 else 8
+        self.batch_size = parse_batch_size(batch_size)
         self.mc_draws, self.max_new_tokens = mc_draws, max_new_tokens
         knobs = sampler_knobs(strategy, block_size=block_size, steps_per_block=steps_per_block,
                               threshold=threshold, draft_len=draft_len, temperature=temperature,
@@ -106,28 +118,35 @@ class MegatronDiffusionLM(TemplateLM):
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
         return self.tokenizer.encode_prompt(string)
 
-    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def _score(self, pairs: list[tuple[list[int], list[int]]],
+               progress: bool = True) -> list[tuple[float, bool]]:
         """``(log p or its ELBO bound, is_greedy)`` per ``(context, continuation)`` ids pair."""
         from megatron_diffusion.evaluation import likelihood
         from megatron_diffusion.evaluation.infill import has_ar_readout
         from megatron_diffusion.progress import Progress
 
         try:
-            if has_ar_readout(self.loaded.config):
-                return likelihood.ar_loglikelihood(self.loaded, pairs, self.batch_size)
+            exact = has_ar_readout(self.loaded.config)
             out = []
-            with Progress(len(pairs), "lm-eval ELBO", unit="request") as bar:
-                for context, continuation in pairs:
-                    out.append((likelihood.elbo_loglikelihood(
-                        self.loaded, context, continuation, num_draws=self.mc_draws,
-                        seed=self.sampler.cfg.seed, batch_size=self.batch_size), False))
-                    bar.update(1)
+            label = f"lm-eval {'loglikelihood' if exact else 'ELBO'}"
+            with Progress(len(pairs), label, unit="request", enabled=progress) as bar:
+                for first in range(0, len(pairs), self.batch_size):
+                    chunk = pairs[first:first + self.batch_size]
+                    out += (likelihood.ar_loglikelihood(self.loaded, chunk, self.batch_size)
+                            if exact else [(self._elbo(c, y), False) for c, y in chunk])
+                    bar.update(len(chunk))
             return out
         except ValueError as e:
             raise UsageError(f"lm-eval loglikelihood: {e}") from None
 
+    def _elbo(self, context: list[int], continuation: list[int]) -> float:
+        from megatron_diffusion.evaluation.likelihood import elbo_loglikelihood
+
+        return elbo_loglikelihood(self.loaded, context, continuation, num_draws=self.mc_draws,
+                                  seed=self.sampler.cfg.seed, batch_size=self.batch_size)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        results = self._score([(ctx, cont) for _, ctx, cont in requests])
+        results = self._score([(ctx, cont) for _, ctx, cont in requests], not disable_tqdm)
         for (strings, _, _), result in zip(requests, results):
             if strings is not None:
                 self.cache_hook.add_partial("loglikelihood", strings, result)
@@ -137,14 +156,16 @@ class MegatronDiffusionLM(TemplateLM):
         """Whole-text log-likelihood: disjoint windows of the model's length, each scored after
         the text before it (the first after EOS), as lm-eval's HF model does."""
         from megatron_diffusion.evaluation.likelihood import max_length
+        from megatron_diffusion.progress import track
 
         out = []
-        for request in requests:
+        for request in track(requests, "lm-eval loglikelihood_rolling", unit="text",
+                             enabled=not disable_tqdm):
             (text,) = request.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.eot_token_id,
                 max_seq_len=max_length(self.loaded) - 1, context_len=1)]
-            total = sum(logp for logp, _ in self._score(windows))
+            total = sum(logp for logp, _ in self._score(windows, progress=False))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             out.append(total)
         return out

@@ -51,6 +51,19 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+ROLLING_TASK = """task: md_tiny_rolling
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{prompt}}}}{{{{answer}}}}"
+metric_list:
+  - metric: word_perplexity
+"""
+TASKS = {"gen": "md_tiny_gen", "choice": "md_tiny_choice", "rolling": "md_tiny_rolling"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +73,7 @@ def tasks(tmp_path_factory):
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (d / "gen.yaml").write_text(GEN_TASK.format(data=data))
     (d / "choice.yaml").write_text(CHOICE_TASK.format(data=data))
+    (d / "rolling.yaml").write_text(ROLLING_TASK.format(data=data))
     return d
 
 
@@ -74,19 +88,20 @@ def checkpoints(tmp_path_factory):
             "block": make_checkpoint(root / "block")}
 
 
-def _run(tasks: Path, out: Path, model_args: str, monkeypatch) -> dict[str, list[dict]]:
-    """One ``megatron-diffusion lm-eval`` run on both local tasks: per task, its logged samples."""
+def _run(tasks: Path, out: Path, model_args: str, monkeypatch,
+         kinds=("gen", "choice")) -> dict[str, list[dict]]:
+    """One ``megatron-diffusion lm-eval`` run on local tasks: per task, its logged samples."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["lm-eval", "--model", "megatron_diffusion", "--model_args", model_args,
-                 "--tasks", "md_tiny_gen,md_tiny_choice", "--include_path", str(tasks),
+                 "--tasks", ",".join(TASKS[k] for k in kinds), "--include_path", str(tasks),
                  "--batch_size", "2", "--output_path", str(out), "--log_samples"]) == 0
     samples = {}
     for f in out.rglob("samples_*.jsonl"):
-        task = "gen" if "md_tiny_gen" in f.name else "choice"
-        samples[task] = sorted((json.loads(line) for line in f.read_text().splitlines()),
+        kind = next(k for k, name in TASKS.items() if f.name.startswith(f"samples_{name}_"))
+        samples[kind] = sorted((json.loads(line) for line in f.read_text().splitlines()),
                                key=lambda s: s["doc_id"])
-    assert set(samples) == {"gen", "choice"}
+    assert set(samples) == set(kinds)
     return samples
 
 
@@ -109,7 +124,8 @@ def test_causal_checkpoint_generates_the_ar_decode_and_scores_exactly(checkpoint
                                                                       monkeypatch):
     from megatron_diffusion.checkpoint.loading import load_sampler
 
-    samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['causal']},strategy=ar", monkeypatch)
+    samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['causal']},strategy=ar", monkeypatch,
+                   kinds=("gen", "choice", "rolling"))
     sampler = load_sampler(checkpoints["causal"], ar_baseline=True, max_new_tokens=12)
     expected = [r.text for r in sampler.complete([r["prompt"] for r in ROWS])]
     got = [s["filtered_resps"][0] for s in samples["gen"]]
@@ -124,6 +140,12 @@ def test_causal_checkpoint_generates_the_ar_decode_and_scores_exactly(checkpoint
         read = _causal_logp(loaded, ids + cont)[len(ids) - 1:len(ids) - 1 + len(cont)]
         assert logp == pytest.approx(sum(float(read[j, t]) for j, t in enumerate(cont)), rel=1e-5)
         assert greedy == all(int(read[j].argmax()) == t for j, t in enumerate(cont))
+
+    for s, row in zip(samples["rolling"], ROWS):  # the whole text after EOS, one window
+        ids = tok.encode_prompt(row["prompt"] + row["answer"])
+        logp_LV = _causal_logp(loaded, [tok.eos_id] + ids)
+        hand = sum(float(logp_LV[j, t]) for j, t in enumerate(ids))
+        assert float(s["filtered_resps"][0]) == pytest.approx(hand, rel=1e-5)
 
 
 def test_self_speculative_generation_is_the_ar_generation(checkpoints, tasks, tmp_path, monkeypatch):
@@ -156,9 +178,12 @@ def test_bad_model_arguments_are_one_line(checkpoints, tasks, tmp_path, monkeypa
                           (f"checkpoint={checkpoints['causal']},mc_draw=3",
                            "--model_args: unknown argument(s) mc_draw"),
                           (f"checkpoint={checkpoints['causal']},strategy=speculative",
-                           "--strategy speculative: needs a block-mode model")):
-        assert main(["lm-eval", "--model", "megatron_diffusion", "--model_args", args,
-                     "--tasks", "md_tiny_gen", "--include_path", str(tasks)]) == 2
+                           "--strategy speculative: needs a block-mode model"),
+                          (f"checkpoint={checkpoints['causal']} --batch_size x",
+                           "--batch_size: got 'x', expected an integer >= 1 or 'auto'")):
+        model_args, *more = args.split()
+        assert main(["lm-eval", "--model", "megatron_diffusion", "--model_args", model_args,
+                     "--tasks", "md_tiny_gen", "--include_path", str(tasks), *more]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("megatron-diffusion lm-eval: error: ") and message in err[-1]
     assert not os.path.exists(tmp_path / "out")
