@@ -28,6 +28,7 @@ process (no torchrun / tensor parallelism through lm-eval).
 """
 
 import sys
+import warnings
 
 from megatron_diffusion.errors import UsageError
 
@@ -118,6 +119,28 @@ class MegatronDiffusionLM(TemplateLM):
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
         return self.tokenizer.encode_prompt(string)
 
+    def chat_template(self, chat_template=False) -> str | None:
+        """The checkpoint's chat template (``--apply_chat_template``; meta.json
+        ``generation.chat_template``)."""
+        from megatron_diffusion.sampling.chat import chat_template as carried
+
+        if not chat_template:
+            return None
+        try:
+            return carried(self.loaded.meta, str(self.loaded.path))
+        except UsageError as e:
+            raise UsageError(str(e).replace("--chat:", "--apply_chat_template:", 1)) from None
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt=True) -> str:
+        """lm-eval's turns (system, few-shot, the question) rendered with the checkpoint's
+        template, as ``sample --chat`` renders one user message."""
+        from megatron_diffusion.sampling.chat import render_messages
+
+        (text,) = render_messages([chat_history], self.chat_template(True), self.tokenizer,
+                                  self.loaded.meta, add_generation_prompt,
+                                  option="--apply_chat_template")
+        return text
+
     def _score(self, pairs: list[tuple[list[int], list[int]]],
                progress: bool = True) -> list[tuple[float, bool]]:
         """``(log p or its ELBO bound, is_greedy)`` per ``(context, continuation)`` ids pair."""
@@ -200,6 +223,9 @@ class MegatronDiffusionLM(TemplateLM):
         temperature = float(kw.pop("temperature", self.sampler.cfg.temperature) or 0.0)
         if kw.pop("do_sample", None) is False:
             temperature = 0.0
+        if kw:  # top_p, top_k, ...: not settings of our samplers
+            warnings.warn(f"lm-eval: generation_kwargs {', '.join(sorted(kw))} ignored (the "
+                          "samplers take until, max_gen_toks, temperature, do_sample)")
         single = [ids[0] for ids in (self.tokenizer.encode(s) for s in until) if len(ids) == 1]
         stops = stop_token_ids(self.tokenizer, self.sampler.cfg.stop_tokens, self.loaded.meta)
         return {"until": until, "max_new_tokens": max_new, "temperature": temperature,

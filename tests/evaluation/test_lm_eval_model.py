@@ -63,6 +63,8 @@ doc_to_target: "{{{{prompt}}}}{{{{answer}}}}"
 metric_list:
   - metric: word_perplexity
 """
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 TASKS = {"gen": "md_tiny_gen", "choice": "md_tiny_choice", "rolling": "md_tiny_rolling"}
 
 
@@ -85,17 +87,19 @@ def checkpoints(tmp_path_factory):
             "spec": make_checkpoint(root / "spec", logit_shift=True,
                                     attention=AttentionConfig(mode="block", block_size=4,
                                                               clean_stream="causal")),
-            "block": make_checkpoint(root / "block")}
+            "block": make_checkpoint(root / "block"),
+            "chat": make_checkpoint(root / "chat", special_tokens=("<|im_start|>", "<|im_end|>"),
+                                    meta_fields={"generation": {"chat_template": TEMPLATE}})}
 
 
-def _run(tasks: Path, out: Path, model_args: str, monkeypatch,
-         kinds=("gen", "choice")) -> dict[str, list[dict]]:
+def _run(tasks: Path, out: Path, model_args: str, monkeypatch, kinds=("gen", "choice"),
+         extra=()) -> dict[str, list[dict]]:
     """One ``megatron-diffusion lm-eval`` run on local tasks: per task, its logged samples."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["lm-eval", "--model", "megatron_diffusion", "--model_args", model_args,
                  "--tasks", ",".join(TASKS[k] for k in kinds), "--include_path", str(tasks),
-                 "--batch_size", "2", "--output_path", str(out), "--log_samples"]) == 0
+                 "--batch_size", "2", "--output_path", str(out), "--log_samples", *extra]) == 0
     samples = {}
     for f in out.rglob("samples_*.jsonl"):
         kind = next(k for k, name in TASKS.items() if f.name.startswith(f"samples_{name}_"))
@@ -170,6 +174,24 @@ def test_diffusion_checkpoint_scores_the_elbo_with_its_draws(checkpoints, tasks,
         cont = tok.encode_prompt(context + continuation)[len(ids):]
         bound = elbo_loglikelihood(sampler.loaded, ids, cont, num_draws=3, seed=5)
         assert logp == pytest.approx(bound, rel=1e-5) and not greedy
+
+
+def test_apply_chat_template_renders_the_checkpoints_template(checkpoints, tasks, tmp_path,
+                                                               monkeypatch, capsys):
+    from megatron_diffusion.checkpoint.loading import load_sampler
+
+    samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['chat']},strategy=ar", monkeypatch,
+                   kinds=("gen",), extra=("--apply_chat_template",))
+    rendered = [f"<|im_start|>user\n{r['prompt']}<|im_end|>\n<|im_start|>assistant\n" for r in ROWS]
+    assert [s["arguments"]["gen_args_0"]["arg_0"] for s in samples["gen"]] == rendered
+    sampler = load_sampler(checkpoints["chat"], ar_baseline=True, max_new_tokens=12)
+    expected = [r.text.split("\n")[0].split(")")[0] for r in sampler.complete(rendered)]
+    assert [s["filtered_resps"][0] for s in samples["gen"]] == expected
+    capsys.readouterr()
+    assert main(["lm-eval", "--model", "megatron_diffusion", "--model_args",
+                 f"checkpoint={checkpoints['causal']}", "--tasks", "md_tiny_gen", "--include_path",
+                 str(tasks), "--apply_chat_template"]) == 2
+    assert "--apply_chat_template: " in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_bad_model_arguments_are_one_line(checkpoints, tasks, tmp_path, monkeypatch, capsys):
