@@ -18,7 +18,9 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("likelihood")
     causal = make_checkpoint(root / "causal", attention=AttentionConfig(mode="causal"), logit_shift=True)
     block = make_checkpoint(root / "block")
-    return {"causal": load_model(causal), "block": load_model(block)}
+    bidirectional = make_checkpoint(root / "bidirectional", attention=AttentionConfig(mode="bidirectional"))
+    return {"causal": load_model(causal), "block": load_model(block),
+            "bidirectional": load_model(bidirectional)}
 
 
 def _causal_logp(model, row: list[int]) -> torch.Tensor:
@@ -90,7 +92,8 @@ def test_uniform_k_with_weight_n_over_k_equals_the_linear_schedule_bound():
 
 
 def _masked_logp(loaded, row: list[int], masked: list[int]) -> list[float]:
-    """log p of the masked tokens of ``row`` in one block-mode forward of ``x_t (+) x0``."""
+    """log p of the masked tokens of ``row`` in one forward of ``x_t`` (``x_t (+) x0`` in block
+    mode)."""
     from megatron_diffusion.model.inputs import attention_mask
     from megatron_diffusion.masks.dense import position_ids_for_mode
 
@@ -100,14 +103,16 @@ def _masked_logp(loaded, row: list[int], masked: list[int]) -> list[float]:
     xt[0, masked] = cfg.model.mask_token_id
     doc = torch.zeros_like(x0)
     with torch.no_grad():
-        logits = loaded.model(torch.cat([xt, x0], 1), position_ids_for_mode(doc, cfg.attention),
+        tokens = torch.cat([xt, x0], 1) if cfg.attention.mode == "block" else xt
+        logits = loaded.model(tokens, position_ids_for_mode(doc, cfg.attention),
                               attention_mask(cfg.attention, doc))
     logp = torch.log_softmax(logits.float(), -1)[0]
     return [float(logp[i, row[i]]) for i in masked]
 
 
-def test_elbo_of_one_token_is_its_masked_probability_whatever_the_draws(models):
-    loaded = models["block"]
+@pytest.mark.parametrize("mode", ["block", "bidirectional"])
+def test_elbo_of_one_token_is_its_masked_probability_whatever_the_draws(models, mode):
+    loaded = models[mode]
     context, continuation = [5, 6, 7, 8, 9, 10], [21]
     (hand,) = _masked_logp(loaded, context + continuation, [6])
     for draws, seed in ((1, 0), (5, 3)):
@@ -115,9 +120,10 @@ def test_elbo_of_one_token_is_its_masked_probability_whatever_the_draws(models):
         assert got == pytest.approx(hand, rel=1e-5)
 
 
-def test_elbo_is_the_mean_of_its_weighted_draws(models):
+@pytest.mark.parametrize("mode", ["block", "bidirectional"])
+def test_elbo_is_the_mean_of_its_weighted_draws(models, mode):
     """Each draw: n/k times the masked tokens' log p in one forward of that masking."""
-    loaded = models["block"]
+    loaded = models[mode]
     context, continuation = [5, 6, 7, 8, 9], [21, 22, 23]
     row = context + continuation
     masked_DL, weight_D = likelihood.elbo_masks(len(context), len(continuation), 6,

@@ -27,3 +27,18 @@ def test_its_arguments_go_to_lm_eval_in_order(monkeypatch):
             "--tasks", "a,b", "-b", "2", "run"]
     assert main(["lm-eval", *argv]) == 0
     assert seen == [argv]
+
+
+def test_lm_eval_is_imported_in_one_module_only():
+    import ast
+
+    from tests.helpers import ROOT
+
+    importers = set()
+    for path in (ROOT / "megatron_diffusion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "lm_eval" or n.startswith("lm_eval.") for n in names):
+                importers.add(path.relative_to(ROOT).as_posix())
+    assert importers == {"megatron_diffusion/evaluation/lm_eval_model.py"}
