@@ -45,10 +45,10 @@ class Progress:
     def update(self, n: int = 1) -> None:
         if not self.enabled:
             return
-        before, self.done = self.done, self.done + n
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self._due(before):
+        elif self._due():
             self._line()
 
     def set_postfix(self, **values) -> None:
@@ -73,7 +73,7 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _due(self, before: int) -> bool:
+    def _due(self) -> bool:
         """Another tenth of the total done since the last line, the end, or ``interval_s``."""
         if time.monotonic() - self.last_time >= self.interval_s:
             return True
