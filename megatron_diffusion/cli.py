@@ -26,6 +26,7 @@ COMMANDS = {
     "distill-trajectories": ("megatron_diffusion.distill.distill_cli", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
     "convert": ("megatron_diffusion.convert.convert_cli", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
     "eval": ("megatron_diffusion.evaluation.eval_cli", "HumanEval pass@k and held-out infill/ELBO metrics"),
+    "lm-eval": ("megatron_diffusion.evaluation.lm_eval_cli", "lm-evaluation-harness with the megatron_diffusion model registered (the [lmeval] extra)"),
     "onpolicy-prompts": ("megatron_diffusion.onpolicy.prompts_cli", "write an on-policy prompt set: HumanEval (with tests) or Python sources (no tests)"),
     "onpolicy-eval": ("megatron_diffusion.onpolicy.eval_cli", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
     "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),
@@ -36,6 +37,10 @@ COMMANDS = {
 # megatron-core takes seconds, and a signal then (a preemption right after a requeue) killed the
 # process with status 143, no PREEMPTED, no requeue. The trainer's handlers take over from these.
 PREEMPTIBLE = ("train",)
+
+# Commands whose arguments belong to another tool's parser, passed on verbatim (argparse would
+# split `lm-eval --model X` into an unknown option and a positional).
+PASSTHROUGH = ("lm-eval",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,13 +96,10 @@ def _run(argv: list[str], command: str | None, only: str | None) -> int:
     except ModuleNotFoundError as e:  # a command whose module is not there yet / missing extra
         print(f"megatron-diffusion: error: {command}: {e}", file=sys.stderr)
         return 2
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # SECTION.FIELD=VALUE after an option (train --config X a=1 --run-dir R b=2)
-        if isinstance(getattr(args, "overrides", None), list) and \
-                all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides += extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if only in PASSTHROUGH:
+        args = argparse.Namespace(command=only, passthrough=argv[argv.index(only) + 1:])
+    else:
+        args = _parse(parser, argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
@@ -107,6 +109,17 @@ def _run(argv: list[str], command: str | None, only: str | None) -> int:
     except KeyboardInterrupt:
         print(f"megatron-diffusion {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # SECTION.FIELD=VALUE after an option (train --config X a=1 --run-dir R b=2)
+        if isinstance(getattr(args, "overrides", None), list) and \
+                all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 if __name__ == "__main__":

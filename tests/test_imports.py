@@ -3,7 +3,7 @@
 Every ``import``/``from ... import`` of the package is read from the source (module level and
 inside functions alike: a function-level import is still a dependency). Stages, earliest first:
 
-    base (errors, fileio, layout, batch, parallel) -> data -> corruption -> masks -> model
+    base (errors, fileio, progress, layout, batch, parallel) -> data -> corruption -> masks -> model
     -> loss -> config (the run config) -> training -> sampling -> convert -> checkpoint
     -> distill -> evaluation -> onpolicy -> cli
 
@@ -22,7 +22,7 @@ from tests.helpers import ROOT
 PACKAGE = ROOT / "megatron_diffusion"
 STAGES = ["base", "data", "corruption", "masks", "model", "loss", "config", "training", "sampling",
           "convert", "checkpoint", "distill", "evaluation", "onpolicy", "cli"]
-BASE = {"errors", "fileio", "layout", "batch", "parallel", ""}
+BASE = {"errors", "fileio", "progress", "layout", "batch", "parallel", ""}
 NEVER = {"data": "training", "corruption": "training", "masks": "training"}
 
 

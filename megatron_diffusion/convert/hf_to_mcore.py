@@ -247,9 +247,9 @@ def build_empty_model(model_cfg, padded_for_tp: int = 1):
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from megatron_diffusion.progress import Progress
 
-    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled)
+    return Progress(total, desc, unit="tensor", enabled=enabled)
 
 
 def convert_hf_to_mcore(hf_dir, out, *, tensor_model_parallel_size: int = 1,

@@ -74,7 +74,10 @@ def verify(store: Path, manifest: dict) -> list[str]:
     """``missing_or_truncated`` plus a CRC-32 of every byte of every listed file."""
     problems = missing_or_truncated(store, manifest)
     bad = {p.split()[2] for p in problems}
-    for rel, (_, crc) in manifest["files"].items():
+    from megatron_diffusion.progress import track
+
+    files = manifest["files"].items()
+    for rel, (_, crc) in track(files, f"check-store {Path(store).name}", unit="file"):
         if rel not in bad and crc32_file(Path(store) / rel) != crc:
             problems.append(f"chunk file {rel} fails its checksum (corrupted)")
     return problems

@@ -14,13 +14,13 @@ from typing import Self
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from megatron_diffusion.data.sources import SourceSpec, SourceStats, check_inputs, iter_batches
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, from_json_string, load_tokenizer
 from megatron_diffusion.data.writer import TOKEN_CHUNK, TOKEN_SHARD, StoreWriter
 from megatron_diffusion.errors import UsageError, check_choice, check_int, check_range
 from megatron_diffusion.fileio import atomic_dir
+from megatron_diffusion.progress import Progress
 
 
 @dataclass
@@ -119,12 +119,12 @@ def _write_store(tmp: Path, cfg: IngestConfig, tok: LoadedTokenizer, tokenizer_j
         pool = None
         _init_worker(tokenizer_json, in_pool=False)
         encoded = map(_encode, batches)
-    bar = tqdm(desc=f"preprocess {Path(cfg.output).name}", unit="doc")
+    bar = Progress(None, f"preprocess {Path(cfg.output).name}", unit="doc")
     try:
         for tokens, lengths, prompt_lengths in encoded:
             writer.append(tokens, lengths, prompt_lengths)
             bar.update(len(lengths))
-            bar.set_postfix(tokens=writer.num_tokens, refresh=False)
+            bar.set_postfix(tokens=writer.num_tokens)
     finally:
         bar.close()
         if pool is not None:

@@ -8,11 +8,10 @@ import os
 import re
 from pathlib import Path
 
-from tqdm import tqdm
-
 from megatron_diffusion.data.tokenizer import iter_text_files, load_tokenizer, train_tokenizer
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path, output_errors
+from megatron_diffusion.progress import track
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     counted = [0]
 
     def texts():
-        for text in tqdm(iter_text_files(args.input, args.glob), desc="train-tokenizer", unit="file"):
+        for text in track(iter_text_files(args.input, args.glob), "train-tokenizer", unit="file"):
             counted[0] += bool(text.strip())
             yield text
 

@@ -11,15 +11,14 @@ line and exit 2 before anything is written.
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from megatron_diffusion.errors import UsageError, check_int
 from megatron_diffusion.fileio import output_errors
+from megatron_diffusion.progress import track
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +124,7 @@ def _search_rows(rows, row_model, store, candidates, args) -> dict:
     from megatron_diffusion.distill import search
 
     stats = {"rows": 0, "forwards": 0, "states": 0, "seconds": 0.0}
-    for i, tokens_L, document_ids_L in tqdm(rows, desc="distill", unit="row", file=sys.stderr,
-                                            mininterval=5.0):
+    for i, tokens_L, document_ids_L in track(rows, "distill", unit="row"):
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
         logp_fn, x0_NB = row_model.logp_fn(tokens_L, document_ids_L, args.context_blocks)

@@ -100,7 +100,13 @@ def continuation_part(variants: dict, files: list[Path], qc, ar_label: str) -> d
     prompts, truths = heldout_windows(first.tokenizer, files, qc.prompt_len, qc.continuation_len,
                                       qc.prompts_per_file)
     first.core.check_prompts(prompts)
-    points = {label: decode_point(v, prompts, truths, label) for label, v in variants.items()}
+    from megatron_diffusion.progress import Progress
+
+    points = {}
+    with Progress(len(variants), "eval quality: continuation", unit="decode") as bar:
+        for label, v in variants.items():
+            points[label] = decode_point(v, prompts, truths, label)
+            bar.update()
     ar = points.pop(ar_label, None)
     curve = list(points.values())
     return {"num_prompts": len(prompts), "ar_baseline": ar, "curve": curve, **summarize_curve(ar, curve)}

@@ -222,7 +222,7 @@ def run_checks(programs: list[str], cfg: ExecutorConfig, progress: bool = False)
         finally:
             slots.put(slot)
 
-    from tqdm import tqdm
+    from megatron_diffusion.progress import Progress
 
     # SIGTERM's default action would kill this process mid-check and leave the work dirs behind
     own_sigterm = (threading.current_thread() is threading.main_thread()
@@ -232,8 +232,12 @@ def run_checks(programs: list[str], cfg: ExecutorConfig, progress: bool = False)
     pool = ThreadPoolExecutor(max_workers=cfg.workers)
     terminated = False
     try:
-        results = pool.map(one, programs)
-        return list(tqdm(results, total=len(programs), desc="checks", disable=not progress))
+        results = []
+        with Progress(len(programs), "checks", unit="check", enabled=progress) as bar:
+            for result in pool.map(one, programs):
+                results.append(result)
+                bar.update()
+        return results
     except BaseException as e:
         terminated = isinstance(e, _Terminated)
         if own_sigterm:  # a second SIGTERM must not cut the cleanup short

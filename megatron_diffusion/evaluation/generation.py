@@ -30,11 +30,11 @@ class Sampler(Protocol):
 def generate(prompts: list[str], completion_fn: CompletionFn, batch_size: int,
              progress: bool = True) -> tuple[list[GenerationResult], float]:
     """All completions, ``batch_size`` prompts per call; also returns the total wall-clock time."""
-    from tqdm import tqdm
+    from megatron_diffusion.progress import Progress
 
     results: list[GenerationResult] = []
     start = time.monotonic()
-    with tqdm(total=len(prompts), desc="generating", unit="sample", disable=not progress) as bar:
+    with Progress(len(prompts), "generating", unit="sample", enabled=progress) as bar:
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first:first + batch_size]
             out = completion_fn(batch)

@@ -34,6 +34,7 @@ from megatron_diffusion.corruption.factory import (CleanBatcher, eval_corruption
 from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import write_text_atomic
+from megatron_diffusion.progress import Progress
 
 DEFAULT_RATES = (0.15, 0.3, 0.5, 0.7, 0.9)
 
@@ -200,10 +201,12 @@ def run_infill(args) -> int:
     report = {"checkpoint": str(loaded.path), "step": loaded.meta.get("step"), "data": str(data),
               "rows": int(rows.shape[0]), "seq_len": L, "attention_mode": attn.mode,
               "block_size": block, "logit_shift": cfg.model.logit_shift, "infill": []}
+    bar = Progress(3, "eval infill", unit="part")  # masked metrics, ELBO, AR NLL
     if attn.mode == "causal" and not reads_shifted(cfg):
         report["infill_note"] = "causal checkpoint: masked infill is not its task; see ar_nll"
     else:
         report["infill"] = masked_metrics(model, cfg, rows, rates)
+    bar.update()
     if attn.mode != "causal":
         # the ELBO's own process: mask stage only, so no edit draws random tokens
         corruptor = make_corruptor(eval_corruption_config(cfg), vocab_size=cfg.model.vocab_size,
@@ -211,7 +214,10 @@ def run_infill(args) -> int:
         elbo, _, _ = evaluate_rows(make_forward(model, attn), rows, corruptor.corrupt, seed=4321,
                                    repeats=4, loss_kwargs=loss_kwargs_for(cfg))
         report["elbo_bits_per_token"] = elbo / math.log(2)
+    bar.update()
     ar = next_token_metrics(model, cfg, rows)
+    bar.update()
+    bar.close()
     report["ar_nll_bits_per_token"] = ar and ar["nll_bits"]
     report["next_token_accuracy"] = ar and ar["accuracy"]
     if ar is None:

@@ -287,7 +287,7 @@ def run_line_decodes(sampler, prompts: list, qc: QualityConfig,
     values = {}
     for i, (label, d) in enumerate(decoders.items(), 1):
         start = time.monotonic()
-        completions, seconds = d.generate_ids(ids)
+        completions, seconds = d.generate_ids(ids, progress=True, label=f"eval quality: {label}")
         values[label] = score_decode(tok, prompts, completions, seconds, checkpoint_stops)
         values[label]["block_size"] = d.cfg.block_size
         em = sum(values[label]["exact_match"]) / len(prompts)

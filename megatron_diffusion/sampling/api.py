@@ -90,17 +90,18 @@ class DiffusionSampler:
         self.core.check_prompts(ids)
         return ids
 
-    def generate_ids(self, prompts: list[list[int]],
-                     progress: bool = False) -> tuple[list[Completion], list[float]]:
-        """Completions in order, and each one's share of its batch's wall time."""
-        from tqdm import tqdm
+    def generate_ids(self, prompts: list[list[int]], progress: bool = False,
+                     label: str = "sampling") -> tuple[list[Completion], list[float]]:
+        """Completions in order, and each one's share of its batch's wall time; ``progress``:
+        a bar (plain lines in a batch log) named ``label``."""
+        from megatron_diffusion.progress import Progress
 
         self.core.check_prompts(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
         shares = [0.0] * len(prompts)
         size = self.cfg.batch_size or max(len(prompts), 1)
-        bar = tqdm(total=len(prompts), desc="sampling", unit="sample", disable=not progress)
+        bar = Progress(len(prompts), label, unit="sample", enabled=progress)
         for first in range(0, len(order), size):
             chunk = order[first:first + size]
             if torch.cuda.is_available():

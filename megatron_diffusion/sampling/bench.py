@@ -82,20 +82,25 @@ def _run(decoder, prompts, clock=time.perf_counter) -> tuple[float, list, int]:
 
 
 def measure_interleaved(decoders: dict, prompts: list[list[int]], warmup: bool = True,
-                        repeats: int = 1, clock=time.perf_counter) -> dict:
+                        repeats: int = 1, clock=time.perf_counter, progress: bool = False) -> dict:
     """Time several decoders on ``prompts`` interleaved (A, B, A, B, ...: on a shared machine
     load changes affect all alike). Each one's figures come from its median run (by wall time;
     the lower middle one for an even ``repeats``), with every run's wall time and tokens/s in
     ``wall_seconds_each``/``tokens_per_second_each``, in run order, for ``paired_ratio``.
-    ``decoders``: name -> a ``DiffusionSampler`` or an ``hf_baseline.HFGenerate``."""
+    ``decoders``: name -> a ``DiffusionSampler`` or an ``hf_baseline.HFGenerate``;
+    ``progress``: a line per timed run (outside the timing)."""
+    from megatron_diffusion.progress import Progress
+
     if warmup:
         for d in decoders.values():
             size = getattr(getattr(d, "cfg", None), "batch_size", None) or len(prompts)
             _run(d, prompts[:size], clock)
     runs = {name: [] for name in decoders}
-    for _ in range(repeats):
-        for name, d in decoders.items():
-            runs[name].append(_run(d, prompts, clock))
+    with Progress(repeats * len(decoders), "bench-sampler", unit="run", enabled=progress) as bar:
+        for _ in range(repeats):
+            for name, d in decoders.items():
+                runs[name].append(_run(d, prompts, clock))
+                bar.update()
     return {name: _median_summary(decoders[name], runs[name], prompts) for name in decoders}
 
 

@@ -89,7 +89,8 @@ def run(args) -> int:
     decoders = {"diffusion": sampler, "ar": ar}
     if args.hf_baseline is not None:
         decoders["hf"] = _hf_decoder(args, sampler, prompts)
-    measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats)
+    measured = bench.measure_interleaved(decoders, prompts, repeats=args.repeats,
+                                         progress=is_rank_zero())
     result, ar_result = measured["diffusion"], measured["ar"]
     out = {**_public(result), "ar_baseline": _public(ar_result),
            **_ratio("speedup_tokens_per_second", result, ar_result),
@@ -147,7 +148,7 @@ def _hf_figures(args, measured) -> dict:
 
 
 def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=None) -> int:
-    from tqdm import tqdm
+    from megatron_diffusion.progress import Progress
 
     # reference: the training block size, one token per step (the model's most careful decode)
     careful = sampler.with_settings(block_size=None, strategy="fixed", steps_per_block=None,
@@ -159,12 +160,15 @@ def _sweep(args, sampler, prompts, ar_result, block_sizes, thresholds, truths=No
             {**_public(ar_result), "threshold": None, "label": "AR",
              **bench.quality(sampler, prompts, ar_result["_completions"], reference, truths)}]
     grid = [(b, t) for b in block_sizes for t in thresholds]
-    for block_size, threshold in tqdm(grid, desc="sweep", disable=not is_rank_zero()):
+    bar = Progress(len(grid), "sweep", unit="point", enabled=is_rank_zero())
+    for block_size, threshold in grid:
         variant = sampler.with_settings(block_size=block_size, strategy="threshold",
                                         threshold=threshold, ar_baseline=False)
         result = bench.measure(variant, prompts, warmup=False, repeats=args.repeats)
         rows.append({**_public(result), "label": f"B={block_size}",
                      **bench.quality(sampler, prompts, result["_completions"], reference, truths)})
+        bar.update()
+    bar.close()
     if not is_rank_zero():
         return 0
     out_dir = Path(args.sweep_out)

@@ -39,6 +39,14 @@ def special_token_names(tokenizer, meta: dict) -> dict[str, str]:
 
 def render_chat(prompts: list[str], template: str, tokenizer, meta: dict) -> list[str]:
     """Each prompt as one user message, rendered with ``add_generation_prompt=True``."""
+    return render_messages([[{"role": "user", "content": p}] for p in prompts], template,
+                           tokenizer, meta)
+
+
+def render_messages(conversations: list[list[dict]], template: str, tokenizer, meta: dict,
+                    add_generation_prompt: bool = True, option: str = "--chat") -> list[str]:
+    """Each conversation (``[{"role", "content"}, ...]``, e.g. lm-eval's few-shot turns)
+    rendered with the template; a failing template is a UsageError naming ``option``."""
     import jinja2
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -46,8 +54,8 @@ def render_chat(prompts: list[str], template: str, tokenizer, meta: dict) -> lis
     hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer.tokenizer.to_str()),
                                  **special_token_names(tokenizer, meta))
     try:
-        return [hf.apply_chat_template([{"role": "user", "content": p}], chat_template=template,
-                                       tokenize=False, add_generation_prompt=True)
-                for p in prompts]
+        return [hf.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+                for messages in conversations]
     except jinja2.TemplateError as e:
-        raise UsageError(f"--chat: the checkpoint's chat template fails: {e}") from None
+        raise UsageError(f"{option}: the checkpoint's chat template fails: {e}") from None

@@ -114,7 +114,12 @@ def test_report_on_a_block_checkpoint_with_a_reference(causal_ckpt, tmp_path, ca
     out = tmp_path / "report.json"
     assert main(["eval", "quality", "--checkpoint", str(run), "--heldout", *map(str, HELDOUT),
                  "--out", str(out), "--block-size", "4", "--reference", str(causal_ckpt), *ARGS]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # stderr is no terminal here (a batch log): every decode's progress as plain lines
+    for label in ("AR baseline", "1 token/step", "threshold 0.9", "threshold 0.5"):
+        assert f"[eval quality: {label}] 6/6 samples (100%)" in captured.err, captured.err
+    assert "[eval quality: continuation] 4/4 decodes (100%)" in captured.err
     assert "line EM" in printed and "AUP" in printed and "continuation accuracy (secondary" in printed
     r = json.loads(out.read_text())
     lines = r["line_completion"]
