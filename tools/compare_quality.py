@@ -1,0 +1,100 @@
+"""Compare two ``eval quality --out`` reports of the same held-out lines, decode by decode, with
+paired bootstrap intervals of the differences (a checkpoint before and after a stage: issue 25,
+docs/BENCHMARKS.md "The speed stages on the long CPT")::
+
+    python tools/compare_quality.py runs/eval/cpt400.json runs/eval/distill.json
+
+Both reports must hold the same lines (file and line number, in order), which ``eval quality``
+gives for the same ``--heldout`` files, ``--lines``, ``--context-tokens`` and seed. Prints one
+markdown table: per decode present in both, tokens per forward and exact line match before ->
+after, each difference (after - before) with its 95% percentile interval over lines, resampled
+together (2,000 resamples, seed 0), and the other figures before -> after. A difference whose
+interval excludes 0 is the one a sample this size supports. Bad input: one line, exit 2.
+"""
+
+import argparse
+import json
+import sys
+
+from megatron_diffusion.evaluation import bootstrap as bs
+
+RESAMPLES = 2000
+
+
+def _fail(msg: str):
+    print(f"compare_quality: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def read_decodes(path: str) -> dict[str, dict]:
+    """``{label: decode}`` of an ``eval quality`` report."""
+    try:
+        decodes = json.load(open(path))["line_completion"]["decodes"]
+        return {d["label"]: d for d in decodes}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _fail(f"{path}: not an eval quality --out with line_completion decodes "
+              f"({type(e).__name__}: {e})")
+
+
+def _lines(decode: dict) -> list[tuple]:
+    return [(r["file"], r["line_number"]) for r in decode["records"]]
+
+
+def difference(before: dict, after: dict, index_RN) -> dict:
+    """Paired figures of one decode: tokens per forward (ratio of sums) and exact match (%)."""
+    def tpf(d):
+        tok = [len(r["completion_ids"]) for r in d["records"]]
+        fwd = [r["num_forwards"] for r in d["records"]]
+        return sum(tok) / sum(fwd), bs.resampled_ratios(tok, fwd, index_RN)
+
+    (b, b_R), (a, a_R) = tpf(before), tpf(after)
+    em = [[100 * r["exact_match"] for r in d["records"]] for d in (before, after)]
+    return {"tokens_per_forward": bs.estimate(a - b, a_R - b_R),
+            "exact_match": bs.paired_difference(em[1], em[0], index_RN)}
+
+
+def _fmt(est: dict, digits: int) -> str:
+    return f"{est['value']:+.{digits}f} [{est['lo']:+.{digits}f}, {est['hi']:+.{digits}f}]"
+
+
+def _arrow(before: dict, after: dict, key: str, digits: int, scale: float = 1.0) -> str:
+    b, a = before.get(key), after.get(key)
+    if not b or not a:
+        return ""
+    return f"{scale * b['value']:.{digits}f} -> {scale * a['value']:.{digits}f}"
+
+
+def table(before_path: str, after_path: str) -> str:
+    before, after = read_decodes(before_path), read_decodes(after_path)
+    labels = [k for k in before if k in after]
+    if not labels:
+        _fail(f"{before_path} and {after_path} share no decode label")
+    lines = _lines(before[labels[0]])
+    for label in labels:
+        if _lines(before[label]) != lines or _lines(after[label]) != lines:
+            _fail(f"{after_path}: decode {label!r} holds other lines than {before_path}'s; compare "
+                  "reports of the same --heldout, --lines, --context-tokens and seed")
+    index_RN = bs.resample_indices(len(lines), RESAMPLES, 0)
+    out = ["| decode | tok/forward | difference | exact line % | difference (points) | edit sim "
+           "| AR line agreement | distinct |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label in labels:
+        b, a = before[label], after[label]
+        d = difference(b, a, index_RN)
+        out.append(f"| {label} | {_arrow(b, a, 'tokens_per_forward', 2)} | "
+                   f"{_fmt(d['tokens_per_forward'], 2)} | {_arrow(b, a, 'exact_match', 1, 100)} | "
+                   f"{_fmt(d['exact_match'], 1)} | {_arrow(b, a, 'edit_similarity', 3)} | "
+                   f"{_arrow(b, a, 'ar_line_agreement', 2)} | {_arrow(b, a, 'distinct_tokens', 2)} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("before", help="eval quality --out of the starting checkpoint")
+    p.add_argument("after", help="eval quality --out of the trained checkpoint, same lines")
+    args = p.parse_args(argv)
+    print(table(args.before, args.after))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
