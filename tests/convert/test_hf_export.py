@@ -28,6 +28,7 @@ def _block_logits(loaded, attn: AttentionConfig) -> torch.Tensor:
 @pytest.mark.parametrize("overrides,architecture", [
     ({}, "LlamaForCausalLM"),
     ({"add_qkv_bias": True, "untie_embeddings_and_output_weights": False}, "Qwen2ForCausalLM"),
+    ({"qk_layernorm": True, "kv_channels": 32}, "Qwen3ForCausalLM"),
 ])
 def test_export_then_import_is_the_same_model(overrides, architecture, tmp_path):
     attn = AttentionConfig(mode="block", block_size=4)
