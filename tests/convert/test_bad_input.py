@@ -141,3 +141,19 @@ def test_qwen3_moe_and_sliding_window_are_one_line_exit_2(hf_qwen3, tmp_path, ca
     assert err.startswith(f"megatron-diffusion convert: error: {hf / 'config.json'}: ")
     assert message in err
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"architectures": ["Qwen3ForCausalLM"]},
+     "config.json is a Qwen3ForCausalLM (q/k norms: True) but the checkpoint's model has "
+     "model.qk_layernorm=False"),
+    ({"head_dim": 32}, "config.json head_dim=32 but the checkpoint's model has 16"),
+])
+def test_verify_refuses_another_architecture_by_name(hf_llama, mc_llama, tmp_path, changes,
+                                                     message):
+    from megatron_diffusion.convert.verify import verify
+
+    hf = _copy(hf_llama, tmp_path)
+    _edit_config(hf, **changes)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        verify(hf, mc_llama, seq_len=8)
