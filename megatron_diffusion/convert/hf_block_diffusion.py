@@ -15,8 +15,9 @@ megatron-diffusion, so an HF user can sample from the export (no network needed)
 
 ``trust_remote_code`` makes transformers copy this file into its modules cache and load the
 model as ``BlockDiffusionLlamaForCausalLM`` (or ``...Qwen2...``, ``...Qwen3...``): the
-architecture's own class plus ``diffusion_generate``, the same weights. Without it, load this file by its path (it is not
-on ``sys.path``; ``import block_diffusion`` works only from the export directory)::
+architecture's own class plus ``diffusion_generate``, the same weights. Without it, load this
+file by its path (it is not on ``sys.path``; ``import block_diffusion`` works only from the
+export directory)::
 
     import importlib.util
     spec = importlib.util.spec_from_file_location("block_diffusion", f"{DIR}/block_diffusion.py")

@@ -202,9 +202,11 @@ def export_config(cfg: ModelConfig, *, architecture: str, dtype: str, token_ids:
         "diffusion": diffusion,
         **token_ids,
     })
-    if architecture != "Qwen2ForCausalLM":
+    if architecture == "LlamaForCausalLM":
         out.update({"attention_bias": False, "mlp_bias": False})
-    if architecture != "LlamaForCausalLM":
+    else:
+        if architecture == "Qwen3ForCausalLM":
+            out["attention_bias"] = False  # Qwen3's would put biases on q/k/v and o_proj
         out.update({"use_sliding_window": False, "sliding_window": None,
                     "max_window_layers": cfg.num_layers,
                     "layer_types": ["full_attention"] * cfg.num_layers})
