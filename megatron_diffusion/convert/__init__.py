@@ -3,10 +3,12 @@ resharding, verify.
 
 Reads in the order of the data flow (see docs/convert.md):
 
-* ``hf_config``: which HF architectures convert (``LlamaForCausalLM``, ``Qwen2ForCausalLM``) and
-  how their ``config.json`` maps onto ``ModelConfig`` (and back, for the export);
+* ``hf_config``: which HF architectures convert (``LlamaForCausalLM``, ``Qwen2ForCausalLM``,
+  ``Qwen3ForCausalLM``) and how their ``config.json`` maps onto ``ModelConfig`` (and back, for
+  the export); what is refused (MoE, sliding window, RoPE scaling, ...);
 * ``tensor_map``: HF tensor names <-> megatron's (layout-independent, *full*) names, and the
-  fused layouts (QKV grouped per query group, SwiGLU ``[gate; up]``, padded vocabulary);
+  fused layouts (QKV grouped per query group, SwiGLU ``[gate; up]``, padded vocabulary, Qwen3's
+  q/k norms);
 * ``safetensors_io``: a sharded safetensors reader that reads one tensor at a time with plain
   ``readinto`` (no mmap, so RSS does not grow with the file) and a writer that streams tensors
   into shards whose headers are computed up front;

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 parser_class=type(parser))
     sub.required = True
 
-    p = sub.add_parser("hf-to-mcore", help="HF Llama/Qwen2 safetensors -> megatron-diffusion "
-                       "checkpoint (train --init-from OUT)")
+    p = sub.add_parser("hf-to-mcore", help="HF Llama/Qwen2/Qwen3 safetensors -> "
+                       "megatron-diffusion checkpoint (train --init-from OUT)")
     p.add_argument("--hf", required=True, help="HF model directory (config.json, safetensors, "
                    "tokenizer.json)")
     p.add_argument("--out", required=True, help="output run directory (checkpoints/iter_0000000)")
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "and grow the embedding/output layer (new row = mean of the existing rows)")
     _add_import_options(p)
 
-    p = sub.add_parser("gguf-to-mcore", help="llama.cpp GGUF (Llama/Qwen2; F32/F16/BF16/Q8_0/"
+    p = sub.add_parser("gguf-to-mcore", help="llama.cpp GGUF (Llama/Qwen2/Qwen3; F32/F16/BF16/Q8_0/"
                        "Q4_0/Q4_1/Q4_K/Q6_K) -> megatron-diffusion checkpoint (dequantised)")
     p.add_argument("--gguf", required=True, help="the .gguf file")
     p.add_argument("--out", required=True, help="output run directory (checkpoints/iter_0000000)")

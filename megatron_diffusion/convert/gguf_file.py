@@ -19,7 +19,9 @@
   rows are the pairs): per head, ``w.reshape(n_head, 2, d/2, h).swapaxes(1, 2)``, with
   ``n_head`` = the key/value heads for ``k_proj``. ``unpermute_rope_rows`` is its inverse
   (``reshape(n_head, d/2, 2, h).swapaxes(1, 2)``, as transformers' GGUF loader does). Qwen2 is
-  stored unpermuted (llama.cpp runs it with NEOX-style RoPE), so its rows are used as stored.
+  stored unpermuted (llama.cpp runs it with NEOX-style RoPE), so its rows are used as stored; so is
+  Qwen3, whose ``attn_q_norm``/``attn_k_norm`` (the per-head q/k RMSNorm weights) map to
+  ``q_norm``/``k_norm`` and whose head width is ``attention.key_length``.
 """
 
 from collections import Counter
@@ -31,8 +33,11 @@ import torch
 
 from megatron_diffusion.errors import UsageError
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM"}
 """``general.architecture`` -> the HF architecture it is converted as."""
+MOE_ARCHITECTURES = ("qwen2moe", "qwen3moe")
+"""Refused with their own reason (mixture of experts: our MLP is dense)."""
 PERMUTED_ARCHITECTURES = ("llama",)
 """Architectures whose q/k rows llama.cpp permutes for its interleaved RoPE."""
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
@@ -45,6 +50,8 @@ _LAYER_TENSORS = {
     "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
@@ -55,7 +62,8 @@ _GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight",
 
 
 def hf_tensor_name(gguf_name: str) -> str | None:
-    """The HF name of a GGUF tensor, or None for a tensor an HF Llama/Qwen2 does not have."""
+    """The HF name of a GGUF tensor, or None for a tensor an HF Llama/Qwen2/Qwen3 does not
+    have."""
     if gguf_name in _GLOBAL_TENSORS:
         return _GLOBAL_TENSORS[gguf_name]
     parts = gguf_name.split(".", 2)
@@ -107,6 +115,9 @@ def field(reader, key: str, default=None, *, required: bool = False):
 
 def architecture(reader) -> str:
     arch = field(reader, "general.architecture", required=True)
+    if arch in MOE_ARCHITECTURES:
+        raise UsageError(f"--gguf: architecture {arch!r} (mixture of experts) is not supported; "
+                         f"supported (dense): {', '.join(ARCHITECTURES)}")
     if arch not in ARCHITECTURES:
         raise UsageError(f"--gguf: architecture {arch!r} is not supported; supported: "
                          f"{', '.join(ARCHITECTURES)}")

@@ -1,4 +1,5 @@
-"""``convert gguf-to-mcore``: a llama.cpp GGUF (Llama/Qwen2) -> a megatron-diffusion checkpoint.
+"""``convert gguf-to-mcore``: a llama.cpp GGUF (Llama/Qwen2/Qwen3) -> a megatron-diffusion
+checkpoint.
 
 The GGUF is turned into what ``hf-to-mcore`` reads, and the HF import does the rest, unchanged:
 

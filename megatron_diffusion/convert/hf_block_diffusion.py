@@ -14,9 +14,10 @@ megatron-diffusion, so an HF user can sample from the export (no network needed)
     print(tok.decode(ids))
 
 ``trust_remote_code`` makes transformers copy this file into its modules cache and load the
-model as ``BlockDiffusionLlamaForCausalLM`` (or ``...Qwen2...``): the architecture's own class
-plus ``diffusion_generate``, the same weights. Without it, load this file by its path (it is not
-on ``sys.path``; ``import block_diffusion`` works only from the export directory)::
+model as ``BlockDiffusionLlamaForCausalLM`` (or ``...Qwen2...``, ``...Qwen3...``): the
+architecture's own class plus ``diffusion_generate``, the same weights. Without it, load this
+file by its path (it is not on ``sys.path``; ``import block_diffusion`` works only from the
+export directory)::
 
     import importlib.util
     spec = importlib.util.spec_from_file_location("block_diffusion", f"{DIR}/block_diffusion.py")
@@ -25,8 +26,8 @@ on ``sys.path``; ``import block_diffusion`` works only from the export directory
     model = AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.float32).eval()
     ids = block_diffusion.generate(model, tok.encode(prompt), max_new_tokens=64, threshold=0.9)
 
-The weights are a Llama/Qwen2 model, but ``model.generate()`` would run them left to right with
-a causal mask, which is not how a block-diffusion model was trained. What it needs
+The weights are a Llama/Qwen2/Qwen3 model, but ``model.generate()`` would run them left to right
+with a causal mask, which is not how a block-diffusion model was trained. What it needs
 (``config.json`` ``"diffusion"`` block: ``attention_mode``, ``block_size``, ``clean_stream``,
 ``mask_token_id``, ``logit_shift``):
 
@@ -56,6 +57,11 @@ reproduce training-time logits.
 
 import torch
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+try:  # transformers >= 4.51; a Llama/Qwen2 export runs on older versions too
+    from transformers import Qwen3ForCausalLM
+except ImportError:
+    Qwen3ForCausalLM = None
 
 
 def _diffusion(model) -> dict:
@@ -188,3 +194,8 @@ class BlockDiffusionLlamaForCausalLM(_DiffusionGenerate, LlamaForCausalLM):
 
 class BlockDiffusionQwen2ForCausalLM(_DiffusionGenerate, Qwen2ForCausalLM):
     """A ``Qwen2ForCausalLM`` export as ``trust_remote_code`` loads it (``auto_map``)."""
+
+
+if Qwen3ForCausalLM is not None:
+    class BlockDiffusionQwen3ForCausalLM(_DiffusionGenerate, Qwen3ForCausalLM):
+        """A ``Qwen3ForCausalLM`` export as ``trust_remote_code`` loads it (``auto_map``)."""

@@ -1,4 +1,5 @@
-"""``convert hf-to-mcore``: an HF Llama/Qwen2 checkpoint -> a megatron-diffusion checkpoint.
+"""``convert hf-to-mcore``: an HF Llama/Qwen2/Qwen3 checkpoint -> a megatron-diffusion
+checkpoint.
 
 Streaming: the weights exist once in memory. The model is built uninitialised (its parameters
 are never touched, so they take no resident memory) to obtain megatron's sharded state dict;
@@ -47,7 +48,8 @@ from megatron_diffusion.training.checkpoint import check_format, checkpoint_meta
 SIDECAR = "megatron_diffusion.json"
 STRUCTURAL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                      "ffn_hidden_size", "vocab_size", "mask_token_id", "add_qkv_bias",
-                     "untie_embeddings_and_output_weights", "rotary_base", "norm_epsilon")
+                     "qk_layernorm", "untie_embeddings_and_output_weights", "rotary_base",
+                     "norm_epsilon")
 TE_NORM_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
                  "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
 """Local-spec norm name -> the Transformer Engine spec's name of the same tensor."""

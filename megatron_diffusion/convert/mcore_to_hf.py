@@ -1,5 +1,6 @@
 """``convert mcore-to-hf``: a megatron-diffusion checkpoint -> an HF directory ``transformers``
-loads (``LlamaForCausalLM``, or ``Qwen2ForCausalLM`` for a model with QKV bias).
+loads (``LlamaForCausalLM``; ``Qwen2ForCausalLM`` for a model with QKV bias, ``Qwen3ForCausalLM``
+for one with q/k norms).
 
 The checkpoint is read one transformer layer at a time (``dist_stream.GroupLoader``;
 ``dist_checkpointing`` reassembles any TP/PP layout it was saved under); each HF tensor is
@@ -101,6 +102,12 @@ def _architecture(cfg, meta: dict) -> str:
     source = meta.get("converted_from") or {}
     if source.get("architecture"):
         return source["architecture"]
+    if cfg.model.add_qkv_bias and cfg.model.qk_layernorm:
+        raise UsageError("--checkpoint: a model with both model.add_qkv_bias and "
+                         "model.qk_layernorm has no HF architecture to export to (Qwen2 has the "
+                         "bias, Qwen3 the norms)")
+    if cfg.model.qk_layernorm:
+        return "Qwen3ForCausalLM"
     return "Qwen2ForCausalLM" if cfg.model.add_qkv_bias else "LlamaForCausalLM"
 
 

@@ -9,6 +9,8 @@ width, ``f`` SwiGLU width, ``V`` real vocabulary, ``P`` padded vocabulary)::
     layers.i.self_attn.q_proj        [nq*d, h] \\
     layers.i.self_attn.k_proj        [ng*d, h]  > ...self_attention.linear_qkv      [ng*(r+2)*d, h]
     layers.i.self_attn.v_proj        [ng*d, h] /
+    layers.i.self_attn.q_norm        [d]       ...self_attention.q_layernorm        [d]
+    layers.i.self_attn.k_norm        [d]       ...self_attention.k_layernorm        [d]
     layers.i.self_attn.o_proj        [h, nq*d] ...self_attention.linear_proj        [h, nq*d]
     layers.i.post_attention_layernorm [h]      ...pre_mlp_layernorm                 [h]
     layers.i.mlp.gate_proj, up_proj  [f, h]    ...mlp.linear_fc1                    [2f, h]
@@ -21,6 +23,9 @@ width, ``f`` SwiGLU width, ``V`` real vocabulary, ``P`` padded vocabulary)::
   what lets megatron split the fused weight over tensor-parallel ranks by whole groups. HF's
   GQA (``repeat_kv``) pairs query head ``j`` with key/value head ``j // r``, the same grouping.
   Qwen2's q/k/v biases fuse the same way.
+* **q/k norms** (Qwen3 only): one RMSNorm weight of the head width, shared by every query (key)
+  head, applied per head before RoPE in both implementations; copied as is (megatron replicates
+  it on every tensor-parallel rank). ``d`` need not be ``h / nq`` (Qwen3-0.6B: 128 vs 64).
 * **SwiGLU** ``linear_fc1`` is ``[gate; up]``.
 * **Vocabulary** rows beyond the HF embedding (an added ``[MASK]``) are initialised on import
   (``new_row_init``); rows from ``V`` up to ``P`` are megatron's padding (zeros, ``-inf``
@@ -90,6 +95,7 @@ class TensorLayout:
     """Our real vocabulary (``>= hf_vocab_size``: added rows are new tokens)."""
     padded_vocab_size: int
     qkv_bias: bool
+    qk_norm: bool
     tied: bool
 
     @classmethod
@@ -100,7 +106,8 @@ class TensorLayout:
                    head_dim=cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads,
                    ffn_hidden_size=cfg.ffn_hidden_size, hf_vocab_size=hf_vocab_size,
                    vocab_size=cfg.vocab_size, padded_vocab_size=padded_vocab_size,
-                   qkv_bias=cfg.add_qkv_bias, tied=not cfg.untie_embeddings_and_output_weights)
+                   qkv_bias=cfg.add_qkv_bias, qk_norm=cfg.qk_layernorm,
+                   tied=not cfg.untie_embeddings_and_output_weights)
 
     def rules(self) -> list[Rule]:
         """In HF file order (embedding, layers, final norm, head)."""
@@ -116,6 +123,9 @@ class TensorLayout:
             if self.qkv_bias:
                 out.append(Rule(mc + "self_attention.linear_qkv.bias",
                                 tuple(f"{att}{p}_proj.bias" for p in "qkv"), "qkv"))
+            if self.qk_norm:
+                out += [Rule(f"{mc}self_attention.{p}_layernorm.weight", (f"{att}{p}_norm.weight",),
+                             "copy") for p in "qk"]
             out += [
                 Rule(mc + "self_attention.linear_proj.weight", (att + "o_proj.weight",), "copy"),
                 Rule(mc + "pre_mlp_layernorm.weight", (hf + "post_attention_layernorm.weight",),
@@ -144,7 +154,7 @@ class TensorLayout:
                     "embed_tokens": (vocab, h), "lm_head": (vocab, h),
                     "q_proj": (nq * d, h), "k_proj": (ng * d, h), "v_proj": (ng * d, h),
                     "o_proj": (h, nq * d), "gate_proj": (f, h), "up_proj": (f, h),
-                    "down_proj": (h, f),
+                    "down_proj": (h, f), "q_norm": (d,), "k_norm": (d,),
                 }.get(leaf, (h,))
                 shapes[name] = shape[:1] if bias else shape
         return shapes

@@ -46,11 +46,17 @@ def _check_same_architecture(hf, model_cfg) -> None:
              "hidden_size": (hf.hidden_size, model_cfg.hidden_size),
              "num_attention_heads": (hf.num_attention_heads, model_cfg.num_attention_heads),
              "num_key_value_heads": (hf.num_query_groups, model_cfg.num_query_groups),
-             "intermediate_size": (hf.ffn_hidden_size, model_cfg.ffn_hidden_size)}
+             "intermediate_size": (hf.ffn_hidden_size, model_cfg.ffn_hidden_size),
+             "head_dim": (hf.head_dim, model_cfg.kv_channels
+                          or model_cfg.hidden_size // model_cfg.num_attention_heads)}
     for key, (a, b) in pairs.items():
         if a != b:
             raise UsageError(f"--hf/--checkpoint: config.json {key}={a} but the checkpoint's "
                              f"model has {b}; they are not the same model")
+    if hf.qk_norm != model_cfg.qk_layernorm:
+        raise UsageError(f"--hf/--checkpoint: config.json is a {hf.architecture} (q/k norms: "
+                         f"{hf.qk_norm}) but the checkpoint's model has model.qk_layernorm="
+                         f"{model_cfg.qk_layernorm}; they are not the same model")
     if hf.vocab_size > model_cfg.vocab_size:
         raise UsageError(f"--hf/--checkpoint: config.json vocab_size={hf.vocab_size} exceeds the "
                          f"checkpoint's vocabulary ({model_cfg.vocab_size})")

@@ -1,10 +1,11 @@
 """``ModelConfig``: the Llama-family architecture and its numerics.
 
-Llama/Seed-Coder/Qwen2 checkpoints convert onto it: RMSNorm, SwiGLU, RoPE, GQA, optional QKV bias
-(Qwen2), tied or untied embeddings. The vocabulary holds a ``[MASK]`` token that the model never
-predicts (its logit is ``-inf``, docs/method.md 1); the vocabulary is padded to a multiple of
-``make_vocab_size_divisible_by * tensor_model_parallel_size`` as megatron does, and the padded
-entries are ``-inf`` too.
+Llama/Seed-Coder/Qwen2/Qwen3 checkpoints convert onto it: RMSNorm, SwiGLU, RoPE, GQA, optional QKV
+bias (Qwen2), optional per-head q/k RMSNorm (Qwen3), a head width other than
+``hidden_size / num_attention_heads`` (Qwen3), tied or untied embeddings. The vocabulary holds a
+``[MASK]`` token that the model never predicts (its logit is ``-inf``, docs/method.md 1); the
+vocabulary is padded to a multiple of ``make_vocab_size_divisible_by * tensor_model_parallel_size``
+as megatron does, and the padded entries are ``-inf`` too.
 """
 
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class ModelConfig:
     """RMSNorm epsilon."""
     add_qkv_bias: bool = False
     """Bias on the QKV projection (Qwen2)."""
+    qk_layernorm: bool = False
+    """RMSNorm over each query and key head (weights of width ``kv_channels``, shared by the
+    heads) after the QKV projection and before RoPE (Qwen3; megatron-core's ``qk_layernorm``)."""
     untie_embeddings_and_output_weights: bool = True
     """Separate output layer (Llama-3, Seed-Coder); False ties it to the input embedding."""
     init_method_std: float = 0.02

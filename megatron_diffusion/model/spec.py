@@ -6,6 +6,9 @@ The backend is selected here, never by ``if use_te`` branches inside layers:
   runs on CPU.
 * ``transformer_engine``: TE's fused LayerNorm+Linear and MLP modules (needed for FP8).
 
+``qk_layernorm`` (Qwen3) puts megatron's own q/k norm modules into either spec
+(``self_attention.q_layernorm`` / ``k_layernorm``: the same checkpoint keys in both).
+
 Either way the core attention is ``DiffusionCoreAttention`` (dense-mask SDPA or FlexAttention;
 ``UlyssesCoreAttention`` around it under context parallelism),
 except with ``attention_backend='te'`` where TE's own fused attention takes the mask as an
@@ -27,9 +30,11 @@ def layer_spec(cfg: ModelConfig, context_parallel_size: int = 1) -> ModuleSpec:
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        spec = copy.deepcopy(get_gpt_layer_with_transformer_engine_spec())
+        spec = copy.deepcopy(get_gpt_layer_with_transformer_engine_spec(
+            qk_layernorm=cfg.qk_layernorm))
     else:
-        spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
+        spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm",
+                                                      qk_layernorm=cfg.qk_layernorm))
     if cfg.attention_backend != "te":
         core = DiffusionCoreAttention
         if context_parallel_size > 1:  # all-to-all (Ulysses) context parallelism

@@ -5,7 +5,8 @@ A decode step of a small model is dominated by Python, not arithmetic: one megat
 recompute and offload checks, bias-dropout-add factories, autograd-function applications), and
 RoPE recomputes ``cos``/``sin`` of the same angles for the query and the key of every layer.
 ``lean_forward`` runs the same tensor operations in the same order on the model's own modules
-and parameters — embedding, RMSNorms, fused QKV split as megatron splits it, RoPE
+and parameters — embedding, RMSNorms, fused QKV split as megatron splits it, the per-head q/k
+RMSNorms where the model has them (Qwen3's ``qk_layernorm``), RoPE
 (``cos``/``sin`` computed once per forward), ``DiffusionCoreAttention`` (mask, KV cache), SwiGLU,
 residual adds, final norm, the output layer with its hooks (only the positions asked for;
 [MASK] forbidden) — so its logits are bit-identical to ``model(...)``
@@ -24,7 +25,7 @@ def supports_lean_forward(model, tp_size: int) -> bool:
     c = model.config
     if not (tp_size == 1 and model.pre_process and model.post_process
             and model.position_embedding_type == "rope" and not c.sequence_parallel
-            and c.context_parallel_size == 1 and not c.qk_layernorm and not c.add_bias_linear
+            and c.context_parallel_size == 1 and not c.add_bias_linear
             and not c.fp32_residual_connection and not c.apply_residual_connection_post_layernorm
             and c.gated_linear_unit and c.activation_func is F.silu and not c.rotary_interleaved
             and c.num_moe_experts is None and getattr(c, "activation_func_clamp_value", None) is None
@@ -34,6 +35,8 @@ def supports_lean_forward(model, tp_size: int) -> bool:
     for layer in model.decoder.layers:
         attn = layer.self_attention
         norms = (layer.input_layernorm, layer.pre_mlp_layernorm)
+        if c.qk_layernorm:
+            norms += (attn.q_layernorm, attn.k_layernorm)
         if not (isinstance(attn.core_attention, DiffusionCoreAttention)
                 and all(type(n) is torch.nn.RMSNorm for n in norms)
                 and type(layer.cross_attention).__name__ == "IdentityOp"):
@@ -56,6 +59,8 @@ def _attention(layer, x, cos, sin, mask):
     mixed = mixed.view(*mixed.shape[:-1], groups, (per_group + 2) * hn)
     query, key, value = torch.split(mixed, [per_group * hn, hn, hn], dim=3)
     query = query.reshape(query.size(0), query.size(1), -1, hn)
+    if attn.config.qk_layernorm:  # per head, before RoPE, as megatron's attention does
+        query, key = attn.q_layernorm(query), attn.k_layernorm(key)
     query, key = _rope(query, cos, sin), _rope(key, cos, sin)
     context = attn.core_attention(query, key, value, mask)
     out, _ = attn.linear_proj(context)

@@ -8,6 +8,13 @@ override) is taken from the checkpoint; one it sets to a different value is refu
 The vocabulary (``vocab_size``, ``mask_token_id``) comes from the data store and is checked
 against the checkpoint's shapes afterwards; training choices (``logit_shift``, dtype, backend)
 stay the run's own.
+
+One exception: a model may have more vocabulary rows than its tokenizer has tokens (Qwen2/Qwen3
+pad their embedding: Qwen3 151936 rows for 151669 tokens; conversion puts ``[MASK]`` in the
+first spare row). Those rows are part of the model and the tokenizer never emits them, so
+``adopt_spare_rows`` gives the run the checkpoint's larger ``vocab_size`` where the store's
+(the tokenizer's size) is smaller and the config names none; that the store was tokenized with
+the checkpoint's own tokenizer is checked by hash (``data.vocab.check_checkpoint_store``).
 """
 
 import math
@@ -17,7 +24,7 @@ from megatron_diffusion.errors import UsageError
 ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                      "ffn_hidden_size", "kv_channels", "make_vocab_size_divisible_by",
                      "max_position_embeddings", "rotary_base", "norm_epsilon", "add_qkv_bias",
-                     "untie_embeddings_and_output_weights")
+                     "qk_layernorm", "untie_embeddings_and_output_weights")
 
 
 def _same(a, b) -> bool:
@@ -45,3 +52,12 @@ def adopt_model_config(cfg, meta: dict, path) -> dict:
         setattr(cfg.model, key, theirs[key])
         adopted[key] = theirs[key]
     return adopted
+
+
+def adopt_spare_rows(cfg, meta: dict, store) -> None:
+    """Widen ``cfg.model.vocab_size`` (filled from ``store``) to the checkpoint's, if larger."""
+    rows = ((meta.get("config") or {}).get("model") or {}).get("vocab_size")
+    if (isinstance(rows, int) and rows > store.vocab_size
+            and cfg.model.vocab_size == store.vocab_size
+            and not cfg.is_explicit("model.vocab_size")):
+        cfg.model.vocab_size = rows

@@ -43,6 +43,7 @@ from megatron_diffusion.corruption.factory import make_corruptor
 from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied, build_indices
 from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab, store_vocabulary
 from megatron_diffusion.errors import UsageError
+from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.model.weights import seeded_init
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
@@ -54,7 +55,7 @@ from megatron_diffusion.training.checkpoint import (agree_on_checkpoint, checkpo
                                                     newest_loadable_checkpoint, read_meta,
                                                     resolve_checkpoint, restore_rng,
                                                     save_checkpoint)
-from megatron_diffusion.training.init_from import adopt_model_config
+from megatron_diffusion.training.init_from import adopt_model_config, adopt_spare_rows
 from megatron_diffusion.training.lr_schedule import lr_at
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
 from megatron_diffusion.training.observability import RunLogger
@@ -110,12 +111,15 @@ class Trainer:
         self.stores = resolve_vocab(self.cfg)
         self.cfg.validate()
         if init_meta is not None:
+            adopt_spare_rows(self.cfg, init_meta, self.stores[0])
             self._check_same_model(init_meta, self.init_from, "--init-from",
-                                   ("add_qkv_bias", "untie_embeddings_and_output_weights"))
+                                   ("add_qkv_bias", "qk_layernorm",
+                                    "untie_embeddings_and_output_weights"))
             check_checkpoint_store(init_meta, self.init_from, self.stores[0], "--init-from")
         resume_path = self._resume_path()
         if resume_path is not None:  # before anything is written
             meta = read_meta(resume_path)
+            adopt_spare_rows(self.cfg, meta, self.stores[0])
             self._check_same_model(meta, resume_path, "--resume")
             check_checkpoint_store(meta, resume_path, self.stores[0], "--resume")
         return resume_path
@@ -270,10 +274,12 @@ class Trainer:
     def _check_same_model(self, meta, path, option: str, extra_keys=()) -> None:
         """Refuse a checkpoint whose model differs from this run's, naming the field."""
         theirs = meta["config"]["model"]
+        defaults = ModelConfig()  # a field newer than the checkpoint: what loading it gives
         for key in self.SHAPE_KEYS + tuple(extra_keys):
-            if theirs.get(key) != getattr(self.cfg.model, key):
+            value = theirs.get(key, getattr(defaults, key))
+            if value != getattr(self.cfg.model, key):
                 raise UsageError(f"{option}: checkpoint {path} has model.{key}="
-                                 f"{theirs.get(key)!r}, this run has {getattr(self.cfg.model, key)!r}")
+                                 f"{value!r}, this run has {getattr(self.cfg.model, key)!r}")
 
     def _load(self, path):
         meta = load_checkpoint(path, self.chunks, self.optimizer, verified=True)

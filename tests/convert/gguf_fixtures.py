@@ -14,6 +14,8 @@ HF_TO_GGUF = {"input_layernorm.weight": "attn_norm.weight",
               "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
               "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
               "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+              "self_attn.q_norm.weight": "attn_q_norm.weight",
+              "self_attn.k_norm.weight": "attn_k_norm.weight",
               "self_attn.o_proj.weight": "attn_output.weight",
               "post_attention_layernorm.weight": "ffn_norm.weight",
               "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
@@ -66,7 +68,8 @@ def random_k_quant(rows: int, cols: int, kind: str, seed: int) -> np.ndarray:
 
 def write_gguf(hf_dir: Path, path: Path, *, arch: str = "llama", qtype: str = "F32",
                eos: str = "<|im_end|>", merges: bool = True, override_type: dict | None = None):
-    """Write ``hf_dir`` (a ``make_hf_model`` directory) as a GGUF. ``qtype``: the type of the 2-D
+    """Write ``hf_dir`` (a ``make_hf_model`` directory) as a GGUF of ``arch`` (llama, qwen2,
+    qwen3: only llama's q/k rows are permuted, as llama.cpp does). ``qtype``: the type of the 2-D
     weights (norms stay F32, as llama.cpp keeps them; Q4_K/Q6_K: random blocks, not the HF
     weights); ``override_type``: GGUF tensor name -> (type name, raw bytes) to plant a tensor
     of another type."""
@@ -82,7 +85,10 @@ def write_gguf(hf_dir: Path, path: Path, *, arch: str = "llama", qtype: str = "F
     w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_key_length(head_dim)  # as convert_hf_to_gguf.py writes a config's head_dim
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
     _tokenizer_metadata(w, hf_dir, eos, merges)
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
     for name, tensor in hf_state(hf_dir).items():

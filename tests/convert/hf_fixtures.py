@@ -27,7 +27,8 @@ def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = 
                   tokenizer_vocab: int = 300, dtype=torch.float32, seed: int = 0,
                   max_shard_size: str | None = None, num_layers: int = 4,
                   special: list[str] | None = None, **overrides) -> Path:
-    """``arch``: 'llama' (eos '</s>', no [MASK]) or 'qwen2' (eos '<|endoftext|>', QKV bias).
+    """``arch``: 'llama' (eos '</s>', no [MASK]), 'qwen2' (eos '<|endoftext|>', QKV bias) or
+    'qwen3' (eos '<|endoftext|>', q/k norms; ``head_dim=`` in ``overrides`` sets the head width).
     ``vocab_rows`` > tokenizer size leaves spare embedding rows, as Qwen2 does. ``special``:
     other special tokens (the last one is ``eos_token_id``)."""
     from transformers import (
@@ -35,6 +36,8 @@ def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = 
         LlamaForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -50,9 +53,12 @@ def make_hf_model(out: Path, arch: str, *, tied: bool, vocab_rows: int | None = 
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(rope_theta=500000.0, **kw))
-    else:
+    elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**kw))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**kw))
     with torch.no_grad():  # random init gives zero biases / unit norms: make every weight count
+        # (q/k norms included: a map that swapped q_norm and k_norm must change the logits)
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)

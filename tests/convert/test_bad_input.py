@@ -31,7 +31,8 @@ def test_unsupported_architecture_is_named_with_the_supported_ones(hf_llama, tmp
     hf = _copy(hf_llama, tmp_path)
     _edit_config(hf, architectures=["MistralForCausalLM"])
     with pytest.raises(UsageError, match="'MistralForCausalLM' is not supported; supported "
-                                         "architectures: LlamaForCausalLM, Qwen2ForCausalLM"):
+                                         "architectures: LlamaForCausalLM, Qwen2ForCausalLM, "
+                                         "Qwen3ForCausalLM"):
         convert_hf_to_mcore(hf, tmp_path / "out", add_mask_token=True)
 
 
@@ -120,3 +121,39 @@ def test_cli_reports_one_line_and_exit_codes(hf_llama, mc_llama, tmp_path, capsy
     assert cli.main(["convert", "verify", "--hf", str(other), "--checkpoint", str(mc_llama),
                      "--seq-len", "8"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"architectures": ["Qwen3MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2},
+     "architecture 'Qwen3MoeForCausalLM' (mixture of experts) is not supported"),
+    ({"use_sliding_window": True, "sliding_window": 64}, "use_sliding_window=true"),
+    ({"layer_types": ["full_attention"] * 3 + ["sliding_attention"]},
+     "layer_types has 'sliding_attention' layers"),
+])
+def test_qwen3_moe_and_sliding_window_are_one_line_exit_2(hf_qwen3, tmp_path, capsys, changes,
+                                                          message):
+    hf = _copy(hf_qwen3, tmp_path)
+    _edit_config(hf, **changes)
+    rc = cli.main(["convert", "hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "out"),
+                   "--add-mask-token", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"megatron-diffusion convert: error: {hf / 'config.json'}: ")
+    assert message in err
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"architectures": ["Qwen3ForCausalLM"]},
+     "config.json is a Qwen3ForCausalLM (q/k norms: True) but the checkpoint's model has "
+     "model.qk_layernorm=False"),
+    ({"head_dim": 32}, "config.json head_dim=32 but the checkpoint's model has 16"),
+])
+def test_verify_refuses_another_architecture_by_name(hf_llama, mc_llama, tmp_path, changes,
+                                                     message):
+    from megatron_diffusion.convert.verify import verify
+
+    hf = _copy(hf_llama, tmp_path)
+    _edit_config(hf, **changes)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        verify(hf, mc_llama, seq_len=8)

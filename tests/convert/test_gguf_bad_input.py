@@ -18,18 +18,27 @@ def _run(capsys, gguf, out) -> str:
     return err
 
 
-def test_another_architecture(tmp_path, capsys):
+def _minimal_gguf(path, arch: str):
     import gguf
 
-    w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(2)
     w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    err = _run(capsys, tmp_path / "phi.gguf", tmp_path / "out")
-    assert "architecture 'phi3' is not supported; supported: llama, qwen2" in err
+    return path
+
+
+def test_another_architecture(tmp_path, capsys):
+    err = _run(capsys, _minimal_gguf(tmp_path / "phi.gguf", "phi3"), tmp_path / "out")
+    assert "architecture 'phi3' is not supported; supported: llama, qwen2, qwen3" in err
+
+
+def test_mixture_of_experts_qwen3_is_named(tmp_path, capsys):
+    err = _run(capsys, _minimal_gguf(tmp_path / "moe.gguf", "qwen3moe"), tmp_path / "out")
+    assert "architecture 'qwen3moe' (mixture of experts) is not supported" in err
 
 
 def test_unsupported_quantisation_is_named(hf_llama, tmp_path, capsys):

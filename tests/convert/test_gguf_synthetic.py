@@ -121,6 +121,42 @@ def test_qwen2_gguf_is_not_permuted_and_keeps_biases(tmp_path):
     assert meta["config"]["parallel"]["tensor_model_parallel_size"] == 2
 
 
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_qwen3_gguf_norms_and_head_width_match_transformers(tmp_path, qtype):
+    """A Qwen3 GGUF (llama.cpp 'qwen3': q/k rows as stored, attn_q_norm/attn_k_norm, head width
+    from attention.key_length: 128 in a width of 64, as transformers' Qwen3 GGUF loader
+    assumes) gives transformers' GGUF logits, and for F32 the source model's."""
+    from transformers import AutoModelForCausalLM
+
+    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.model import weights
+
+    hf_dir = make_hf_model(tmp_path / "qwen3", "qwen3", tied=False, num_layers=2,
+                           special=CHAT_SPECIALS)
+    gguf = write_gguf(hf_dir, tmp_path / "q3.gguf", arch="qwen3", qtype=qtype)
+    convert_gguf_to_mcore(gguf, tmp_path / "mc", add_mask_token=True, progress=False)
+    ours = load_model(tmp_path / "mc")
+    model = ours.meta["config"]["model"]
+    assert (model["qk_layernorm"], model["kv_channels"]) == (True, 128)
+    assert not model["add_qkv_bias"]
+    assert ours.meta["converted_from"]["architecture"] == "Qwen3ForCausalLM"
+    full = weights.local_to_full([ours.model])
+    src = hf_state(hf_dir)
+    assert torch.equal(full["decoder.layers.1.self_attention.k_layernorm.weight"],
+                       src["model.layers.1.self_attn.k_norm.weight"])  # norms stay F32
+
+    ids = torch.tensor([load_tokenizer(tmp_path / "mc" / "tokenizer.json").encode(
+        stdlib_texts(1)[0][:200])])
+    mine = causal_logits(ours.model, ids)[..., :300]
+    references = [tmp_path] if qtype != "F32" else [tmp_path, hf_dir]
+    for where in references:
+        kw = {"gguf_file": gguf.name} if where == tmp_path else {}
+        hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw).eval()
+        with torch.no_grad():
+            theirs = hf(input_ids=ids).logits
+        assert theirs.std().item() > 0.1 and (mine - theirs).abs().max().item() < 1e-4, where
+
+
 def test_tokenizer_config_and_stop_tokens_from_the_metadata(hf_chat_llama, tmp_path):
     from tokenizers import Tokenizer
 

@@ -98,10 +98,13 @@ print(json.dumps({"class": type(model).__name__, "ids": ids}))
 """
 
 
-def test_trust_remote_code_loads_an_export_offline(tmp_path):
-    """A Qwen2 export (QKV bias) as an HF user loads it: another directory, no network."""
+@pytest.mark.parametrize("overrides,architecture", [({"add_qkv_bias": True}, "Qwen2"),
+                                                    ({"qk_layernorm": True}, "Qwen3")])
+def test_trust_remote_code_loads_an_export_offline(tmp_path, overrides, architecture):
+    """A Qwen2 (QKV bias) or Qwen3 (q/k norms) export as an HF user loads it: another
+    directory, no network."""
     ckpt = make_checkpoint(tmp_path / "run", attention=AttentionConfig(mode="block", block_size=4),
-                           seed=5, add_qkv_bias=True)
+                           seed=5, **overrides)
     export = convert_mcore_to_hf(ckpt, tmp_path / "hf", progress=False)
     spec = importlib.util.spec_from_file_location("block_diffusion", export / "block_diffusion.py")
     helper = importlib.util.module_from_spec(spec)
@@ -116,7 +119,7 @@ def test_trust_remote_code_loads_an_export_offline(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got == {"class": "BlockDiffusionQwen2ForCausalLM", "ids": want}
+    assert got == {"class": f"BlockDiffusion{architecture}ForCausalLM", "ids": want}
 
 
 class _AlwaysToken(torch.nn.Module):

@@ -28,6 +28,7 @@ def _block_logits(loaded, attn: AttentionConfig) -> torch.Tensor:
 @pytest.mark.parametrize("overrides,architecture", [
     ({}, "LlamaForCausalLM"),
     ({"add_qkv_bias": True, "untie_embeddings_and_output_weights": False}, "Qwen2ForCausalLM"),
+    ({"qk_layernorm": True, "kv_channels": 32}, "Qwen3ForCausalLM"),
 ])
 def test_export_then_import_is_the_same_model(overrides, architecture, tmp_path):
     attn = AttentionConfig(mode="block", block_size=4)
@@ -83,3 +84,13 @@ def test_sampler_decodes_an_hf_export_like_the_original(tmp_path):
     a = [r.text for r in load_sampler(str(original), **knobs).complete(prompts)]
     b = [r.text for r in load_sampler(str(export), **knobs).complete(prompts)]
     assert a == b and any(a)
+
+
+def test_bias_and_qk_norms_together_have_no_hf_architecture(tmp_path):
+    from megatron_diffusion.errors import UsageError
+
+    ckpt = make_checkpoint(tmp_path / "run", add_qkv_bias=True, qk_layernorm=True)
+    with pytest.raises(UsageError, match="both model.add_qkv_bias and model.qk_layernorm has no "
+                                         "HF architecture"):
+        convert_mcore_to_hf(ckpt, tmp_path / "export", progress=False)
+    assert not (tmp_path / "export").exists()

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from megatron_diffusion.convert.verify import verify
@@ -82,3 +83,38 @@ def test_view_serves_transformer_engine_norm_names(hf_llama):
     te = "decoder.layers.2.mlp.linear_fc1.layer_norm_weight"
     assert te in view and "decoder.layers.2.mlp.linear_fc1.bias" not in view
     assert torch.equal(view[te], hf_state(hf_llama)["model.layers.2.post_attention_layernorm.weight"])
+
+
+def test_qwen3_qk_norms_and_wide_heads_logits_match_hf(hf_qwen3, mc_qwen3):
+    result = verify(hf_qwen3, mc_qwen3, batch_size=2, seq_len=24, tolerance=1e-4)
+    assert result.passed, result.summary()
+    assert result.num_vocab_compared == 319 and result.argmax_agreement == 1.0
+    meta = read_meta(latest_checkpoint(mc_qwen3))
+    model = meta["config"]["model"]
+    assert model["qk_layernorm"] is True and model["add_qkv_bias"] is False
+    assert model["kv_channels"] == 32 and model["hidden_size"] == 64
+    assert meta["converted_from"]["architecture"] == "Qwen3ForCausalLM"
+
+    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.model import weights
+
+    full = weights.local_to_full([load_model(mc_qwen3).model])
+    hf = hf_state(hf_qwen3)
+    for p in "qk":  # the HF norms, not megatron's initial ones
+        got = full[f"decoder.layers.3.self_attention.{p}_layernorm.weight"]
+        assert torch.equal(got, hf[f"model.layers.3.self_attn.{p}_norm.weight"])
+    assert full["decoder.layers.0.self_attention.linear_proj.weight"].shape == (64, 4 * 32)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_untied_qwen_logits_match_hf(arch, tmp_path):
+    """Qwen2.5-Coder-7B and Qwen3-8B do not tie their embeddings."""
+    from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
+
+    hf = make_hf_model(tmp_path / "hf", arch, tied=False, num_layers=2, seed=3)
+    convert_hf_to_mcore(hf, tmp_path / "mc", add_mask_token=True, progress=False)
+    result = verify(hf, tmp_path / "mc", seq_len=16, tolerance=1e-4)
+    assert result.passed, result.summary()
+    model = read_meta(latest_checkpoint(tmp_path / "mc"))["config"]["model"]
+    assert model["untie_embeddings_and_output_weights"] is True
+    assert (model["add_qkv_bias"], model["qk_layernorm"]) == (arch == "qwen2", arch == "qwen3")

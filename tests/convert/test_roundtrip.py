@@ -26,10 +26,13 @@ def _assert_original_weights_identical(original_dir, export_dir):
 
 
 @pytest.mark.distributed
-def test_tp2_pp2_round_trip_is_bit_identical(hf_llama, mc_llama, hf_qwen2, mc_qwen2, tmp_path):
-    """Llama (untied, [MASK] row added) and Qwen2 (tied over two pipeline stages, QKV bias,
-    [MASK] in a spare row): loaded and saved by 4 ranks, exported by one."""
-    cases = {"llama": (hf_llama, mc_llama), "qwen2": (hf_qwen2, mc_qwen2)}
+def test_tp2_pp2_round_trip_is_bit_identical(hf_llama, mc_llama, hf_qwen2, mc_qwen2, hf_qwen3,
+                                             mc_qwen3, tmp_path):
+    """Llama (untied, [MASK] row added), Qwen2 (tied over two pipeline stages, QKV bias,
+    [MASK] in a spare row) and Qwen3 (tied, q/k norms replicated over TP, head_dim 32 of width
+    64): loaded and saved by 4 ranks, exported by one."""
+    cases = {"llama": (hf_llama, mc_llama), "qwen2": (hf_qwen2, mc_qwen2),
+             "qwen3": (hf_qwen3, mc_qwen3)}
     args = [str(p) for arch, (_, mc) in cases.items() for p in (mc, tmp_path / f"{arch}_tp2pp2")]
     torchrun(str(Path(__file__).with_name("reshard_worker.py")), 4, *args)
     for arch, (hf, _) in cases.items():
@@ -88,3 +91,20 @@ def test_bf16_round_trip_and_transformers_loads_the_export(tmp_path):
     with torch.no_grad():  # original vocabulary: the same AR model
         assert torch.equal(model(ids).logits[..., :300], reference(ids).logits)
     assert "diffusion" in (back / "README.md").read_text()
+
+
+def test_qwen3_export_is_a_qwen3_transformers_runs(hf_qwen3, mc_qwen3, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    back = tmp_path / "back"
+    convert_mcore_to_hf(mc_qwen3, back, progress=False)
+    _assert_original_weights_identical(hf_qwen3, back)
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["model_type"] == "qwen3"
+    assert (config["head_dim"], config["attention_bias"], config["use_sliding_window"]) == (
+        32, False, False)
+    ids = torch.arange(3, 40).reshape(1, -1)
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(back)(ids).logits[..., :320]
+        want = AutoModelForCausalLM.from_pretrained(hf_qwen3)(ids).logits
+    assert torch.equal(got, want)

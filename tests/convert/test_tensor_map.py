@@ -50,7 +50,7 @@ def test_split_inverts_fuse(ng, r, d, h, bias):
 def _layout(**kw) -> TensorLayout:
     base = dict(num_layers=2, hidden_size=4, num_attention_heads=4, num_query_groups=2,
                 head_dim=2, ffn_hidden_size=6, hf_vocab_size=5, vocab_size=6,
-                padded_vocab_size=8, qkv_bias=False, tied=False)
+                padded_vocab_size=8, qkv_bias=False, qk_norm=False, tied=False)
     base.update(kw)
     return TensorLayout(**base)
 
@@ -87,8 +87,23 @@ def test_names_and_shapes_per_architecture():
     assert len(untied) == 3 + 2 * 12  # embed, norm, head + 12 per layer with biases
 
 
+def test_qwen3_norms_are_head_wide_and_map_to_megatrons_qk_layernorm():
+    layout = _layout(qk_norm=True, head_dim=3)  # 4 heads of 3 in a width of 4, as Qwen3
+    shapes = layout.hf_shapes()
+    assert shapes["model.layers.1.self_attn.q_norm.weight"] == (3,)
+    assert shapes["model.layers.1.self_attn.k_norm.weight"] == (3,)
+    assert shapes["model.layers.1.self_attn.q_proj.weight"] == (12, 4)
+    assert shapes["model.layers.1.self_attn.o_proj.weight"] == (4, 12)
+    rules = {r.megatron: r.hf for r in layout.rules()}
+    assert rules["decoder.layers.1.self_attention.q_layernorm.weight"] == (
+        "model.layers.1.self_attn.q_norm.weight",)
+    assert rules["decoder.layers.1.self_attention.k_layernorm.weight"] == (
+        "model.layers.1.self_attn.k_norm.weight",)
+    assert "model.layers.0.self_attn.q_norm.weight" not in _layout().hf_shapes()
+
+
 def test_every_hf_tensor_round_trips_through_megatron_names():
-    layout = _layout(qkv_bias=True)
+    layout = _layout(qkv_bias=True, qk_norm=True)
     g = torch.Generator().manual_seed(0)
     hf = {n: torch.randn(s, generator=g) for n, s in layout.hf_shapes().items()}
     full = {r.megatron: layout.to_megatron(r, [hf[n] for n in r.hf]) for r in layout.rules()}

@@ -31,6 +31,7 @@ def main():
     p.add_argument("--mode", default="block")
     p.add_argument("--visibility", default="shared")
     p.add_argument("--dist-opt", action="store_true")
+    p.add_argument("--qwen3", action="store_true", help="q/k norms, head width 32 of 64")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
@@ -39,7 +40,7 @@ def main():
 
     seq_len = 16
     attn = AttentionConfig(mode=a.mode, block_size=4, visibility=a.visibility)
-    cfg = tiny_model_config()
+    cfg = tiny_model_config(**(dict(qk_layernorm=True, kv_channels=32) if a.qwen3 else {}))
     tcfg = transformer_config(cfg, tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
                               virtual_pipeline_model_parallel_size=a.vpp)
     chunks = build_training_model(cfg, tcfg, use_distributed_optimizer=a.dist_opt)

@@ -223,7 +223,8 @@ def test_block_logit_shift_cache_and_batch_consistent(block_model):
     assert outs[0] == [sampler.generate([p])[0].tokens for p in batch]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"add_qkv_bias": True}])
+@pytest.mark.parametrize("overrides", [{}, {"add_qkv_bias": True},
+                                       {"qk_layernorm": True, "kv_channels": 32}])
 def test_lean_forward_is_bit_identical(overrides):
     """The sampler's TP=1 forward (``lean_forward``) equals megatron's forward bit for bit,
     with a block mask, and is the one ``ModelBackend`` runs."""

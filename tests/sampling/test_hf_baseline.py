@@ -74,3 +74,16 @@ def test_bad_hf_baseline_is_one_line(hf_and_ours, tmp_path, capsys, make, messag
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_qwen3_greedy_decode_is_transformers_generate(tmp_path, capsys):
+    """A converted Qwen3 (q/k norms in the KV-cached, lean forward; head_dim 32 of width 64):
+    our AR decode gives transformers' greedy tokens."""
+    from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
+
+    hf_dir = make_hf_model(tmp_path / "hf", "qwen3", tied=True, num_layers=2, head_dim=32,
+                           initializer_range=0.2)  # at 0.02 the tokens ignore the q/k norms
+    convert_hf_to_mcore(hf_dir, tmp_path / "mc", add_mask_token=True, progress=False)
+    out = _bench(tmp_path / "mc", hf_dir, capsys)
+    assert out["hf_baseline"]["num_tokens"] == out["ar_baseline"]["num_tokens"] == 10
+    assert out["hf_same_tokens_as_ar"] == 1.0

@@ -71,3 +71,49 @@ def test_an_explicit_difference_is_refused_by_name(tiny_store, source, cpt_confi
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err[-3000:]
     assert "model.rotary_base=100000.0" in err and "10000.0" in err
     assert not run.exists()
+
+
+@pytest.fixture(scope="module")
+def converted_qwen3(tmp_path_factory):
+    """A tiny random Qwen3 (q/k norms, head_dim 32 of width 64, 320 embedding rows for a
+    tokenizer of 300 + [MASK], tied) converted, and a store tokenized with its tokenizer."""
+    import sysconfig
+
+    from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
+    from megatron_diffusion.data.ingest import IngestConfig, preprocess
+    from tests.convert.hf_fixtures import make_hf_model
+
+    root = tmp_path_factory.mktemp("qwen3")
+    hf = make_hf_model(root / "hf", "qwen3", tied=True, vocab_rows=320, head_dim=32,
+                       num_layers=2)
+    convert_hf_to_mcore(hf, root / "mc", add_mask_token=True, progress=False)
+    lib = sysconfig.get_paths()["stdlib"]
+    preprocess(IngestConfig(inputs=[f"{lib}/json"], output=str(root / "s.zarr"),
+                            tokenizer=str(root / "mc" / "tokenizer.json"), glob="*.py",
+                            validation_fraction=0.1))
+    return hf, root / "mc", root / "s.zarr"
+
+
+def test_a_converted_qwen3_trains_with_its_norms_and_spare_rows(converted_qwen3, cpt_config,
+                                                                tmp_path):
+    """The store's vocabulary (301 tokens) is smaller than the checkpoint's (320 rows, as every
+    Qwen pads its embedding): the run takes the checkpoint's; the q/k norms are loaded."""
+    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.model import weights
+    from tests.convert.hf_fixtures import hf_state
+
+    hf, mc, store = converted_qwen3
+    run = tmp_path / "run"
+    proc = cpt(store, cpt_config, run, mc, "training.train_iters=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = json.loads((run / "checkpoints" / "iter_0000002" / "meta.json").read_text())[
+        "config"]["model"]
+    assert (model["qk_layernorm"], model["kv_channels"], model["vocab_size"]) == (True, 32, 320)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["ce"] < 10 for r in records)
+
+    full = weights.local_to_full([load_model(run).model])
+    source = hf_state(hf)["model.layers.1.self_attn.q_norm.weight"]
+    trained = full["decoder.layers.1.self_attention.q_layernorm.weight"]
+    assert (source - 1).abs().max() > 0.1  # the fixture's norms are not megatron's initial ones
+    assert (trained - source).abs().max() < 0.01  # two Adam steps of lr 2e-3 from the source
