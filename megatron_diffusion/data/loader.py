@@ -316,10 +316,13 @@ def _defer_worker_deaths() -> None:
 
 
 def _worker_message(text: str) -> str:
-    """A worker's UsageError as its one line (torch re-raises it with the traceback in front)."""
+    """A worker's UsageError as its one line (torch re-raises it with the traceback in front,
+    whose last line names the class by its qualified name: ``megatron_diffusion.errors.UsageError:``)."""
     last = text.strip().splitlines()[-1] if text.strip() else text
-    prefix = f"{UsageError.__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    for prefix in (f"{UsageError.__module__}.{UsageError.__qualname__}: ", f"{UsageError.__name__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
 
 
 def _ignore_preemption_signals(worker_id: int) -> None:

@@ -245,3 +245,21 @@ def test_store_compatibility(cpt_store, tokenizer_path):
         DiffusionDataLoader(_cfg(cpt_store), tokenizer_hash="0" * 64)
     with pytest.raises(UsageError, match="no such directory"):
         TokenStore(cpt_store.parent / "absent.zarr")
+
+
+class _Refusing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise UsageError("store x.zarr: chunk 3 fails its checksum")
+
+
+def test_a_workers_usage_error_is_its_own_line():
+    """torch re-raises a worker's exception with the traceback in front and the class's
+    qualified name on its last line; the loader reports the message alone."""
+    from megatron_diffusion.data.loader import _worker_message
+
+    with pytest.raises(UsageError) as caught:
+        next(iter(torch.utils.data.DataLoader(_Refusing(), num_workers=1)))
+    assert _worker_message(str(caught.value)) == "store x.zarr: chunk 3 fails its checksum"
