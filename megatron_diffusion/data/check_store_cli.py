@@ -66,19 +66,30 @@ def zarr_problems(store) -> tuple[list[str], str]:
     return problems, f"{len(manifest['files'])} chunk files verified"
 
 
+def _problems(store, prefix, tokenizer) -> tuple[str, list[str], str]:
+    """``(name, problems, what was verified)`` of one store or prefix; a store that cannot even
+    be opened is one problem, so the other stores are still checked."""
+    name = f"store {store}" if prefix is None else f"indexed dataset {prefix}"
+    try:
+        if prefix is None:
+            return (name, *zarr_problems(store))
+        return name, indexed_problems(prefix, tokenizer), "every token and document end read"
+    except UsageError as e:
+        return name, [str(e).removeprefix(f"{name}: ")], ""
+
+
 def run(args) -> int:
     from pathlib import Path
 
     from megatron_diffusion.data.indexed import indexed_prefix
 
+    stores = [(Path(s), indexed_prefix(s)) for s in args.stores]
+    first_indexed = next((prefix for _, prefix in stores if prefix is not None), None)
+    if first_indexed is not None and args.tokenizer is None:
+        indexed_problems(first_indexed, None)  # the one-line --tokenizer refusal, nothing read
     bad = 0
-    for store in map(Path, args.stores):
-        prefix = indexed_prefix(str(store))
-        if prefix is None:
-            name, (problems, verified) = f"store {store}", zarr_problems(store)
-        else:
-            name = f"indexed dataset {prefix}"
-            problems, verified = indexed_problems(prefix, args.tokenizer), "every token and document end read"
+    for store, prefix in stores:
+        name, problems, verified = _problems(store, prefix, args.tokenizer)
         for p in problems:
             print(f"{name}: {p}", file=sys.stderr)
         bad += bool(problems)

@@ -244,15 +244,21 @@ class IndexedTokenSource:
         """Read everything once (``check-store``): every id inside the vocabulary and not
         [MASK], every non-empty document ending with EOS; the first problem of each block of
         ``block`` tokens or documents, without the dataset's name."""
+        from megatron_diffusion.progress import Progress
+
         self._check_bin_size(since_open=True)
         tokens = self._dataset.get(0, offset=0, length=self.num_tokens)  # the memory map, no copy
         problems = []
-        for start in range(0, self.num_tokens, block):
-            problems += self._problem(self._check_ids, tokens[start:start + block], start)
-        for d in range(0, self.num_docs, block):
-            starts = self.read_doc_array("doc_offsets", d, min(d + block, self.num_docs) + 1)
-            docs = np.flatnonzero(starts[1:] > starts[:-1])
-            problems += self._problem(self.check_document_ends, d + docs, tokens[starts[docs + 1] - 1])
+        with Progress(self.num_tokens + self.num_docs, f"check-store {self.path}",
+                      unit="token/doc") as bar:
+            for start in range(0, self.num_tokens, block):
+                problems += self._problem(self._check_ids, tokens[start:start + block], start)
+                bar.update(min(block, self.num_tokens - start))
+            for d in range(0, self.num_docs, block):
+                starts = self.read_doc_array("doc_offsets", d, min(d + block, self.num_docs) + 1)
+                docs = np.flatnonzero(starts[1:] > starts[:-1])
+                problems += self._problem(self.check_document_ends, d + docs, tokens[starts[docs + 1] - 1])
+                bar.update(min(block, self.num_docs - d))
         return problems
 
     def _problem(self, check, *args) -> list[str]:

@@ -3,6 +3,7 @@ blend entry: the same rows, batches, shards and resume as a zarr store of the sa
 
 import itertools
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,8 +341,29 @@ def test_check_store_reads_every_token_and_document_end(twins, tokenizer_path, t
         builder.end_document()
     builder.finalize(str(tmp_path / "bad.idx"))
     assert main(["check-store", str(tmp_path / "bad"), "--tokenizer", str(tokenizer_path)]) == 2
-    err = capsys.readouterr().err.splitlines()
+    err = _without_progress(capsys.readouterr().err)
     assert "ids outside [0, " in err[0] and "max 9999" in err[0]
     assert "document 20 ends with id 7" in err[1] and "1 of 1 stores failed" in err[2]
     assert main(["check-store", twins[1]]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _without_progress(err: str) -> list[str]:
+    return [line for line in err.splitlines() if not line.startswith("[check-store ")]
+
+
+def test_check_store_goes_on_after_a_dataset_that_cannot_open(twins, tokenizer_path, tmp_path, capsys):
+    """A truncated .bin fails at open; the stores after it are still checked (as for zarr)."""
+    from megatron_diffusion.cli import main
+
+    broken = tmp_path / "broken"
+    for suffix in (".bin", ".idx"):
+        data = Path(f"{twins[1]}{suffix}").read_bytes()
+        (tmp_path / f"broken{suffix}").write_bytes(_truncate_bin(suffix, data))
+    assert main(["check-store", str(broken), str(twins[1]), "--tokenizer", str(tokenizer_path)]) == 2
+    captured = capsys.readouterr()
+    err = _without_progress(captured.err)
+    assert err[0].startswith(f"indexed dataset {broken}: ") and "broken.bin is" in err[0]
+    assert f"indexed dataset {twins[1]}: ok" in captured.out
+    assert err[1] == "megatron-diffusion check-store: error: 1 of 2 stores failed the check"
+    assert f"[check-store {twins[1]}]" in captured.err  # progress lines, plain under capture
