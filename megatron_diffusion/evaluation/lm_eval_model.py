@@ -27,8 +27,8 @@ Model arguments (``--model_args k=v,...``): ``checkpoint`` (required), ``strateg
 process (no torchrun / tensor parallelism through lm-eval).
 """
 
+import re
 import sys
-import warnings
 
 from megatron_diffusion.errors import UsageError
 
@@ -77,6 +77,30 @@ def cut_at_stops(text: str, until: list[str]) -> str:
     return text[:cut]
 
 
+def _load(checkpoint: str, batch_size: int, knobs: dict):
+    """``load_sampler``, its refusals naming the ``--model_args`` key the user typed (they name
+    ``sample``'s options: ``--checkpoint: ... does not exist`` -> ``--model_args checkpoint: ...``)."""
+    from megatron_diffusion.checkpoint.loading import load_sampler
+
+    try:
+        return load_sampler(checkpoint, batch_size=batch_size, **knobs)
+    except UsageError as e:
+        msg = re.sub(r"^--([a-z][\w-]*)", lambda m: f"--model_args {m[1].replace('-', '_')}", str(e))
+        raise UsageError(msg) from None
+
+
+def name_after_checkpoint(argv: list[str]) -> list[str]:
+    """lm-eval names its output folder after ``pretrained=`` (a random name otherwise, the same
+    for every run): ``checkpoint=DIR`` in ``--model_args`` is passed on as ``pretrained=DIR``."""
+    out, after_flag = [], False
+    for arg in argv:
+        if (after_flag or arg.startswith("--model_args=")) and not re.search(r"(^|,|=)pretrained=", arg):
+            arg = re.sub(r"(^|,|--model_args=)checkpoint=", r"\1pretrained=", arg)
+        after_flag = arg == "--model_args"
+        out.append(arg)
+    return out
+
+
 @register_model(MODEL_NAME)
 class MegatronDiffusionLM(TemplateLM):
     """A megatron-diffusion checkpoint (checkpoint, run directory or HF export) as an lm-eval LM."""
@@ -86,14 +110,15 @@ class MegatronDiffusionLM(TemplateLM):
                  threshold: float | None = None, draft_len: int | None = None,
                  max_new_tokens: int | None = None, temperature: float | None = None,
                  seed: int | None = None, mc_draws: int = 32, batch_size=8,
-                 max_batch_size=None, device=None, **unknown):
-        from megatron_diffusion.checkpoint.loading import load_sampler
-
+                 max_batch_size=None, device=None, pretrained: str | None = None, **unknown):
         super().__init__()
         if unknown:
             raise UsageError(f"--model_args: unknown argument(s) {', '.join(sorted(unknown))}; "
                              f"expected checkpoint, strategy, max_new_tokens, mc_draws, "
                              f"{', '.join(SAMPLER_ARGS)}")
+        if checkpoint is not None and pretrained is not None:
+            raise UsageError("--model_args: checkpoint and pretrained name the same thing; give one")
+        checkpoint = checkpoint if checkpoint is not None else pretrained
         if checkpoint is None:
             raise UsageError("--model_args checkpoint: required (checkpoint=DIR)")
         for name, value in (("mc_draws", mc_draws), ("max_new_tokens", max_new_tokens)):
@@ -104,7 +129,8 @@ class MegatronDiffusionLM(TemplateLM):
         knobs = sampler_knobs(strategy, block_size=block_size, steps_per_block=steps_per_block,
                               threshold=threshold, draft_len=draft_len, temperature=temperature,
                               seed=seed)
-        self.sampler = load_sampler(str(checkpoint), batch_size=self.batch_size, **knobs)
+        self.sampler = _load(str(checkpoint), self.batch_size, knobs)
+        self._ignored_told: list[list[str]] = []
         self.tokenizer = self.sampler.tokenizer
         self.loaded = self.sampler.loaded
 
@@ -223,9 +249,10 @@ class MegatronDiffusionLM(TemplateLM):
         temperature = float(kw.pop("temperature", self.sampler.cfg.temperature) or 0.0)
         if kw.pop("do_sample", None) is False:
             temperature = 0.0
-        if kw:  # top_p, top_k, ...: not settings of our samplers
-            warnings.warn(f"lm-eval: generation_kwargs {', '.join(sorted(kw))} ignored (the "
-                          "samplers take until, max_gen_toks, temperature, do_sample)")
+        if kw and sorted(kw) not in self._ignored_told:  # top_p, top_k: not our samplers' settings
+            self._ignored_told.append(sorted(kw))
+            print(f"lm-eval: generation_kwargs {', '.join(sorted(kw))} ignored (the samplers take "
+                  "until, max_gen_toks, temperature, do_sample)", file=sys.stderr, flush=True)
         single = [ids[0] for ids in (self.tokenizer.encode(s) for s in until) if len(ids) == 1]
         stops = stop_token_ids(self.tokenizer, self.sampler.cfg.stop_tokens, self.loaded.meta)
         return {"until": until, "max_new_tokens": max_new, "temperature": temperature,
@@ -248,7 +275,7 @@ def harness_main(argv: list[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     saved = sys.argv
-    sys.argv = ["lm_eval", *argv]
+    sys.argv = ["lm_eval", *name_after_checkpoint(argv)]
     try:
         cli_evaluate()
     finally:

@@ -130,6 +130,8 @@ def test_causal_checkpoint_generates_the_ar_decode_and_scores_exactly(checkpoint
 
     samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['causal']},strategy=ar", monkeypatch,
                    kinds=("gen", "choice", "rolling"))
+    # lm-eval names the output folder after the checkpoint (a fixed random name without it)
+    assert [d.name for d in (tmp_path / "out").iterdir()] == [str(checkpoints["causal"]).replace("/", "__")]
     sampler = load_sampler(checkpoints["causal"], ar_baseline=True, max_new_tokens=12)
     expected = [r.text for r in sampler.complete([r["prompt"] for r in ROWS])]
     got = [s["filtered_resps"][0] for s in samples["gen"]]
@@ -200,7 +202,12 @@ def test_bad_model_arguments_are_one_line(checkpoints, tasks, tmp_path, monkeypa
                           (f"checkpoint={checkpoints['causal']},mc_draw=3",
                            "--model_args: unknown argument(s) mc_draw"),
                           (f"checkpoint={checkpoints['causal']},strategy=speculative",
-                           "--strategy speculative: needs a block-mode model"),
+                           "--model_args strategy speculative: needs a block-mode model"),
+                          (f"checkpoint={tmp_path / 'nope'}", "--model_args checkpoint: "),
+                          (f"checkpoint={checkpoints['causal']},threshold=abc",
+                           "--model_args threshold: got 'abc'"),
+                          (f"checkpoint={checkpoints['causal']},pretrained={checkpoints['causal']}",
+                           "--model_args: checkpoint and pretrained name the same thing"),
                           (f"checkpoint={checkpoints['causal']} --batch_size x",
                            "--batch_size: got 'x', expected an integer >= 1 or 'auto'")):
         model_args, *more = args.split()
@@ -209,3 +216,14 @@ def test_bad_model_arguments_are_one_line(checkpoints, tasks, tmp_path, monkeypa
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("megatron-diffusion lm-eval: error: ") and message in err[-1]
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_checkpoint_is_passed_on_as_pretrained():
+    from megatron_diffusion.evaluation.lm_eval_model import name_after_checkpoint
+
+    assert name_after_checkpoint(["--model_args", "checkpoint=d,strategy=ar", "--tasks", "t"]) == \
+        ["--model_args", "pretrained=d,strategy=ar", "--tasks", "t"]
+    assert name_after_checkpoint(["--model_args=strategy=ar,checkpoint=d"]) == \
+        ["--model_args=strategy=ar,pretrained=d"]
+    assert name_after_checkpoint(["--tasks", "checkpoint=x", "--model_args", "mycheckpoint=d"]) == \
+        ["--tasks", "checkpoint=x", "--model_args", "mycheckpoint=d"]
