@@ -8,8 +8,10 @@ Both reports must hold the same lines (file and line number, in order), which ``
 gives for the same ``--heldout`` files, ``--lines``, ``--context-tokens`` and seed. Prints one
 markdown table: per decode present in both, tokens per forward and exact line match before ->
 after, each difference (after - before) with its 95% percentile interval over lines, resampled
-together (2,000 resamples, seed 0), and the other figures before -> after. A difference whose
-interval excludes 0 is the one a sample this size supports. Bad input: one line, exit 2.
+together (2,000 resamples, seed 0), and the other figures before -> after; decodes in one report
+only are named under the table. A difference whose interval excludes 0 is the one a sample this
+size supports. Reports of other lines or other ``SAME_SETTINGS``, or a missing file: one line,
+exit 2.
 """
 
 import argparse
@@ -26,14 +28,34 @@ def _fail(msg: str):
     raise SystemExit(2)
 
 
-def read_decodes(path: str) -> dict[str, dict]:
-    """``{label: decode}`` of an ``eval quality`` report."""
+SAME_SETTINGS = ("context_tokens", "max_line_tokens", "block_size")
+"""``eval quality`` settings that change every decode's lines: both reports must share them."""
+
+
+def read_report(path: str) -> dict:
+    """An ``eval quality`` report, read."""
     try:
-        decodes = json.load(open(path))["line_completion"]["decodes"]
-        return {d["label"]: d for d in decodes}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        _fail(f"{path}: not an eval quality --out with line_completion decodes "
-              f"({type(e).__name__}: {e})")
+        report = json.load(open(path))
+    except FileNotFoundError:
+        _fail(f"{path} does not exist")
+    except (OSError, ValueError) as e:
+        _fail(f"{path}: not JSON ({e})")
+    if not isinstance(report, dict) or "decodes" not in report.get("line_completion", {}):
+        _fail(f"{path}: not an eval quality --out (no line_completion decodes)")
+    return report
+
+
+def read_decodes(report: dict) -> dict[str, dict]:
+    """``{label: decode}`` of an ``eval quality`` report."""
+    return {d["label"]: d for d in report["line_completion"]["decodes"]}
+
+
+def check_settings(before: dict, after: dict, after_path: str) -> None:
+    b, a = before.get("settings", {}), after.get("settings", {})
+    differ = [k for k in SAME_SETTINGS if b.get(k) != a.get(k)]
+    if differ:
+        _fail(f"{after_path}: made with other settings ({', '.join(f'{k} {b.get(k)} -> {a.get(k)}' for k in differ)})"
+              "; compare reports of the same eval quality settings")
 
 
 def _lines(decode: dict) -> list[tuple]:
@@ -65,10 +87,13 @@ def _arrow(before: dict, after: dict, key: str, digits: int, scale: float = 1.0)
 
 
 def table(before_path: str, after_path: str) -> str:
-    before, after = read_decodes(before_path), read_decodes(after_path)
+    before_report, after_report = read_report(before_path), read_report(after_path)
+    check_settings(before_report, after_report, after_path)
+    before, after = read_decodes(before_report), read_decodes(after_report)
     labels = [k for k in before if k in after]
     if not labels:
         _fail(f"{before_path} and {after_path} share no decode label")
+    only = [k for k in [*before, *after] if not (k in before and k in after)]
     lines = _lines(before[labels[0]])
     for label in labels:
         if _lines(before[label]) != lines or _lines(after[label]) != lines:
@@ -84,6 +109,8 @@ def table(before_path: str, after_path: str) -> str:
                    f"{_fmt(d['tokens_per_forward'], 2)} | {_arrow(b, a, 'exact_match', 1, 100)} | "
                    f"{_fmt(d['exact_match'], 1)} | {_arrow(b, a, 'edit_similarity', 3)} | "
                    f"{_arrow(b, a, 'ar_line_agreement', 2)} | {_arrow(b, a, 'distinct_tokens', 2)} |")
+    if only:
+        out.append(f"\n(in one report only, not compared: {', '.join(only)})")
     return "\n".join(out)
 
 

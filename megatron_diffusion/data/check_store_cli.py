@@ -54,7 +54,8 @@ def zarr_problems(store) -> tuple[list[str], str]:
     from megatron_diffusion.data import checksums
 
     if not (store / "zarr.json").is_file():
-        raise UsageError(f"store {store}: not a token store (no zarr.json)")
+        raise UsageError(f"store {store}: not a token store (no zarr.json) nor a Megatron "
+                         "dataset (no .bin/.idx beside this prefix)")
     try:
         manifest = checksums.read_manifest(store)
     except ValueError as e:

@@ -52,7 +52,8 @@ class TokenStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise UsageError(f"store {self.path}: no such directory (create it with `megatron-diffusion preprocess`)")
+            raise UsageError(f"store {self.path}: no such directory (create it with `megatron-diffusion "
+                             "preprocess`; a Megatron dataset is named by its .bin/.idx prefix)")
         try:
             self._group = zarr.open_group(store=str(self.path), mode="r", zarr_format=3)
         except Exception as e:  # zarr raises GroupNotFoundError / JSON errors

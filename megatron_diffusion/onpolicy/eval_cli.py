@@ -66,13 +66,22 @@ def _check(args):
     return records
 
 
+def _base_run(path: str) -> dict:
+    """An earlier ``onpolicy-eval --out``, read."""
+    if not Path(path).is_file():
+        raise UsageError(f"--paired: {path} does not exist")
+    try:
+        base = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--paired: {path} is not JSON ({e})") from None
+    if not isinstance(base, dict) or "per_prompt" not in base:
+        raise UsageError(f"--paired: {path} is not an onpolicy-eval --out (no per_prompt records)")
+    return base
+
+
 def _base_rows(path: str) -> list[dict]:
     """The ``per_prompt`` records of an earlier ``onpolicy-eval --out``."""
-    try:
-        rows = json.loads(Path(path).read_text())["per_prompt"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--paired: {path} is not an onpolicy-eval --out with per_prompt "
-                         f"records ({type(e).__name__}: {e})") from None
+    rows = _base_run(path)["per_prompt"]
     if not isinstance(rows, list) or not rows:
         raise UsageError(f"--paired: {path} has no per_prompt records")
     for i, row in enumerate(rows):
@@ -102,6 +111,8 @@ def run(args) -> int:
     cfg = SamplerConfig(max_new_tokens=args.max_new_tokens, strategy=args.strategy,
                         threshold=args.threshold, steps_per_block=args.steps_per_block,
                         temperature=args.temperature, seed=args.seed).validate()
+    if args.paired is not None:
+        _check_same_settings(args, cfg)
     if args.reference is not None:
         resolve_checkpoint(args.reference, option="--reference")  # before any model loads
     loaded = load_model(args.checkpoint)
@@ -140,6 +151,28 @@ def run(args) -> int:
     if args.out:
         write_text_atomic(args.out, text + "\n")
     return 0
+
+
+PAIRED_SETTINGS = ("strategy", "threshold", "temperature", "seed", "max_new_tokens")
+"""Sampler settings two paired runs must share (``steps_per_block`` too when given); the others
+are resolved from the checkpoint (block size) or not set by ``onpolicy-eval``."""
+
+
+def _check_same_settings(args, cfg) -> None:
+    """The paired run must have decoded the same way, except for what a comparison varies: the
+    stage changes the checkpoint, so only the sampler settings and the sample count must agree."""
+    base = _base_run(args.paired)
+    keys = [*PAIRED_SETTINGS, *(["steps_per_block"] if cfg.steps_per_block is not None else [])]
+    mine = {k: v for k, v in cfg.settings().items() if k in keys}
+    theirs = {k: base.get("settings", {}).get(k) for k in mine}
+    differ = sorted(k for k in mine if mine[k] != theirs[k])
+    if base.get("trajectories") != len(args.base_rows) * args.samples:
+        differ.append("samples")
+    if differ:
+        k = differ[0]
+        raise UsageError(f"--paired: {args.paired} was sampled with other settings ({', '.join(differ)}"
+                         f"{'' if k == 'samples' else f': {theirs[k]!r} there, {mine[k]!r} here'}); "
+                         "compare runs of the same sampler settings")
 
 
 def _with_intervals(task_ids: list[str], every: tuple, base_rows: list[dict] | None) -> dict:

@@ -83,16 +83,23 @@ def test_onpolicy_eval_figures(checkpoint, tmp_path):
 def test_onpolicy_eval_bad_input(checkpoint, tmp_path):
     run, prompts = checkpoint
     out = tmp_path / "eval.json"
-    bad, other = tmp_path / "bad.json", tmp_path / "other.json"
+    bad, other, hotter = tmp_path / "bad.json", tmp_path / "other.json", tmp_path / "hotter.json"
     bad.write_text('{"verifier": 0.5}')
     other.write_text(json.dumps({"per_prompt": [{"task_id": "x", "score": 1, "tokens": 4,
                                                  "forwards": 2}]}))
+    rows = [{"task_id": r.task_id, "score": 1, "tokens": 4, "forwards": 2} for r in read_prompts(prompts)]
+    hotter.write_text(json.dumps({"per_prompt": rows, "trajectories": 2, "settings": {
+        "strategy": "threshold", "threshold": 0.9, "temperature": 1.0, "seed": 0, "max_new_tokens": 64}}))
     for args, message in [(["--verifier", "model"], "--reference"),
                           (["--verifier", "model", "--reference", tmp_path / "none"], "--reference"),
                           ([], "has no test"), (["--samples", "0"], "--samples"),
                           (["--verifier", "model", "--reference", run, "--paired", bad], "--paired"),
                           (["--verifier", "model", "--reference", run, "--paired", other],
-                           "--paired: its prompts are not this run's")]:
+                           "--paired: its prompts are not this run's"),
+                          (["--verifier", "model", "--reference", run, "--paired", tmp_path / "no.json"],
+                           "no.json does not exist"),
+                          (["--verifier", "model", "--reference", run, "--paired", hotter],
+                           "was sampled with other settings (temperature: 1.0 there, 0.0 here)")]:
         proc = _cli("onpolicy-eval", "--checkpoint", run, "--prompts", prompts, *args, "--out", out)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert not out.exists()

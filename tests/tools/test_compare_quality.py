@@ -47,3 +47,9 @@ def test_refuses_other_lines_and_other_files(tmp_path):
     assert proc.returncode == 2 and "not an eval quality --out" in proc.stderr
     proc = _run(before, _report(tmp_path / "l.json", "threshold 0.5", [1, 0], [3, 3], [3, 3]))
     assert proc.returncode == 2 and "share no decode label" in proc.stderr
+    proc = _run(before, tmp_path / "missing.json")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("missing.json does not exist")
+    longer = _report(tmp_path / "m.json", "AR baseline", [1, 0], [3, 3], [3, 3])
+    longer.write_text(longer.read_text()[:-1] + ', "settings": {"max_line_tokens": 8}}')
+    proc = _run(before, longer)
+    assert proc.returncode == 2 and "other settings (max_line_tokens None -> 8)" in proc.stderr
