@@ -7,6 +7,7 @@ megatron-core takes seconds). Bad input raises ``UsageError``: printed as one li
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -76,10 +77,25 @@ _BENIGN_WARNINGS = (r".*(Transformer Engine|Apex).* not installed.*",
                     r"The given NumPy array is not writable.*")
 
 
+# Third-party progress bars (transformers' "Loading weights", datasets', lm-eval's tqdm bars)
+# redraw with carriage returns, which a batch log keeps as one garbled line: off when stderr is
+# not a terminal. Ours print plain lines there instead (progress.py). Read by those libraries at
+# import, so set before any of them loads; a value the user set is kept.
+_BAR_SWITCHES = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+
+
+def quiet_third_party_bars(stream=None) -> None:
+    stream = sys.stderr if stream is None else stream
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        for name in _BAR_SWITCHES:
+            os.environ.setdefault(name, "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for pattern in _BENIGN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    quiet_third_party_bars()
     command = next((a for a in argv if not a.startswith("-")), None)
     only = command if command in COMMANDS else None
     preemption = Preemption().install() if only in PREEMPTIBLE else None

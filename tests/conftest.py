@@ -28,7 +28,9 @@ def tiny_store(tmp_path_factory):
 
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT")
+                 "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT",
+                 # cli.main() in-process, its stderr captured, turns third-party bars off
+                 "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
 
 
 SESSION_LAUNCHER_ENV = {k: os.environ.get(k) for k in LAUNCHER_VARS}
