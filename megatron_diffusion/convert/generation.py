@@ -12,9 +12,11 @@ A converted checkpoint's ``meta.json`` has a top-level ``"generation"`` entry::
 data (``hf_tokenizer.check_document_eos``). An Instruct model needs both: it ends a turn with
 ``<|im_end|>`` and a document with ``<|endoftext|>``. The sampler stops on any of them; the
 trainer copies the entry into the checkpoints of a run started ``--init-from`` it; ``mcore-to-hf``
-writes it back as ``generation_config.json`` ``eos_token_id`` (the list) and the same stop ids as
-``config.json`` ``eos_token_id`` (``export_eos_token_id``; a list where there are several), and
-the chat template as ``tokenizer_config.json`` ``chat_template`` plus ``chat_template.jinja``.
+writes it back as ``generation_config.json`` ``eos_token_id`` (the list), and the chat template as
+``tokenizer_config.json`` ``chat_template`` plus ``chat_template.jinja``. ``config.json``
+``eos_token_id``/``pad_token_id`` and ``tokenizer_config.json`` ``eos_token``/``pad_token`` of a
+converted model stay the source's (``export_token_ids``), so ``AutoTokenizer`` and
+``AutoConfig`` give the export what they gave the source.
 """
 
 import json
@@ -77,22 +79,37 @@ def gguf_generation(reader, document_eos: int) -> dict:
     return generation_entry(stops, field(reader, "tokenizer.chat_template"), None)
 
 
-def export_eos_token_id(generation: dict | None, document_eos: int) -> int | list[int]:
-    """``eos_token_id`` of an export's ``config.json``: the stop ids (a list where there are
-    several, as ``generation_config.json`` has them), else the document EOS."""
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def export_token_ids(generation: dict | None, source_config: dict | None, *, document_eos: int,
+                     pad_id: int) -> dict:
+    """``bos/eos/pad_token_id`` of an export's ``config.json``.
+
+    A converted model (``source_config``: its HF ``config.json``) keeps the source's, as they
+    were (a missing key stays missing): ``eos_token_id`` is the model's own stop token, and the
+    other stop ids are in ``generation_config.json`` (``export_generation``), as HF Instruct
+    models have them. Our own model: the stop ids (a list where there are several), else the
+    document EOS, and the pad id."""
+    if source_config is not None:
+        return {key: source_config[key] for key in TOKEN_ID_KEYS if key in source_config}
     stops = (generation or {}).get("stop_token_ids") or [document_eos]
-    return list(stops) if len(stops) > 1 else int(stops[0])
+    return {"eos_token_id": list(stops) if len(stops) > 1 else int(stops[0]),
+            "pad_token_id": pad_id}
 
 
 def export_generation(out_dir, generation: dict | None, token_ids: dict) -> str | None:
     """Write ``generation_config.json`` (and ``chat_template.jinja``); returns the template.
 
-    ``token_ids``: the export's ``eos_token_id``/``pad_token_id``/``bos_token_id``; the stop
-    ids (a list) replace ``eos_token_id``."""
+    The source's ``generation_config.json`` (if any) as it was, except ``eos_token_id``: every
+    stop id (a list), so ``generate()`` stops on the document EOS too. ``token_ids`` (the
+    export's ``config.json`` ones, ``export_token_ids``) fill in the keys it lacks."""
     out_dir = Path(out_dir)
     generation = generation or {}
     config = dict(generation.get("generation_config") or {})
-    config.update(token_ids)
+    for key, value in token_ids.items():
+        if value is not None:
+            config.setdefault(key, value)
     stops = generation.get("stop_token_ids") or []
     if stops:
         config["eos_token_id"] = list(stops)

@@ -167,8 +167,8 @@ def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128,
 
 def default_stop_ids(model) -> list[int]:
     """Every ``eos_token_id`` of ``config.json`` and of ``generation_config.json`` (each an id or
-    a list): an export lists them all, and older exports had only the document EOS in
-    ``config.json``."""
+    a list): an export's ``generation_config.json`` lists every stop id, its ``config.json`` the
+    source model's own EOS (older exports: the document EOS, or the whole list)."""
     generation = model.generation_config
     ids = _as_list(model.config.eos_token_id)
     ids += _as_list(generation.eos_token_id if generation is not None else None)

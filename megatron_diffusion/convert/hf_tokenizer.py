@@ -13,7 +13,8 @@ import (``gguf_tokenizer``) builds a ``tokenizer.json`` first and goes through t
 ``prepare_tokenizer_json``.
 
 Export: ``tokenizer.json`` unchanged plus a ``tokenizer_config.json`` naming the special tokens,
-so ``transformers.AutoTokenizer.from_pretrained`` loads it as a ``PreTrainedTokenizerFast``.
+so ``transformers.AutoTokenizer.from_pretrained`` loads it as a ``PreTrainedTokenizerFast``; a
+converted model's ``eos_token``/``pad_token`` are its source's, whatever the document EOS.
 """
 
 import json
@@ -27,6 +28,7 @@ from megatron_diffusion.data.tokenizer import (
     LoadedTokenizer,
     find_eos_id,
     from_json_string,
+    hf_special_token_names,
 )
 from megatron_diffusion.errors import UsageError
 
@@ -108,20 +110,27 @@ def check_document_eos(tok: Tokenizer, where: str, option: str, eos_token: str |
 
 
 def export_tokenizer_files(out_dir, tokenizer_json_path, *, max_length: int,
-                           hf_tokenizer_config: dict | None) -> LoadedTokenizer:
-    """Copy ``tokenizer.json`` and write ``tokenizer_config.json``; returns the loaded ids."""
+                           source_config: dict | None,
+                           chat_template: str | None = None) -> LoadedTokenizer:
+    """Copy ``tokenizer.json`` and write ``tokenizer_config.json``; returns the loaded ids.
+
+    ``source_config``: the converted model's own ``tokenizer_config.json`` (``None`` for our
+    own tokenizer); its ``eos_token``/``pad_token`` are kept as they were
+    (``data.tokenizer.hf_special_token_names``), so ``AutoTokenizer`` gives the export the
+    source's EOS and pad; the document EOS, if it is another token, is a stop id of
+    ``generation_config.json`` (``convert.generation``)."""
     out_dir = Path(out_dir)
     text = Path(tokenizer_json_path).read_text(encoding="utf-8")
     loaded = from_json_string(text, str(tokenizer_json_path))
     (out_dir / "tokenizer.json").write_text(text, encoding="utf-8")
-    tok = loaded.tokenizer
     config = {"tokenizer_class": "PreTrainedTokenizerFast",
               "model_max_length": max_length,
               "clean_up_tokenization_spaces": False,
-              "eos_token": tok.id_to_token(loaded.eos_id),
-              "pad_token": tok.id_to_token(loaded.pad_id),
+              **hf_special_token_names(loaded, source_config),
               "mask_token": MASK_TOKEN}
-    src = hf_tokenizer_config or {}
+    src = dict(source_config or {})
+    if chat_template is not None:
+        src["chat_template"] = chat_template
     for key in ("bos_token", "unk_token", "chat_template", "add_bos_token", "add_eos_token"):
         if src.get(key) is not None:
             config[key] = src[key]

@@ -13,13 +13,14 @@ Written next to the weights:
 * ``config.json``: the HF architecture, plus a ``"diffusion"`` block recording that these are
   the weights of a diffusion LM (attention mode, block size, mask token id, logit shift, ...);
   for a model converted from HF the original config is the base, so fields we do not model
-  (``bos_token_id``, ...) survive; ``eos_token_id`` lists the same stop ids as
-  ``generation_config.json``; a block-mode export also has ``auto_map``, so that
+  survive, and ``bos/eos/pad_token_id`` stay the source's (``generation.export_token_ids``);
+  a block-mode export also has ``auto_map``, so that
   ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` gives the architecture's
   class from ``block_diffusion.py``, with ``diffusion_generate``;
 * ``generation_config.json`` (``eos_token_id``: every stop id of ``meta.json`` ``generation``),
-  ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` (the chat template,
-  when the source model had one; see ``convert.generation``);
+  ``tokenizer.json``, ``tokenizer_config.json`` (a converted model's ``eos_token``/``pad_token``
+  are the source's) and ``chat_template.jinja`` (the chat template, when the source model had
+  one; see ``convert.generation``);
 * ``megatron_diffusion.json``: the checkpoint's ``meta.json`` (full run config), which
   ``hf_export.load_hf_export`` and ``hf-to-mcore`` use to rebuild the exact model;
 * ``README.md``: a model card saying how (not) to sample from it;
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_diffusion.convert.generation import export_eos_token_id, export_generation
+from megatron_diffusion.convert.generation import export_generation, export_token_ids
 from megatron_diffusion.convert.hf_config import export_config
 from megatron_diffusion.convert.hf_to_mcore import (
     SIDECAR,
@@ -152,17 +153,13 @@ def convert_mcore_to_hf(checkpoint, out, *, dtype: str | None = None,
                      max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update())
         bar.close()
         generation = meta.get("generation") or {}
-        tok_config = dict(source.get("tokenizer_config") or {})
-        if generation.get("chat_template") is not None:
-            tok_config["chat_template"] = generation["chat_template"]
         tok = export_tokenizer_files(tmp, ckpt / "tokenizer.json",
                                      max_length=cfg.model.max_position_embeddings,
-                                     hf_tokenizer_config=tok_config)
-        token_ids = {"eos_token_id": export_eos_token_id(generation, tok.eos_id),
-                     "pad_token_id": tok.pad_id}
+                                     source_config=source.get("tokenizer_config"),
+                                     chat_template=generation.get("chat_template"))
         base = source.get("config")
-        if base and base.get("bos_token_id") is not None:
-            token_ids["bos_token_id"] = base["bos_token_id"]
+        token_ids = export_token_ids(generation, base, document_eos=tok.eos_id,
+                                     pad_id=tok.pad_id)
         block = diffusion_block(cfg, meta)
         hf_config = export_config(cfg.model, architecture=architecture, dtype=dtype,
                                   token_ids=token_ids, diffusion=block, base=base)

@@ -171,6 +171,21 @@ def from_json_string(tokenizer_json: str, path: str = "<string>") -> LoadedToken
     )
 
 
+def hf_special_token_names(tokenizer: LoadedTokenizer, source_config: dict | None) -> dict:
+    """``eos_token``/``pad_token`` as an HF ``tokenizer_config.json`` names them (the export's,
+    and what a chat template sees).
+
+    A converted model (``source_config``: the source's ``tokenizer_config.json``) keeps the
+    source's, present or absent, as written: an Instruct model's ``eos_token`` is its turn end
+    (``<|im_end|>``), not the document EOS of ``eos_id``, and a model without a pad token gets
+    none. Our own tokenizer (``None``) names ``eos_id`` and ``pad_id``."""
+    if source_config is None:
+        tok = tokenizer.tokenizer
+        return {"eos_token": tok.id_to_token(tokenizer.eos_id),
+                "pad_token": tok.id_to_token(tokenizer.pad_id)}
+    return {key: source_config[key] for key in ("eos_token", "pad_token") if key in source_config}
+
+
 def load_tokenizer(path: str | Path) -> LoadedTokenizer:
     """Load a tokenizer.json; UsageError naming the file if missing or lacking MASK/EOS."""
     p = Path(path)

@@ -53,7 +53,7 @@ def test_export_writes_stop_tokens_and_chat_template_back(hf_instruct, tmp_path)
     gen = GenerationConfig.from_pretrained(out)
     assert gen.eos_token_id == [2, 1, 0] and gen.temperature == 0.2
     config = json.loads((out / "config.json").read_text())
-    assert config["eos_token_id"] == [2, 1, 0]  # the same stops, not only the document EOS
+    assert config["eos_token_id"] == 2  # the source's; the other stops are generation_config's
     assert (out / "chat_template.jinja").read_text() == TEMPLATE
     tok = AutoTokenizer.from_pretrained(out)
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
@@ -87,3 +87,50 @@ def test_loading_an_hf_directory_gives_its_stop_tokens(hf_instruct, tmp_path):
     generation = load_hf_export(out).meta["generation"]
     assert sorted(generation["stop_token_ids"]) == [0, 1, 2]
     assert generation["chat_template"] == TEMPLATE
+
+
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+@pytest.mark.parametrize("arch,special,config_eos,tokenizer_tokens,stops", [
+    # Qwen3 Instruct: EOS '<|im_end|>' (2) in both files, pad '<|endoftext|>' in the tokenizer
+    # only; documents end with '<|endoftext|>' (0)
+    ("qwen3", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 2,
+     {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, [2, 0]),
+    # Llama 3 Instruct-like: config.json EOS '</s>' (1), tokenizer_config EOS '<|eot_id|>', no
+    # pad anywhere (config.json without the key); documents end with '</s>'
+    ("llama", ["<s>", "</s>", "<|eot_id|>"], 1, {"eos_token": "<|eot_id|>"}, [1]),
+])
+def test_round_trip_keeps_the_source_eos_and_pad(tmp_path, arch, special, config_eos,
+                                                  tokenizer_tokens, stops):
+    """hf-to-mcore then mcore-to-hf: config.json bos/eos/pad_token_id and tokenizer_config.json
+    eos_token/pad_token are the source's (a missing one stays missing); the document EOS is a
+    stop id of generation_config.json only."""
+    from transformers import AutoTokenizer
+
+    from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
+
+    hf = make_hf_model(tmp_path / "src", arch, tied=True, num_layers=1, special=special,
+                       eos_token_id=config_eos)
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **tokenizer_tokens}
+    (hf / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    if "pad_token" not in tokenizer_tokens:
+        raw = json.loads((hf / "config.json").read_text())
+        raw.pop("pad_token_id", None)
+        (hf / "config.json").write_text(json.dumps(raw))
+    convert_hf_to_mcore(hf, tmp_path / "mc", add_mask_token=True, progress=False)
+    out = convert_mcore_to_hf(tmp_path / "mc", tmp_path / "export", progress=False)
+
+    def read(directory, name, keys):
+        found = json.loads((directory / name).read_text())
+        return {key: found[key] for key in keys if key in found}
+
+    assert read(out, "config.json", TOKEN_ID_KEYS) == read(hf, "config.json", TOKEN_ID_KEYS)
+    assert read(out, "config.json", TOKEN_ID_KEYS)["eos_token_id"] == config_eos
+    keys = ("eos_token", "pad_token")
+    assert read(out, "tokenizer_config.json", keys) == tokenizer_tokens
+    theirs, ours = AutoTokenizer.from_pretrained(hf), AutoTokenizer.from_pretrained(out)
+    assert (ours.eos_token, ours.eos_token_id, ours.pad_token, ours.pad_token_id) == \
+        (theirs.eos_token, theirs.eos_token_id, theirs.pad_token, theirs.pad_token_id)
+    assert ours.mask_token == "[MASK]"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == stops

@@ -204,7 +204,8 @@ def test_export_of_a_gguf_import_is_a_normal_hf_directory(hf_chat_llama, tmp_pat
     assert tok_cfg["chat_template"] == (hf_out / "chat_template.jinja").read_text()
     config = json.loads((hf_out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
-    assert config["eos_token_id"] == [2, 0]  # what generation_config.json stops on
+    assert config["eos_token_id"] == 2  # the GGUF's eos; generation_config.json adds the doc EOS
+    assert tok_cfg["eos_token"] == "<|im_end|>"
 
     from transformers import AutoModelForCausalLM
 

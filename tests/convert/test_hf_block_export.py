@@ -149,6 +149,6 @@ def test_generate_stops_on_every_stop_id_by_default():
     assert helper.generate(model, [5, 6, 7], max_new_tokens=8) == [2]
     assert helper.default_stop_ids(model) == [0, 2]
     assert helper.generate(model, [5, 6, 7], max_new_tokens=8, stop_token_ids=[0]) == [2] * 8
-    model.config.eos_token_id = [2, 0]  # a new export: config.json lists them too
+    model.config.eos_token_id = [2, 0]  # an export whose config.json lists them all
     model.generation_config = None
     assert helper.generate(model, [5, 6, 7], max_new_tokens=4) == [2]

@@ -74,15 +74,20 @@ def test_tokenizer_larger_than_the_embedding(tmp_path):
         prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=200)
 
 
-def test_export_tokenizer_config_names_the_special_tokens(tmp_path):
+@pytest.mark.parametrize("source,eos,pad", [
+    (None, "</s>", "</s>"),  # our own tokenizer: the document EOS, which also pads
+    ({"bos_token": "<s>", "eos_token": "<|eot_id|>"}, "<|eot_id|>", None),  # the source's, as is
+])
+def test_export_tokenizer_config_names_the_special_tokens(tmp_path, source, eos, pad):
     (tmp_path / "hf").mkdir()
-    hf = _hf_dir(tmp_path / "hf", ["<s>", "</s>"])
+    hf = _hf_dir(tmp_path / "hf", ["<s>", "</s>", "<|eot_id|>"])
     prepared = prepare_tokenizer(hf, add_mask_token=True, hf_vocab_size=280)
     (tmp_path / "tok.json").write_text(prepared.json)
     out = tmp_path / "out"
     out.mkdir()
-    export_tokenizer_files(out, tmp_path / "tok.json", max_length=128,
-                           hf_tokenizer_config={"bos_token": "<s>", "chat_template": "{{x}}"})
+    export_tokenizer_files(out, tmp_path / "tok.json", max_length=128, source_config=source,
+                           chat_template="{{x}}")
     config = json.loads((out / "tokenizer_config.json").read_text())
-    assert (config["eos_token"], config["mask_token"], config["bos_token"]) == ("</s>", "[MASK]", "<s>")
-    assert config["pad_token"] == "</s>" and config["chat_template"] == "{{x}}"
+    assert (config["eos_token"], config["mask_token"]) == (eos, "[MASK]")
+    assert config.get("pad_token") == pad and config["chat_template"] == "{{x}}"
+    assert config.get("bos_token") == (source or {}).get("bos_token")
