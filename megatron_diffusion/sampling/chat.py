@@ -9,6 +9,7 @@ what ``AutoTokenizer.apply_chat_template(..., tokenize=False)`` gives. The sampl
 the template's special-token text as the special ids (``LoadedTokenizer.encode_prompt``).
 """
 
+from megatron_diffusion.data.tokenizer import hf_special_token_names
 from megatron_diffusion.errors import UsageError
 
 
@@ -24,14 +25,14 @@ def chat_template(meta: dict, where: str) -> str:
 
 def special_token_names(tokenizer, meta: dict) -> dict[str, str]:
     """``bos_token``, ``eos_token``, ... as the template sees them: those of the export's
-    ``tokenizer_config.json`` (EOS and pad of our tokenizer, bos/unk of the source model's)."""
-    tok = tokenizer.tokenizer
-    names = {"eos_token": tok.id_to_token(tokenizer.eos_id),
-             "pad_token": tok.id_to_token(tokenizer.pad_id)}
-    source = ((meta.get("converted_from") or {}).get("tokenizer_config") or {})
-    for key in ("bos_token", "unk_token"):
-        value = source.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
+    ``tokenizer_config.json`` (a converted model's are its source's,
+    ``data.tokenizer.hf_special_token_names``; our own tokenizer names its EOS and pad)."""
+    source = (meta.get("converted_from") or {}).get("tokenizer_config")
+    found = hf_special_token_names(tokenizer, source)
+    found.update({key: (source or {}).get(key) for key in ("bos_token", "unk_token")})
+    names = {}
+    for key, value in found.items():
+        value = value.get("content") if isinstance(value, dict) else value  # an AddedToken dict
         if isinstance(value, str):
             names[key] = value
     return names

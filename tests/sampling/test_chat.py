@@ -64,3 +64,16 @@ def test_chat_without_a_usable_template_is_one_line(tmp_path, capsys, template, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
     assert not out.exists()
+
+
+def test_template_sees_the_token_names_of_the_export(chat_checkpoint):
+    """A converted model's eos/pad are its source's (as the export's tokenizer_config.json has
+    them), not the document EOS; our own tokenizer's are its EOS and pad."""
+    from megatron_diffusion.data.tokenizer import load_tokenizer
+    from megatron_diffusion.sampling.chat import special_token_names
+
+    tok = load_tokenizer(chat_checkpoint / "tokenizer.json")
+    source = {"eos_token": "<|im_end|>", "bos_token": {"content": "<|im_start|>"}}
+    assert special_token_names(tok, {"converted_from": {"tokenizer_config": source}}) == \
+        {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}
+    assert special_token_names(tok, {}) == {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
