@@ -3,8 +3,9 @@
 With several nodes a rank learns that another one is gone only through a failing collective:
 
 - the peer's process died (its node crashed, was killed, ran out of memory): the kernel closes
-  its sockets, and gloo raises at once with ``Connection closed by peer [ADDR]:PORT`` (or
-  ``Connection reset by peer``), which names the peer's address;
+  its sockets, and gloo raises at once with ``Connection closed by peer [ADDR]:PORT`` or ``Read
+  error [ADDR]:PORT: Connection reset by peer`` (which one depends on what the rank was doing),
+  naming the peer's address;
 - the peer stopped answering (its link went down, its node froze): nothing arrives, and gloo
   raises ``Timed out waiting NNNms for recv operation`` after ``parallel.collective_timeout_s``
   without naming anyone; NCCL's watchdog reports ``collective operation timeout``.
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 from megatron_diffusion.errors import UsageError
 
-_CLOSED = re.compile(r"Connection (?:closed|reset) by peer \[([^\]]+)\]:(\d+)")
-_RESET = re.compile(r"Connection reset by peer|Broken pipe|Connection refused")
+_GONE = re.compile(r"Connection (?:closed|reset) by peer|Broken pipe|Read error|Write error")
+_ADDRESS = re.compile(r"\[([0-9A-Fa-f.:]+)\]:\d+")  # gloo's "[10.0.0.2]:41234" (not its "[file:line]")
 _TIMEOUT = re.compile(r"Timed out waiting (\d+)ms|collective operation timeout|"
                       r"Watchdog caught|NCCL communicator was aborted")
 
@@ -72,13 +73,26 @@ def host_of(address: str) -> str:
         return address
 
 
+def backend_detail(text: str) -> str:
+    """The backend's own words, short: its first sentence without gloo's ``[file:line]``."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", first)
+    first = first.split(". ")[0].rstrip(".")
+    return first[:200]
+
+
 def describe_peer_failure(error: BaseException, table: PeerTable | None,
                           timeout_s: float) -> str | None:
-    """One line naming the lost peer and what happened, or None if ``error`` is not a lost peer."""
-    text = str(error)
-    closed = _CLOSED.search(text)
-    if closed:
-        address = closed.group(1)
+    """One line naming the lost peer and what happened, or None if ``error`` is not a lost peer.
+    The backend's own words follow in parentheses."""
+    line = _describe(str(error), table, timeout_s)
+    return None if line is None else f"{line} (backend: {backend_detail(str(error))})"
+
+
+def _describe(text: str, table: PeerTable | None, timeout_s: float) -> str | None:
+    gone, address = _GONE.search(text), _ADDRESS.search(text)
+    if gone and address:
+        address = address.group(1)
         host = host_of(address)
         who = table.name(host) if table else host
         if host != address:
@@ -89,6 +103,6 @@ def describe_peer_failure(error: BaseException, table: PeerTable | None,
         who = ", ".join(table.name(h) for h in others) if others else "a rank on this host"
         return (f"lost peer {who}: no answer within parallel.collective_timeout_s={timeout_s:g} s "
                 "(its node is down, frozen or cut off)")
-    if _RESET.search(text):
-        return "lost a peer: connection reset (the process or its node died)"
+    if gone:
+        return "lost a peer: its connection closed (the process or its node died)"
     return None

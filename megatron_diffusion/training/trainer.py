@@ -394,7 +394,7 @@ class Trainer:
         return LoaderWorkerDied(f"{died}; --resume auto continues from step {self.step}")
 
     def _last_checkpoint(self) -> str:
-        if self.last_saved < 0:
+        if self.last_saved <= 0:  # nothing saved, or --resume auto found nothing to resume
             return "no checkpoint of this run yet"
         return f"the last checkpoint (step {self.last_saved}) is intact: --resume auto continues from it"
 
