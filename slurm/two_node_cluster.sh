@@ -9,6 +9,10 @@
 #   slurm/two_node_cluster.sh exec DIR NODE CMD...  run CMD on NODE (node1 or node2), in the
 #                                              caller's working directory
 #   slurm/two_node_cluster.sh link DIR NODE up|down  cable NODE to the bridge, or pull its cable
+#   slurm/two_node_cluster.sh kill DIR NODE [SIG]    send SIG (default KILL) to every process
+#                                              running on NODE except its holder and slurmd:
+#                                              the node's workload dies as with a crash (KILL)
+#                                              or a shutdown (TERM)
 #   slurm/two_node_cluster.sh stop DIR         kill every process on the nodes, stop the daemons
 #                                              (by pid), delete the namespaces and the bridge
 #   slurm/two_node_cluster.sh env DIR          print the variables of this cluster, for eval
@@ -39,7 +43,8 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 {start|slurm|stop|env} DIR | exec DIR NODE CMD... | link DIR NODE up|down" >&2
+    echo "usage: $0 {start|slurm|stop|env} DIR | exec DIR NODE CMD... | link DIR NODE up|down" \
+        "| kill DIR NODE [SIGNAL]" >&2
     exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -282,6 +287,17 @@ link() {  # link NODE up|down
     ip link set "${PREFIX}n$(node_index "$1")" "$2"
 }
 
+kill_node() {  # kill NODE [SIGNAL]
+    [[ $# -ge 1 && $# -le 2 ]] || usage
+    load_env
+    local node=$1 sig=${2:-KILL} keep pid
+    node_index "$node" >/dev/null
+    keep=" $(cat "$dir/$node.pid" 2>/dev/null || true) $(cat "$dir/slurmd-$node.pid" 2>/dev/null || true) "
+    for pid in $(ip netns pids "$PREFIX-$node"); do
+        [[ $keep == *" $pid "* ]] || kill -s "$sig" "$pid" 2>/dev/null || true
+    done
+}
+
 case $cmd in
 start) start ;;
 slurm) slurm ;;
@@ -290,6 +306,7 @@ exec)
     run_on "$@"
     ;;
 link) link "$@" ;;
+kill) kill_node "$@" ;;
 stop) stop ;;
 env)
     load_env
