@@ -13,6 +13,9 @@
 #                                              running on NODE except its holder and slurmd:
 #                                              the node's workload dies as with a crash (KILL)
 #                                              or a shutdown (TERM)
+#   slurm/two_node_cluster.sh crash DIR NODE   SIGKILL everything on NODE, slurmd included (a
+#                                              node that dies whole); `slurmd DIR NODE` boots
+#                                              its slurmd again
 #   slurm/two_node_cluster.sh stop DIR         kill every process on the nodes, stop the daemons
 #                                              (by pid), delete the namespaces and the bridge
 #   slurm/two_node_cluster.sh env DIR          print the variables of this cluster, for eval
@@ -44,7 +47,7 @@ set -euo pipefail
 
 usage() {
     echo "usage: $0 {start|slurm|stop|env} DIR | exec DIR NODE CMD... | link DIR NODE up|down" \
-        "| kill DIR NODE [SIGNAL]" >&2
+        "| kill DIR NODE [SIGNAL] | crash DIR NODE | slurmd DIR NODE" >&2
     exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -184,7 +187,7 @@ MinJobAge=600
 KillWait=5
 InactiveLimit=0
 # A node that stops answering is DOWN after this many seconds (the default, 300, is long).
-SlurmdTimeout=30
+SlurmdTimeout=15
 NodeName=node1 NodeAddr=$NODE1_ADDR NodeHostname=node1 CPUs=${SLURM_CPUS:-2} State=UNKNOWN
 NodeName=node2 NodeAddr=$NODE2_ADDR NodeHostname=node2 CPUs=${SLURM_CPUS:-2} State=UNKNOWN
 PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
@@ -218,6 +221,11 @@ wait_idle() {
     die "nodes not idle after 30 s (state: ${state:-none}); see $dir/log"
 }
 
+start_slurmd() {  # start_slurmd NODE: slurmd on NODE under its own name (-N)
+    mkdir -p "$dir/spool-$1"
+    SLURM_CONF=$dir/slurm.conf "$0" exec "$dir" "$1" slurmd -c -N "$1"
+}
+
 slurm() {
     load_env
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
@@ -230,8 +238,7 @@ slurm() {
     # ctl (unshare execs in place; slurmctld daemonises and writes its pid file).
     SLURM_CONF=$dir/slurm.conf unshare --uts -- bash -c 'hostname ctl && exec slurmctld -c -i'
     for node in "${NODES[@]}"; do
-        mkdir -p "$dir/spool-$node"
-        SLURM_CONF=$dir/slurm.conf "$0" exec "$dir" "$node" slurmd -c -N "$node"
+        start_slurmd "$node"
     done
     wait_idle
     echo "export SLURM_CONF=$dir/slurm.conf"
@@ -293,6 +300,7 @@ kill_node() {  # kill NODE [SIGNAL]
     local node=$1 sig=${2:-KILL} keep pid
     node_index "$node" >/dev/null
     keep=" $(cat "$dir/$node.pid" 2>/dev/null || true) $(cat "$dir/slurmd-$node.pid" 2>/dev/null || true) "
+    [[ ${CRASH:-0} == 1 ]] && keep=" $(cat "$dir/$node.pid") "
     for pid in $(ip netns pids "$PREFIX-$node"); do
         [[ $keep == *" $pid "* ]] || kill -s "$sig" "$pid" 2>/dev/null || true
     done
@@ -307,6 +315,17 @@ exec)
     ;;
 link) link "$@" ;;
 kill) kill_node "$@" ;;
+crash)
+    [[ $# -eq 1 ]] || usage
+    CRASH=1 kill_node "$1" KILL
+    rm -f "$dir/slurmd-$1.pid"
+    ;;
+slurmd)
+    [[ $# -eq 1 ]] || usage
+    load_env
+    node_index "$1" >/dev/null
+    start_slurmd "$1"
+    ;;
 stop) stop ;;
 env)
     load_env
