@@ -13,8 +13,9 @@ from megatron_diffusion.parallel import cpu_runtime
 from megatron_diffusion.errors import UsageError
 
 
-DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
-"""``parallel.collective_timeout_s``'s default, for callers without a run config."""
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+"""For callers that pass no timeout (conversion, sampling, tests): torch's own default, 30
+minutes, as before ``parallel.collective_timeout_s`` existed; the trainer passes the field."""
 
 
 def init_distributed(collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import TINY
+from tests.training.conftest import train_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "slurm" / "two_node_cluster.sh"
@@ -38,10 +38,9 @@ def node_env(**extra: str) -> dict:
 
 
 def train_args(store, run_dir, *overrides: str) -> list[str]:
-    """``megatron-diffusion train`` on the tiny model (tests/training's), resuming if it can."""
-    return ["-m", "megatron_diffusion.cli", "train", "--config", str(REPO / "examples" / "cpu_demo.yaml"),
-            "--run-dir", str(run_dir), "--resume", "auto", f"data.blend=[[1.0, {store}]]", *TINY,
-            *overrides]
+    """``-m megatron_diffusion.cli train ...`` on tests/training's tiny model, resuming if it can
+    (what follows the python executable, for torchrun)."""
+    return train_cmd(store, run_dir, *overrides)[1:]
 
 
 @dataclass
