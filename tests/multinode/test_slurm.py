@@ -5,7 +5,9 @@ The job's node list, master address and ranks come from SLURM exactly as on a re
 through their /etc/hosts. A USR2 to the batch shell must save, requeue and resume exactly.
 """
 
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -111,4 +113,36 @@ def test_node2_crashed_the_job_is_requeued_and_resumes_exactly(slurm_cluster, cl
     info = _wait_finished(env, job_id)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), \
         (tmp_path / "job.out").read_text()[-3000:]
+    _assert_same_losses(one_node, losses(run))
+
+
+def _signal_workload(cluster, node: str, sig) -> list[int]:
+    """Send ``sig`` to the job's own processes on ``node`` (torchrun and its ranks), not to
+    SLURM's slurmd/slurmstepd: one machine's shutdown seen by the training only."""
+    out = subprocess.run(["ip", "netns", "pids", f"{cluster.prefix}-{node}"], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    hit = []
+    for pid in map(int, out):
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+        except OSError:
+            continue
+        if comm not in ("slurmd", "slurmstepd", "sleep"):  # sleep: the node's holder
+            os.kill(pid, sig)
+            hit.append(pid)
+    return hit
+
+
+def test_sigterm_to_node2_only_in_torchrun_mode_requeues_and_resumes_exactly(
+        slurm_cluster, cluster, tiny_store, tmp_path, one_node):
+    run = tmp_path / "run"
+    env = _env(slurm_cluster, tiny_store, run, "torchrun")
+    job_id = _sbatch(env, tmp_path / "job.out")
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and len(losses(run)) >= 2, 300, "2 steps")
+    assert len(_signal_workload(cluster, "node2", signal.SIGTERM)) >= 2  # torchrun, its rank
+    info = _wait_finished(env, job_id)
+    log = (tmp_path / "job.out").read_text()
+    # node2's torchrun dies of the signal (exit 1) after its rank saved: the step fails, but the
+    # checkpoint and PREEMPTED are there, so the job must requeue.
+    assert (info["ExitCode"], info["Restarts"]) == ("0:0", "1"), log[-4000:]
     _assert_same_losses(one_node, losses(run))
