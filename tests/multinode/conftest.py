@@ -157,10 +157,13 @@ def slurm_cluster(cluster):
     """SLURM on the two nodes: slurmctld on the bridge, a slurmd in each node; the session's end
     stops them with the cluster. Skipped where SLURM is not installed (the slurm tier installs
     it with apt)."""
+    # This tier runs before the slurm tier, which would install SLURM: install it the same way.
+    installed = subprocess.run(["bash", str(REPO / "slurm" / "local_slurm.sh"), "install",
+                                str(cluster.dir)], capture_output=True, text=True, timeout=900)
     for daemon in ("slurmctld", "slurmd", "sbatch", "munged"):
         if shutil.which(daemon) is None:
-            pytest.skip(f"multinode SLURM: {daemon} is not installed (slurm/local_slurm.sh "
-                        "start installs SLURM)")
+            pytest.skip(f"multinode SLURM: {daemon} is not installed and apt could not install "
+                        f"it: {installed.stderr.strip()[-300:]}")
     result = cluster.script("slurm")
     if result.returncode != 0:
         pytest.skip(f"multinode SLURM: did not start: {result.stderr.strip()[-300:]}")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from megatron_diffusion.training.checkpoint import latest_checkpoint
 from tests.multinode.conftest import REPO, node_env, wait_for
 from tests.slurm.conftest import FINISHED_STATES
 from tests.training.conftest import TINY, losses, run_train
@@ -52,6 +53,14 @@ def _wait_finished(env, job_id, timeout=400) -> dict:
 
     wait_for(finished, timeout, f"job {job_id}")
     return info
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left(slurm_cluster):
+    """A failed test's job must not run on into the next test (it signals node2's processes)."""
+    yield
+    subprocess.run(["scancel", "--full", "--user=root"], env=node_env(SLURM_CONF=str(slurm_cluster)),
+                   capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +120,13 @@ def test_node2_crashed_the_job_is_requeued_and_resumes_exactly(slurm_cluster, cl
     assert any("lost peer node2 (rank 1)" in line and "is intact" in line for line in errors), log
     assert cluster.script("slurmd", "node2").returncode == 0  # node2 is back
     info = _wait_finished(env, job_id)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), \
-        (tmp_path / "job.out").read_text()[-3000:]
+    log = (tmp_path / "job.out").read_text()
+    # A SLURM race, seen once in four runs: the controller's terminate for the job's first run,
+    # queued while node2 was down, reached node2's new slurmd after the requeued run had started
+    # there (same job id) and SIGTERMed it, here after its last step and save (status 143).
+    finished = (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0")
+    killed_late = "status 143" in log and latest_checkpoint(run).name == f"iter_{STEPS:07d}"
+    assert finished or killed_late, log[-3000:]
     _assert_same_losses(one_node, losses(run))
 
 
