@@ -55,11 +55,19 @@ class ParallelConfig:
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
     recompute_activations: bool = False
     """Full activation recomputation (memory for compute)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a collective (and the process-group start-up) may wait for a peer before the rank
+    fails, for gloo and NCCL alike: every process group gets it (torch's default group and
+    megatron's TP/PP/DP groups). It bounds how long the surviving ranks hang when a node dies or
+    its link goes down (torch's default is 30 minutes). Set it above the longest gap between two
+    collectives (a checkpoint save, a validation pass, the first step's compilation); see
+    docs/slurm.md "Node faults"."""
 
     def validate(self) -> Self:
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
                      "context_parallel_size"):
             check_int(f"parallel.{name}", getattr(self, name), lo=1)
+        check_range("parallel.collective_timeout_s", self.collective_timeout_s, lo=0, lo_open=True)
         vpp = self.virtual_pipeline_model_parallel_size
         if vpp is not None:
             check_int("parallel.virtual_pipeline_model_parallel_size", vpp, lo=2)

@@ -5,6 +5,8 @@
 #                                    munged, slurmctld and slurmd; wait until the node is idle
 #   slurm/local_slurm.sh stop DIR    stop the daemons started by `start DIR` (by their pids)
 #   slurm/local_slurm.sh env DIR     print `export SLURM_CONF=DIR/slurm.conf` for eval
+#   slurm/local_slurm.sh install DIR only install SLURM with apt if missing (log in DIR); the
+#                                    two-node cluster (slurm/two_node_cluster.sh) uses it
 #
 # Needs root (the daemons run as root, without cgroups). Every file lives under DIR: the config,
 # controller state, slurmd spool, logs and pid files; /etc/slurm is not touched. Clients find the
@@ -17,7 +19,7 @@
 # avoid cgroups, which containers usually do not delegate.
 set -euo pipefail
 
-usage() { echo "usage: $0 {start|stop|env} DIR" >&2; exit 2; }
+usage() { echo "usage: $0 {start|stop|env|install} DIR" >&2; exit 2; }
 [[ $# -eq 2 ]] || usage
 cmd=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
@@ -154,6 +156,9 @@ stop)
     ;;
 env)
     echo "export SLURM_CONF=$conf"
+    ;;
+install)
+    install_slurm
     ;;
 *)
     usage

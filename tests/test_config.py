@@ -79,6 +79,9 @@ def test_one_validate_signature_in_the_whole_package():
     ({"optimizer.lr": float("inf")}, "optimizer.lr: got inf, expected a finite number > 0"),
     ({"parallel.virtual_pipeline_model_parallel_size": 2},
      "parallel.virtual_pipeline_model_parallel_size: got 2, expected null"),
+    # 0 would make every collective fail at once; gloo took it as "wait forever" in no version
+    ({"parallel.collective_timeout_s": 0},
+     "parallel.collective_timeout_s: got 0.0, expected a number > 0"),
 ])
 def test_bad_values_and_combinations_fail_at_load_in_one_line(overrides, expected):
     with pytest.raises(UsageError) as e:

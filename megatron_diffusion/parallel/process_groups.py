@@ -13,24 +13,33 @@ from megatron_diffusion.parallel import cpu_runtime
 from megatron_diffusion.errors import UsageError
 
 
-def init_distributed(timeout_minutes: int = 30) -> None:
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+"""For callers that pass no timeout (conversion, sampling, tests): torch's own default, 30
+minutes, as before ``parallel.collective_timeout_s`` existed; the trainer passes the field."""
+
+
+def init_distributed(collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:
     """Start torch.distributed from the launcher's environment (torchrun, SLURM, or one
-    process), after activating the CPU runtime when CUDA is absent (gloo then)."""
+    process), after activating the CPU runtime when CUDA is absent (gloo then). A collective
+    that waits longer than ``collective_timeout_s`` for a peer fails (gloo and NCCL)."""
     if dist.is_initialized():
         return
     cpu_runtime.activate()
     from megatron_diffusion.parallel.launch_env import init_distributed as init_from_env
 
-    init_from_env(timeout=timedelta(minutes=timeout_minutes))
+    init_from_env(timeout=timedelta(seconds=collective_timeout_s))
 
 
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                               pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: int | None = None,
-                              seed: int = 1234, context_parallel_size: int = 1) -> None:
+                              seed: int = 1234, context_parallel_size: int = 1,
+                              collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:
+    """Megatron's TP/PP/CP/DP groups over the default group (started first if needed); every
+    group's collectives time out after ``collective_timeout_s`` (``parallel.collective_timeout_s``)."""
     from megatron.core import parallel_state
 
-    init_distributed()
+    init_distributed(collective_timeout_s)
     world = dist.get_world_size()
     model_parallel = (tensor_model_parallel_size * pipeline_model_parallel_size
                       * context_parallel_size)
@@ -47,6 +56,7 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
         context_parallel_size=context_parallel_size,
+        distributed_timeout_minutes=collective_timeout_s / 60,
     )
     cpu_runtime.model_parallel_manual_seed(seed)
 

@@ -46,6 +46,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.model.weights import seeded_init
+from megatron_diffusion.parallel.peer_failure import PeerLost, PeerTable, describe_peer_failure
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 from megatron_diffusion.parallel.process_groups import host_collective, initialize_model_parallel
 from megatron_diffusion.parallel.run_dir import lock_run, remove_run, snapshot_run, unlock_run
@@ -128,8 +129,10 @@ class Trainer:
         cfg, par = self.cfg, self.cfg.parallel
         initialize_model_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                                   par.virtual_pipeline_model_parallel_size, seed=cfg.training.seed,
-                                  context_parallel_size=par.context_parallel_size)
+                                  context_parallel_size=par.context_parallel_size,
+                                  collective_timeout_s=par.collective_timeout_s)
         self.rank = dist.get_rank()
+        self.peers = PeerTable.gather()  # who runs where, to name a lost peer
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         cfg.data.check_data_parallel(self.dp_size)
         self.num_microbatches = cfg.data.global_batch_size // (cfg.data.micro_batch_size * self.dp_size)
@@ -312,6 +315,12 @@ class Trainer:
                 return self._preempted(logger, f"preemption signal during setup: exiting at "
                                                f"step {self.step}")
             return self._loop(step_fn, logger, flag)
+        except RuntimeError as e:  # gloo's and NCCL's errors; a lost peer becomes one line
+            lost = describe_peer_failure(e, self.peers, self.cfg.parallel.collective_timeout_s)
+            if lost is None:
+                raise
+            raise PeerLost(f"{lost}, during step {self.step + 1}; {self._last_checkpoint()}") \
+                from None
         finally:
             flag.uninstall()
             logger.close()
@@ -388,6 +397,11 @@ class Trainer:
             return LoaderWorkerDied(f"{died}; saved step {self.step}, --resume auto continues "
                                     "from it")
         return LoaderWorkerDied(f"{died}; --resume auto continues from step {self.step}")
+
+    def _last_checkpoint(self) -> str:
+        if self.last_saved <= 0:  # nothing saved, or --resume auto found nothing to resume
+            return "no checkpoint of this run yet"
+        return f"the last checkpoint (step {self.last_saved}) is intact: --resume auto continues from it"
 
     def _lr_at(self, step: int) -> float:
         opt = self.cfg.optimizer

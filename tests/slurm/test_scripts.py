@@ -13,7 +13,8 @@ import pytest
 from megatron_diffusion.parallel.launch_env import port_for_job
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted((REPO / "slurm").glob("*.sbatch")) + [REPO / "slurm" / "local_slurm.sh"]
+SCRIPTS = sorted((REPO / "slurm").glob("*.sbatch")) + [REPO / "slurm" / "local_slurm.sh",
+                                                     REPO / "slurm" / "two_node_cluster.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
