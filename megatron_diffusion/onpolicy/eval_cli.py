@@ -54,7 +54,8 @@ def _check(args):
     if args.out is not None and not Path(args.out).resolve().parent.is_dir():
         raise UsageError(f"--out: the directory of {args.out} does not exist")
     records = read_prompts(args.prompts)[:args.limit]
-    args.base_rows = None if args.paired is None else _base_rows(args.paired)
+    args.base = None if args.paired is None else _base_run(args.paired)
+    args.base_rows = None if args.base is None else _base_rows(args.base, args.paired)
     if args.base_rows is not None:
         from megatron_diffusion.onpolicy.intervals import check_same_prompts
         check_same_prompts([r.task_id for r in records], args.base_rows)
@@ -79,9 +80,9 @@ def _base_run(path: str) -> dict:
     return base
 
 
-def _base_rows(path: str) -> list[dict]:
-    """The ``per_prompt`` records of an earlier ``onpolicy-eval --out``."""
-    rows = _base_run(path)["per_prompt"]
+def _base_rows(base: dict, path: str) -> list[dict]:
+    """The ``per_prompt`` records of an earlier ``onpolicy-eval --out`` (``base``, read from ``path``)."""
+    rows = base["per_prompt"]
     if not isinstance(rows, list) or not rows:
         raise UsageError(f"--paired: {path} has no per_prompt records")
     for i, row in enumerate(rows):
@@ -161,7 +162,7 @@ are resolved from the checkpoint (block size) or not set by ``onpolicy-eval``.""
 def _check_same_settings(args, cfg) -> None:
     """The paired run must have decoded the same way, except for what a comparison varies: the
     stage changes the checkpoint, so only the sampler settings and the sample count must agree."""
-    base = _base_run(args.paired)
+    base = args.base
     keys = [*PAIRED_SETTINGS, *(["steps_per_block"] if cfg.steps_per_block is not None else [])]
     mine = {k: v for k, v in cfg.settings().items() if k in keys}
     theirs = {k: base.get("settings", {}).get(k) for k in mine}
