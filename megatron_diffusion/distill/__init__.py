@@ -2,5 +2,6 @@
 
 ``row_model`` turns a block-diffusion checkpoint and one packed data row into the ``logp_fn`` of
 ``sampling.trajectory``; ``trajectory_store`` writes the selected step maps beside the row's
-tokens; ``distill_cli`` is ``megatron-diffusion distill-trajectories``. docs/distillation.md.
+tokens; ``megatron-diffusion distill-trajectories`` (``cli/distill_trajectories.py``) runs them.
+docs/distillation.md.
 """

@@ -1,8 +1,8 @@
 """Attention-mask definitions shared by every attention backend (docs/method.md 3-4).
 
 ``dense`` holds the one predicate and its dense evaluation (SDPA / megatron local attention on
-CPU); ``flex`` builds FlexAttention ``BlockMask``s from the same predicate; ``show_mask`` is the
-``show-mask`` command.
+CPU); ``flex`` builds FlexAttention ``BlockMask``s from the same predicate; the ``show-mask``
+command (``cli/show_mask.py``) draws them.
 """
 
 from megatron_diffusion.masks.config import CLEAN_STREAMS, MODES, AttentionConfig

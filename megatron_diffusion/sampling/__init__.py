@@ -4,6 +4,6 @@ Reading order: ``config`` (every decoding setting) -> ``strategies`` (commit rul
 -> ``masks`` (attention of clean context + each row's noisy block) -> ``kv_cache`` (the ragged
 KV cache core attention writes to) -> ``backend`` (the model forward with that cache, TP logit
 gather) -> ``sampler`` (the decode loop) ->
-``result`` + ``api`` (text in, ``result.GenerationResult`` out) -> ``bench`` / ``bench_cli`` /
-``sample_cli`` (commands).
+``result`` + ``api`` (text in, ``result.GenerationResult`` out) -> ``bench``. The commands are
+``cli/sample.py`` and ``cli/bench_sampler.py``.
 """

@@ -115,7 +115,7 @@ def test_bad_checkpoint_and_prompt_files(tmp_path, capsys):
 def test_out_is_checked_before_decoding(checkpoint, tmp_path, capsys, monkeypatch):
     """A bad ``--out`` fails in one line before the model loads (it used to fail after the
     whole decode: a directory passed the parent-exists check)."""
-    from megatron_diffusion.sampling import sample_cli
+    from megatron_diffusion.cli import sample as sample_cli
 
     def must_not_load(args):
         raise AssertionError("the model loaded before --out was checked")

@@ -243,8 +243,8 @@ def _tiny_overrides(store) -> str:
 def _trainer_missing() -> bool:
     """True unless this checkout holds the trainer (an editable install elsewhere does not count)."""
     try:
-        spec = importlib.util.find_spec("megatron_diffusion.training.train_cli")
-    except ModuleNotFoundError:  # no megatron_diffusion.training package at all
+        spec = importlib.util.find_spec("megatron_diffusion.cli.train")
+    except ModuleNotFoundError:  # no megatron_diffusion.cli package at all
         return True
     return spec is None or not str(spec.origin).startswith(str(REPO))
 

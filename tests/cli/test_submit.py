@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from megatron_diffusion import cli
-from megatron_diffusion.parallel.submit_cli import _run_dir_of, slurm_parameters
+from megatron_diffusion.cli.submit import _run_dir_of, slurm_parameters
 
 
 def _args(*argv):

@@ -16,21 +16,21 @@ from megatron_diffusion.parallel.preemption import Preemption
 
 # name -> (module, one-line help). Kept in pipeline order.
 COMMANDS = {
-    "train-tokenizer": ("megatron_diffusion.data.tokenizer_cli", "train a byte-level BPE tokenizer (with [MASK]/EOS) on a corpus"),
-    "preprocess": ("megatron_diffusion.data.preprocess_cli", "tokenize jsonl/parquet/HF dataset/source tree into a zarr token store"),
-    "inspect-data": ("megatron_diffusion.corruption.inspect_cli", "write corrupted loader samples as JSON lines, for checking the statistics"),
-    "check-store": ("megatron_diffusion.data.check_store_cli", "verify every chunk file of a token store against its checksums"),
-    "show-mask": ("megatron_diffusion.masks.show_mask", "write the boolean attention mask of a mode as JSON or PNG"),
-    "train": ("megatron_diffusion.training.train_cli", "train (CPT/SFT) a diffusion LM on megatron-core"),
-    "sample": ("megatron_diffusion.sampling.sample_cli", "block-wise parallel sampling from a checkpoint"),
-    "bench-sampler": ("megatron_diffusion.sampling.bench_cli", "sampler throughput vs the AR baseline, as JSON"),
-    "distill-trajectories": ("megatron_diffusion.distill.distill_cli", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
-    "convert": ("megatron_diffusion.convert.convert_cli", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
-    "eval": ("megatron_diffusion.evaluation.eval_cli", "HumanEval pass@k and held-out infill/ELBO metrics"),
-    "lm-eval": ("megatron_diffusion.evaluation.lm_eval_cli", "lm-evaluation-harness with the megatron_diffusion model registered (the [lmeval] extra)"),
-    "onpolicy-prompts": ("megatron_diffusion.onpolicy.prompts_cli", "write an on-policy prompt set: HumanEval (with tests) or Python sources (no tests)"),
-    "onpolicy-eval": ("megatron_diffusion.onpolicy.eval_cli", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
-    "submit": ("megatron_diffusion.parallel.submit_cli", "submit a training job to SLURM from Python (submitit)"),
+    "train-tokenizer": ("megatron_diffusion.cli.train_tokenizer", "train a byte-level BPE tokenizer (with [MASK]/EOS) on a corpus"),
+    "preprocess": ("megatron_diffusion.cli.preprocess", "tokenize jsonl/parquet/HF dataset/source tree into a zarr token store"),
+    "inspect-data": ("megatron_diffusion.cli.inspect_data", "write corrupted loader samples as JSON lines, for checking the statistics"),
+    "check-store": ("megatron_diffusion.cli.check_store", "verify every chunk file of a token store against its checksums"),
+    "show-mask": ("megatron_diffusion.cli.show_mask", "write the boolean attention mask of a mode as JSON or PNG"),
+    "train": ("megatron_diffusion.cli.train", "train (CPT/SFT) a diffusion LM on megatron-core"),
+    "sample": ("megatron_diffusion.cli.sample", "block-wise parallel sampling from a checkpoint"),
+    "bench-sampler": ("megatron_diffusion.cli.bench_sampler", "sampler throughput vs the AR baseline, as JSON"),
+    "distill-trajectories": ("megatron_diffusion.cli.distill_trajectories", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
+    "convert": ("megatron_diffusion.cli.convert", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
+    "eval": ("megatron_diffusion.cli.eval", "HumanEval pass@k and held-out infill/ELBO metrics"),
+    "lm-eval": ("megatron_diffusion.cli.lm_eval", "lm-evaluation-harness with the megatron_diffusion model registered (the [lmeval] extra)"),
+    "onpolicy-prompts": ("megatron_diffusion.cli.onpolicy_prompts", "write an on-policy prompt set: HumanEval (with tests) or Python sources (no tests)"),
+    "onpolicy-eval": ("megatron_diffusion.cli.onpolicy_eval", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
+    "submit": ("megatron_diffusion.cli.submit", "submit a training job to SLURM from Python (submitit)"),
 }
 
 # Commands that save and requeue on SIGUSR2/SIGTERM (parallel/preemption.py, docs/slurm.md). Their
@@ -137,6 +137,3 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
-
-if __name__ == "__main__":
-    sys.exit(main())

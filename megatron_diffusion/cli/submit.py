@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m megatron_diffusion.parallel.submit_cli ...
+if __name__ == "__main__":  # python -m megatron_diffusion.cli.submit ...
     from megatron_diffusion.cli import main
 
     sys.exit(main(["submit", *sys.argv[1:]]))

@@ -17,8 +17,8 @@ from pathlib import Path
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path, write_text_atomic
 from megatron_diffusion.sampling import bench
-from megatron_diffusion.sampling.sample_cli import (add_sampler_arguments, is_rank_zero,
-                                                    load_from_args, read_prompts)
+from megatron_diffusion.cli.sample import (add_sampler_arguments, is_rank_zero, load_from_args,
+                                           read_prompts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
