@@ -11,7 +11,7 @@ backward pass is the same two exchanges reversed (DeepSpeed's autograd function)
 Heads are split contiguously, so rank ``r`` gets query heads ``[r np/cp, (r+1) np/cp)`` and the
 key/value groups they read when ``ng`` divides by ``cp``; otherwise keys/values are expanded to
 ``np`` heads first (GQA expansion: more traffic, same result). ``np`` must divide by ``cp``
-(checked at config time: ``RunConfig._check_context_parallel`` in ``config.py``).
+(checked at config time: ``RunConfig._check_context_parallel`` in ``config/run.py``).
 """
 
 from megatron_diffusion.model.attention import DiffusionCoreAttention

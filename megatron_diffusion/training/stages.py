@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_diffusion.config import RunConfig, _flatten, load_config, read_yaml
+from megatron_diffusion.config import RunConfig, flatten, load_config, read_yaml
 from megatron_diffusion.data.tokenizer import check_tokenizer_hash
 from megatron_diffusion.data.vocab import resolve_vocab
 from megatron_diffusion.errors import UsageError
@@ -64,7 +64,7 @@ def _stage_keys(i: int, raw) -> tuple[str, dict]:
     iters = body.pop("train_iters", None)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise UsageError(f"{where}.train_iters: got {iters!r}, expected an integer >= 1")
-    flat = _flatten(body)
+    flat = flatten(body)
     if "training.train_iters" in flat:
         raise UsageError(f"{where}: give train_iters once (not training.train_iters)")
     return name, {**flat, "training.train_iters": iters}

@@ -1,10 +1,8 @@
-"""The run configuration: one small dataclass per concern, composed; defaults < YAML < overrides.
+"""The run configuration: one small dataclass per concern, composed under section names.
 
 Each concern's config lives next to its code (``ModelConfig`` in ``model/``, ``DataConfig`` in
-``data/``, ...). ``RunConfig`` composes them under section names, and ``load_config`` builds one
-from a YAML file and ``section.field=value`` overrides (values parsed as YAML: ``3``, ``1e-4``,
-``null``, ``[1, 2]``). Unknown sections or keys and values of the wrong type fail before any work,
-with the key's dotted name and what was expected.
+``data/``, ...); ``RunConfig`` composes them, and ``config/loader.py`` builds one from YAML and
+overrides (defaults < YAML < overrides).
 
 One validation contract: every section has ``validate(self) -> Self`` (no arguments; it checks
 its own values with the ``errors.check_*`` helpers and returns itself), and ``RunConfig.validate``
@@ -20,7 +18,6 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Self
 
 import yaml
@@ -166,12 +163,22 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    explicit_keys: frozenset[str] | None = field(default=None, repr=False, compare=False,
+                                                 metadata={"section": False})
+    """The ``section.field`` keys the YAML, a stage or an override set (``load_config`` records
+    them; ``--init-from`` adopts only the others). None for a config built in code. Not a section:
+    ``to_dict`` leaves it out."""
+
+    @classmethod
+    def sections(cls) -> list[str]:
+        """The section names, in order (every field but ``explicit_keys``)."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("section", True)]
 
     def validate(self) -> Self:
         """Check every section (its own ``validate()``), then the constraints between them."""
-        for f in dataclasses.fields(self):
-            with _in_section(f.name):
-                getattr(self, f.name).validate()
+        for name in self.sections():
+            with _in_section(name):
+                getattr(self, name).validate()
         with _in_section("attention"):
             self.attention.check_seq_len(self.data.seq_len, "data.seq_len")
         self.model.check_tensor_parallel(self.parallel.tensor_model_parallel_size)
@@ -215,14 +222,13 @@ class RunConfig:
         require_deepspeed(f"parallel.context_parallel_size={cp}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in self.sections()}
 
     def is_explicit(self, key: str) -> bool:
         """Did the YAML or an override set ``section.field``? (``load_config`` records the keys;
         for a config built otherwise, a value that differs from the default counts as set.)"""
-        keys = getattr(self, "_explicit_keys", None)
-        if keys is not None:
-            return key in keys
+        if self.explicit_keys is not None:
+            return key in self.explicit_keys
         section_name, _, name = key.partition(".")
         section = getattr(self, section_name)
         return getattr(section, name) != getattr(type(section)(), name)
@@ -237,150 +243,3 @@ def _in_section(name: str):
     except UsageError as e:
         msg = str(e)
         raise UsageError(msg if msg.startswith(f"{name}.") else f"{name}.{msg}") from None
-
-
-# ---------------------------------------------------------------- loading and overrides
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _type_ok(value, tp) -> tuple[bool, object]:
-    """Is ``value`` acceptable for annotation ``tp``? Returns (ok, coerced value)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, v = _type_ok(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return True, float(value)  # 1e-4: YAML 1.1 wants a dot, PyYAML reads a string
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        (arg,) = typing.get_args(tp) or (object,)
-        out = []
-        for item in value:
-            ok, v = _type_ok(item, arg)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, out
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            return False, value
-        out = []
-        for item, arg in zip(value, args):
-            ok, v = _type_ok(item, arg)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, tuple(out)
-    return True, value
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _apply(obj, key_path: str, value) -> None:
-    section_name, _, field_name = key_path.partition(".")
-    sections = {f.name: f for f in dataclasses.fields(obj)}
-    if section_name not in sections or not field_name:
-        raise UsageError(f"config key {key_path!r}: unknown; expected 'SECTION.FIELD' with "
-                         f"SECTION one of {', '.join(sections)}")
-    section = getattr(obj, section_name)
-    hints = typing.get_type_hints(type(section))
-    known = [f.name for f in dataclasses.fields(section)]
-    if field_name not in known:
-        raise UsageError(f"config key {key_path!r}: unknown field of {section_name}; known: "
-                         f"{', '.join(known)}")
-    ok, coerced = _type_ok(value, hints[field_name])
-    if not ok and isinstance(value, bool) and _type_ok("x", hints[field_name])[0]:
-        raise UsageError(f"config key {key_path!r}: got the boolean {value!r}; YAML reads "
-                         "off/on/no/yes unquoted as booleans, quote the value (e.g. 'off')")
-    if not ok:
-        raise UsageError(f"config key {key_path!r}: got {value!r}, expected "
-                         f"{_type_name(hints[field_name])}")
-    setattr(section, field_name, coerced)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and not prefix:
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise UsageError(f"override {text!r}: expected SECTION.FIELD=VALUE")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The YAML run config as a dict (sections, and an optional ``stages`` list)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--config: file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config: {path} must hold a mapping of sections")
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                validate: bool = True, stage: dict | None = None, cls=RunConfig) -> RunConfig:
-    """defaults < YAML file < ``stage`` (a flat ``section.field`` dict, training/stages.py) <
-    overrides (``["model.num_layers=2", ...]`` or a flat dict). A ``stages:`` list in the YAML
-    is not applied here: ``train`` runs it (``training/stages.py``). ``cls``: ``RunConfig`` or
-    a subclass with more sections (``onpolicy.config.OnPolicyRunConfig``)."""
-    cfg = cls()
-    explicit = set()
-    if path is not None:
-        data = {k: v for k, v in read_yaml(path).items() if k != "stages"}
-        for section, body in data.items():
-            if not isinstance(body, dict):
-                raise UsageError(f"config section {section!r} in {path}: expected a mapping")
-        for key, value in _flatten(data).items():
-            _apply(cfg, key, value)
-            explicit.add(key)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    for key, value in [*(stage or {}).items(), *items]:
-        _apply(cfg, key, value)
-        explicit.add(key)
-    cfg._explicit_keys = explicit  # not a field: read by is_explicit (--init-from adoption)
-    return cfg.validate() if validate else cfg
-
-
-def config_from_dict(d: dict, validate: bool = False, cls=RunConfig) -> RunConfig:
-    """Rebuild a ``RunConfig`` (or ``cls``) saved with ``to_dict`` (checkpoints, run snapshots)."""
-    cfg = cls()
-    for key, value in _flatten(d).items():
-        _apply(cfg, key, value)
-    return cfg.validate() if validate else cfg
