@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_diffusion.convert.hf_to_mcore import SIDECAR, HFTensorView, plan_import
+from megatron_diffusion.convert.hf_to_mcore import HFTensorView, plan_import
 from megatron_diffusion.model import weights
 from megatron_diffusion.model.inference import LoadedModel, build_inference_model
 from megatron_diffusion.training.checkpoint import checkpoint_meta
@@ -27,10 +27,6 @@ def is_hf_export(path) -> bool:
     p = Path(path)
     return (p / "config.json").is_file() and (
         (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file())
-
-
-def has_diffusion_metadata(path) -> bool:
-    return (Path(path) / SIDECAR).is_file()
 
 
 def load_hf_export(path, *, tensor_model_parallel_size: int = 1, params_dtype: str | None = None,

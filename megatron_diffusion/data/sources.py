@@ -21,8 +21,6 @@ from pathlib import Path
 
 from megatron_diffusion.errors import UsageError, json_object
 
-RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-
 
 @dataclass
 class SourceSpec:
@@ -50,10 +48,6 @@ class SourceStats:
 
 def _is_hf_dataset_dir(p: Path) -> bool:
     return any((p / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
-
-
-def _is_record_file(p: Path) -> bool:
-    return p.name.endswith(RECORD_SUFFIXES)
 
 
 def _undecodable(spec: SourceSpec, stats: SourceStats, where: str) -> None:

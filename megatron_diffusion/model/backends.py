@@ -38,14 +38,6 @@ def require_transformer_engine(what: str) -> None:
                          f"imported on this machine; {TE_INSTALL_HINT}")
 
 
-def have_flex_attention() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 DEEPSPEED_INSTALL_HINT = (
     "install the deepspeed extra: DS_BUILD_OPS=0 pip install 'megatron-diffusion[deepspeed]' "
     "(deepspeed==0.19.8, pure Python, keeps the installed torch), or set "

@@ -192,10 +192,6 @@ def activate() -> bool:
     return True
 
 
-def is_active() -> bool:
-    return _ACTIVE
-
-
 def model_parallel_manual_seed(seed: int) -> None:
     """``model_parallel_cuda_manual_seed`` for either device: same seed layout as megatron.
 
