@@ -36,6 +36,9 @@ WANDB_MODES = ("off", "offline", "online")
 
 @dataclass
 class ParallelConfig:
+    """How the model is split over ranks (tensor, pipeline, context parallel sizes; megatron's names)
+    and how long a collective waits for a peer."""
+
     tensor_model_parallel_size: int = 1
     """Tensor (intra-layer) model parallel size (megatron's name)."""
     pipeline_model_parallel_size: int = 1
@@ -77,6 +80,8 @@ class ParallelConfig:
 
 @dataclass
 class OptimizerConfig:
+    """AdamW and its learning-rate schedule: linear warmup, then cosine, linear, constant or WSD decay."""
+
     lr: float = 3e-4
     """Peak learning rate."""
     min_lr: float = 3e-5
@@ -107,6 +112,8 @@ class OptimizerConfig:
 
 @dataclass
 class TrainingConfig:
+    """The training loop: its length, logging, validation and checkpoint cadence, seeds and loggers."""
+
     train_iters: int = 1000
     """Optimizer steps; the curriculum (corruption warmup, edit stage) is laid out over them."""
     log_interval: int = 10
@@ -155,6 +162,8 @@ class TrainingConfig:
 
 @dataclass
 class RunConfig:
+    """A whole run: one section per concern, built by ``config/loader.py`` and validated once."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)

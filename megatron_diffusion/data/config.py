@@ -26,6 +26,9 @@ def parse_data_path(items: list[str]) -> list[tuple[float, str]]:
 
 @dataclass
 class DataConfig:
+    """What the loader reads and how it packs it: the store blend, sequence length, batch sizes,
+    CPT or SFT rows, the split, loader workers and distilled trajectories (docs/data.md)."""
+
     blend: list[tuple[float, str]] = field(default_factory=list)
     """Stores and their weights, Megatron-style ``[(0.7, "a.zarr"), (0.3, "b.zarr")]``; weights
     are normalised. Each store contributes ``weight`` of the rows of every epoch. A store is a

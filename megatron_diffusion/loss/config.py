@@ -14,6 +14,9 @@ OBJECTIVES = ("diffusion", "ar")
 
 @dataclass
 class LossConfig:
+    """The training objective: the diffusion ELBO (and how it is normalised) or AR, plus an optional
+    AR loss on the clean stream."""
+
     normalization: str = "token"
     """'token' (sum over the global batch / eligible tokens) or 'sequence' (per-row mean)."""
     objective: str = "diffusion"

@@ -12,6 +12,9 @@ CLEAN_STREAMS = ("block_causal", "causal")
 
 @dataclass
 class AttentionConfig:
+    """Which attention mask the model trains and samples with: the mode, the diffusion block size
+    and what a block sees of the clean stream (docs/masks.md)."""
+
     mode: str = "block"
     """``causal`` (AR: key <= query), ``bidirectional`` (full diffusion: every token sees every
     token) or ``block`` (block diffusion: the model input is ``x_t (+) x0``, length ``2L``, with

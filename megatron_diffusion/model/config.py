@@ -22,6 +22,9 @@ PARAMS_DTYPES = ("float32", "bfloat16")
 
 @dataclass
 class ModelConfig:
+    """The transformer's architecture (megatron-core's names), the ``[MASK]`` token, the logit
+    shift, and what runs it (local or Transformer Engine layers, attention backend, dtype)."""
+
     num_layers: int = 4
     """Transformer layers."""
     hidden_size: int = 128

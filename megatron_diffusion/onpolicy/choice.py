@@ -1,4 +1,4 @@
-"""The commit rule's choice of positions in ``log pi(tau)``, plain torch (issue 25).
+"""The commit rule's choice of positions in ``log pi(tau)``, plain torch.
 
 At a step the sampler draws a token at every masked position of the block (temperature 1; the
 draw's *confidence* is its probability) and the rule picks which draws to keep

@@ -23,6 +23,9 @@ VERIFIERS = ("execution", "model")
 
 @dataclass
 class OnPolicyConfig:
+    """The on-policy stage: the prompt set, how trajectories are sampled and scored, and the weights
+    of the reward and the KL anchor (docs/onpolicy.md)."""
+
     prompts: str | None = None
     """Prompt set (JSON lines, docs/onpolicy.md); required."""
     prompts_per_step: int = 4
@@ -96,6 +99,8 @@ class OnPolicyConfig:
 
 @dataclass
 class OnPolicyRunConfig(RunConfig):
+    """A run config with an ``onpolicy`` section: ``train`` runs it with ``OnPolicyTrainer``."""
+
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
     def validate(self) -> Self:

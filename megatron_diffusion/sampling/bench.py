@@ -126,7 +126,7 @@ def paired_ratio(a: dict, b: dict, key: str = "tokens_per_second_each") -> dict:
     their ratio is a fair comparison even when the load changes between pairs; the median
     ignores a pair hit by a load spike. The ratio of each side's fastest run instead compares
     runs from different moments: under load it showed a 1.17x "speedup" between two identical
-    decoders (issue 23)."""
+    decoders."""
     each = [x / y for x, y in zip(a[key], b[key], strict=True)]
     return {"median": float(np.median(each)), "min": min(each), "max": max(each), "each": each}
 

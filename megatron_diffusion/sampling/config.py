@@ -25,6 +25,9 @@ def _option(field: str) -> str:
 
 @dataclass
 class SamplerConfig:
+    """Every decoding setting of the block-wise sampler: length, block size, commit rule and its
+    thresholds, temperature, seed, speculation (docs/sampling.md)."""
+
     max_new_tokens: int = 256
     """Most tokens generated after the prompt (decoding stops earlier at a stop token)."""
     block_size: int | None = None

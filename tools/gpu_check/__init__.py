@@ -1,4 +1,4 @@
-"""The GPU check (issue 18, docs/gpu.md): one prepared run of every GPU figure we have never had.
+"""The GPU check (docs/gpu.md): one prepared run of every GPU figure we have never had.
 
 ``tools/gpu_check.sh RESULTS_DIR`` installs the carried wheels and runs ``python3 -m
 tools.gpu_check RESULTS_DIR``: the stages below in order, each under its own time cap inside one

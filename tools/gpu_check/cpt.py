@@ -1,6 +1,6 @@
 """Stage ``cpt``: a short block-diffusion CPT of SmolLM2 on the GPU, quality before and after.
 
-The CPU recipe scaled up (issue 12): ``train --init-from`` the converted checkpoint (the
+The CPU recipe of docs/cpt.md scaled up: ``train --init-from`` the converted checkpoint (the
 architecture comes from it), block mode with ``B = 4`` and the logit shift (the AR head is
 reused), bf16 and Flex attention on the GPU, corruption warmup, on a token store of a few
 standard-library packages made with the checkpoint's own tokenizer. ``eval infill`` on that
