@@ -1,25 +1,13 @@
 """Save and load ``dist_checkpointing`` model state without materialising the model twice.
 
-The trainer saves ``chunk.sharded_state_dict()``: ``ShardedTensor``s whose ``data`` are the
-parameters, and for the SwiGLU ``linear_fc1`` a ``ShardedTensorFactory`` that splits the
-parameter into its gate and up halves. On CPU, megatron's writer clones every tensor that is a
-view of a larger storage (``filesystem_async._clone_if_needed``), i.e. both fc1 halves, and on
-load the factory loads the halves into fresh tensors and concatenates them: either way the
-SwiGLU weights (about half of a Llama layer) exist twice. Conversion avoids this:
-
-* **save** (``prebuilt_sharded_state_dict``): the model is built *uninitialised*
-  (``torch.empty``: virtual memory, no resident pages) only to obtain its sharded state dict,
-  i.e. megatron's own keys, global shapes and offsets. Every entry's ``data`` is then replaced
-  by a fresh tensor holding the converted value (the fc1 factory is built and its two pieces get
-  the HF ``gate_proj``/``up_proj`` tensors directly). The parameters are never touched, nothing
-  is a view, and the resident set is one copy of the weights.
-* **load** (``GroupLoader``): entries are loaded a group at a time (one transformer layer, or
-  one of embedding / final norm / output layer) into fresh tensors via a sub-state-dict, so an
-  export holds one layer at a time. ``dist_checkpointing`` assembles each tensor from whatever
-  TP/PP layout the checkpoint was saved under.
-
-The result is the format the trainer writes and reads; ``training.checkpoint`` functions are
-used unchanged (``save_checkpoint`` takes any object with a ``sharded_state_dict`` method).
+Loading into a model and saving it keeps the SwiGLU weights twice (megatron's writer clones the
+two ``linear_fc1`` halves, views of one parameter; its loader concatenates fresh halves).
+Conversion avoids this. **Save** (``prebuilt_sharded_state_dict``): the model is built
+uninitialised only for its sharded state dict (megatron's keys, shapes, offsets) and every entry
+gets a fresh tensor holding the converted value, nothing a view. **Load** (``GroupLoader``): one
+group (a transformer layer, or embedding / final norm / output layer) at a time into fresh
+tensors, from whatever TP/PP layout the checkpoint was saved under. The format is the trainer's;
+``training.checkpoint`` is used unchanged. docs/convert.md "Memory: streaming" has the figures.
 """
 
 import dataclasses

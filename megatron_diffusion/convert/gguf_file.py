@@ -1,27 +1,13 @@
 """A GGUF file (llama.cpp's format) seen as an HF checkpoint: a ``config.json`` and named tensors.
 
-``gguf-to-mcore`` reuses the whole HF import (``hf_to_mcore``): this module only translates.
-
-* **Config.** The ``{arch}.*`` metadata keys become the HF ``config.json`` keys they stand for
-  (``block_count`` -> ``num_hidden_layers``, ``rope.freq_base`` -> ``rope_theta``,
-  ``attention.layer_norm_rms_epsilon`` -> ``rms_norm_eps``, ``context_length`` ->
-  ``max_position_embeddings``; tied embeddings when there is no ``output.weight``), which
-  ``hf_config.parse_hf_config`` then validates like any HF config. GGUF features we do not model
-  are refused by their GGUF key (RoPE scaling, a ``rope_freqs`` tensor, partial rotary, experts).
-* **Tensors.** ``GGUFTensors`` serves each tensor under its HF name (``blk.3.attn_q.weight`` ->
-  ``model.layers.3.self_attn.q_proj.weight``), dequantised to float32 with the ``gguf``
-  package's own ``quants.dequantize`` when it is read, one tensor at a time (the file is
-  memory-mapped, nothing else is kept). GGUF lists dimensions innermost first, so a
-  ``[576, 49152]`` GGUF tensor is the HF ``[49152, 576]`` row-major matrix.
-* **The RoPE permutation.** llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel.permute``)
-  reorders the rows of every Llama ``q_proj``/``k_proj`` weight from HF's "rotate half" layout
-  (the two halves of each head are the rotated pairs) to the interleaved GGML layout (adjacent
-  rows are the pairs): per head, ``w.reshape(n_head, 2, d/2, h).swapaxes(1, 2)``, with
-  ``n_head`` = the key/value heads for ``k_proj``. ``unpermute_rope_rows`` is its inverse
-  (``reshape(n_head, d/2, 2, h).swapaxes(1, 2)``, as transformers' GGUF loader does). Qwen2 is
-  stored unpermuted (llama.cpp runs it with NEOX-style RoPE), so its rows are used as stored; so is
-  Qwen3, whose ``attn_q_norm``/``attn_k_norm`` (the per-head q/k RMSNorm weights) map to
-  ``q_norm``/``k_norm`` and whose head width is ``attention.key_length``.
+``gguf-to-mcore`` reuses the whole HF import (``hf_to_mcore``): this module only translates. The
+``{arch}.*`` metadata becomes the HF config keys they stand for (validated by
+``hf_config.parse_hf_config``; GGUF features we do not model are refused by their GGUF key).
+``GGUFTensors`` serves each tensor under its HF name, dequantised to float32 by the ``gguf``
+package when read (GGUF lists dimensions innermost first). llama.cpp permutes the rows of every
+Llama ``q_proj``/``k_proj`` into the interleaved RoPE layout; ``unpermute_rope_rows`` undoes it
+(Qwen2/Qwen3 are stored unpermuted). docs/convert.md "gguf-to-mcore" has the key table and the
+permutation.
 """
 
 from collections import Counter

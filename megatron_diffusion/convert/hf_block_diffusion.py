@@ -4,55 +4,19 @@
 and names its model classes in ``config.json`` ``auto_map``. It imports nothing from
 megatron-diffusion, so an HF user can sample from the export (no network needed)::
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True,
                                                  dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(DIR)
     ids = model.diffusion_generate(tok.encode(prompt), max_new_tokens=64, threshold=0.9)
     print(tok.decode(ids))
 
-``trust_remote_code`` makes transformers copy this file into its modules cache and load the
-model as ``BlockDiffusionLlamaForCausalLM`` (or ``...Qwen2...``, ``...Qwen3...``): the
-architecture's own class plus ``diffusion_generate``, the same weights. Without it, load this
-file by its path (it is not on ``sys.path``; ``import block_diffusion`` works only from the
-export directory)::
-
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("block_diffusion", f"{DIR}/block_diffusion.py")
-    block_diffusion = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(block_diffusion)
-    model = AutoModelForCausalLM.from_pretrained(DIR, dtype=torch.float32).eval()
-    ids = block_diffusion.generate(model, tok.encode(prompt), max_new_tokens=64, threshold=0.9)
-
-The weights are a Llama/Qwen2/Qwen3 model, but ``model.generate()`` would run them left to right
-with a causal mask, which is not how a block-diffusion model was trained. What it needs
-(``config.json`` ``"diffusion"`` block: ``attention_mode``, ``block_size``, ``clean_stream``,
-``mask_token_id``, ``logit_shift``):
-
-* **One sequence**: the prompt, finished blocks (clean), then the current block of
-  ``block_size`` positions, ``[MASK]`` where not yet decided; RoPE positions ``0..n-1``.
-* **The attention mask** (4-D, passed as ``attention_mask``; True = may attend): a clean query
-  sees clean keys by the clean-stream rule (``block_causal``: keys in its own or an earlier
-  block, blocks counted from the prompt's first token, the prompt's last block possibly short,
-  then from the end of the prompt; ``causal``: keys at or before it); a query of the current block
-  sees every clean key and the whole block; a clean query never sees the block.
-* **The readout**: without logit shift, output ``i`` predicts token ``i``; with it, output
-  ``i - 1`` does, and the block's first token is read from the last clean position. The
-  ``[MASK]`` logit is set to ``-inf``.
-* **Commit rule** (``threshold``): every ``[MASK]`` whose top-1 probability is at least
-  ``threshold`` becomes final, and at least the most confident one per step; ``threshold=None``
-  commits one token per step, the most confident (ties: leftmost). Decoding stops after a stop
-  token once every position before it is final; by default every id of ``config.json`` and
-  ``generation_config.json`` ``eos_token_id`` (an Instruct model's ``<|im_end|>`` and the
-  document ``<|endoftext|>``).
-
-This is our sampler's computation without the KV cache (``sampling/sampler.py``: same masks,
-readout and rules, so the same greedy tokens; tested in tests/convert/test_hf_block_export.py),
-at one full forward per step: slower, meant for checking and for users outside this project.
-``training_inputs`` builds the training layout instead (``x_t (+) x0``, ``2L`` tokens), to
-reproduce training-time logits.
+``model.generate()`` would run the weights left to right with a causal mask, which is not how a
+block-diffusion model was trained. This is our sampler's computation without the KV cache (same
+block layout, attention mask, readout with or without the logit shift, and commit rule; read from
+``config.json``'s ``"diffusion"`` block), one full forward per step. ``training_inputs`` builds
+the training layout (``x_t (+) x0``) instead. The export's README.md and docs/convert.md
+"Running a block-diffusion export with transformers" say more, including loading without
+``trust_remote_code``.
 """
 
 import torch

@@ -1,30 +1,16 @@
 """``convert hf-to-mcore``: an HF Llama/Qwen2/Qwen3 checkpoint -> a megatron-diffusion
 checkpoint.
 
-Streaming: the weights exist once in memory. The model is built uninitialised (its parameters
-are never touched, so they take no resident memory) to obtain megatron's sharded state dict;
-each entry then receives a fresh tensor from ``HFTensorView``, which reads only the HF tensors
-it is made of (``safetensors_io`` reads one tensor with ``readinto``) and fuses them
-(``tensor_map``); ``dist_stream`` explains why this beats loading into the parameters. Peak
-memory is one copy of the weights plus one tensor (measured in docs/convert.md).
-
-The result is exactly a trainer checkpoint at step 0 without optimizer state
-(``OUT/checkpoints/iter_0000000`` + ``latest``; ``OUT/tokenizer.json`` for preprocessing), so
-``train --init-from OUT`` loads its weights. Its ``meta.json`` config describes the converted
-model as what it is, an AR model: ``attention.mode=causal``, ``model.logit_shift=true``,
-``loss.objective=ar``; a CPT run sets its own mode. ``--tp/--pp`` are validated against the
-model (TP must divide the query and key/value heads, PP the layers), recorded in the config, and
-the vocabulary is padded for that TP as megatron pads it (a multiple of
-``make_vocab_size_divisible_by * tp``); the ``dist_checkpointing`` format itself loads under any
-layout (the vocabulary dimension may differ: padding rows are zeros).
-
-An HF directory written by ``mcore-to-hf`` carries ``megatron_diffusion.json`` (the original
-run config); it is used instead of the AR defaults, so export + import gives back the original
-checkpoint bit for bit.
-
-``meta.json`` also gets ``generation`` (stop token ids, chat template, generation config;
-``convert.generation``). ``plan_import`` (read and check) and ``write_import`` (stream and save)
-are separate so ``gguf_to_mcore`` can plan from a GGUF and write through the same code.
+Streaming: the model is built uninitialised to obtain megatron's sharded state dict, and each
+entry gets a fresh tensor from ``HFTensorView``, which reads only the HF tensors it is made of
+and fuses them (``tensor_map``), so peak memory is one copy of the weights (``dist_stream``;
+measured in docs/convert.md "Memory: streaming"). The result is a trainer checkpoint at step 0
+without optimizer state, which ``train --init-from`` loads; its config describes an AR model
+(``attention.mode=causal``, ``model.logit_shift=true``, ``loss.objective=ar``), or the original
+run config when the directory is our own export (``megatron_diffusion.json``). ``--tp/--pp`` are
+checked against the model and the vocabulary is padded as megatron pads it. ``plan_import`` (read
+and check) and ``write_import`` (stream and save) are separate so ``gguf_to_mcore`` reuses them.
+docs/convert.md "hf-to-mcore".
 """
 
 import json

@@ -2,30 +2,14 @@
 loads (``LlamaForCausalLM``; ``Qwen2ForCausalLM`` for a model with QKV bias, ``Qwen3ForCausalLM``
 for one with q/k norms).
 
-The checkpoint is read one transformer layer at a time (``dist_stream.GroupLoader``;
-``dist_checkpointing`` reassembles any TP/PP layout it was saved under); each HF tensor is
-computed from the loaded layer when its turn comes (``tensor_map.hf_producers``) and appended to
-the current shard (``safetensors_io.write_shards``), so the export holds about one layer. Padding rows of the vocabulary are dropped; ``[MASK]`` stays
-(its row is part of the model).
-
-Written next to the weights:
-
-* ``config.json``: the HF architecture, plus a ``"diffusion"`` block recording that these are
-  the weights of a diffusion LM (attention mode, block size, mask token id, logit shift, ...);
-  for a model converted from HF the original config is the base, so fields we do not model
-  survive, and ``bos/eos/pad_token_id`` stay the source's (``generation.export_token_ids``);
-  a block-mode export also has ``auto_map``, so that
-  ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` gives the architecture's
-  class from ``block_diffusion.py``, with ``diffusion_generate``;
-* ``generation_config.json`` (``eos_token_id``: every stop id of ``meta.json`` ``generation``),
-  ``tokenizer.json``, ``tokenizer_config.json`` (a converted model's ``eos_token``/``pad_token``
-  are the source's) and ``chat_template.jinja`` (the chat template, when the source model had
-  one; see ``convert.generation``);
-* ``megatron_diffusion.json``: the checkpoint's ``meta.json`` (full run config), which
-  ``hf_export.load_hf_export`` and ``hf-to-mcore`` use to rebuild the exact model;
-* ``README.md``: a model card saying how (not) to sample from it;
-* ``block_diffusion.py`` (block-mode models): ``hf_block_diffusion``, which runs the export with
-  ``transformers`` alone (masks, readout, commit rule of our sampler, without the KV cache).
+The checkpoint is read one transformer layer at a time (``dist_stream.GroupLoader``, any TP/PP
+layout); each HF tensor is computed from the loaded layer when its turn comes
+(``tensor_map.hf_producers``) and appended to the current shard, so the export holds about one
+layer. Next to the weights go ``config.json`` (with a ``"diffusion"`` block, and ``auto_map`` for
+block-mode models), ``generation_config.json``, the tokenizer files and chat template,
+``megatron_diffusion.json`` (the full ``meta.json``, so export + import is exact), a model card
+and, for block-mode models, ``block_diffusion.py`` (``hf_block_diffusion``). docs/convert.md
+"mcore-to-hf" lists each file.
 """
 
 import json

@@ -1,37 +1,14 @@
 """HF tensor names <-> megatron's *full* state dict (``model/weights.py``), per tensor.
 
-Shapes (``h`` hidden, ``nq`` query heads, ``ng`` key/value groups, ``r = nq/ng``, ``d`` head
-width, ``f`` SwiGLU width, ``V`` real vocabulary, ``P`` padded vocabulary)::
+The name table and the fused layouts are in docs/convert.md "Tensor mapping": QKV fused per query
+group (``[q_g0 .. q_g(r-1), k_g, v_g]`` for each key/value group, so TP splits whole groups;
+Qwen2's biases the same way), SwiGLU ``linear_fc1 = [gate; up]``, Qwen3's q/k norms copied as
+they are (their head width ``d`` need not be ``h / nq``), vocabulary rows past the HF embedding
+initialised on import (``new_row_init``) and megatron's padding rows dropped on export.
 
-    HF                                         megatron (full, layout-independent)
-    model.embed_tokens.weight        [V, h]    embedding.word_embeddings.weight     [P, h]
-    layers.i.input_layernorm         [h]       decoder.layers.i.input_layernorm     [h]
-    layers.i.self_attn.q_proj        [nq*d, h] \\
-    layers.i.self_attn.k_proj        [ng*d, h]  > ...self_attention.linear_qkv      [ng*(r+2)*d, h]
-    layers.i.self_attn.v_proj        [ng*d, h] /
-    layers.i.self_attn.q_norm        [d]       ...self_attention.q_layernorm        [d]
-    layers.i.self_attn.k_norm        [d]       ...self_attention.k_layernorm        [d]
-    layers.i.self_attn.o_proj        [h, nq*d] ...self_attention.linear_proj        [h, nq*d]
-    layers.i.post_attention_layernorm [h]      ...pre_mlp_layernorm                 [h]
-    layers.i.mlp.gate_proj, up_proj  [f, h]    ...mlp.linear_fc1                    [2f, h]
-    layers.i.mlp.down_proj           [h, f]    ...mlp.linear_fc2                    [h, f]
-    model.norm.weight                [h]       decoder.final_layernorm.weight       [h]
-    lm_head.weight (untied only)     [V, h]    output_layer.weight                  [P, h]
-
-* **QKV** is fused *per query group*: for each group ``g`` the ``r`` query heads of the group,
-  then its key head, then its value head (``[q_g0 .. q_g(r-1), k_g, v_g]`` x ``ng``). This is
-  what lets megatron split the fused weight over tensor-parallel ranks by whole groups. HF's
-  GQA (``repeat_kv``) pairs query head ``j`` with key/value head ``j // r``, the same grouping.
-  Qwen2's q/k/v biases fuse the same way.
-* **q/k norms** (Qwen3 only): one RMSNorm weight of the head width, shared by every query (key)
-  head, applied per head before RoPE in both implementations; copied as is (megatron replicates
-  it on every tensor-parallel rank). ``d`` need not be ``h / nq`` (Qwen3-0.6B: 128 vs 64).
-* **SwiGLU** ``linear_fc1`` is ``[gate; up]``.
-* **Vocabulary** rows beyond the HF embedding (an added ``[MASK]``) are initialised on import
-  (``new_row_init``); rows from ``V`` up to ``P`` are megatron's padding (zeros, ``-inf``
-  logits) and are dropped on export.
-
-Everything here is plain torch on whole tensors, so it is unit-tested without megatron.
+Shapes: ``h`` hidden, ``nq`` query heads, ``ng`` key/value groups, ``r = nq/ng``, ``d`` head
+width, ``f`` SwiGLU width, ``V`` real vocabulary, ``P`` padded vocabulary. Everything here is
+plain torch on whole tensors, so it is unit-tested without megatron.
 """
 
 from collections.abc import Callable

@@ -1,29 +1,14 @@
 """The corruption front: clean packed rows in, a ``DiffusionBatch`` out (docs/method.md 1-5).
 
 ``Corruptor.corrupt`` runs in the data loader, on CPU, with an explicit ``torch.Generator``:
-
-1. levels: ``t`` per row (mode 'single') or per block (mode 'block'); ``U(t_min, 1)``, or
-   ``U(0, u_max(step))`` during the corruption warmup (``mask.py``);
-2. edit stage only (the last ``edit_stage_fraction`` of training): edit ``x0`` (``edit.py``)
-   with a budget ``k_t = stochastic_round(eps * mean u(t) * n)`` capped at ``floor(eps * n)``,
-   realigned inside ``edit_window`` (single); or block by block, each block's edit keeping its
-   length, with ``k_b = stochastic_round(eps * u(t_b) * n_b)`` from its own level (block);
-3. masking on top: rate ``u(t)`` (single) or ``u_blk(t_b) = min(1, max(u(t_b), 1/B))`` with a
-   one-token fallback per block (``block.py``); with ``block_warmup='cap'`` the warmup drops the
-   1/B floor (rate ``u(t_b) <= u_max``), the fallback kept;
-4. weights: mask stage -- masked tokens weigh ``u'(t)/u(t)`` (``u'(t_b)/u_blk`` in block mode),
-   others 0; edit stage -- every non-prompt token of an edited row (a share
-   ``edit_row_fraction`` of the rows, default all) carries loss: masked ones ``w(t)``, visible
-   ones 1 (Seed Diffusion eq. 5/6: the edit term has weight 1); unedited rows as in the mask
-   stage; during warmup or with weighting 'none' ``w = 1``. Prompt tokens (``prompt_mask_BL``)
-   are never masked or edited and weigh 0.
-5. trajectory rows (block mode; ``step_map_BL`` from ``data.trajectories``, a share
-   ``trajectory_fraction`` of the rows that have one): Seed Diffusion eq. 9. Per searched block a
-   step ``s ~ U{0 .. S-1}`` of its reveal order; the positions revealed at ``s`` or later are
-   masked (the state ``x_s`` of the trajectory), with weight ``1/g_s`` (``g_s`` the block's
-   masked share; ``trajectory_weighting='uniform'``: 1) in place of steps 1 and 3-4's levels,
-   masks and weights; step 2's edit augmentation ``f`` applies as for any row. Context positions
-   (``step_map = -1``) are clean and weigh 0 like a prompt. ``t_BN`` reports ``g_s``.
+(1) levels ``t`` per row (mode 'single') or per block (mode 'block'), capped during the
+corruption warmup (``mask.py``); (2) in the edit stage, edits of ``x0`` within a budget
+(``edit.py``; Seed Diffusion 3.1); (3) masking at ``u(t)``, or the block-wise clipped rate
+``min(1, max(u(t_b), 1/B))`` with a one-token fallback (``block.py``); (4) ELBO weights
+``u'(t)/u(t)`` on masked tokens, and weight 1 on the visible tokens of an edited row (Seed
+Diffusion eq. 5/6); (5) trajectory rows (Seed Diffusion eq. 9): a step of the block's searched
+reveal order replaces (1) and (3)-(4). Prompt tokens are never masked or edited and weigh 0.
+docs/corruption.md has every rule, its config field and the departures from the papers.
 
 Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
 ``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN

@@ -1,39 +1,15 @@
 """Edit-based corruption (docs/method.md 5, Seed Diffusion 3.1): deletions, insertions, substitutions.
 
 Given a budget of ``k`` edit operations per budget group (the row in single mode, each diffusion
-block in block mode), the row ``x0`` (length ``L``) becomes a row ``y`` of the same length ``L``
-with Levenshtein distance ``d(x0, y) <= num_edits <= sum k`` (and ``<= k`` per group).
-
-Algorithm (all rows at once; no loop over tokens or ops):
-
-1. Segments. Prompt tokens and document boundaries must not move, so the row is cut into
-   segments: maximal runs of editable (non-prompt) tokens of one document; every prompt token is
-   a segment of its own. Segments also start at every budget group (block) start and, with
-   ``window = W > 0``, every ``W`` columns. Length-changing edits shift tokens only inside their
-   segment: in block mode no token crosses a block boundary (block ``b``'s noisy stream never
-   holds a token of block ``b + 1``), and a deletion shifts at most ``W - 1`` tokens.
-2. Ops. Each group's editable positions are put in a uniformly random order (one argsort of
-   group id + random key); its first ``k`` are its op slots. Op ``j`` is a deletion of, an
-   insertion of a random token before, or a substitution (by a random token different from the
-   original) of its position, with the configured probabilities; a group whose budget is 1 only
-   substitutes (a length-changing op costs 2, see 3).
-3. Realignment: pad or trim at the end of each segment. After its ops a segment whose length
-   grew by ``n`` drops its last ``n`` tokens (``n`` deletions at its end); one that shrank by
-   ``n`` is filled with ``n`` random tokens at its end (``n`` insertions). The target stays
-   ``x0`` position by position. Realignment ops count against the budget: op ``j`` costs
-   ``1 + |net_s after j| - |net_s before j|`` (``net_s`` the running length change of its
-   segment), i.e. 0, 1 or 2, and each group applies the longest prefix of its ops whose total
-   cost is ``<= k``. ``num_edits`` = that cost summed over the row's groups = primary ops +
-   realignment ops, an upper bound of the distance.
-4. Emission. Kept token ``i`` lands at ``segment start + (tokens emitted before it in its
-   segment)``; an inserted token before ``i`` lands just before it; anything past the segment's
-   end is dropped; unfilled slots at the segment's end take random tokens. Two scatters.
-
-The distance is below ``num_edits`` only when ops happen to cancel (a deletion next to an
-insertion acts as one substitution; a trimmed token that was itself inserted), which is rare for
-``k << L``; tests check it with rapidfuzz. Position-wise realignment makes the Hamming distance
-to ``x0`` larger than the Levenshtein distance (every shifted token differs); the segment
-bounds keep that ratio small (docs/corruption.md, "Edit stage").
+block in block mode), the row ``x0`` of length ``L`` becomes a row of the same length with
+Levenshtein distance ``<= num_edits <= sum k``. All rows at once, no loop over tokens or ops:
+(1) the row is cut into segments that length-changing edits cannot cross (runs of non-prompt
+tokens of one document, cut at every block start and every ``edit_window`` columns); (2) each
+group's first ``k`` positions of a random order are its op slots, each a deletion, insertion or
+substitution; (3) each segment is realigned by trimming or padding its end, and those realignment
+ops count against the budget (an op costs 0, 1 or 2; each group keeps the longest prefix of ops
+within ``k``); (4) two scatters emit the tokens. docs/corruption.md "Edit stage" has the rules
+and the measured Hamming/Levenshtein ratio.
 
 Shapes: ``B`` rows, ``L`` tokens, ``N`` budget groups, ``K = L`` op slots (slot order).
 """

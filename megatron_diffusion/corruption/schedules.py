@@ -1,28 +1,13 @@
 """Noise schedules: the mask probability ``u(t)``, its derivative and the ELBO weight.
 
 A schedule maps the corruption level ``t`` in ``[0, 1]`` to ``u(t)``, the probability that a
-token is replaced by ``[MASK]`` (docs/method.md 1). Every schedule here has ``u(0) = 0`` and
-``u(1) ~= 1``. The continuous-time ELBO weights each masked token's cross-entropy by
-
-    w(t) = u'(t) / u(t)            (Stable-DiffCoder eq. 4; with a(t) = 1 - u(t): -a'(t)/(1 - a(t)))
-
-* ``linear``:     u(t) = t,                      u'(t) = 1,                  w(t) = 1/t
-* ``cosine`` = ``cosine-bd3lms``: u(t) = 1 - cos(pi t / 2), u'(t) = (pi/2) sin(pi t/2),
-  w(t) = (pi/2) sin / (1 - cos) = (pi/2) cot(pi t / 4) ~ 2/t near 0 (bd3lms ``CosineNoise``'s
-  mask probability)
-* ``cosine-dllm``: u(t) = sin(pi t / 2), u'(t) = (pi/2) cos(pi t/2),
-  w(t) = (pi/2) cot(pi t / 2) ~ 1/t near 0 (dllm ``CosineAlphaScheduler``:
-  alpha(t) = 1 - cos(pi (1 - t) / 2) = 1 - sin(pi t / 2))
-* ``log-linear``: u(t) = (1 - 1e-3) t,           u'(t) = 1 - 1e-3,           w(t) = 1/t
-  (MDLM / bd3lms ``LogLinearNoise``: total noise sigma(t) = -log(1 - (1 - 1e-3) t), mask
-  probability 1 - exp(-sigma(t)); the 1e-3 keeps sigma finite at t = 1, so u(1) = 0.999.)
-
-``w(t)`` diverges at ``t = 0``; callers keep ``t >= t_min`` (``CorruptionConfig.t_min``).
-
-The corruption warmup caps ``t`` at ``t_cap(u_max)``, the largest ``t`` with ``u(t) <= u_max``
-when ``u(t) > t`` somewhere (``cosine-dllm``: ``(2/pi) asin(u_max)``), and at ``u_max`` itself
-for the schedules with ``u(t) <= t`` (linear, cosine-bd3lms, log-linear), so the warmup's cap is
-always a cap on the mask rate.
+token is replaced by ``[MASK]`` (docs/method.md 1), with ``u(0) = 0`` and ``u(1) ~= 1``. The
+continuous-time ELBO weights each masked token's cross-entropy by ``w(t) = u'(t) / u(t)``
+(Stable-DiffCoder eq. 4), which diverges at ``t = 0``: callers keep ``t >= t_min``. The
+schedules (``linear``, ``cosine`` = ``cosine-bd3lms``, ``cosine-dllm``, ``log-linear``), their
+formulas and where each comes from are in docs/corruption.md "Schedules". The corruption
+warmup's ``t_cap(u_max)`` is the largest ``t`` with ``u(t) <= u_max``, so its cap is always a
+cap on the mask rate.
 """
 
 import math

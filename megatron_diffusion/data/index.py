@@ -1,41 +1,16 @@
 """Packing plans and blend indices: numpy arrays built once, cached on disk, memory-mapped.
 
-Packing (docs/method.md 4). For one store, split and *store epoch* ``e`` the plan is
-
-* ``docs.npy``  (int32/int64 ``[n]``): the split's document ids in a shuffled order
-  (``default_rng([seed, e])``);
-* ``cum.npy``   (int64 ``[n + 1]``): cumulative *effective* lengths of those documents, the
-  effective length being the stored length (tokens + 1 EOS) plus, in SFT mode, ``k - 1`` extra
-  EOS with ``k`` uniform in ``[sft_min_eos, sft_max_eos]`` from ``hashing.randint(seed, e, doc)``;
-* ``rows.npy``  (int64 ``[num_rows]``): a shuffled order of the ``cum[-1] // seq_len`` rows.
-
-The documents laid end to end form one token stream; row ``r`` of the epoch is stream positions
-``[rows[r] * L, (rows[r] + 1) * L)``: documents longer than a row continue in the next stream
-row, and the tail shorter than ``L`` is dropped. Finding the documents of a row is a binary
-search in ``cum`` (~30 page touches), so no per-row table is needed.
-
-Blending (``BlendIndex``, Megatron's ``BlendedDataset``). With normalised weights ``w_i`` and
-``R_i`` rows in epoch 0 of store ``i``, a blended epoch has ``N = floor(min_i R_i / w_i)`` rows,
-``c_i`` (largest remainder of ``w_i N``) of them from store ``i``. The order interleaves stores by
-the ideal time ``(k + 1/2) / c_i`` of each store's ``k``-th row, which keeps every prefix within
-one row of the weights (as Megatron's greedy blending does) and is built with one argsort.
-Store ``i``'s rows continue across blended epochs (epoch ``E`` uses its rows ``E c_i + k``), so
-a small high-weight store repeats while a large one is still being read for the first time.
-
-Sizes: ``docs`` 4-8 B and ``cum`` 8 B per document, ``rows`` 8 B per row, the blend 9 B per row;
-the per-document arrays of the store (``doc_offsets`` etc.) are cached as ``.npy`` too. Files are
-written to a temp name and renamed, so ranks racing to build the same plan are safe.
-
-A "store" here is a zarr ``TokenStore`` or a Megatron ``.bin``/``.idx`` dataset
-(``indexed.IndexedTokenSource``): both give ``store_id``, the per-document arrays and token
-ranges, and check the EOS that ends each document a row reads.
-
-Where (``cache_root``): ``data.index_cache_dir`` if set, else ``NAME.zarr.index/`` (``PREFIX.index/``
-for a ``.bin``/``.idx`` prefix) beside the store. A store whose directory this user cannot write (a read-only shared dataset, another
-user's files) gets its index in the per-user cache instead, ``$XDG_CACHE_HOME`` (default
-``~/.cache``) ``/megatron-diffusion/index/NAME.zarr-<hash of the store's absolute path>/``, said
-once per process on stderr. Below either, the store's id (a fresh uuid per ``preprocess``) keys
-the files, so a re-ingested store, or another store of the same name, never reads stale ones.
+Packing (docs/method.md 4): for one store, split and store epoch, ``docs.npy`` is a shuffled order
+of the split's documents, ``cum.npy`` their cumulative effective lengths (with the extra SFT EOS)
+and ``rows.npy`` a shuffled order of the rows. The documents laid end to end form one token
+stream and row ``r`` is its slice ``[rows[r] L, (rows[r] + 1) L)``; a row's documents are found by
+binary search in ``cum``. Blending (``BlendIndex``, Megatron's ``BlendedDataset``): a blended
+epoch has ``floor(min_i R_i / w_i)`` rows, interleaved by each store's ideal time so every prefix
+is within one row of the weights; a store's rows continue across blended epochs. A "store" is a
+zarr ``TokenStore`` or a Megatron ``.bin``/``.idx`` dataset (``indexed.IndexedTokenSource``).
+Files are written to a temp name and renamed (ranks may race), beside the store or, where this
+user cannot write, in the per-user cache, keyed by the store's id. docs/data.md "Index cache" has
+the layout, the sizes and the cache's location.
 """
 
 import errno

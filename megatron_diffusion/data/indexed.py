@@ -1,44 +1,16 @@
 """Megatron-LM indexed datasets (``PREFIX.bin`` + ``PREFIX.idx``) as a token source.
 
-Users who preprocessed a corpus for Megatron-LM (``tools/preprocess_data.py``, or
-``IndexedDatasetBuilder`` directly) name the prefix in ``data.blend`` beside zarr stores. The
-files are read through megatron-core's own ``IndexedDataset`` (memory-mapped; no reader of ours):
-
-* ``.idx``: a header (dtype of the tokens, counts), then int32 ``sequence_lengths``, int64
-  ``sequence_pointers`` (byte offsets into the ``.bin``, cumulative: the writer lays sequences end
-  to end) and int64 ``document_indices`` (document ``d`` is sequences ``[di[d], di[d+1])``);
-* ``.bin``: every sequence's tokens, concatenated, in the ``.idx``'s dtype (uint16 below 65,500
-  ids, else int32).
-
-One of our documents is one Megatron document (all its sequences: the sentences of a
-``--split-sentences`` run are one document). Because the ``.bin`` is one contiguous array, token
-range ``[a, b)`` is ``IndexedDataset.get(0, offset=a, length=b - a)``, and ``doc_offsets`` (the
-per-document array the packing plan needs) is the pointer of each document's first sequence.
-The per-document arrays are computed from the memory-mapped ``.idx`` once, chunk by chunk, into
-the index cache (as for a zarr store), so packing, blending, sharding and resume are the zarr
-store's code.
-
-* **SFT**: a document written as two sequences, prompt then response (``add_item(prompt);
-  add_item(response + [eos]); end_document()``), is an SFT sample whose prompt is its first
-  sequence. ``data.mode=sft`` needs every document to have exactly two sequences.
-* **Split**: the format has none. ``validation_fraction`` (``data.indexed_validation_fraction``)
-  of the documents are held out as ``preprocess`` holds them out (``writer.split_codes``, with
-  ``preprocess``'s default seed); empty documents (Megatron writes one for an empty text) are in
-  no split. The fraction is part of the dataset's id, so the cached indices follow it.
-* **Tokenizer**: the files record none. ``data.tokenizer`` names it; it gives the vocabulary,
-  the EOS/[MASK]/pad ids and the hash the run records and checks against zarr stores and
-  checkpoints. What the format allows to check, and is checked: the token dtype can hold the
-  vocabulary; every id read is inside it and is not [MASK]; every document ends with the
-  tokenizer's EOS (``--append-eod``): the first and last documents at open, every document
-  whose end a row reads. What cannot be checked: that the ids mean the same tokens (another
-  tokenizer of the same size and EOS id passes), and the bytes themselves (the format has no
-  checksums; a flipped bit that stays a valid id is not seen).
-
-Opening refuses, in one line naming the file: a missing ``.bin``/``.idx``, an ``.idx`` that is
-not one (header, truncation, a non-integer dtype), a ``.bin`` whose size is not what the
-``.idx`` describes (truncated, or an ``.idx`` of another dtype or dataset). The ``.bin``'s size is
-stat'ed again before every read, as a zarr store's chunk files are (a file truncated under a
-running job would otherwise be a SIGBUS in a loader worker).
+Users who preprocessed a corpus for Megatron-LM name the prefix in ``data.blend`` beside zarr
+stores. The files are read through megatron-core's own ``IndexedDataset`` (memory-mapped; no
+reader of ours). One of our documents is one Megatron document (all its sequences); the
+per-document arrays the packing plan needs are computed from the ``.idx`` once into the index
+cache, so packing, blending, sharding and resume are the zarr store's code. A document of two
+sequences is an SFT sample (prompt, response); the validation split is drawn as ``preprocess``
+draws it (``data.indexed_validation_fraction``); ``data.tokenizer`` names the tokenizer the files
+do not record. Opening refuses a missing, malformed or mis-sized file in one line, and the
+``.bin``'s size is checked again before every read (a file truncated under a running job would
+otherwise be a SIGBUS in a loader worker). docs/data.md "Megatron-LM indexed datasets" has the
+format, what is checked and what cannot be.
 """
 
 import hashlib

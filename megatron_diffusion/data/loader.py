@@ -1,39 +1,19 @@
 """The resumable data-parallel loader: blended packed rows, corrupted in the worker processes.
 
-Sample numbering follows Megatron's ``MegatronPretrainingSampler``. Global samples ``g = 0, 1,
-...`` run over all blended epochs (``index.BlendIndex``); micro-batch ``m`` of DP rank ``r`` holds
-``g = m * mbs * dp + r * mbs + [0, mbs)``, so DP shards are disjoint and together cover every
-sample, and the optimizer step of a sample is ``g // global_batch_size`` with no communication
-(warm-up and curriculum stay exact across resume). State is one global ``consumed_samples``
-counter (plus the blend/seed it refers to), advanced when a micro-batch is handed out, not when
-a worker prefetches it.
-
-Each row is built and corrupted by ``__getitem__(g)`` in a worker, with a ``torch.Generator``
-seeded from ``(seed, epoch, g)``: the stream is the same for any ``num_workers`` and after a
-resume. The corruption callable is ``megatron_diffusion.corruption.corruptor``'s ``corrupt``:
+Sample numbering follows Megatron's ``MegatronPretrainingSampler``: micro-batch ``m`` of DP rank
+``r`` holds global samples ``g = m * mbs * dp + r * mbs + [0, mbs)``, so shards are disjoint and
+the step of a sample is ``g // global_batch_size`` with no communication. The state is one global
+``consumed_samples`` counter (and the blend it refers to). Each row is built and corrupted in a
+worker with a ``torch.Generator`` seeded from ``(seed, epoch, g)``, so the stream is the same for
+any ``num_workers`` and after a resume. The corruption callable is
+``corruption.corruptor``'s ``corrupt``::
 
     corrupt_fn(tokens_BL, document_ids_BL, *, step, generator, prompt_mask_BL=None) -> DiffusionBatch
 
-called with ``B = 1`` per sample and collated with ``DiffusionBatch.collate``. Without one the
-loader yields ``PackedRows``. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
-
-With ``data.trajectories`` the rows are those of a ``distill-trajectories`` directory
-(``data.trajectories.TrajectoryRows``, a seeded shuffle per epoch) and ``corrupt_fn`` also gets
-their reveal orders, ``step_map_BL=`` (the trajectory objective, ``corruption.corruptor``).
-
-Worker processes ignore SIGTERM and SIGUSR2 (the preemption signals, ``parallel/preemption``):
-``scancel``, a SLURM preemption and torchrun's shutdown signal every process of a rank, and a
-worker dying of the default action would crash the trainer before it reaches the step boundary
-where it saves. The signals are blocked while the workers start, so none falls into the window
-before a worker has installed its ``SIG_IGN``; a worker still ends with its parent (torch's
-watchdog) and when the loader shuts it down.
-
-A worker that dies (the out-of-memory killer's SIGKILL, a crash) is reported at the loader's next
-micro-batch, never in the middle of whatever the main thread does: torch's SIGCHLD handler would
-raise its ``RuntimeError`` anywhere (in a forward, an optimizer step, a checkpoint save), so the
-loader wraps it to stay silent about dead workers, checks its workers before it asks them for each
-micro-batch, and raises ``LoaderWorkerDied``: one line naming the worker, how it died and the
-likely cause. Micro-batches handed out before stay valid; a trainer stops at the step boundary.
+called with ``B = 1`` per sample (and ``step_map_BL=`` for trajectory rows); without one the
+loader yields ``PackedRows``. Workers ignore the preemption signals, and a worker that dies is
+reported at the next micro-batch as ``LoaderWorkerDied``, never mid-step (docs/reliability.md).
+docs/data.md "The loader" has the rest. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
 """
 
 import atexit

@@ -1,26 +1,13 @@
 """The trajectory store: data rows with the reveal order chosen for each searched block.
 
 A zarr v3 group per data-parallel rank (``DIR/rank00000-of-00002.zarr``), one chunk per row so a
-row is written whole and rows can be written in any order:
-
-* ``tokens``, ``document_ids`` ``[rows, L]`` int32: the packed data row (the search never
-  changes a token);
-* ``step_map`` ``[rows, L]`` int16: for a searched position the step of its block's selected
-  order at which it is revealed (0 = first), ``-1`` on context positions;
-* ``elbo_selected`` / ``elbo_search`` / ``elbo_left_to_right`` / ``elbo_random`` / ``elbo_exact``
-  ``[rows, N]`` float32: per searched block the ELBO of the selected order, of the best sampled
-  candidate or left to right (the search without the exact order), of left to right, of one
-  uniformly random order, and of the exact best order (NaN without ``--exact``);
-* ``choice`` ``[rows, N]`` int8: which candidate (``attrs["candidates"]``) was selected;
-* ``done`` ``[rows]`` bool, written last for a row: a killed run resumes at the rows not done.
-
-``attrs`` hold the format, the settings (a resume with other settings is refused) and the
-candidates' labels. The reader is ``data.trajectories`` (the loader's stage).
-
-The group is created whole or not at all (``fileio.atomic_dir``: a half-created group could
-never be resumed, it has no settings), and a full or read-only disk is one line naming the
-store, at its creation or at a row's write (zarr writes each chunk file by rename, and
-``done`` last, so the rows done so far stay whole and a re-run resumes at the others).
+row is written whole and in any order: the packed row's ``tokens`` and ``document_ids``, the
+``step_map`` of each searched block's selected order (``-1`` on context positions), the ELBO of
+the selected order and of the comparison orders, which candidate was chosen, and ``done``,
+written last, so a killed run resumes at the rows not done. ``attrs`` hold the format, the
+settings (a resume with other settings is refused) and the candidates' labels. The group is
+created whole or not at all (``fileio.atomic_dir``); a full or read-only disk is one line. The
+reader is ``data.trajectories``. docs/distillation.md "distill-trajectories" lists the arrays.
 """
 
 from pathlib import Path

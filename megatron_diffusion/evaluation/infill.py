@@ -1,26 +1,13 @@
 """Infill metrics for models too small for pass@k: masked-token accuracy and the ELBO.
 
-* **Infill accuracy at mask rate r**: every eligible token of a held-out row is masked with
-  probability ``r`` (in block mode: within each block, with at least one masked token per block,
-  the clean copy of earlier blocks visible, exactly the training-time block forward); reported:
-  argmax accuracy and mean cross entropy at the masked positions.
-* **ELBO** (bits per token): the training objective with its own corruption (the checkpoint's
-  schedule, ``w(t)``, block clipping) averaged over several draws per row: an upper bound on the
-  model's negative log-likelihood.
-* **AR mode**, side by side, where the checkpoint has one (``has_ar_readout``: causal, AR
-  objective, or logit shift): next-token NLL and accuracy of the clean row under a causal mask,
-  read shifted. No-shift block and bidirectional checkpoints have no AR readout (their output
-  ``i`` predicts token ``i``), which the report says.
-* **Readout**: a ``model.logit_shift`` checkpoint (converted AR models, shifted block CPT) is
-  scored as it was trained, output ``i - 1`` predicting token ``i`` (``loss_kwargs_for``); a
-  causal logit-shift checkpoint gets the masked-token metrics too (masked row, causal mask).
-
-``masked_metrics`` and ``next_token_metrics`` are shared with ``eval quality`` (quality.py).
-
-Used by ``megatron-diffusion eval infill``. The corruptions come from ``corruption/``
-(``fixed_rate.FixedRateMasking``, ``factory``'s ELBO process and clean batcher), which the
-trainer's periodic ``training.infill_eval_interval`` (``training/validation.py``) uses too: same
-batches, same metrics, logged as ``infill_acc@r``.
+Infill accuracy and cross entropy at fixed mask rates (in block mode, the training-time block
+forward), the ELBO in bits per token (the training objective with its own corruption: an upper
+bound on the NLL), and, where the checkpoint has an AR readout (``has_ar_readout``), next-token
+NLL and accuracy of the clean row, read shifted. A ``model.logit_shift`` checkpoint is scored as
+it was trained (``loss_kwargs_for``). ``masked_metrics`` and ``next_token_metrics`` are shared with
+``eval quality``; the corruptions come from ``corruption/``, as for the trainer's periodic infill
+evaluation. Used by ``megatron-diffusion eval infill``; docs/evaluation.md "Infilling" defines
+each figure.
 """
 
 import json

@@ -1,27 +1,18 @@
 """Log-likelihood of a continuation after a context: what lm-evaluation-harness's
 ``loglikelihood`` asks of a model (``lm_eval_model``), for every kind of checkpoint.
 
-* **Exact, for checkpoints with an AR readout** (``infill.has_ar_readout``: causal, AR-objective
-  or logit-shift models, converted AR checkpoints and self-speculative CPTs included):
-  ``log p(y | x) = sum_j log p(y_j | x, y_<j)``, read from output ``i - 1`` of the clean
-  sequence ``x y`` under a causal mask (the readout of ``line_completion.reference_nll`` and of
-  the AR baseline decode). ``is_greedy``: every ``y_j`` is the argmax of its position.
-* **A lower bound, for diffusion checkpoints** (block mode without logit shift, bidirectional):
-  such a model has no exact likelihood, only the masked-diffusion ELBO (docs/method.md 2;
-  MDLM/LLaDA). With each continuation token masked independently with probability ``t`` and the
-  context never masked,
+* **Exact, for checkpoints with an AR readout** (``infill.has_ar_readout``):
+  ``log p(y | x) = sum_j log p(y_j | x, y_<j)``, read from output ``i - 1`` of the clean sequence
+  under a causal mask. ``is_greedy``: every ``y_j`` is the argmax of its position.
+* **A lower bound, for diffusion checkpoints** (docs/method.md 2; MDLM/LLaDA): with each
+  continuation token masked with probability ``t``, the context never masked,
 
-      log p(y | x) >= E_{t ~ U(0,1)} [ (1/t) sum_{j masked} log p_theta(y_j | x, y_t) ].
+      log p(y | x) >= E_{t ~ U(0,1)} [ (1/t) sum_{j masked} log p_theta(y_j | x, y_t) ],
 
-  ``elbo_loglikelihood`` estimates it with LLaDA's lower-variance form (Nie et al. 2025, eq. 6 /
-  its lm-eval adapter): draw ``k ~ U{1..n}`` of the ``n`` continuation tokens, mask ``k`` of them
-  uniformly, weight ``n / k``. Its expectation is the bound above: given ``t`` the number masked
-  is Binomial(n, t) and ``int_0^1 C(n,k) t^(k-1) (1-t)^(n-k) dt = 1/k``. The mean of
-  ``num_draws`` draws is reported; it is a bound plus Monte Carlo noise, never the likelihood
-  (for ``n = 1`` it is exact: one masked token, one forward). In block mode the row is laid out
-  as in training (``x_t (+) x0``, blocks counted from the first context token, earlier blocks
-  seen clean), so the bound is the sum of each block's bound given the clean blocks before it.
-  ``is_greedy`` is not defined for a bound and is reported False.
+  estimated with LLaDA's lower-variance form (Nie et al. 2025, eq. 6): ``k ~ U{1..n}`` tokens
+  masked, weight ``n / k``, averaged over ``num_draws``. A bound plus Monte Carlo noise, never the
+  likelihood; ``is_greedy`` is reported False. docs/evaluation.md "lm-evaluation-harness" says
+  why the two expectations agree and what the bound means for task metrics.
 
 ``L`` is the row length (context + continuation), ``D`` the Monte Carlo draws of one forward.
 """

@@ -1,45 +1,15 @@
 """Line-level code completion on held-out files (CodeXGLUE's line-level task, Lu et al. 2021,
 "CodeXGLUE", section 3.3: exact match and edit similarity of the next line).
 
-**Prompts** (``pick_lines``). From each held-out file, lines chosen with a seeded RNG among the
-*eligible* ones: not blank, not a comment-only line (``#`` after indentation), and with at least
-``MIN_CONTEXT_TOKENS`` tokens of text before them. The prompt is the last ``context_tokens``
-tokens of the file's text before the line, ending right after the previous line's newline; the
-true line is the line's text without its newline. ``num_lines`` is split as evenly as possible
-over the files in the order given (the first ``num_lines % files`` files take one more); within
-a file the eligible lines are shuffled by ``random.Random(seed)`` (one generator for all files,
-in order) and the first ones taken, then sorted by line number.
-
-The prompt is cut from the *file's own tokenization*, at the token boundary after that newline:
-byte-level BPE merges a newline with the next line's indentation (SmolLM2: ``"\n       "`` then
-``" if"``), so the prompt's last token may carry some of the line's leading whitespace
-(``LinePrompt.line_prefix``, prepended to the generated text; a line whose first token would
-carry more than whitespace is not eligible). Encoding the text before the line on its own would
-end the prompt with a lone ``"\n"`` token, a sequence the model never saw after code: SmolLM2-135M
-then predicts a blank line (an empty completion) for most lines.
-
-**Decoding** is cut at the first newline: every vocabulary id whose text contains ``"\\n"``
-(``newline_token_ids``) is a stop token, with the checkpoint's own stops, so no decode spends
-forwards past the line. A completion's line (``completion_line``) is its decoded text without a
-checkpoint stop token, cut before the first ``"\\n"``.
-
-**Per-prompt figures** (means over prompts in the report):
-
-* ``exact_match``: the generated line equals the true one after ``str.strip()``;
-  ``exact_match_ws``: equal after collapsing every whitespace run to one space (indentation and
-  spacing differences forgiven);
-* ``edit_similarity``: ``1 - levenshtein(a, b) / max(len(a), len(b))`` of the stripped lines
-  (CodeXGLUE's ``fuzz.ratio``-style figure; 1 for two empty lines), a plain-Python Levenshtein
-  (lines are short; no runtime dependency);
-* ``line_agreement`` / ``token_agreement`` with the AR decode of the same checkpoint: the same
-  line text; the fraction of the AR completion's token positions reproduced, position-wise, over
-  the AR completion's length;
-* ``distinct_tokens``: share of distinct ids in the completion (repetition: a degenerate fast
-  decode repeats a confident token);
-* ``reference_nll``: NLL (nats) of the completion's tokens as generated (through the token that
-  ends the line) given the prompt, under a reference checkpoint's AR readout (``reference_nll``:
-  clean sequence, causal mask, output ``i - 1`` read as the prediction of token ``i``, as
-  ``infill.next_token_metrics``); the report's figure is the sum over prompts / the tokens.
+``pick_lines`` chooses eligible lines of each file with a seeded RNG; the prompt is the text
+before the line, cut from the *file's own tokenization* at the token boundary after the previous
+newline (byte-level BPE merges a newline with the next line's indentation, so the prompt's last
+token may carry some of the line's leading whitespace: ``LinePrompt.line_prefix``). Decoding
+stops at the first newline (every id whose text contains one is a stop token). Per prompt:
+``exact_match`` (and ``exact_match_ws``), ``edit_similarity``, agreement with the AR decode of the
+same checkpoint, ``distinct_tokens`` and ``reference_nll`` under a reference checkpoint's AR
+readout. docs/evaluation.md "Quality report" defines each figure and says why the prompt is cut
+that way.
 """
 
 import bisect

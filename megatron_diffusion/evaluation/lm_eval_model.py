@@ -1,30 +1,17 @@
 """lm-evaluation-harness model ``megatron_diffusion``: the one place ``lm_eval`` is imported.
 
-``pip install 'megatron-diffusion[lmeval]'``, then (docs/evaluation.md)::
+``pip install 'megatron-diffusion[lmeval]'``, then::
 
     megatron-diffusion lm-eval --model megatron_diffusion \\
         --model_args checkpoint=DIR,strategy=threshold,threshold=0.9 --tasks humaneval ...
 
-``megatron-diffusion lm-eval ARGS`` is lm-eval's own command line (``lm_eval ARGS``) with this
-model registered first: lm-eval finds models only among those imported before it looks the
-name up (it has no plug-in discovery), so the plain ``lm_eval`` command does not know it. From
-Python: ``import megatron_diffusion.evaluation.lm_eval_model`` then
-``lm_eval.simple_evaluate(model="megatron_diffusion", model_args=...)``.
-
-* ``generate_until``: our samplers (``checkpoint.loading.load_sampler``), ``strategy`` one of
-  ``ar`` (the AR baseline: one token per forward, KV cache), ``fixed``, ``threshold``,
-  ``speculative`` (lossless self-speculative decoding, block-mode causal-clean-stream shift
-  models); the ``until`` strings cut the text afterwards, those that are one token also stop
-  decoding early; ``max_gen_toks`` and ``temperature`` / ``do_sample`` of the task apply.
-* ``loglikelihood`` / ``loglikelihood_rolling`` (``likelihood``): exact for checkpoints with an
-  AR readout; for diffusion checkpoints the ELBO, a lower bound estimated with ``mc_draws``
-  Monte Carlo draws (``likelihood`` module docstring).
-
-Model arguments (``--model_args k=v,...``): ``checkpoint`` (required), ``strategy``
-(default ``threshold``), ``block_size``, ``steps_per_block``, ``threshold``, ``draft_len``,
-``max_new_tokens`` (default: the task's ``max_gen_toks``), ``temperature``, ``seed``,
-``mc_draws`` (default 32). ``--batch_size N`` is the sampler's and the scoring batch. One
-process (no torchrun / tensor parallelism through lm-eval).
+``megatron-diffusion lm-eval ARGS`` is lm-eval's own command line with this model registered
+first (lm-eval has no plug-in discovery, so the plain ``lm_eval`` command does not know it).
+``generate_until`` decodes with our samplers (``strategy`` ``ar``, ``fixed``, ``threshold`` or
+``speculative``); ``loglikelihood`` / ``loglikelihood_rolling`` come from ``likelihood`` (exact
+with an AR readout, the ELBO bound for diffusion checkpoints). One process (no torchrun / tensor
+parallelism through lm-eval). docs/evaluation.md "lm-evaluation-harness" lists the model
+arguments.
 """
 
 import re

@@ -1,31 +1,12 @@
 """Quality of a checkpoint on held-out code, and its speed/quality curve: ``eval quality``.
 
-One report, on source files the model did not train on (``--heldout``), that says what parallel
-decoding costs on a real model, with bootstrap intervals that say what the sample size supports:
-
-* **Line completion** (the headline; ``line_completion``, CodeXGLUE's line-level task): seeded
-  lines of the files, the preceding text as prompt, decoding cut at the first newline. Per decode:
-  exact match, edit similarity, agreement with the AR decode of the same checkpoint, NLL of the
-  generated line under a ``--reference`` checkpoint, share of distinct tokens; and its speed:
-  tokens per forward, tokens/s, forwards.
-* **Decodes** (``decode_list``, data: a label and ``SamplerConfig`` changes over a shared base):
-  the AR baseline (one token per forward, KV cache), the block sampler with one token per step
-  (``strategy=fixed``, the careful decode and the reference of the curve), the threshold sampler
-  at each ``--thresholds`` value, and ``strategy=speculative`` at each ``--speculative`` draft
-  length where the sampler has it.
-* **Intervals** (``bootstrap``): every figure with a 95% percentile interval over prompts, all
-  decodes on the same resamples; tokens per forward and tokens/s as ratios of sums per resample.
-* **AUP** (``aup.aup``, d3LLM) of the block sampler's curve on line exact match in percent,
-  ``y_max`` the best exact match of any decode (the AR baseline's included), with its interval.
-* **Within N points** (``within_points``): a decode counts as within ``--within-points`` of the
-  one-token-per-step exact match only if the *paired* interval of ``EM - EM_one_token_per_step``
-  (in points) has its lower bound ``>= -N``: a mean inside N points on a small sample is not
-  enough. The fastest such decode (tokens per forward above the reference's) is the report's
-  claim; if there is none, the report says so instead of naming one.
-* **Next-token accuracy and NLL** of clean rows (``infill.next_token_metrics``) for checkpoints
-  with an AR readout, and **masked-token accuracy and cross entropy** at fixed mask rates
-  (``infill.masked_metrics``): what the checkpoint knows, without decoding.
-* **Continuation accuracy** (``continuation``): the earlier position-wise figure, secondary.
+One report, on source files the model did not train on, that says what parallel decoding costs on
+a real model: line completion (``line_completion``) under a list of decodes (``decode_list``: the
+AR baseline, one token per step, the threshold sampler at each threshold, self-speculative
+decoding), every figure with a bootstrap interval over prompts (``bootstrap``), the AUP of the
+curve (``aup``, d3LLM), the fastest decode whose *paired* exact-match interval stays within N
+points of one token per step (``within_points``), plus the token metrics of ``infill`` and the
+secondary ``continuation`` accuracy. docs/evaluation.md "Quality report" defines each figure.
 """
 
 import dataclasses

@@ -1,28 +1,14 @@
 """The process that runs one untrusted check; started by ``executor.py``, never imported.
 
 Run as ``python -I -S -B sandbox_child.py CONFIG_JSON`` with the program's source on stdin. It is
-a two-process pair:
-
-- the *monitor* (this process) prepares the sandbox while it still has the privileges to do so
-  (namespace mode: masks directories with private tmpfs mounts, makes ``/`` read-only), forks
-  the runner, waits for it and writes one JSON verdict to the result file descriptor that the
-  parent passed in. The monitor never runs untrusted code, so the runner cannot forge the
-  verdict by exiting with a particular status.
-- the *runner* lowers its resource limits, drops to the sandbox uid (when one is given), sets
-  ``no_new_privs`` (setuid binaries cannot raise privileges), installs the Python-level guards
-  the mode asks for, and ``exec``s the program as ``__main__``. It tells the monitor over a pipe
-  whether the program ran to its end (``P``), stopped on an ``AssertionError`` (``F``) or on any
-  other exception (``E``). Exiting early (``sys.exit``/``os._exit``) is therefore an error, not a
-  pass.
-
-Where a pid namespace is available this process is its pid 1: when it exits, the kernel kills
-every process left in the namespace (orphans, ``setsid`` escapees, fork-bomb children). Without
-one it kills its own process group on the way out.
-
-The check dies with its evaluator: the monitor holds the read end of a pipe (``alive_fd``) whose
-only write end is the evaluator's, and a thread waits on it. End of file means the evaluator is
-gone, however it ended (a SIGKILL included, which no handler sees; its wall-clock limit went
-with it): the monitor then ends the check the same way, at once.
+a two-process pair: the *monitor* (this process) prepares the sandbox while it still has the
+privileges to, forks the runner, and writes one JSON verdict to a descriptor the program cannot
+reach (it never runs untrusted code, so the verdict cannot be forged); the *runner* lowers its
+limits, drops to the sandbox uid, sets ``no_new_privs``, installs the mode's Python guards and
+``exec``s the program, telling the monitor whether it ran to its end (``P``), failed an
+assertion (``F``) or raised (``E``). As pid 1 of a pid namespace the monitor's exit kills every
+process left; without one it kills its process group. End of file on ``alive_fd`` means the
+evaluator is gone, and the monitor ends the check at once. docs/evaluation.md "The sandbox".
 
 Only the standard library is used: this file runs under the interpreter that runs the checks,
 which need not have the package installed.

@@ -1,33 +1,18 @@
 """Attention masks of the three modes, as one predicate evaluated densely or by FlexAttention.
 
 Convention: ``allowed[b, q, k]`` is True when query token ``q`` may attend key token ``k``
-(megatron's own convention is the opposite, True = masked: see ``to_megatron_mask``).
-
-Modes (docs/method.md 3-4), over a row of ``L`` clean tokens with ``document_ids_BL``:
-
-* ``causal`` (``S = L``): ``k <= q``.
-* ``bidirectional`` (``S = L``): everything.
-* ``block`` (``S = 2L``, input ``x_t (+) x0``): with ``bq``/``bk`` the diffusion block of the
-  query/key token (``layout.block_ids``; the clean copy repeats the blocks of the noisy copy):
-
-  ====================  ==================================================================
-  noisy -> noisy        ``bq == bk``: bidirectional inside the own block
-  noisy -> clean        ``bq > bk``: the clean copies of strictly earlier blocks
-  clean -> noisy        never
-  clean -> clean        ``bq >= bk`` (``block_causal``) or ``k <= q`` (``causal``)
-  ====================  ==================================================================
-
-  This is bd3lms' ``block_diff_mask`` (Arriola et al. 2025) and SDAR's ``block_attn_mask``.
-
-Packing: with ``isolated`` visibility every mode additionally requires the query and key to be in
-the same document (blocks and positions already restart per document in ``layout``); with
-``shared`` (Stable-DiffCoder) documents see each other and the mask does not depend on them.
+(megatron's own convention is the opposite, True = masked: see ``to_megatron_mask``). Modes
+(docs/method.md 3-4): ``causal`` ``k <= q``; ``bidirectional`` everything; ``block`` (input
+``x_t (+) x0``, ``S = 2L``) noisy tokens see their own block and the clean copies of strictly
+earlier blocks, clean tokens see clean ones block-causally (or causally) and never a noisy one:
+bd3lms' ``block_diff_mask`` (Arriola et al. 2025) and SDAR's ``block_attn_mask``. ``isolated``
+visibility also keeps query and key in one document; ``shared`` (Stable-DiffCoder) does not.
+docs/masks.md draws every case.
 
 One definition, two evaluations: ``make_mask_mod`` returns the FlexAttention-style predicate
-``mask_mod(b, h, q_idx, kv_idx)`` over per-token tensors (``MaskTokens``); ``attention_allowed``
-calls that same function with broadcast index grids instead of scalars, so the dense mask (SDPA,
-megatron's local attention) and the Flex ``BlockMask`` cannot drift apart. Every row allows at
-least its own diagonal, so no softmax row is empty.
+``mask_mod(b, h, q_idx, kv_idx)``, and ``attention_allowed`` calls that same function with
+broadcast index grids, so the dense mask (SDPA, megatron's local attention) and the Flex
+``BlockMask`` cannot drift apart. Every row allows its own diagonal, so no softmax row is empty.
 
 Shape suffixes: ``B`` batch, ``L`` clean tokens per row, ``S`` model input length (``L`` or
 ``2L``).

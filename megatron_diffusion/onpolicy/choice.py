@@ -1,31 +1,16 @@
 """The commit rule's choice of positions in ``log pi(tau)``, plain torch.
 
-At a step the sampler draws a token at every masked position of the block (temperature 1; the
-draw's *confidence* is its probability) and the rule picks which draws to keep
-(``sampling/strategies.py``):
-
-* ``threshold``: every draw with confidence ``>= threshold``; when none reaches it (a
-  *fallback* step), the most confident draw alone, ties to the leftmost position;
-* ``fixed``: the ``n`` most confident draws, ties to the leftmost position.
-
-The draws are independent across positions, so the probability of a step is the product of the
-kept tokens' probabilities and, per position left open ``o``, the probability that its draw was
-not kept: ``q_o = sum_v p_o(v) 1[p_o(v) < lt_o] 1[p_o(v) <= le_o]``, where
-
-* threshold, a step that kept a draw at or above the threshold: ``lt_o = threshold``,
-  ``le_o = inf``;
-* a fallback step and the fixed rule: ``o``'s draw ranked after every kept one. A kept draw at
-  ``p > o`` (right of ``o``) with confidence ``c_p`` needs ``p_o(v) < c_p`` (a tie would have
-  gone to ``o``), one at ``p < o`` needs ``p_o(v) <= c_p``: ``lt_o`` / ``le_o`` are the least
-  kept confidence right / left of ``o`` in its block (``inf`` where there is none). In a fallback
-  step the kept confidence ``c* < threshold``, so ``q_o`` also has ``p_o(v) < threshold``.
-
-The sets ``{v : p_o(v) < c}`` change only where a probability crosses a cutoff (measure zero),
-so the cutoffs are constants of the gradient (detached) and ``grad log q_o`` flows through the
-probabilities summed. Exact for the rule the sampler runs, up to: the confidences are the
-trained model's at the loss forward, equal to the sampler's up to float differences (a kept
-confidence within float error of the threshold may be read as a fallback), and the stop
-token's block (``rows.py``).
+At a step the sampler draws a token at every masked position of the block and the rule keeps
+some (``sampling/strategies.py``): ``threshold`` every draw at least ``threshold`` confident, or
+in a *fallback* step the most confident alone; ``fixed`` the ``n`` most confident; ties to the
+leftmost. The draws are independent, so a step's probability is the product of the kept tokens'
+probabilities and, per position ``o`` left open, the probability its draw was not kept:
+``q_o = sum_v p_o(v) 1[p_o(v) < lt_o] 1[p_o(v) <= le_o]``, with ``lt_o``/``le_o`` the threshold
+or the least kept confidence right/left of ``o`` (the tie rule). The cutoffs are constants of
+the gradient (the sets change only on a measure-zero crossing), so ``grad log q_o`` flows through
+the probabilities summed. Exact for the rule the sampler runs, up to float differences between
+the sampler's and the loss forward's confidences, and the stop token's block (``rows.py``).
+docs/onpolicy.md "Objective" derives the cutoffs.
 """
 
 from dataclasses import dataclass

@@ -1,53 +1,18 @@
 """The on-policy objective of Seed Diffusion 3.3 (eq. 10-11), plain torch.
 
-**Reward.** A trajectory ``tau`` is a sampled completion with the commit step of each of its
-tokens (``sampling.sampler.Completion.step_map``: the row's forward, from 0, that wrote the
-token last). Eq. 10 rewards few steps ``|tau|`` at a correct result ``V(tau[0])``; eq. 11
-replaces the step count by a dense surrogate, ``sum_k -1 / d_Lev(tau[k], tau[k-1])``, which
-without remasking is ``sum_k -1 / n_k`` with ``n_k`` the tokens revealed at step ``k``
-(``dense_surrogate``; pass ``num_steps = Completion.num_forwards``, the row's forwards: a step
-with no kept token counts ``-1``, the value of a one-token step; that happens when
-self-correction overwrote its tokens later, or when it wrote only positions after the stop
-token, which the completion cuts, and the forward was still paid for). Decoding ``T`` tokens
-one per step gives ``-T``; fewer, fuller steps give a value closer to 0. The reward (``RewardConfig``, higher is better)::
-
-    R = surrogate_weight * steps_term + verifier_weight * V,    V in [0, 1]
-
-with ``steps_term`` the surrogate divided by the completion's token count (``normalise =
-"tokens"``, default: ``-1`` for one token per step, so a shorter answer is not rewarded just for
-being short) or the surrogate itself (``"none"``, the paper's literal form).
-
-**Estimator.** The gradient of ``E_tau[R]`` is estimated with the log-derivative trick
-(REINFORCE): ``E[(R - b) grad log pi(tau)]``. The paper reports that "directly minimizing
-trajectory length led to unstable training dynamics"; we take the two standard remedies:
-
-* a per-prompt baseline from a group of ``G`` trajectories of the same prompt
-  (``group_advantages``): ``leave_one_out`` (default, RLOO: ``b_i`` = the mean reward of the
-  *other* samples; unbiased, since ``b_i`` does not depend on sample ``i``) or ``mean`` (GRPO:
-  ``b`` = the group mean including ``i``, which scales the expected gradient by ``(G-1)/G``),
-  optionally divided by the group's standard deviation (``scale = True``, GRPO), which makes
-  the step size independent of the reward's units but changes the estimator's scale per prompt;
-* a KL anchor to the frozen starting model on the same tokens (``policy_gradient_loss``'s
-  ``kl_weight``), so the policy cannot drift into degenerate fast samplers.
-
-``log pi(tau)`` is the sum of the log-probabilities of the trajectory's committed tokens (each
-read from the state it was committed from) and of each open position's probability of staying
-open: the sampler drew a token there too and its commit rule did not keep it (``onpolicy/
-choice.py``: exact for the threshold rule, its fallback steps included, and the fixed rule;
-``loss.py``'s ``q`` term). Without it the step count, which depends only on those choices,
-would give the gradient no signal. The loss over committed tokens is
-``-(sum_n A_n sum_t log p_nt) / T + kl_weight * sum_nt k3_nt / T`` with ``T`` the batch's
-committed tokens (one normalisation for the whole batch, so long and short trajectories weigh
-per token alike). ``k3 = exp(d) - d - 1`` with ``d = log pi_ref(x) - log pi(x)`` (``k3_kl``;
-Schulman's estimator, GRPO's anchor) needs only the reference's log-probability of the sampled
-token, one number per token, which one frozen forward over the same rows gives (the exact KL
-over the vocabulary would need the reference's whole distribution at every committed position,
-and under tensor parallelism its vocabulary shards). On tokens drawn from ``pi`` its value is an
-unbiased estimate of ``KL(pi || pi_ref)``; differentiated in the loss, its expected gradient is
-``p - q`` for a softmax policy, the gradient of ``KL(pi_ref || pi)``: it pulls towards the
-reference and vanishes there (tests/onpolicy/test_objective.py checks both in closed form).
-Degenerate groups: a group of one has advantage 0 under both baselines (there is no other
-sample to compare with); a group with equal rewards has advantage 0 whatever ``scale`` says.
+**Reward** (``RewardConfig``): ``R = surrogate_weight * steps_term + verifier_weight * V`` with
+``V`` in ``[0, 1]`` the verifier's score and ``steps_term`` eq. 11's dense surrogate of the step
+count, ``sum_k -1 / n_k`` over the steps of the trajectory (``n_k`` tokens revealed at step
+``k``; ``dense_surrogate``), per completion token (``normalise="tokens"``, default) or as is
+(``"none"``). **Estimator**: REINFORCE, ``E[(R - b) grad log pi(tau)]``, with the two standard
+remedies for the instability the paper reports: a per-prompt baseline over a group of ``G``
+trajectories (``group_advantages``: ``leave_one_out``, RLOO, or ``mean``, GRPO; optionally
+scaled by the group's standard deviation) and a KL anchor to the frozen starting model
+(``k3_kl``, Schulman's ``k3`` estimator, in ``policy_gradient_loss``). ``log pi(tau)`` includes
+each open position's probability of staying open (``choice.py``), without which the step count
+would give the gradient no signal. docs/onpolicy.md "Objective" and "Which estimator, and why"
+have the derivations and the degenerate cases (tests/onpolicy/test_objective.py checks them in
+closed form).
 """
 
 from dataclasses import dataclass

@@ -1,36 +1,15 @@
 """From sampled trajectories to the training rows of the policy-gradient loss, plain torch.
 
-A trajectory is a prompt, the completion the block sampler wrote after it and each token's
-commit step (``Completion.step_map``). REINFORCE needs ``log pi(x_i | state before step s_i)``
-for every committed token ``x_i``: the probability the sampler drew it with. The sampler
-decodes block by block with an exact KV cache (``sampling/sampler.py``): at a step of block
-``j`` the blocks before ``j`` are final, the tokens of block ``j`` committed at earlier steps are
-revealed, the rest of it is ``[MASK]``, and nothing after block ``j`` is fed. That is a block of
-the training layout ``x_t (+) x0`` (docs/masks.md): a noisy block attends only to itself and to
-the clean copies of the earlier blocks, so every block of one row can hold its own state.
-
-**Rounds.** Block ``j``'s distinct commit steps, sorted, are ``d_j[0] < d_j[1] < ...``. Row
-``r`` (a *round*) puts every block ``j`` with more than ``r`` steps in the state before its
-step ``d_j[r]``: the positions with an earlier step revealed, the others masked; the tokens
-committed at ``d_j[r]`` carry the loss, and so do the positions it left masked (``open_BL``: the
-sampler drew a token there and its commit rule did not keep it, so the rule's choice enters the
-trajectory's probability; ``choice.py``, ``loss.py``). Blocks with ``r`` steps or fewer are clean in row ``r``
-(no loss; a noisy block is seen by nobody else). A trajectory needs ``max_j |d_j|`` rows, the
-most steps any of its blocks took, not one row per step: with block size 4 and 3 tokens per
-step a 64-token completion costs 2 rows.
-
-**Layout.** The sampler counts its blocks from the prompt's first token and starts the
-generation's blocks at the prompt's end; a training row counts them from position 0. The two
-agree when the prompt's length is a multiple of the block size, so on-policy prompts are filled
-on the left to one (``fill_prompt``, with the tokenizer's EOS: the document boundary of packed
-pretraining) before they are sampled, and the rows are those prompts followed by the
-completion, right-padded to ``seq_len``. Then the logits of a row's block are the sampler's
-(tests/onpolicy/test_rows.py: a greedy trajectory's tokens are the argmax of its rows).
-
-**The stop token's block.** The completion ends at its stop token; positions after it in that
-block are not kept by the sampler, so they are ``[MASK]`` in every state here (the sampler may
-have committed some of them before the stop token: those states differ from the sampler's,
-only in that block, only in positions after the answer).
+REINFORCE needs ``log pi(x_i | state before step s_i)`` for every committed token: the
+probability the sampler drew it with. In the training layout ``x_t (+) x0`` (docs/masks.md) a
+noisy block sees only itself and the clean earlier blocks, so every block of one row can hold its
+own state. Row ``r`` (a *round*) puts every block in the state before its ``r``-th distinct
+commit step; the tokens committed then carry the loss, and so do the positions the step left
+masked (``open_BL``, ``choice.py``). A trajectory needs as many rows as its slowest block took
+steps, not one per step. Prompts are filled on the left to whole blocks (``fill_prompt``) before
+sampling, so a row's blocks are the sampler's and its logits are the sampler's
+(tests/onpolicy/test_rows.py). One approximation: positions after the stop token in its block
+are ``[MASK]`` in every state. docs/onpolicy.md "The loss rows".
 """
 
 from dataclasses import dataclass

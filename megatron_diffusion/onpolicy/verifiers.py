@@ -1,29 +1,13 @@
 """Verifiers: how correct a sampled completion is, the ``V(tau[0])`` of Seed Diffusion eq. 10.
 
 One protocol, ``Verifier``: ``score(record, completion) -> float`` in ``[0, 1]`` (higher is
-better) and ``score_batch(records, completions) -> list[float]`` (the same scores, in order;
-a verifier that can do better than one at a time overrides it). ``record`` is a
-``prompts.PromptRecord``; ``completion`` is the generated text after the prompt.
-
-* ``ExecutionVerifier`` (prompts with unit tests): the completion is cut the way HumanEval
-  evaluation cuts it (``evaluation.humaneval.postprocess_completion``), the program
-  ``prompt + completion + test + check(entry_point)`` (``humaneval.build_program``) runs in the
-  evaluation sandbox (``evaluation.executor.run_checks``, its limits in ``ExecutorConfig``), and
-  the score is 1.0 if it passed, else 0.0: a failed assertion, a timeout, a crash, a limit hit
-  by hostile code are all 0.0, contained by the sandbox (docs/evaluation.md says what it
-  guarantees). ``score_batch`` runs the checks ``workers`` at a time.
-* ``ModelVerifier`` (any prompt; the paper's "model-based verifier"): the likelihood of the
-  completion under a frozen reference checkpoint. The reference model decodes the completion
-  left to right, one token per step, block by block: the log-probability of token ``j`` is read
-  from the state in which every earlier token is revealed (the prompt and earlier blocks clean,
-  the rest of ``j``'s block ``[MASK]``), i.e. ``sampling.trajectory``'s left-to-right order
-  evaluated by ``distill.row_model.RowModel`` (the training forward's logits, which the
-  sampler's exact KV cache reproduces). The row is ``prompt + completion`` with blocks at
-  multiples of ``B`` from the prompt's first token (the layout of a packed training row); the
-  positions after the completion in its last block are masked in every state that is read,
-  so their content does not matter. The score is ``exp(mean log p)`` over the completion's
-  tokens: the geometric mean per-token probability, in ``(0, 1]``, 1 only when the reference
-  is certain of every token; an empty completion scores 0.0.
+better) and ``score_batch`` (the same scores, in order). ``ExecutionVerifier`` (prompts with unit
+tests) cuts the completion as HumanEval evaluation does, runs prompt + completion + test in the
+evaluation sandbox and scores 1.0 for a pass, else 0.0. ``ModelVerifier`` (any prompt; the
+paper's "model-based verifier") scores ``exp(mean log p)`` of the completion's tokens under a
+frozen reference decoding it left to right, one token per step, block by block
+(``sampling.trajectory``'s left-to-right order through ``distill.row_model.RowModel``); an empty
+completion scores 0.0. docs/onpolicy.md "Verifiers".
 """
 
 import math

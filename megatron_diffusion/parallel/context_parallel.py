@@ -1,25 +1,14 @@
 """Context parallelism: the sequence maths of ``parallel.context_parallel_size`` (CP).
 
-Ours is the all-to-all kind (DeepSpeed-Ulysses), not Transformer Engine's ring attention that
-megatron-core's own CP rides on (whose packed path allows causal masks only). Each of the ``cp``
-ranks of megatron's context-parallel group holds one contiguous slice of every row's ``S`` model
-tokens (``S = 2L`` for ``x_t (+) x0`` in block mode): rank ``r`` holds ``[r S/cp, (r+1) S/cp)``.
-Embeddings, MLPs, norms, the output layer and the loss run on that slice only. In attention, two
-all-to-alls (``model/ulysses.py``) turn the sequence slice into a head slice of the *whole*
-sequence, so the core attention applies the full mask (dense or Flex ``BlockMask``) of the
-unsplit row, then turn the result back. Positions, document ids and block ids are computed from
-the global row before slicing, so RoPE and masks are exactly those of one process.
-
-Contiguous slices balance the layers for Ulysses (attention works on whole sequences per head;
-the other layers cost the same per token), unlike ring attention's zig-zag slicing; in block mode
-the loss targets (the noisy half) then sit on the first ``cp/2`` ranks. The loss is a sum
-per token over the ranks' slices (``training/context_parallel_loss.py``) and megatron's schedule
-adds sums and counts over the data-parallel x context-parallel group, as over data parallelism.
-
-Constraints (checked at config time by ``RunConfig.validate``, one line each): query heads per TP
-rank divisible by CP (key/value heads too, else they are expanded to the query count before the
-exchange, as GQA does), the row's model tokens divisible by CP, DeepSpeed installed, attention
-backend ``sdpa`` or ``flex``.
+Ours is the all-to-all kind (DeepSpeed-Ulysses), not Transformer Engine's ring attention. Each of
+the ``cp`` ranks holds one contiguous slice of every row's ``S`` model tokens (``S = 2L`` in block
+mode); embeddings, MLPs, norms, the output layer and the loss run on that slice, and in attention
+two all-to-alls (``model/ulysses.py``) turn it into a head slice of the whole sequence, so the
+core attention applies the unsplit row's full mask. Positions, document ids and block ids come
+from the global row before slicing, so RoPE and masks are exactly one process's. The loss is a
+sum per token over the slices (``training/context_parallel_loss.py``). The constraints are
+checked at config time (``RunConfig._check_context_parallel``). docs/context_parallel.md has the
+layout, the load balance and the figures.
 """
 
 import torch

@@ -2,33 +2,16 @@
 
 megatron-core has no CPU mode: ~100 sites build tensors on ``torch.cuda.current_device()``, some
 hard-code ``"cuda"``, grad clipping and the optimizers check ``Tensor.type()`` names, and the
-tensor-parallel RNG tracker forks the CUDA generator. These six patches make it run, each found
-by running megatron-core on a CPU-only torch until it failed. tests/parallel/test_cpu_runtime.py
-keeps a test per patch showing it is still needed (with the patch off, megatron-core fails), so
-an upgrade that drops a site shows up as a failing test and one that adds a new hard-coded
-``"cuda"`` as a failing trainer test:
-
-1. ``torch.cuda.current_device()`` returns ``torch.device("cpu")``.
-2. In the megatron modules that hard-code ``device="cuda"`` (``CUDA_LITERAL_MODULES``) the
-   module's ``torch`` is a proxy whose functions build on the CPU when asked for a CUDA device.
-3. ``Tensor.cuda()`` returns the tensor itself (megatron calls it on tied embeddings with
-   pipeline parallelism, on optimizer state and in checkpoint exchange).
-4. ``Tensor.type()`` of a CPU tensor reports the ``torch.cuda.*Tensor`` name (grad clipping and
-   the bf16/distributed optimizers check it).
-5. An RNG tracker with ``CudaRNGStatesTracker``'s interface that forks the CPU generator,
-   installed as megatron's module-level tracker (``model_parallel_cuda_manual_seed`` would call
-   ``torch.cuda.get_rng_state()``).
-6. ``torch.cuda.synchronize()`` is a no-op: ``dist_checkpointing``'s file writer calls it
-   before copying tensors (``strategies/filesystem_async.py``); CPU work is already synchronous.
-
-**Nothing per op.** Every patch sits at the call sites that need it: the model's forward (training
-and sampling) runs plain torch, no ``TorchFunctionMode`` (an earlier version redirected every
-torch call of the process through one: ~3.4k Python calls per SmolLM2 forward, ~15% of AR
-decoding time).
-
-Also needed, as configuration (``model/gpt.py``): ``batch_p2p_comm=False`` on CPU — gloo's
-batched isend/irecv raced in the interleaved pipeline schedule (micro-batches past the warm-up
-diverged).
+tensor-parallel RNG tracker forks the CUDA generator. Six patches make it run, each at the call
+sites that need it (nothing per op: the forward runs plain torch): (1)
+``torch.cuda.current_device()`` is the CPU; (2) the modules that hard-code ``device="cuda"``
+(``CUDA_LITERAL_MODULES``) see a ``torch`` proxy that builds on the CPU; (3) ``Tensor.cuda()``
+returns the tensor; (4) ``Tensor.type()`` of a CPU tensor reports the ``torch.cuda.*Tensor`` name;
+(5) megatron's RNG tracker forks the CPU generator; (6) ``torch.cuda.synchronize()`` is a no-op.
+tests/parallel/test_cpu_runtime.py keeps a test per patch showing it is still needed, so a
+megatron-core upgrade that drops or adds a site shows up as a failing test. Also needed, as
+configuration (``model/gpt.py``): ``batch_p2p_comm=False`` on CPU (gloo's batched isend/irecv
+raced in the interleaved pipeline schedule).
 
 Nothing here runs when CUDA is available: ``activate()`` returns False and changes nothing.
 """

@@ -1,30 +1,14 @@
 """Where am I in the job? Rank, world size and rendezvous address from the launcher's environment.
 
-Three launchers are recognised, in this order:
-
-``torchrun``
-    ``RANK`` is set: torchrun (or anything following its ``env://`` convention) exported
-    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``; ``GROUP_RANK``/``GROUP_WORLD_SIZE`` give the node when present. This is also
-    the form inside a SLURM job that runs one torchrun per node (Megatron-LM's convention): the
-    SLURM variables there describe the torchrun agent, not the worker, so torchrun's win.
-``slurm``
-    ``SLURM_STEP_ID`` is set: we are a task of an ``srun`` step started with one task per rank.
-    Rank, world size and node come from ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
-    ``SLURM_NODEID``; tasks on this node from ``SLURM_STEP_TASKS_PER_NODE`` (``"4(x2),2"``
-    form), else ``SLURM_NTASKS_PER_NODE``. The rendezvous host is the first host of the step's
-    node list (``SLURM_STEP_NODELIST``, else ``SLURM_JOB_NODELIST``/``SLURM_NODELIST``) and the
-    port is ``20000 + job_id % 12000`` (see ``port_for_job``), so every task derives the same
-    address with no communication; ``MASTER_ADDR``/``MASTER_PORT`` override both. The batch
-    shell itself also carries ``SLURM_PROCID=0`` (and ``SLURM_NTASKS`` when ``-n`` was given) but
-    no ``SLURM_STEP_ID``: a process started there without srun is a single process, not rank 0
-    of a job that would wait forever for its peers.
-``single``
-    Neither: one process. ``init_distributed`` gives it an in-process store, so no port is used.
-
-``SLURM_JOB_ID`` (kept across ``scontrol requeue``) and ``SLURM_RESTART_COUNT`` (how often the
-job was requeued; absent before the first requeue) are recorded under every launcher, since a
-torchrun agent inside SLURM sees them too. Node lists are expanded by ``hostlist.expand_hostlist``.
+Three launchers are recognised, in this order: ``torchrun`` (``RANK`` set: its ``env://``
+variables, also inside a SLURM job that runs one torchrun per node, whose SLURM variables
+describe the agent, not the worker); ``slurm`` (``SLURM_STEP_ID`` set: a task of an ``srun`` step
+with one task per rank; the rendezvous is the step's first host and ``port_for_job``, so every
+task derives the same address with no communication; ``MASTER_ADDR``/``MASTER_PORT`` override
+them); ``single`` (neither: one process; the batch shell's ``SLURM_PROCID=0`` without a step is
+one process, not rank 0 of a job that would wait forever for its peers). ``SLURM_JOB_ID`` and
+``SLURM_RESTART_COUNT`` are recorded under every launcher. docs/slurm.md lists every variable
+read.
 """
 
 import datetime

@@ -1,27 +1,14 @@
 """Preemption: a signal asks for a checkpoint at the next step boundary, then a requeue.
 
 The contract between ``slurm/pretrain.sbatch`` and a long-running program (the trainer,
-``selftest --steps``):
-
-1. SLURM sends ``SIGUSR2`` to the batch shell 120 s before the time limit
-   (``#SBATCH --signal=B:USR2@120``), or an operator does (``scancel --batch --signal=USR2``).
-   The batch shell forwards it to its ``srun`` step, which delivers it to every process of the
-   step on every node: the per-rank tasks, or torchrun and its workers (torchrun itself is started
-   with ``SIGUSR2`` ignored, since its default action would kill it). ``SIGTERM`` (``scancel``,
-   a preemption by a higher-priority job) is treated the same way.
-2. The handler only records the signal. At the next step boundary every rank calls
-   ``Preemption.should_stop()``, an all-reduce of the flag, so all ranks stop after the same step
-   even when the signal reached them during different steps.
-3. The program saves a checkpoint, rank 0 calls ``write_marker(run_dir)`` (``RUN_DIR/PREEMPTED``)
-   and every rank exits 0.
-4. The batch shell sees the step exit 0 with the marker present and runs ``scontrol requeue``;
-   the job keeps its id, so the run directory and wandb id stay the same. The program calls
-   ``clear_marker(run_dir)`` when it starts and resumes from the checkpoint.
-
-The handlers must be in place from the first moment a signal can come: ``megatron-diffusion
-train`` installs a ``Preemption`` before it imports torch and megatron-core (seconds), and the
-trainer's own, installed over it, starts with what that one received (a signal during the
-imports then ends like one during setup: ``PREEMPTED``, exit 0, no step done).
+``selftest --steps``): SIGUSR2 (120 s before the time limit, or from an operator) or SIGTERM
+reaches every process of the step; the handler only records it; at the next step boundary
+``Preemption.should_stop()`` all-reduces the flag so every rank stops after the same step; the
+program saves, rank 0 writes ``RUN_DIR/PREEMPTED`` (``write_marker``) and all exit 0; the batch
+shell then requeues the job, which keeps its id and resumes (``clear_marker`` at start). The
+handlers must be in place from the first moment a signal can come: ``megatron-diffusion train``
+installs a ``Preemption`` before it imports torch and megatron-core, and the trainer's own
+starts with what that one received. docs/slurm.md "Preemption and requeue" tells the whole story.
 """
 
 import os

@@ -1,30 +1,13 @@
 """What the sampler drives: a model forward with an exact KV cache, or any plain callable.
 
-``ModelBackend`` wraps a ``DiffusionGPTModel`` (one TP shard):
-
-* **KV cache.** A ``kv_cache.RaggedKVCache`` (one buffer per layer sized for the whole
-  sequence, indexed by column) is attached to every core-attention module for a generation
-  (``model.attention.attach_kv_cache``). Each forward writes every row's chunk at that row's own
-  column offset and attends ``buffer[:key_len]`` — a view, no concatenation; the mask says which
-  columns each row sees.
-* **Only the logits needed.** A pre-hook on the output layer gathers, per row, the hidden
-  states of the positions to predict, so a long prompt does not cost a ``[prompt, vocab]``
-  projection.
-* **Lean linears at TP=1.** While a session is open, megatron's ``ColumnParallelLinear`` /
-  ``RowParallelLinear`` modules run ``single_rank_linear``: the same ``torch.matmul`` megatron's
-  autograd function runs, without its autograd-function and (identity, at TP=1) communication
-  wrappers — four Python-level function applications per linear, ~120 linears per SmolLM2
-  forward. Logits are bit-identical (tests/sampling/test_exactness.py); training never sees it.
-* **Column-major weights on CPU.** While a session is open on a CPU, every 2-D weight is the
-  same matrix stored transposed (``w.t().contiguous().t()``; made once, kept on the model), so
-  megatron's ``x @ w.t()`` reads a row-major matrix: MKL's matrix-vector product streams it
-  ~25-30% faster at batch 1 (measured on SmolLM2-135M: the AR decode's arithmetic). It costs a
-  second copy of the weights in memory; logits agree with the row-major forward to float
-  rounding (another summation order), not bit for bit; training never sees it.
-* **Lean forward at TP=1.** ``lean_forward`` runs the same ops as megatron's forward without
-  its per-layer Python (bit-identical logits; ``supports_lean_forward`` says where it applies).
-* **Tensor parallelism.** Logits are vocabulary-parallel; they are all-gathered over the TP
-  group, so every rank sees the same full-vocabulary logits and takes the same decisions.
+``ModelBackend`` wraps a ``DiffusionGPTModel`` (one TP shard): a ``kv_cache.RaggedKVCache`` is
+attached to every core attention, each forward writing every row's chunk at that row's own
+column offset; a pre-hook on the output layer computes logits only at the positions to predict;
+vocabulary-parallel logits are all-gathered so every TP rank takes the same decisions. At TP=1,
+while a session is open, it also runs megatron's linears and layers without their Python
+wrappers (``single_rank_linear``, ``lean_forward``: bit-identical logits) and, on a CPU, keeps
+column-major weight copies (faster batch-1 matrix-vector products; logits equal to float
+rounding). docs/sampling.md "Measured" and docs/BENCHMARKS.md give what each one buys.
 
 ``CallableBackend`` adapts any ``fn(input_ids, position_ids, attention_mask) -> logits`` (the
 model's forward signature; stubs in tests). It has no cache: the sampler then feeds the whole

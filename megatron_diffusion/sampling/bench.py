@@ -1,29 +1,13 @@
 """Sampler throughput against the AR baseline of the same model, and a speed/quality sweep.
 
-Measured (docs/method.md 8): generated tokens per second of wall time, tokens per forward (decoding
-parallelism; a batched forward counts once per row in it, as in ``GenerationResult``), the number
-of batched model calls, and per-sample latency (time from the start of its batch until the row
-was done) at p50/p90. The AR baseline decodes the same prompts one token per forward with the
-same KV cache (block size 1); ``speedup`` is the ratio of tokens per second, the median over
-interleaved pairs of runs (``paired_ratio``), with its spread.
-
-Quality proxies for the sweep (``quality``), both against the same model, no references needed:
-
-* ``agreement``: fraction of positions where the output equals the reference decode's (greedy,
-  the training block size, one token per step: the model's most careful decode in its own
-  training layout); positions past the shorter of the two count as disagreements. 1.0 means
-  parallel decoding changed nothing. (The AR baseline is not the reference for a block model:
-  block size 1 gives its clean context a causal layout it was not trained with.)
-* ``heldout_accuracy`` (stdlib prompts only): fraction of generated positions equal to the
-  file's true continuation after the prompt: the held-out infill accuracy of the decode, a
-  ground-truth quality measure that needs no execution (pass@k is 0 for small models).
-* ``nll``: the model's own negative log-likelihood per token of the output, scored block by
-  block with the training block size: each block fully masked, given the clean prompt and the
-  earlier blocks (the block-wise ELBO term at ``t = 1``; plain AR NLL for a causal model).
-  Lower is better; parallel commits that the model finds unlikely raise it.
-
-Prompts default to snippets of the interpreter's standard library (deterministic): from the first
-``def``/``class`` line of each sorted top-level module, the first ``prompt_len`` tokens.
+Measured (docs/method.md 8): tokens per second, tokens per forward, batched model calls and
+per-sample latency p50/p90. The AR baseline decodes the same prompts one token per forward with
+the same KV cache; ``speedup`` is the median ratio over interleaved pairs of runs
+(``paired_ratio``). The sweep's quality proxies need no references: ``agreement`` with the
+model's most careful decode, ``heldout_accuracy`` against the prompt file's true continuation,
+and the model's own block-wise ``nll`` of the output. Prompts default to snippets of the
+interpreter's standard library. docs/sampling.md (Commands, ``bench-sampler``) defines each
+figure.
 """
 
 import dataclasses

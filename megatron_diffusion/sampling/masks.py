@@ -1,42 +1,17 @@
 """Attention masks of one sampler forward: clean context + each row's current noisy block.
 
-A batch is a token buffer ``[b, C]``: each prompt left-padded to the longest (``P`` columns),
-then the generation (``G`` columns, ``[MASK]`` until committed), then right padding up to a whole
-number of blocks and scratch room. Generation proceeds in blocks of the inference block size
-``B`` from column ``P``. **Rows advance independently**: row ``r`` is at its own block
-``[block_start_r, block_start_r + B)``, so a row whose block is done never waits for the others.
+A batch is a token buffer ``[b, C]``: prompts left-padded to ``P`` columns, then the generation
+in blocks of ``B`` from column ``P``; each row is at its own block. One forward feeds row ``r``
+the columns ``[in_start_r, in_end_r)`` (earlier ones are in the KV cache), left-aligned in a
+``[b, W]`` input. Query ``i`` may attend key ``j`` when ``j`` is a real column of the row (not
+padding, not scratch; padding queries attend only themselves) and the model's training mask
+predicate (``masks.dense.make_mask_mod``) allows it, evaluated with block ids of the inference
+size and a clean flag for the columns before the row's block (docs/method.md 3). A clean column
+never attends a later one, so the cache is exact (docs/method.md 8); a ``bidirectional`` model
+with the cache uses the same predicate over two blocks, clean prefix and current block (Seed
+Diffusion 3.4's prefix rule). The revisit window's ``n_r`` extra queries are noisy copies of the
+end of the previous block, grouped with the current block (docs/sampling.md, self-correction).
 
-One forward feeds, for row ``r``, the columns ``[in_start_r, in_end_r)``; columns before
-``in_start_r`` are in the KV cache (``in_start = 0`` without one). Chunks are left-aligned in a
-``[b, W]`` input (``W`` the widest chunk); a row's chunk is written to the cache at its own
-offset, and the filler after a shorter chunk lands in scratch columns nobody reads. Columns
-before a row's block are *clean* (prompt and finished blocks), the rest *noisy*. Query column
-``i`` may attend key column ``j`` when (docs/method.md 3):
-
-* ``j`` is a real column of the row: not left/right padding, not past ``in_end_r`` (scratch);
-  queries that are padding or filler attend only themselves, so no softmax row is empty (their
-  outputs are never read);
-* otherwise, the model's own mask predicate decides (``masks.dense.make_mask_mod``, the one
-  training uses), evaluated on the buffer's columns as block-mode training evaluates it on
-  ``x_t (+) x0``: each column carries a block id (``clean_block_ids``: blocks of the inference
-  size ``B`` aligned to the prompt start and to ``P``, every column of the current block the
-  row's current block id) and a clean flag (columns before the row's block). So a ``block``
-  model's clean columns attend block-causally (or causally, ``clean_stream: causal``) exactly
-  as the clean copy ``x0`` does in training, the block attends every clean column and itself
-  bidirectionally, and no clean column attends the block; a ``causal`` model's predicate is
-  ``j <= i``, a ``bidirectional`` model's "everything" (full-sequence diffusion, no cache);
-* with the cache, a ``bidirectional`` model decodes by Seed Diffusion 3.4's prefix rule: clean
-  columns attend only clean ones. That is the ``block`` predicate over two blocks, the clean
-  prefix (block 0) and the current block (block 1) — the same predicate, not a second rule.
-
-Because a clean column never attends a later one (for ``block``/``causal`` models), its
-keys/values are final once computed: the cache is exact (SDAR's commit pass, docs/method.md 8).
-**Revisit window** (``window_B``, self-correction reaching into the previous block): ``n_r``
-extra queries after row ``r``'s real chunk are noisy copies of its columns
-``[block_start_r - n_r, block_start_r)`` (the end of its finished previous block), written to
-the cache slots right after the chunk (unused columns of the next block, overwritten before they
-are ever cached). They carry the current block's id, so they and the block attend each other
-bidirectionally and every clean column, as one noisy group; clean columns never see them.
 Shape suffixes: ``B`` batch rows, ``C`` buffer columns, ``W`` chunk width, ``K`` key columns
 (slots of the buffer the forward attends).
 """

@@ -2,68 +2,14 @@
 
 The generation after the prompt is cut into blocks of ``B`` tokens, decoded left to right. A
 block starts as ``B`` [MASK] tokens; every step predicts all of them in parallel and a commit
-rule (``strategies``) makes some final; when none is left the next block starts.
+rule (``strategies``) makes some final; when none is left the next block starts. One forward per
+step: the first step of a block also feeds the previous, now final block as clean context (the
+prefill, then SDAR's commit pass), whose keys/values are exactly training's, so a block's logits
+equal the training forward's. Rows of a batch advance independently, each at its own block.
 
-**One forward per step, prefill and commit pass fused.** A forward feeds the clean tokens not yet
-in the cache followed by the current block: the first step of the first block feeds the whole
-prompt (its keys/values are cached: the prefill), the first step of block ``k + 1`` feeds the
-now-final block ``k`` as clean context (its keys/values are cached: SDAR's *commit pass*) plus
-block ``k + 1``. Masks (``masks.chunk_mask``) give the clean tokens exactly the attention they
-have in block-mode training, so the cached keys/values are those training computes and the
-logits of a block equal the training forward's (tests/sampling/test_exactness.py). Later steps
-of a block feed the block alone against the cache. Without a cache (``kv_cache=False``) every
-step feeds the whole sequence with the same mask: same logits up to float rounding, same tokens.
-
-**Which models.** ``block`` models as above (clean stream ``block_causal`` or ``causal``).
-``causal`` models: the block attends causally inside itself; block size 1 is plain AR decoding.
-``bidirectional`` (full-sequence) models, ``bidirectional_context='prefix'`` (default; Seed
-Diffusion 3.4, which trains without blocks "to retain flexibility for arbitrary block
-partitioning during inference"): block ``k`` is decoded from ``p(x_Bk | x_<k)``, each step
-feeding prompt + finished blocks + current block and never a future position, so block ``k``
-does not depend on ``max_new_tokens``. With the cache, clean columns attend only clean ones and
-their keys/values are cached when fed (prefill, then each block's commit pass): approximate by
-construction, since training let every position see the later ones; ``kv_cache=False``
-recomputes the prefix every step with full bidirectional attention (the exact conditional).
-``bidirectional_context='full'``: clean tokens attend masked ones too, so nothing can be cached;
-every step feeds the prompt and the *whole* generation (future blocks as [MASK]) and blocks
-only restrict which positions may be committed (LLaDA's semi-autoregressive order). One block =
-the whole generation is plain full-sequence diffusion with ``full`` or without a cache; with
-``prefix`` and the cache the prompt's keys/values are then the only approximate ones (computed
-without the masked generation).
-
-**Logit shift** (converted AR checkpoints; any mode): output ``i - 1`` predicts token ``i``.
-The last clean column before the block (the prompt's last token, or the previous block's last
-token, fed in its commit pass) is "pending": kept out of the cached columns while its block is
-open and fed again with the block, so its output predicts the block's first token; outputs of
-block positions ``0..B-2`` predict positions ``1..B-1``. In block mode this is Fast-dLLM v2's
-token shift as block-mode training applies it (``model.logit_shift``): the block's first token
-is read from the last *clean* position of the previous block (in the ``x_t (+) x0`` layout the
-clean stream's position ``start_b - 1``), which a clean query computes exactly here (it sees
-only clean columns), so the cache stays exact; the whole block is fed (its last position is a
-key of the others). For a causal model the block's last position is not fed at all (nothing
-before it attends to it, and its output would predict the next block). Once a block is final
-the pending column is cached for good: the next block's first forward starts at the finished
-block.
-
-**Batches.** Prompts are left-padded; positions start at 0 at each prompt's first token; pad
-keys are masked. **Rows advance independently**: each row is at its own block, and a row whose
-block is final moves on at its next forward instead of waiting for the slowest row (with the
-threshold rule rows need different numbers of steps per block; synchronous blocks would make
-every row pay the slowest row's steps). Each forward feeds every row's own chunk, left-aligned
-and written to the cache at the row's own offset (``kv_cache.RaggedKVCache``). A row leaves the
-batch (and the cache) once it has committed a stop token (any of ``ModelRules.stops``: the
-checkpoint's ``generation.stop_token_ids``, e.g. both ``<|im_end|>`` and ``<|endoftext|>`` of
-an Instruct model) with every earlier position final, and its output is cut after it; or when
-its blocks reach ``max_new_tokens``.
-
-**Self-correction** (``self_correct``, edit-trained models) re-reads the block's committed
-tokens every step (``strategies.select_correction``); a block is final after a step that saw no
-[MASK] and changed nothing, or after the step that filled it when every token is at least
-``revisit_threshold`` probable. ``revisit_window = N`` adds the last ``N`` columns of the
-previous block to what a step decides (the *region*: window, then block): they are fed again as
-noisy copies after the row's chunk (``masks`` module docstring), and when one changes the row's
-cache is rolled back to the previous block's start, so the next forward recomputes that block's
-keys/values as clean context.
+docs/sampling.md "How a block is decoded" has the details: the other attention modes
+(``causal``, ``bidirectional`` with ``prefix``/``full`` context), the logit shift's pending
+column, batches and stop tokens, and self-correction with its revisit window.
 """
 
 import time

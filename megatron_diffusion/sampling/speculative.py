@@ -1,42 +1,15 @@
 """Lossless self-speculative decoding of a block model with the logit shift (docs/sampling.md).
 
-A block-mode model whose clean stream is **causal** (``attention.clean_stream: causal``) and
-whose targets are read with the **logit shift** carries two models in one set of weights: the
-clean stream is an exact AR model (its queries never see the noisy half, so its output at
-column ``c`` is ``p(x_{c+1} | x_<=c)``), and a block of ``[MASK]`` after a clean prefix drafts
-the tokens after it (block-mode training, docs/cpt.md). One forward does both, TiDAR-style:
-
-* **Verify.** The row feeds, as clean tokens, its pending column (the last committed token, not
-  yet cached) and its ``D`` draft tokens ``d_0 .. d_{D-1}`` for columns ``n .. n+D-1``. The clean
-  outputs at columns ``n-1 .. n+D-1`` are the AR model's next-token distributions ``p_0 .. p_D``.
-  Greedy: ``a_i = argmax p_i``; the longest prefix with ``d_i = a_i`` (``m`` tokens) is accepted,
-  plus the AR model's own next token ``a_m``: ``m + 1`` tokens, all of them the AR decode's.
-  With ``temperature > 0`` each draft is accepted with probability ``min(1, p_i(d_i)/q_i(d_i))``
-  and the first rejected one is resampled from ``norm(max(p_i - q_i, 0))`` (speculative
-  sampling, Leviathan et al. 2023; Chen et al. 2023), or the bonus drawn from ``p_m``: the
-  tokens follow the AR model's distribution exactly.
-* **Draft, for every outcome.** After the clean tokens come ``D + 1`` blocks of ``M = D + 1``
-  ``[MASK]`` tokens; block ``i`` sits at columns ``n+i .. n+i+D`` and sees the clean prefix up
-  to column ``n+i-1`` (``i`` drafts accepted) and itself. Under the shift its first token is
-  read from the clean output at ``n+i-1`` (that is the verified token ``a_i`` itself) and its
-  noisy outputs ``0 .. D-1`` predict columns ``n+i+1 .. n+i+D``: the next draft should exactly
-  ``i`` drafts be accepted. The block of the actual outcome ``m`` is kept, so every forward has
-  a draft to verify (a single block drafted for full acceptance only would leave the forward
-  after each rejection without one).
-
-The attention of a forward is the training mask predicate (``masks.dense.make_mask_mod`` of a
-block model with a causal clean stream) evaluated on the forward's slots: each clean column has
-its own block id (its column), draft block ``i`` the id ``n + i``, so "noisy sees clean blocks
-strictly before it" is exactly the prefix rule above and clean columns see clean columns
-causally. **KV cache**: the chunk is written at the row's cached offset (``RaggedKVCache``); the
-accepted columns stay, everything after the new pending column is simply overwritten by the
-next chunk (the roll-back is moving ``cached`` back), so the cache always equals a fresh prefill
-of the accepted sequence (tests/sampling/test_speculative.py).
-
-Cost per forward: ``1 + D + (D + 1)^2`` tokens (20 for ``D = 3``) against 2 for the AR
-baseline's decode step; logits only at the ``(D + 1)(D + 1)`` positions read. Rows of a batch
-advance independently (each at its own column); a row ends at a stop token (tokens after it in
-an accepted draft are dropped) or at ``max_new_tokens``.
+A block-mode model with a **causal** clean stream and the logit shift is two models in one set
+of weights: the clean stream is an exact AR model, and a block of ``[MASK]`` after a clean
+prefix drafts the tokens after it. One forward does both, TiDAR-style: it verifies the ``D``
+drafts on the clean stream (greedy: the longest prefix equal to the AR argmax plus the AR's own
+next token; sampled: speculative sampling, Leviathan et al. 2023), and drafts ``D + 1`` blocks,
+one for every possible number of accepted drafts, so the next forward always has a draft. The
+output is the AR decode's, token for token. The attention is the training mask predicate on the
+forward's slots; a rejection just moves the row's cache offset back, so the cache always equals
+a fresh prefill of the accepted sequence. docs/sampling.md "Self-speculative decoding" has the
+layout and the cost, ``1 + D + (D + 1)^2`` tokens per forward.
 
 Shape suffixes: ``B`` rows, ``C`` buffer columns, ``D`` draft tokens, ``K = D + 1`` verified
 positions, ``W`` chunk width, ``S`` key slots, ``V`` vocabulary.

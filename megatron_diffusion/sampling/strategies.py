@@ -1,25 +1,13 @@
 """Commit rules of one denoising step inside a block (docs/method.md 8; Seed Diffusion 3.4).
 
-Every step the model predicts all positions of the current block in parallel. ``propose`` turns
-the logits into a token and a confidence per position; a rule picks which masked positions become
-final this step:
-
-* ``fixed`` (LLaDA/SDAR): ``steps_per_block`` steps per block; a step commits
-  ``ceil(masked left / steps left)`` positions, the most confident first. ``steps_per_block =
-  B`` is one token per step; ``1`` commits the whole block at once.
-* ``threshold`` (Fast-dLLM ``get_transfer_index``): commit every masked position whose
-  confidence is at least ``threshold``, and always at least the most confident one, so a block
-  never stalls.
-
-Confidence is the probability of the proposed token under the model's (untempered) softmax, so
-``threshold`` reads as a probability whatever the temperature. With ``temperature > 0`` the token
-is sampled from ``softmax(logits / temperature)`` with an explicit ``torch.Generator``.
-
-Self-correction (edit-trained models, Seed Diffusion 3.1/3.4) re-reads committed positions:
-``select_correction`` replaces at most one per row, where the model's top-1 differs from the
-committed token with probability >= ``correction_threshold``; ``token_probability`` gives the
-probability of the block's tokens, which decides whether a filled block needs one more
-(settling) forward.
+``propose`` turns the logits of the block into a token and a confidence (its probability under
+the untempered softmax) per position; a rule picks which masked positions become final:
+``fixed`` (LLaDA/SDAR) commits ``ceil(masked left / steps left)`` positions, the most confident
+first; ``threshold`` (Fast-dLLM) commits every position at least ``threshold`` confident, and
+always the most confident one. ``select_correction`` is self-correction's rule (edit-trained
+models, Seed Diffusion 3.1/3.4): at most one committed token per row is replaced, where the
+model's top-1 differs with probability >= ``correction_threshold``. docs/sampling.md has the
+rules as commands use them.
 
 Everything is batched over rows ``B`` and block positions ``N``; ``V`` is the vocabulary.
 """

@@ -1,30 +1,14 @@
 """Reveal orders of the blocks of a row: step maps, their ELBO, candidates and the exact best order.
 
 Seed Diffusion 3.2 (docs/method.md 6) distils trajectories whose tokens are the data's and whose
-*order* is searched. A block of ``B`` positions is decoded in steps; its trajectory is a
-``step_map``: ``step_map[i]`` is the step (from 0) at which position ``i`` is revealed, several
-positions may share a step, and the steps used are ``0 .. S-1`` with none skipped. Before step
-``k`` the positions with ``step_map < k`` hold their data tokens ``x0`` and the rest ``[MASK]``.
-
-Everything works on the ``N`` blocks of a row at once (``[N, B]`` tensors). In block-diffusion
-training's ``x_t (+) x0`` layout a block's noisy copy sees only itself and the clean earlier
-blocks, so one forward of a row evaluates a different state in every block: the model is seen
-through ``logp_fn(revealed_RNB) -> logp_RNBV``, for ``R`` states of the row (``True`` = revealed)
-the log-probabilities over the vocabulary at every block position. Plain torch on such a
-function, so a stub makes everything hand-checkable (``distill.row_model`` is the real one).
-
-* ``trajectory_elbo``: per block ``sum_k sum_{i: step_map[i] = k} log p(x0_i | x_k)``, the ELBO of
-  eq. 7-8 for that order (one batched forward per step).
-* ``sample_orders``: candidates from the model, as docs/method.md 6 reads the paper: at each step
-  the masked positions are scored (``confidence`` = top-1 probability, ``margin`` = top-1 minus
-  top-2, ``neg_entropy``), Gumbel noise at the candidate's ``temperature`` is added and the top
-  ``tokens_per_step`` are revealed with their data tokens; the ELBO comes from the same forwards.
-  All candidates advance together (one forward per step for all of them); ``temperature = 0``
-  with ``confidence`` is the greedy order.
-* ``left_to_right``: ``tokens_per_step`` positions per step, in order.
-* ``best_order``: for ``B <= 6`` the exact best one-token-per-step order of every block, by
-  dynamic programming over the ``2^B`` revealed subsets (one forward per subset, all blocks
-  at once), to measure how close the sampled candidates get.
+*order* is searched. A block's trajectory is a ``step_map``: ``step_map[i]`` is the step (from 0)
+at which position ``i`` is revealed; several positions may share a step. Everything works on the
+``N`` blocks of a row at once, through ``logp_fn(revealed_RNB) -> logp_RNBV`` (one forward of a
+row evaluates a different state in every block; ``distill.row_model`` is the real one, tests use
+stubs). ``trajectory_elbo`` is eq. 7-8's ELBO of an order, ``sample_orders`` the scored and
+Gumbel-top-k candidates, ``left_to_right`` the plain order and ``best_order`` the exact best
+one-token-per-step order for ``B <= 6`` (dynamic programming over the ``2^B`` revealed subsets).
+docs/distillation.md has the search as ``distill-trajectories`` runs it.
 """
 
 from collections.abc import Callable

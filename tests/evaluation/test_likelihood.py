@@ -77,7 +77,8 @@ def test_elbo_masks_only_the_continuation_with_weight_n_over_k():
 
 
 def test_uniform_k_with_weight_n_over_k_equals_the_linear_schedule_bound():
-    """The docstring's identity: E_t[(1/t) f(S_t)] (each position masked with probability t) =
+    """The identity behind LLaDA's form (docs/evaluation.md, lm-evaluation-harness):
+    E_t[(1/t) f(S_t)] (each position masked with probability t) =
     E_{k~U{1..n}}[(n/k) mean over |S|=k of f(S)], for any f of the masked set."""
     n = 4
     subsets = [s for k in range(1, n + 1) for s in itertools.combinations(range(n), k)]
