@@ -86,6 +86,7 @@ def test_the_checks_see_what_they_look_for():
     bare = "from dataclasses import dataclass\n@dataclass\nclass XConfig:\n    a: int = 1\n"
     assert _undocumented_configs({"m.py": bare}) == ["m.py: XConfig"]
     assert _undocumented_configs({"m.py": bare.replace("    a:", '    """X."""\n    a:')}) == []
-    assert _issue_citations({"m.py": "x = 1  # see issue 12\n"}) == ["m.py:1: x = 1  # see issue 12"]
+    cited = "x = 1  # see issue 12\n"
+    assert _issue_citations({"m.py": cited}) == ["m.py:1: x = 1  # see issue 12"]
     assert _issue_citations({"m.py": "x = 1  # an issue with 12 rows\n"}) == []
     assert all((ROOT / p).is_file() for p in TEMPORARILY_EXEMPT), "exempt a module that exists"

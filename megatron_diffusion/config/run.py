@@ -36,8 +36,8 @@ WANDB_MODES = ("off", "offline", "online")
 
 @dataclass
 class ParallelConfig:
-    """How the model is split over ranks (tensor, pipeline, context parallel sizes; megatron's names)
-    and how long a collective waits for a peer."""
+    """How the model is split over ranks (tensor, pipeline, context parallel sizes; megatron's
+    names) and how long a collective waits for a peer."""
 
     tensor_model_parallel_size: int = 1
     """Tensor (intra-layer) model parallel size (megatron's name)."""
@@ -80,7 +80,8 @@ class ParallelConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW and its learning-rate schedule: linear warmup, then cosine, linear, constant or WSD decay."""
+    """AdamW and its learning-rate schedule: linear warmup, then cosine, linear, constant or WSD
+    decay."""
 
     lr: float = 3e-4
     """Peak learning rate."""
@@ -112,7 +113,8 @@ class OptimizerConfig:
 
 @dataclass
 class TrainingConfig:
-    """The training loop: its length, logging, validation and checkpoint cadence, seeds and loggers."""
+    """The training loop: its length, logging, validation and checkpoint cadence, seeds and
+    loggers."""
 
     train_iters: int = 1000
     """Optimizer steps; the curriculum (corruption warmup, edit stage) is laid out over them."""

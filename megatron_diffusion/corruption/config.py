@@ -19,7 +19,8 @@ EDIT_OPS = ("deletion", "insertion", "substitution")
 @dataclass
 class CorruptionConfig:
     """How the loader corrupts clean rows: the noise schedule and its ELBO weights, the corruption
-    warmup, the block-wise clipped rate, edit corruption and the trajectory objective (docs/corruption.md)."""
+    warmup, the block-wise clipped rate, edit corruption and the trajectory objective
+    (docs/corruption.md)."""
 
     schedule: str = "linear"
     """Noise schedule ``u(t)``: 'linear', 'cosine' (= 'cosine-bd3lms', ``1 - cos(pi t/2)``),

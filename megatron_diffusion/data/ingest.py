@@ -25,7 +25,8 @@ from megatron_diffusion.progress import Progress
 
 @dataclass
 class IngestConfig:
-    """One ``preprocess`` run: the inputs, the tokenizer, the output store and how records are read."""
+    """One ``preprocess`` run: the inputs, the tokenizer, the output store and how records are
+    read."""
 
     inputs: list[str]
     """jsonl/jsonl.gz/parquet files, saved HF dataset directories or source-file trees."""
