@@ -15,6 +15,7 @@ arguments.
 """
 
 import re
+import subprocess
 import sys
 
 from megatron_diffusion.errors import UsageError
@@ -154,6 +155,13 @@ class MegatronDiffusionLM(TemplateLM):
                                   option="--apply_chat_template")
         return text
 
+    def _label(self, request_type: str) -> str:
+        """The progress label: a diffusion checkpoint's score is the ELBO, a bound, and says so."""
+        from megatron_diffusion.evaluation.infill import has_ar_readout
+
+        exact = has_ar_readout(self.loaded.config)
+        return f"lm-eval {request_type}" + ("" if exact else " (ELBO lower bound)")
+
     def _score(self, pairs: list[tuple[list[int], list[int]]],
                progress: bool = True) -> list[tuple[float, bool]]:
         """``(log p or its ELBO bound, is_greedy)`` per ``(context, continuation)`` ids pair."""
@@ -164,8 +172,8 @@ class MegatronDiffusionLM(TemplateLM):
         try:
             exact = has_ar_readout(self.loaded.config)
             out = []
-            label = f"lm-eval {'loglikelihood' if exact else 'ELBO'}"
-            with Progress(len(pairs), label, unit="request", enabled=progress) as bar:
+            with Progress(len(pairs), self._label("loglikelihood"), unit="request",
+                          enabled=progress) as bar:
                 for first in range(0, len(pairs), self.batch_size):
                     chunk = pairs[first:first + self.batch_size]
                     out += (likelihood.ar_loglikelihood(self.loaded, chunk, self.batch_size)
@@ -195,7 +203,7 @@ class MegatronDiffusionLM(TemplateLM):
         from megatron_diffusion.progress import track
 
         out = []
-        for request in track(requests, "lm-eval loglikelihood_rolling", unit="text",
+        for request in track(requests, self._label("loglikelihood_rolling"), unit="text",
                              enabled=not disable_tqdm):
             (text,) = request.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
@@ -257,14 +265,27 @@ class MegatronDiffusionLM(TemplateLM):
         return ids[-room:]
 
 
+def _git_hash_quietly() -> str | None:
+    """lm-eval records ``git describe --always`` of the working directory in its results; outside
+    a checkout git printed "fatal: not a git repository" into the user's log. The same value,
+    git's own complaint discarded (None outside a checkout, as lm-eval's fallback gives)."""
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True)
+    except FileNotFoundError:  # no git installed
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def harness_main(argv: list[str]) -> int:
     """lm-eval's command line (``lm_eval ARGV``) with ``megatron_diffusion`` registered."""
+    import lm_eval.evaluator
     from lm_eval.__main__ import cli_evaluate
 
-    saved = sys.argv
+    saved = sys.argv, lm_eval.evaluator.get_git_commit_hash
     sys.argv = ["lm_eval", *name_after_checkpoint(argv)]
+    lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
     try:
         cli_evaluate()
     finally:
-        sys.argv = saved
+        sys.argv, lm_eval.evaluator.get_git_commit_hash = saved
     return 0

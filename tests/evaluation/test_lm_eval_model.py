@@ -162,12 +162,18 @@ def test_self_speculative_generation_is_the_ar_generation(checkpoints, tasks, tm
     assert [s["filtered_resps"] for s in spec["choice"]] == [s["filtered_resps"] for s in ar["choice"]]
 
 
-def test_diffusion_checkpoint_scores_the_elbo_with_its_draws(checkpoints, tasks, tmp_path, monkeypatch):
+def test_diffusion_checkpoint_scores_the_elbo_with_its_draws(checkpoints, tasks, tmp_path, monkeypatch,
+                                                             capfd):
     from megatron_diffusion.checkpoint.loading import load_sampler
     from megatron_diffusion.evaluation.likelihood import elbo_loglikelihood
 
+    monkeypatch.chdir(tmp_path)  # outside any git checkout: lm-eval asks git for a commit hash
     samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['block']},strategy=threshold,"
-                   "threshold=0.5,mc_draws=3,seed=5", monkeypatch)
+                   "threshold=0.5,mc_draws=3,seed=5", monkeypatch, kinds=("gen", "choice", "rolling"))
+    err = capfd.readouterr().err  # a bound is labelled as one, for both request types
+    assert "lm-eval loglikelihood (ELBO lower bound)" in err
+    assert "lm-eval loglikelihood_rolling (ELBO lower bound)" in err
+    assert "not a git repository" not in err
     assert all(isinstance(s["filtered_resps"][0], str) for s in samples["gen"])
     sampler = load_sampler(checkpoints["block"])
     tok = sampler.tokenizer

@@ -64,6 +64,10 @@ def test_fastest_within_and_the_claim():
                          "machine, i.e. slower here)")
     # qualifying but not faster than the reference is no parallel gain; nothing qualifying: said plainly
     assert quality.fastest_within([points[1], _point("threshold 0.9", 1.0)], within, "1 token/step") is None
+    # more tokens per forward inside the intervals' overlap is no gain either (0.99 vs 0.98)
+    close = {"label": "threshold 0.9", "tokens_per_forward": {"value": 0.99, "lo": 0.98, "hi": 1.0}}
+    reference = {"label": "1 token/step", "tokens_per_forward": {"value": 0.98, "lo": 0.97, "hi": 1.0}}
+    assert quality.fastest_within([reference, close], within, "1 token/step") is None
     none = quality.fastest_within(points, {"threshold 0.9": {"within": False}}, "1 token/step")
     assert none is None
     assert quality.claim(None, QualityConfig(within_points=2.0), 60, None) == (
