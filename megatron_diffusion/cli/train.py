@@ -2,7 +2,7 @@
 
 One process by default; under ``torchrun`` or SLURM (``srun``) every rank runs this same command.
 A config with a ``stages:`` list runs its stages in order (``training/stages.py``).
-``training.step_source`` names what each step consumes (``STEP_SOURCES``,
+``training.step_source`` names what each step consumes (``SOURCE_CLASSES``,
 ``training/step_source.py``).
 """
 
@@ -52,7 +52,7 @@ def _onpolicy():
     return OnPolicyRunConfig, OnPolicySource
 
 
-STEP_SOURCES = {"corpus": (None, _corpus), "onpolicy": ("onpolicy", _onpolicy)}
+SOURCE_CLASSES = {"corpus": (None, _corpus), "onpolicy": ("onpolicy", _onpolicy)}
 """``training.step_source`` -> (the config section that only this source reads, or None; its
 ``(run config class, StepSource class)``, imported when chosen). A new source adds a line."""
 
@@ -66,16 +66,16 @@ def _kinds(config_path: str, overrides: list[str]):
     its ``training.step_source`` (the YAML's, then the stage's, then the command line's). A
     section that another source reads, or a missing one that the named source needs, is one
     line naming ``training.step_source``."""
-    from megatron_diffusion.config import _flatten, parse_override, read_yaml
+    from megatron_diffusion.config import flatten, parse_override, read_yaml
 
-    given = _flatten({k: v for k, v in read_yaml(config_path).items() if k != "stages"})
+    given = flatten({k: v for k, v in read_yaml(config_path).items() if k != "stages"})
     overridden = dict(map(parse_override, overrides))
 
     def kind(stage_keys: dict):
         keys = {**given, **stage_keys, **overridden}
         name = keys.get("training.step_source", "corpus")
-        check_choice("training.step_source", name, tuple(STEP_SOURCES))
-        for other, (section, _) in STEP_SOURCES.items():
+        check_choice("training.step_source", name, tuple(SOURCE_CLASSES))
+        for other, (section, _) in SOURCE_CLASSES.items():
             if section is None:
                 continue
             if other != name and _has_section(keys, section):
@@ -83,7 +83,7 @@ def _kinds(config_path: str, overrides: list[str]):
                                  f"{section} section, which the {other!r} source reads")
             if other == name and not _has_section(keys, section):
                 raise UsageError(f"training.step_source: {name!r} needs the {section} section")
-        return STEP_SOURCES[name][1]()
+        return SOURCE_CLASSES[name][1]()
 
     return kind
 

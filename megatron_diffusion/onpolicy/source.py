@@ -1,30 +1,13 @@
 """The ``onpolicy`` step source: Seed Diffusion 3.3's step reduction on the model's own samples.
 
-``training.step_source: onpolicy`` runs ``training.trainer.Trainer`` (setup, parallel state,
-checkpoints, resume, SIGTERM/SIGUSR2, the non-finite guard, metrics.jsonl are the trainer's)
-with ``OnPolicySource`` as what each step consumes. Each step ``s``:
-
-1. **prompts**: ``onpolicy.prompts_per_step`` prompts of the set (a seeded permutation per epoch,
-   a pure function of ``s``, so a resumed run takes the same ones), split over the data-parallel
-   ranks; each prompt filled on the left to a multiple of the block size (``rows.fill_prompt``);
-2. **generation** on this rank: ``group_size`` trajectories per prompt with the block sampler on
-   the model being trained (threshold/fixed rule, KV cache, temperature 1, seed from ``s`` and
-   the rank), in eval mode, without gradients;
-3. **reward** of each (``objective.reward``): the dense step surrogate and the verifier's score
-   (execution of the prompt's test, or the completion's likelihood under the frozen starting
-   model); group-relative advantages per prompt (``objective.group_advantages``);
-4. **rows** (``rows.policy_rows``), the reference model's log-probabilities of the committed
-   tokens (``loss.reference_logp``, when ``kl_weight > 0``), and the step through
-   ``train_step.TrainStep`` with the policy-gradient forward/backward (``loss``). Every
-   data-parallel rank runs as many micro-batches (the most any rank needs, padding rows after).
-
-Metrics per step (metrics.jsonl, over all ranks): ``loss``, ``reward``, ``verifier`` (mean
-score: the pass rate with the execution verifier), ``steps_per_block`` and
-``tokens_per_forward`` of the trajectories, ``surrogate``, ``kl`` (mean k3 per token), ``ce``
-(mean ``-log pi`` of the committed tokens), ``completion_tokens``, ``rows``, ``generation_s``.
-
-The source needs ``--init-from`` (the model to improve); the frozen reference (KL anchor, model
-verifier) is that checkpoint, also on resume (checked against the checkpoint's record).
+``training.step_source: onpolicy`` runs ``training.trainer.Trainer`` with ``OnPolicySource`` as
+what each step consumes. Each step: ``onpolicy.prompts_per_step`` prompts (a seeded permutation
+per epoch, a pure function of the step, split over data-parallel ranks); ``group_size``
+trajectories per prompt from the block sampler on the current weights; their rewards (the dense
+step surrogate and the verifier's score) and group-relative advantages; the trajectories as rows
+(``rows``) through the policy-gradient forward/backward (``loss``) with the frozen reference's
+log-probabilities for the KL anchor. The reference is ``--init-from``'s checkpoint, also on
+resume. docs/onpolicy.md has the steps, the metrics and the settings.
 """
 
 import dataclasses
