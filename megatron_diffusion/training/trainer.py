@@ -284,6 +284,9 @@ class Trainer:
         self.source.load_state_dict(load_loader_state(path),
                                     consumed_samples=int(meta["consumed_samples"]))
         restore_rng(path)
+        if self.rank == 0:  # a resume says what it continues, not only when it had to step back
+            print(f"--resume {self.resume}: continuing from {path} (step {self.step} of "
+                  f"{self.cfg.training.train_iters})", file=sys.stderr, flush=True)
 
     def _snapshot(self):
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
