@@ -5,13 +5,13 @@
 #   2. preprocess the interpreter's standard library with the converted tokenizer (the same
 #      corpus as examples/cpu_demo.sh; packages outside it, e.g. wsgiref, tomllib, zoneinfo and
 #      html, stay unseen for evaluation: examples/smollm2_demo.sh);
-#   3. train the stages of examples/smollm2_cpt.yaml: AR, then block diffusion B=4 with shift.
+#   3. train the phases of examples/smollm2_cpt.yaml: AR, then block diffusion B=4 with shift.
 #
 #   bash examples/smollm2_cpt.sh                               # resumable: re-run continues
-#   RUN_DIR=runs/x bash examples/smollm2_cpt.sh optimizer.lr=1.0e-5   # overrides: every stage
+#   RUN_DIR=runs/x bash examples/smollm2_cpt.sh optimizer.lr=1.0e-5   # overrides: every phase
 #   CONFIG=examples/smollm2_bidirectional_cpt.yaml RUN_DIR=runs/smollm2_bidir \
 #     bash examples/smollm2_cpt.sh        # the same data, bidirectional (no-block) diffusion CPT
-# The final model is $RUN_DIR/stage2-block4 (stage2-bidirectional for the bidirectional config).
+# The final model is $RUN_DIR/phase2-block4 (phase2-bidirectional for the bidirectional config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-runs/smollm2_data}

@@ -15,7 +15,7 @@ export DATA=${DATA:-runs/smollm2_data}
 CPT=${CPT:-runs/smollm2_cpt}
 RUN_DIR=${RUN_DIR:-runs/smollm2_onpolicy}
 SECONDS=0
-[ -d "$CPT/stage2-block4" ] || RUN_DIR=$CPT bash examples/smollm2_cpt.sh
+[ -d "$CPT/phase2-block4" ] || RUN_DIR=$CPT bash examples/smollm2_cpt.sh
 mkdir -p "$RUN_DIR"
 S=$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 TRAIN_FILES=("$S"/json/*.py "$S/textwrap.py" "$S/shlex.py" "$S/fnmatch.py" "$S/colorsys.py"
@@ -26,15 +26,15 @@ HELD_FILES=("$S/calendar.py" "$S/keyword.py" "$S/genericpath.py" "$S/ntpath.py")
 [ -f "$RUN_DIR/prompts_heldout.jsonl" ] || megatron-diffusion onpolicy-prompts --source "${HELD_FILES[@]}" \
   --limit 16 --max-chars 160 --out "$RUN_DIR/prompts_heldout.jsonl"
 megatron-diffusion train --config examples/smollm2_onpolicy.yaml --run-dir "$RUN_DIR/train" --resume auto \
-  --init-from "$CPT/stage2-block4" "data.blend=[[1.0, $DATA/stdlib.zarr]]" \
+  --init-from "$CPT/phase2-block4" "data.blend=[[1.0, $DATA/stdlib.zarr]]" \
   "onpolicy.prompts=$RUN_DIR/prompts_train.jsonl"
 echo "[smollm2_onpolicy] on-policy stage: ${SECONDS}s"
-EVAL=(--prompts "$RUN_DIR/prompts_heldout.jsonl" --verifier model --reference "$CPT/stage2-block4"
+EVAL=(--prompts "$RUN_DIR/prompts_heldout.jsonl" --verifier model --reference "$CPT/phase2-block4"
       --max-new-tokens 32 --strategy threshold --threshold 0.1)
 for mode in sampled greedy; do  # temperature 1 (as the stage samples, 2 per prompt) and greedy
   [ $mode = sampled ] && T=(--temperature 1.0 --samples 2) || T=(--temperature 0.0 --samples 1)
   [ -f "$RUN_DIR/eval_before_$mode.json" ] || megatron-diffusion onpolicy-eval \
-    --checkpoint "$CPT/stage2-block4" "${EVAL[@]}" "${T[@]}" --out "$RUN_DIR/eval_before_$mode.json"
+    --checkpoint "$CPT/phase2-block4" "${EVAL[@]}" "${T[@]}" --out "$RUN_DIR/eval_before_$mode.json"
   megatron-diffusion onpolicy-eval --checkpoint "$RUN_DIR/train" "${EVAL[@]}" "${T[@]}" \
     --out "$RUN_DIR/eval_after_$mode.json"
 done

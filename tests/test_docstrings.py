@@ -21,7 +21,7 @@ TEMPORARILY_EXEMPT = {
     "megatron_diffusion/onpolicy/loss.py",
     "megatron_diffusion/training/step.py",
     "megatron_diffusion/training/train_step.py",
-    "megatron_diffusion/training/stages.py",
+    "megatron_diffusion/training/phases.py",
     "megatron_diffusion/training/checkpoint.py",
     "megatron_diffusion/model/gpt.py",
 }

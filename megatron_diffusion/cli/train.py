@@ -1,7 +1,7 @@
 """``megatron-diffusion train --config CFG [--run-dir DIR] [--resume auto] [key=value ...]``.
 
 One process by default; under ``torchrun`` or SLURM (``srun``) every rank runs this same command.
-A config with a ``stages:`` list runs its stages in order (``training/stages.py``).
+A config with a ``phases:`` list runs its phases in order (``training/phases.py``).
 ``training.step_source`` names what each step consumes (``SOURCE_CLASSES``,
 ``training/step_source.py``).
 """
@@ -62,17 +62,17 @@ def _has_section(keys, section: str) -> bool:
 
 
 def _kinds(config_path: str, overrides: list[str]):
-    """``kind(stage_keys) -> (config class, source class)`` of the run or of a stage, named by
-    its ``training.step_source`` (the YAML's, then the stage's, then the command line's). A
+    """``kind(phase_keys) -> (config class, source class)`` of the run or of a phase, named by
+    its ``training.step_source`` (the YAML's, then the phase's, then the command line's). A
     section that another source reads, or a missing one that the named source needs, is one
     line naming ``training.step_source``."""
     from megatron_diffusion.config import flatten, parse_override, read_yaml
 
-    given = flatten({k: v for k, v in read_yaml(config_path).items() if k != "stages"})
+    given = flatten({k: v for k, v in read_yaml(config_path).items() if k != "phases"})
     overridden = dict(map(parse_override, overrides))
 
-    def kind(stage_keys: dict):
-        keys = {**given, **stage_keys, **overridden}
+    def kind(phase_keys: dict):
+        keys = {**given, **phase_keys, **overridden}
         name = keys.get("training.step_source", "corpus")
         check_choice("training.step_source", name, tuple(SOURCE_CLASSES))
         for other, (section, _) in SOURCE_CLASSES.items():
@@ -90,7 +90,7 @@ def _kinds(config_path: str, overrides: list[str]):
 
 def run(args) -> int:
     # the training modules load megatron-core (seconds): imported here, not for ``train --help``
-    from megatron_diffusion.training.stages import load_stages, run_stages
+    from megatron_diffusion.training.phases import load_phases, run_phases
     from megatron_diffusion.training.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"training.wandb={args.wandb!r}"] if args.wandb else [])
@@ -98,9 +98,9 @@ def run(args) -> int:
         raise UsageError(f"--resume: {args.resume} is not 'auto', 'none' or a checkpoint directory")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
     kind = _kinds(args.config, overrides)
-    stages = load_stages(args.config, overrides, run_dir, kind=kind)
-    if stages is not None:  # a curriculum (training/stages.py)
-        code = run_stages(stages, run_dir, resume=args.resume, init_from=args.init_from,
+    phases = load_phases(args.config, overrides, run_dir, kind=kind)
+    if phases is not None:  # a multi-phase run (training/phases.py)
+        code = run_phases(phases, run_dir, resume=args.resume, init_from=args.init_from,
                           argv=sys.argv, overwrite=args.overwrite)
         destroy()
         return code

@@ -1,6 +1,6 @@
 """Reading a run config: YAML and ``section.field=value`` overrides onto a ``RunConfig``.
 
-defaults < YAML file < a stage's keys (``training/stages.py``) < overrides. Override values are
+defaults < YAML file < a phase's keys (``training/phases.py``) < overrides. Override values are
 parsed as YAML (``3``, ``1e-4``, ``null``, ``[1, 2]``). Every value is checked against its field's
 annotation, so an unknown section or key, or a value of the wrong type, fails before any work with
 the key's dotted name and what was expected. ``config/run.py`` holds the config classes.
@@ -119,7 +119,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """The YAML run config as a dict (sections, and an optional ``stages`` list)."""
+    """The YAML run config as a dict (sections, and an optional ``phases`` list)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config: file {str(path)!r} does not exist")
@@ -129,19 +129,21 @@ def read_yaml(path: str | Path) -> dict:
         raise UsageError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config: {path} must hold a mapping of sections")
+    if "stages" in data:  # "stage" now means only the corruption curriculum's mask/edit stages
+        raise UsageError(f"stages: renamed to phases in {path} (the same list of runs)")
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                validate: bool = True, stage: dict | None = None, cls=RunConfig) -> RunConfig:
-    """defaults < YAML file < ``stage`` (a flat ``section.field`` dict, training/stages.py) <
-    overrides (``["model.num_layers=2", ...]`` or a flat dict). A ``stages:`` list in the YAML
-    is not applied here: ``train`` runs it (``training/stages.py``). ``cls``: ``RunConfig`` or
+                validate: bool = True, phase: dict | None = None, cls=RunConfig) -> RunConfig:
+    """defaults < YAML file < ``phase`` (a flat ``section.field`` dict, training/phases.py) <
+    overrides (``["model.num_layers=2", ...]`` or a flat dict). A ``phases:`` list in the YAML
+    is not applied here: ``train`` runs it (``training/phases.py``). ``cls``: ``RunConfig`` or
     a subclass with more sections (``onpolicy.config.OnPolicyRunConfig``)."""
     cfg = cls()
     explicit = set()
     if path is not None:
-        data = {k: v for k, v in read_yaml(path).items() if k != "stages"}
+        data = {k: v for k, v in read_yaml(path).items() if k != "phases"}
         for section, body in data.items():
             if not isinstance(body, dict):
                 raise UsageError(f"config section {section!r} in {path}: expected a mapping")
@@ -149,7 +151,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             _apply(cfg, key, value)
             explicit.add(key)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    for key, value in [*(stage or {}).items(), *items]:
+    for key, value in [*(phase or {}).items(), *items]:
         _apply(cfg, key, value)
         explicit.add(key)
     cfg.explicit_keys = frozenset(explicit)

@@ -67,7 +67,7 @@ class OnPolicyConfig:
         if not isinstance(self.prompts, str) or not self.prompts:
             raise UsageError(f"prompts: got {self.prompts!r}, expected the path of a prompt set "
                              "(JSON lines)")
-        try:  # a bad file fails with the config (in a staged run, before any stage trains)
+        try:  # a bad file fails with the config (in a multi-phase run, before any phase trains)
             read_prompts(self.prompts)
         except UsageError as e:
             raise UsageError(str(e) if str(e).startswith("prompts:") else f"prompts: {e}") from None

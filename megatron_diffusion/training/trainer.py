@@ -394,7 +394,7 @@ class Trainer:
 
     def _preempted(self, logger: RunLogger, message: str) -> int:
         """Exit 0 with the marker the batch script requeues the job on."""
-        self.preempted = True  # a staged run stops here, whatever step this is
+        self.preempted = True  # a multi-phase run stops here, whatever step this is
         logger.write(message)
         if self.rank == 0:
             write_marker(self.run_dir, str(self.step))

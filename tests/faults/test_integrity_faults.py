@@ -210,20 +210,20 @@ def test_an_hf_export_with_a_swapped_tokenizer_is_refused(tmp_path, capsys):
     assert "megatron_diffusion.json tokenizer_hash" in err[0], err[0]
 
 
-def test_a_later_stage_on_data_of_another_tokenizer_is_refused_before_stage_1(
+def test_a_later_phase_on_data_of_another_tokenizer_is_refused_before_phase_1(
         tiny_store, other_store, tmp_path, capsys):
-    """A stage starts from the previous stage's final checkpoint: stage 2's store of another
-    tokenizer was refused only when stage 2 started, after stage 1 had trained."""
+    """A phase starts from the previous phase's final checkpoint: phase 2's store of another
+    tokenizer was refused only when phase 2 started, after phase 1 had trained."""
     from tests.training.conftest import TINY
-    from tests.training.test_stages import staged_config
+    from tests.training.test_phases import phased_config
 
-    stages = [{"name": "first", "train_iters": 1, "data.blend": [[1.0, str(tiny_store)]]},
+    phases = [{"name": "first", "train_iters": 1, "data.blend": [[1.0, str(tiny_store)]]},
               {"name": "second", "train_iters": 1, "data.blend": [[1.0, str(other_store)]]}]
     run = tmp_path / "run"
-    capsys.readouterr()  # (an override on the command line would apply to every stage)
-    code = main(["train", "--config", str(staged_config(tmp_path, stages)), "--run-dir", str(run),
+    capsys.readouterr()  # (an override on the command line would apply to every phase)
+    code = main(["train", "--config", str(phased_config(tmp_path, phases)), "--run-dir", str(run),
                  *TINY])
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "stages" in line]
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "phases" in line]
     assert code == 2 and len(err) == 1, err
-    assert "stages[1] (second)" in err[0] and str(other_store) in err[0], err[0]
+    assert "phases[1] (second)" in err[0] and str(other_store) in err[0], err[0]
     assert not run.exists()

@@ -140,22 +140,22 @@ def test_data_parallel_counts_every_rank(tiny_store, base, tmp_path):
     assert all(r["tokens"] <= 4 * 12 and r["completion_tokens"] <= 12 for r in records)
 
 
-def test_an_onpolicy_stage_of_a_staged_run(tiny_store, base, tmp_path):
-    """A stage whose keys name the onpolicy source and section is an on-policy stage, started
-    from the previous stage's final checkpoint; the other stages train as before."""
+def test_an_onpolicy_phase_of_a_multi_phase_run(tiny_store, base, tmp_path):
+    """A phase whose keys name the onpolicy source and section is an on-policy phase, started
+    from the previous phase's final checkpoint; the other phases train as before."""
     cfg = yaml.safe_load((ROOT / "examples" / "cpu_demo.yaml").read_text())
     onpolicy = dict(o.split("=", 1) for o in ONPOLICY if o.startswith(("onpolicy.", "training.")))
-    cfg["stages"] = [{"name": "cpt", "train_iters": 2},
+    cfg["phases"] = [{"name": "cpt", "train_iters": 2},
                      {"name": "op", "train_iters": 2, "onpolicy.prompts": str(base[1]),
                       **{k: yaml.safe_load(v) for k, v in onpolicy.items()}}]
-    staged = tmp_path / "staged.yaml"
-    staged.write_text(yaml.safe_dump(cfg))
+    phased = tmp_path / "phased.yaml"
+    phased.write_text(yaml.safe_dump(cfg))
     cmd = train_cmd(tiny_store, tmp_path / "run", "data.seq_len=32", "optimizer.lr=0.01")
-    cmd[cmd.index("--config") + 1] = str(staged)
+    cmd[cmd.index("--config") + 1] = str(phased)
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert {r["stage"] for r in _records(tmp_path / "run" / "stage1-cpt")} <= {"mask", "edit"}
-    second = _records(tmp_path / "run" / "stage2-op")
+    assert {r["stage"] for r in _records(tmp_path / "run" / "phase1-cpt")} <= {"mask", "edit"}
+    second = _records(tmp_path / "run" / "phase2-op")
     assert [r["stage"] for r in second] == ["onpolicy", "onpolicy"]
-    meta = json.loads((tmp_path / "run" / "stage2-op" / "checkpoints" / "iter_0000002" / "meta.json").read_text())
-    assert meta["onpolicy_reference"].endswith("stage1-cpt/checkpoints/iter_0000002")
+    meta = json.loads((tmp_path / "run" / "phase2-op" / "checkpoints" / "iter_0000002" / "meta.json").read_text())
+    assert meta["onpolicy_reference"].endswith("phase1-cpt/checkpoints/iter_0000002")
