@@ -79,7 +79,7 @@ class ParallelConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class AdamWConfig:
     """AdamW and its learning-rate schedule: linear warmup, then cosine, linear, constant or WSD
     decay."""
 
@@ -171,7 +171,7 @@ class RunConfig:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explicit_keys: frozenset[str] | None = field(default=None, repr=False, compare=False,
