@@ -90,7 +90,7 @@ def _rows(loaded, args, world: int, rank: int):
 
 
 def run(args) -> int:
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.distill import search
     from megatron_diffusion.distill.row_model import RowModel
     from megatron_diffusion.data.trajectories import shard_path

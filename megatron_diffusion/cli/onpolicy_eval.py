@@ -97,7 +97,7 @@ def _base_rows(base: dict, path: str) -> list[dict]:
 
 def run(args) -> int:
     records = _check(args)
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.data.tokenizer import load_tokenizer
     from megatron_diffusion.fileio import write_text_atomic
     from megatron_diffusion.onpolicy import rollout

@@ -87,7 +87,7 @@ def sampler_config(args) -> SamplerConfig:
 
 
 def load_from_args(args):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     # bad settings fail (validated once, in load_sampler) before the checkpoint is looked at
     return load_sampler(args.checkpoint, sampler_config(args),

@@ -89,7 +89,7 @@ class ModelVerifier:
 
     @classmethod
     def from_checkpoint(cls, path, states_per_call: int = 4) -> "ModelVerifier":
-        from megatron_diffusion.checkpoint.loading import load_model
+        from megatron_diffusion.loading.trained import load_model
 
         loaded = load_model(path)
         if loaded.tokenizer_path is None:

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.distill.row_model import RowModel
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig
