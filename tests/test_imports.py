@@ -6,8 +6,8 @@ subpackage is one level of that order ("level", so as not to be confused with th
 stages or megatron's pipeline stages). Levels, earliest first:
 
     base (errors, fileio, progress, layout, batch, parallel) -> data -> corruption -> masks -> model
-    -> loss -> config (the run config) -> training -> sampling -> convert -> loading
-    -> distill -> evaluation -> onpolicy -> cli
+    -> loss -> distill -> config (the run config) -> training -> sampling -> convert -> loading
+    -> evaluation -> onpolicy -> cli
 
 A module may import its own level and earlier ones. The entry points (``cli/``, one module per
 command) are the last level: they wire the others together, and nothing else imports them.
@@ -20,8 +20,8 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "megatron_diffusion"
-LEVELS = ["base", "data", "corruption", "masks", "model", "loss", "config", "training", "sampling",
-          "convert", "loading", "distill", "evaluation", "onpolicy", "cli"]
+LEVELS = ["base", "data", "corruption", "masks", "model", "loss", "distill", "config", "training",
+          "sampling", "convert", "loading", "evaluation", "onpolicy", "cli"]
 BASE = {"errors", "fileio", "progress", "layout", "batch", "parallel", ""}
 
 
@@ -123,4 +123,6 @@ def test_the_checker_sees_a_later_level_import_and_a_cycle():
     assert _violation("megatron_diffusion.sampling.api", "megatron_diffusion.evaluation.generation")
     assert _violation("megatron_diffusion.model.loading", "megatron_diffusion.convert.hf_export")
     assert not _violation("megatron_diffusion.training.trainer", "megatron_diffusion.model.gpt")
+    assert _violation("megatron_diffusion.data.loader", "megatron_diffusion.distill.store")
+    assert not _violation("megatron_diffusion.training.trainer", "megatron_diffusion.distill.store")
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]

@@ -42,6 +42,7 @@ from megatron_diffusion.config import RunConfig
 from megatron_diffusion.corruption.factory import make_corruptor
 from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied, build_indices
 from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab, store_vocabulary
+from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.gpt import transformer_config
@@ -218,7 +219,8 @@ class Trainer:
                                           data_parallel_size=self.dp_size,
                                           corrupt_fn=self.corruptor.corrupt,
                                           tokenizer_hash=store.tokenizer_hash,
-                                          vocab_size=store.vocab_size)
+                                          vocab_size=store.vocab_size,
+                                          trajectory_rows=trajectory_rows(cfg.data))
         self.held_out.check_split()
 
     def _restore(self, resume_path) -> None:
