@@ -149,7 +149,7 @@ def test_stop_tokens_from_meta_and_flags(checkpoint):
 
 def test_a_checkpoint_load_prints_no_third_party_warning(checkpoint):
     """Every load went through megatron-core's dist_checkpointing and printed torch's three
-    FutureWarnings (load_state_dict, ShardedTensor) to a user's terminal (issue 27 item 4);
+    FutureWarnings (load_state_dict, ShardedTensor) to a user's terminal;
     the CLI silences the known third-party warnings, its own stay."""
     import os
     import subprocess
