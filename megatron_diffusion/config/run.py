@@ -74,7 +74,7 @@ class ParallelConfig:
             if self.pipeline_model_parallel_size < 2:
                 raise UsageError(f"parallel.virtual_pipeline_model_parallel_size: got {vpp}, "
                                  "expected null with pipeline_model_parallel_size=1 (interleaving "
-                                 "needs >= 2 stages)")
+                                 "needs >= 2 pipeline stages)")
         return self
 
 
