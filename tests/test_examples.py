@@ -1,6 +1,6 @@
-"""Every example config loads and validates as ``train`` reads it (an on-policy section with the
-on-policy config), and every example prompt set is a valid prompt set: an example that drifts
-from the config schema fails here, not in a user's first run."""
+"""Every example config loads and validates as ``train`` reads it (``training.step_source:
+onpolicy`` with the on-policy config), and every example prompt set is a valid prompt set: an
+example that drifts from the config schema fails here, not in a user's first run."""
 
 from pathlib import Path
 
@@ -16,7 +16,9 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_example_config_validates(path: Path):
-    cls = OnPolicyRunConfig if "onpolicy" in read_yaml(path) else RunConfig
+    onpolicy = read_yaml(path).get("training", {}).get("step_source") == "onpolicy"
+    assert onpolicy == ("onpolicy" in read_yaml(path))  # the section goes with its step source
+    cls = OnPolicyRunConfig if onpolicy else RunConfig
     cfg = load_config(path, validate=False, cls=cls)
     if cfg.model.vocab_size == 0:  # both completed from the data store when a run starts
         cfg.model.vocab_size, cfg.model.mask_token_id = 49152, 49151

@@ -2,13 +2,15 @@
 
 One process by default; under ``torchrun`` or SLURM (``srun``) every rank runs this same command.
 A config with a ``stages:`` list runs its stages in order (``training/stages.py``).
+``training.step_source`` names what each step consumes (``SOURCE_CLASSES``,
+``training/step_source.py``).
 """
 
 import sys
 from pathlib import Path
 
 from megatron_diffusion.config import load_config
-from megatron_diffusion.errors import UsageError
+from megatron_diffusion.errors import UsageError, check_choice
 from megatron_diffusion.parallel.process_groups import destroy
 from megatron_diffusion.parallel.run_dir import resolve_run_dir
 
@@ -36,25 +38,52 @@ def default_run_dir(config_path: str) -> Path:
     return Path(resolve_run_dir(None, default_name=Path(config_path).stem))
 
 
-def _onpolicy(keys) -> bool:
-    return any(k == "onpolicy" or k.startswith("onpolicy.") for k in keys)
+def _corpus():
+    from megatron_diffusion.config import RunConfig
+    from megatron_diffusion.training.corpus_source import CorpusSource
+
+    return RunConfig, CorpusSource
+
+
+def _onpolicy():
+    from megatron_diffusion.onpolicy.config import OnPolicyRunConfig
+    from megatron_diffusion.onpolicy.source import OnPolicySource
+
+    return OnPolicyRunConfig, OnPolicySource
+
+
+SOURCE_CLASSES = {"corpus": (None, _corpus), "onpolicy": ("onpolicy", _onpolicy)}
+"""``training.step_source`` -> (the config section that only this source reads, or None; its
+``(run config class, StepSource class)``, imported when chosen). A new source adds a line."""
+
+
+def _has_section(keys, section: str) -> bool:
+    return any(k == section or k.startswith(f"{section}.") for k in keys)
 
 
 def _kinds(config_path: str, overrides: list[str]):
-    """``kind(stage_keys) -> (config class, trainer class)``: a run (or a stage) whose keys
-    include the ``onpolicy`` section is an on-policy run (``onpolicy/trainer.py``)."""
-    from megatron_diffusion.config import RunConfig, parse_override, read_yaml
-    from megatron_diffusion.training.trainer import Trainer
+    """``kind(stage_keys) -> (config class, source class)`` of the run or of a stage, named by
+    its ``training.step_source`` (the YAML's, then the stage's, then the command line's). A
+    section that another source reads, or a missing one that the named source needs, is one
+    line naming ``training.step_source``."""
+    from megatron_diffusion.config import flatten, parse_override, read_yaml
 
-    given = [*read_yaml(config_path).keys(), *(parse_override(o)[0] for o in overrides)]
+    given = flatten({k: v for k, v in read_yaml(config_path).items() if k != "stages"})
+    overridden = dict(map(parse_override, overrides))
 
     def kind(stage_keys: dict):
-        if _onpolicy(given) or _onpolicy(stage_keys):
-            from megatron_diffusion.onpolicy.config import OnPolicyRunConfig
-            from megatron_diffusion.onpolicy.trainer import OnPolicyTrainer
-
-            return OnPolicyRunConfig, OnPolicyTrainer
-        return RunConfig, Trainer
+        keys = {**given, **stage_keys, **overridden}
+        name = keys.get("training.step_source", "corpus")
+        check_choice("training.step_source", name, tuple(SOURCE_CLASSES))
+        for other, (section, _) in SOURCE_CLASSES.items():
+            if section is None:
+                continue
+            if other != name and _has_section(keys, section):
+                raise UsageError(f"training.step_source: got {name!r}, but the config has the "
+                                 f"{section} section, which the {other!r} source reads")
+            if other == name and not _has_section(keys, section):
+                raise UsageError(f"training.step_source: {name!r} needs the {section} section")
+        return SOURCE_CLASSES[name][1]()
 
     return kind
 
@@ -62,6 +91,7 @@ def _kinds(config_path: str, overrides: list[str]):
 def run(args) -> int:
     # the training modules load megatron-core (seconds): imported here, not for ``train --help``
     from megatron_diffusion.training.stages import load_stages, run_stages
+    from megatron_diffusion.training.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"training.wandb={args.wandb!r}"] if args.wandb else [])
     if args.resume not in ("none", "auto") and not Path(args.resume).is_dir():
@@ -74,10 +104,10 @@ def run(args) -> int:
                           argv=sys.argv, overwrite=args.overwrite)
         destroy()
         return code
-    config_cls, trainer_cls = kind({})
+    config_cls, source_cls = kind({})
     cfg = load_config(args.config, overrides, validate=False, cls=config_cls)
-    trainer = trainer_cls(cfg, run_dir, resume=args.resume, init_from=args.init_from,
-                          argv=sys.argv, overwrite=args.overwrite).setup()
+    trainer = Trainer(cfg, run_dir, source_cls(cfg), resume=args.resume, init_from=args.init_from,
+                      argv=sys.argv, overwrite=args.overwrite).setup()
     code = trainer.train()
     destroy()
     return code

@@ -32,6 +32,8 @@ from megatron_diffusion.model.config import ModelConfig
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant", "linear")
 WANDB_MODES = ("off", "offline", "online")
+STEP_SOURCES = ("corpus", "onpolicy")
+"""``training.step_source`` values; the ``train`` entry point maps each to its class."""
 
 
 @dataclass
@@ -116,6 +118,10 @@ class TrainingConfig:
     """The training loop: its length, logging, validation and checkpoint cadence, seeds and
     loggers."""
 
+    step_source: str = "corpus"
+    """What each step consumes and learns from (training/step_source.py): ``corpus`` (corrupted
+    rows of ``data.blend``: CPT, SFT, the AR stage) or ``onpolicy`` (the model's own samples;
+    needs the ``onpolicy`` section, docs/onpolicy.md)."""
     train_iters: int = 1000
     """Optimizer steps; the curriculum (corruption warmup, edit stage) is laid out over them."""
     log_interval: int = 10
@@ -155,6 +161,7 @@ class TrainingConfig:
                      "max_nan_steps", "exit_interval"):
             check_int(f"training.{name}", getattr(self, name), lo=0)
         check_choice("training.wandb", self.wandb, WANDB_MODES)
+        check_choice("training.step_source", self.step_source, STEP_SOURCES)
         if self.infill_eval_interval > 0 and self.eval_iters == 0:
             raise UsageError(f"training.infill_eval_interval: got {self.infill_eval_interval}, "
                              "which needs training.eval_iters >= 1 (the validation micro-batches "

@@ -6,5 +6,6 @@ reference checkpoint); ``objective`` is the maths: the dense step surrogate of e
 reward, group-relative advantages, the policy-gradient loss with the k3 KL anchor; ``rows``
 turns a sampled trajectory into training rows whose logits are the sampler's; ``loss`` runs the
 loss through megatron's schedule; ``rollout`` samples and scores trajectories and gives their
-figures; ``trainer`` is the ``onpolicy`` trainer stage; ``config`` its run-config section.
+figures; ``source`` is the ``onpolicy`` step source of the trainer; ``config`` its run-config
+section.
 """

@@ -1,11 +1,12 @@
 """The ``onpolicy`` section of a run config, and the run config that carries it.
 
-A run config with an ``onpolicy:`` section is an on-policy run (``train`` runs it with
-``onpolicy.trainer.OnPolicyTrainer``; docs/onpolicy.md). The other sections mean what they mean
-in any run: ``model``/``attention`` the model (block mode, from ``--init-from``), ``data`` the
-token store whose tokenizer encodes the prompts (``data.seq_len``: the length of a loss row, at
-least the longest filled prompt plus ``max_new_tokens``; ``data.micro_batch_size``: loss rows
-per micro-batch), ``optimizer``/``training`` as always. ``OnPolicyRunConfig.validate`` checks the
+A run config with ``training.step_source: onpolicy`` and an ``onpolicy:`` section is an
+on-policy run (``train`` runs it with ``onpolicy.source.OnPolicySource``; docs/onpolicy.md). The
+other sections mean what they mean in any run: ``model``/``attention`` the model (block mode,
+from ``--init-from``), ``data`` the token store whose tokenizer encodes the prompts
+(``data.seq_len``: the length of a loss row, at least the longest filled prompt plus
+``max_new_tokens``; ``data.micro_batch_size``: loss rows per micro-batch),
+``optimizer``/``training`` as always. ``OnPolicyRunConfig.validate`` checks the
 section and what it needs of the others.
 """
 
@@ -105,6 +106,9 @@ class OnPolicyRunConfig(RunConfig):
 
     def validate(self) -> Self:
         super().validate()
+        if self.training.step_source != "onpolicy":
+            raise UsageError(f"training.step_source: the onpolicy section is read by the "
+                             f"'onpolicy' source, got {self.training.step_source!r}")
         attn, par, B = self.attention, self.parallel, self.attention.block_size
         if attn.mode != "block":
             raise UsageError(f"attention.mode: an on-policy run trains a block-diffusion model, "

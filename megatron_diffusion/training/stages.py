@@ -35,6 +35,7 @@ from megatron_diffusion.data.vocab import resolve_vocab
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
 from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
+from megatron_diffusion.training.corpus_source import CorpusSource
 from megatron_diffusion.training.trainer import Trainer
 
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -48,8 +49,8 @@ class Stage:
     cfg: object
     """The stage's ``RunConfig`` (not yet completed from the data store)."""
     run_dir: Path
-    trainer_cls: type = Trainer
-    """The stage's trainer (``onpolicy.trainer.OnPolicyTrainer`` for an on-policy stage)."""
+    source_cls: type = CorpusSource
+    """The stage's ``StepSource`` class (its ``training.step_source``)."""
 
 
 def _stage_keys(i: int, raw) -> tuple[str, dict]:
@@ -71,13 +72,13 @@ def _stage_keys(i: int, raw) -> tuple[str, dict]:
 
 
 def _plain(keys: dict) -> tuple[type, type]:
-    return RunConfig, Trainer
+    return RunConfig, CorpusSource
 
 
 def load_stages(config_path, overrides, run_dir, kind=_plain) -> list[Stage] | None:
     """The stages of ``config_path`` (None when it has no ``stages`` list), each validated
     except for what the data store completes (vocabulary). ``kind(stage_keys)`` gives a stage's
-    ``(config class, trainer class)`` (the entry point knows the later stages' trainers)."""
+    ``(config class, step source class)`` (the entry point knows the later stages' sources)."""
     raw = read_yaml(config_path).get("stages")
     if raw is None:
         return None
@@ -89,12 +90,12 @@ def load_stages(config_path, overrides, run_dir, kind=_plain) -> list[Stage] | N
         if name in names:
             raise UsageError(f"stages[{i}].name: {name!r} is used twice")
         names.add(name)
-        config_cls, trainer_cls = kind(keys)
         try:
+            config_cls, source_cls = kind(keys)
             cfg = load_config(config_path, overrides, validate=False, stage=keys, cls=config_cls)
         except UsageError as e:
             raise UsageError(f"stages[{i}] ({name}): {e}") from None
-        stages.append(Stage(i + 1, name, cfg, Path(run_dir) / f"stage{i + 1}-{name}", trainer_cls))
+        stages.append(Stage(i + 1, name, cfg, Path(run_dir) / f"stage{i + 1}-{name}", source_cls))
     return stages
 
 
@@ -140,14 +141,14 @@ def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv,
         raise UsageError(f"--overwrite: replaces every stage's run in {run_dir}, it cannot be "
                          f"combined with --resume {resume}")
     _check_tokenizers(stages, [_validate(stage) for stage in stages])
-    source = init_from
+    start_from = init_from
     for stage in stages:
         done = _final_checkpoint(stage) if resume == "auto" else None
         if done is not None:
-            source = done
+            start_from = done
             continue
-        trainer = stage.trainer_cls(stage.cfg, stage.run_dir, resume=resume, init_from=source,
-                                    argv=argv, overwrite=overwrite).setup()
+        trainer = Trainer(stage.cfg, stage.run_dir, stage.source_cls(stage.cfg), resume=resume,
+                          init_from=start_from, argv=argv, overwrite=overwrite).setup()
         if trainer.rank == 0:
             clear_marker(run_dir)
         code = trainer.train()
@@ -156,5 +157,5 @@ def run_stages(stages: list[Stage], run_dir, *, resume: str, init_from, argv,
             if trainer.rank == 0 and preempted:
                 write_marker(run_dir, f"stage{stage.index} {trainer.step}")
             return code
-        source = _final_checkpoint(stage)
+        start_from = _final_checkpoint(stage)
     return 0

@@ -14,7 +14,9 @@ as in metrics.jsonl) on this data-parallel rank's micro-batches:
    checkpoint (saved before the divergence) stays ``latest``;
 4. otherwise ``optimizer.step()`` (gradient clipping inside) and the record: step, loss, ce, lr,
    grad_norm, tokens_per_s and step_time_s (timed from ``started``, so the wait for data
-   counts), stage, u_max, and mfu where the device's peak FLOP/s is known (``StepCost``).
+   counts), stage, what the forward/backward returned besides, and mfu where the device's
+   peak FLOP/s is known (``StepCost``). The step source adds its own figures (``u_max``, the
+   on-policy rewards) to the record.
 """
 
 import math
@@ -59,12 +61,12 @@ class TrainStep:
     """The step function of a run; counts the non-finite steps skipped in a row."""
 
     def __init__(self, chunks, optimizer, spec: ForwardSpec, cost: StepCost, *,
-                 max_nan_steps: int, u_max_at: Callable[[int], float],
-                 say: Callable[[str], None], run: Callable = forward_backward):
+                 max_nan_steps: int, say: Callable[[str], None],
+                 run: Callable = forward_backward):
         """``run(chunks, microbatches, spec) -> {"loss", "ce", ...}``: the forward/backward
-        (``step.forward_backward``; the on-policy stage passes its policy-gradient one)."""
+        (``step.forward_backward``; the step source's, ``StepSource.forward_backward``)."""
         self.chunks, self.optimizer, self.spec, self.cost = chunks, optimizer, spec, cost
-        self.max_nan_steps, self.u_max_at, self.say = max_nan_steps, u_max_at, say
+        self.max_nan_steps, self.say = max_nan_steps, say
         self.run = run
         self.nan_in_a_row = 0
 
@@ -111,7 +113,7 @@ class TrainStep:
         record = {"step": step, "loss": res["loss"], "ce": res["ce"], "lr": lr,
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens_per_s": self.cost.tokens / dt, "step_time_s": dt,
-                  "stage": stage, "u_max": self.u_max_at(step - 1)}
+                  "stage": stage}
         record.update({k: v for k, v in res.items() if k not in ("loss", "ce", "num_tokens", "acc")})
         if self.cost.peak_flops:
             record["mfu"] = self.cost.flops / dt / (self.cost.peak_flops * self.cost.world_size)

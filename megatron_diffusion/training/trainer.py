@@ -1,29 +1,30 @@
-"""The training loop: CPT and SFT of a diffusion LM on megatron-core.
+"""The training loop of a diffusion LM on megatron-core, for any step source.
 
-One ``Trainer`` per process (one process by default; torchrun/SLURM start many). ``setup``:
+One ``Trainer`` per process (one process by default; torchrun/SLURM start many). What a step
+consumes, its forward/backward, its figures and its data state are the step source's
+(``step_source``: ``corpus_source`` for CPT/SFT, ``onpolicy.source``). ``setup``:
 
 1. config: the data store completes the model config (its vocabulary and special ids; a
    mismatch with an explicit config is an error before any work), ``--init-from`` its
-   architecture; the checkpoint to resume from is found and checked;
+   architecture; the checkpoint to resume from is found and checked; the source's checks;
 2. parallel state (TP/PP/VPP/CP/DP);
-3. data: the packing plan (rank 0 builds it), the corrupting loader of this DP rank
-   (``corruption.factory``), the held-out split (``validation``), the ``step.ForwardSpec``
-   every forward of the run follows. Before the run directory: data that cannot make one row
-   (a store of 2 tokens, no validation documents for evaluation) is refused with nothing
-   written, and a run directory that did not exist still does not;
+3. data: the ``step.ForwardSpec`` every forward of the run follows, the source's data of this
+   DP rank. Before the run directory: data that cannot make one row (a store of 2 tokens, no
+   validation documents for evaluation) is refused with nothing written, and a run directory
+   that did not exist still does not;
 4. the run directory (rank 0: lock, config snapshot);
-5. model and optimizer: the model chunks in megatron DDP (``model_setup``), Adam;
-6. restore: the resumed checkpoint (weights, optimizer, loader, RNG) or ``--init-from``'s
-   weights.
+5. model and optimizer: the model chunks in megatron DDP (``model_setup``), Adam; the source's
+   own models;
+6. restore: the resumed checkpoint (weights, optimizer, the source's state, RNG) or
+   ``--init-from``'s weights.
 
 Each step (``train_step.TrainStep``): the step's learning rate (a pure function of the step,
-``lr_schedule``), this DP rank's micro-batches (corrupted in the loader workers with the step's
-curriculum: corruption warmup, then mask stage, then edit stage for the last fraction of steps),
-``forward_backward``, the non-finite guard (skip, ``max_nan_steps`` in a row stop the run), the
-optimizer step. Then log, validate, checkpoint; a SIGTERM/SIGUSR2 received meanwhile saves and
-exits 0. A loader worker that dies (the out-of-memory killer) stops every rank before the step
-whose data it held: the last completed step is saved, with the loader back at that step's end,
-and the run stops with one line (``LoaderWorkerDied``, exit 2); ``--resume auto`` continues.
+``lr_schedule``), this DP rank's micro-batches from the source, its forward/backward, the
+non-finite guard (skip, ``max_nan_steps`` in a row stop the run), the optimizer step. Then the
+source's figures, log, checkpoint; a SIGTERM/SIGUSR2 received meanwhile saves and exits 0. A
+loader worker that dies (the out-of-memory killer) stops every rank before the step whose data
+it held: the last completed step is saved, with the loader back at that step's end, and the run
+stops with one line (``LoaderWorkerDied``, exit 2); ``--resume auto`` continues.
 """
 
 import contextlib
@@ -39,10 +40,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_diffusion.config import RunConfig
-from megatron_diffusion.corruption.factory import make_corruptor
-from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied, build_indices
-from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab, store_vocabulary
-from megatron_diffusion.distill.store import trajectory_rows
+from megatron_diffusion.data.loader import LoaderWorkerDied
+from megatron_diffusion.data.vocab import check_checkpoint_store, resolve_vocab
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.config import ModelConfig
 from megatron_diffusion.model.gpt import transformer_config
@@ -62,8 +61,8 @@ from megatron_diffusion.training.lr_schedule import lr_at
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
 from megatron_diffusion.training.observability import RunLogger
 from megatron_diffusion.training.step import ForwardSpec
-from megatron_diffusion.training.train_step import StepCost, TrainStep
-from megatron_diffusion.training.validation import HeldOut
+from megatron_diffusion.training.step_source import StepSource
+from megatron_diffusion.training.train_step import TrainStep
 
 
 def _say_on_rank0(message: str) -> None:
@@ -73,11 +72,12 @@ def _say_on_rank0(message: str) -> None:
 
 
 class Trainer:
-    """One run on this process: ``Trainer(cfg, run_dir, ...).setup().train()`` -> exit code."""
+    """One run on this process: ``Trainer(cfg, run_dir, source, ...).setup().train()`` -> exit
+    code. ``source``: the run's ``StepSource`` (of the same ``cfg``)."""
 
-    def __init__(self, cfg: RunConfig, run_dir, *, resume: str = "none", init_from=None,
-                 argv=None, overwrite: bool = False):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: RunConfig, run_dir, source: StepSource, *, resume: str = "none",
+                 init_from=None, argv=None, overwrite: bool = False):
+        self.cfg, self.run_dir, self.source = cfg, Path(run_dir), source
         self.resume, self.init_from, self.argv = resume, init_from, argv or []
         self.overwrite = overwrite
         self.preempted = False
@@ -101,8 +101,9 @@ class Trainer:
         resume_path = self._read_config()
         self._init_parallel()
         self._build_data()  # refusals about the data: before anything is written
-        self._on_rank0_agreed(self._prepare_run_dir)
+        self.on_rank0_agreed(self._prepare_run_dir)
         self._build_model_and_optimizer()
+        self.source.build_models(self)
         self._restore(resume_path)
         return self
 
@@ -124,6 +125,7 @@ class Trainer:
             adopt_spare_rows(self.cfg, meta, self.stores[0])
             self._check_same_model(meta, resume_path, "--resume")
             check_checkpoint_store(meta, resume_path, self.stores[0], "--resume")
+        self.source.check(self, resume_path)
         return resume_path
 
     def _init_parallel(self) -> None:
@@ -143,8 +145,8 @@ class Trainer:
                              f"micro-batches ({self.num_microbatches}) to be a multiple of "
                              f"pipeline_model_parallel_size ({par.pipeline_model_parallel_size})")
 
-    def _on_rank0_agreed(self, work, what: str = "--run-dir: rank 0 could not prepare the run "
-                                                 "directory") -> None:
+    def on_rank0_agreed(self, work, what: str = "--run-dir: rank 0 could not prepare the run "
+                                                "directory") -> None:
         """``work()`` on rank 0; every rank raises if it failed (one ``UsageError``; on the
         other ranks ``what``), instead of the other ranks waiting for rank 0 in their next
         collective. The all-reduce is also the barrier after ``work``."""
@@ -208,20 +210,8 @@ class Trainer:
         return n
 
     def _build_data(self) -> None:
-        cfg, store = self.cfg, self.stores[0]
-        self.spec = ForwardSpec.of(cfg)
-        self.corruptor = make_corruptor(cfg, **store_vocabulary(store))
-        self.held_out = HeldOut(cfg, store, self.spec, dp_rank=self.dp_rank, dp_size=self.dp_size)
-        num_samples = cfg.training.train_iters * cfg.data.global_batch_size
-        self._on_rank0_agreed(lambda: build_indices(cfg.data, num_samples),
-                              "data.blend: rank 0 could not build the packing plan")
-        self.loader = DiffusionDataLoader(cfg.data, data_parallel_rank=self.dp_rank,
-                                          data_parallel_size=self.dp_size,
-                                          corrupt_fn=self.corruptor.corrupt,
-                                          tokenizer_hash=store.tokenizer_hash,
-                                          vocab_size=store.vocab_size,
-                                          trajectory_rows=trajectory_rows(cfg.data))
-        self.held_out.check_split()
+        self.spec = ForwardSpec.of(self.cfg)
+        self.source.build(self)
 
     def _restore(self, resume_path) -> None:
         self.step = 0
@@ -291,12 +281,12 @@ class Trainer:
         self.step = int(meta["step"])
         self.converted_from = meta.get("converted_from", self.converted_from)
         self.generation = meta.get("generation", self.generation)
-        state = load_loader_state(path)
-        if state is not None:
-            self.loader.load_state_dict(state)
-        else:  # resumed under another DP size: derive from the global sample count
-            self.loader.consumed_samples = int(meta["consumed_samples"])
+        self.source.load_state_dict(load_loader_state(path),
+                                    consumed_samples=int(meta["consumed_samples"]))
         restore_rng(path)
+        if self.rank == 0:  # a resume says what it continues, not only when it had to step back
+            print(f"--resume {self.resume}: continuing from {path} (step {self.step} of "
+                  f"{self.cfg.training.train_iters})", file=sys.stderr, flush=True)
 
     def _snapshot(self):
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
@@ -328,13 +318,12 @@ class Trainer:
             logger.close()
 
     def _train_step(self, logger: RunLogger) -> TrainStep:
-        cost = StepCost.of(self.cfg, self.num_params, dist.get_world_size())
-        return TrainStep(self.chunks, self.optimizer, self.spec, cost,
-                         max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=self._u_max,
-                         say=logger.write)
+        return TrainStep(self.chunks, self.optimizer, self.spec, self.source.cost(self),
+                         max_nan_steps=self.cfg.training.max_nan_steps, say=logger.write,
+                         run=self.source.forward_backward)
 
     def _loop(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption) -> int:
-        with contextlib.closing(self._step_inputs()) as inputs:
+        with contextlib.closing(self.source.steps(self, self.step)) as inputs:
             return self._steps(step_fn, logger, flag, inputs)
 
     def _steps(self, step_fn: TrainStep, logger: RunLogger, flag: Preemption, inputs) -> int:
@@ -343,52 +332,20 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self._lr_at(self.step)
             try:
-                microbatches, extra = next(inputs)
+                microbatches, figures = next(inputs)
             except LoaderWorkerDied as e:
                 raise self._loader_died(e) from None
             record = step_fn(microbatches, step=self.step + 1, lr=lr, started=t0)
             self.step += 1
             if record is None:  # skipped: non-finite
                 continue
-            self._report({**record, **extra}, logger)
+            self._report({**record, **figures}, logger)
             code = self._save_or_exit(logger, flag)
             if code is not None:
                 return code
         if self.last_saved != self.step:
             self.save()
         return 0
-
-    def _step_inputs(self):
-        """Each step's ``(micro-batches, extra metrics)``, in order: this DP rank's share of
-        the global batch from the loader. A loader worker's death on any rank raises
-        ``LoaderWorkerDied`` on every rank before the step, the loader back at its start."""
-        it = iter(self.loader)
-        try:
-            while True:
-                start, died = self.loader.consumed_samples, None
-                try:
-                    microbatches = [next(it) for _ in range(self.num_microbatches)]
-                except LoaderWorkerDied as e:
-                    died = e
-                died = self._agree_on_loader(died)
-                if died is not None:
-                    self.loader.consumed_samples = start  # what the completed steps consumed
-                    raise died
-                yield microbatches, {}
-        finally:
-            it.close()  # the loader's workers stop now, not when the iterator is collected
-
-    def _agree_on_loader(self, died: LoaderWorkerDied | None) -> LoaderWorkerDied | None:
-        """Under several ranks, one small all-reduce per step: a rank whose workers live gets a
-        stand-in for another rank's ``LoaderWorkerDied``, so every rank stops at this step."""
-        if dist.get_world_size() == 1:
-            return died
-        failed = torch.tensor([0 if died is None else self.rank + 1])
-        host_collective(dist.all_reduce, failed, op=dist.ReduceOp.MAX)
-        if died is None and failed.item():
-            died = LoaderWorkerDied(f"a data loader worker of rank {int(failed.item()) - 1} died "
-                                    "(that rank's message says which and why)")
-        return died
 
     def _loader_died(self, died: LoaderWorkerDied) -> LoaderWorkerDied:
         """Save the last completed step (every rank stopped before the next, the loader is back
@@ -412,18 +369,12 @@ class Trainer:
                      wsd_decay_fraction=opt.wsd_decay_fraction)
 
     def _report(self, record: dict, logger: RunLogger) -> None:
-        """Add the held-out figures that are due, log the record when due, draw the progress."""
+        """Add the source's figures that are due, log the record when due, draw the progress."""
         tr = self.cfg.training
-        if tr.eval_interval and tr.eval_iters and self.step % tr.eval_interval == 0:
-            record["val_loss"], record["val_acc"] = self.held_out.validate(self.chunks)
-        if tr.infill_eval_interval and self.step % tr.infill_eval_interval == 0:
-            record.update(self.held_out.infill(self.chunks))
-        if self.step % tr.log_interval == 0 or self.step == tr.train_iters or \
-                "val_loss" in record or any(k.startswith("infill_acc") for k in record):
+        due = self.source.complete_record(self, record)
+        if due or self.step % tr.log_interval == 0 or self.step == tr.train_iters:
             logger.log(record)
-        logger.progress(self.step, {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.2e}",
-                                    "tok/s": f"{record['tokens_per_s']:.0f}",
-                                    **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {})})
+        logger.progress(self.step, self.source.progress(record))
 
     def _save_or_exit(self, logger: RunLogger, flag: Preemption) -> int | None:
         """Checkpoint when due; the exit code when the run stops here (preempted,
@@ -449,14 +400,9 @@ class Trainer:
             write_marker(self.run_dir, str(self.step))
         return 0
 
-    def _u_max(self, step):
-        if self.cfg.loss.objective == "ar":
-            return 0.0
-        return float(self.corruptor.u_max_at(step))
-
     def save(self):
         save_checkpoint(self.run_dir, self.step, self.chunks, self.optimizer, meta=self.meta(),
-                        loader_state=self.loader.state_dict(), tokenizer_path=self.tokenizer_path,
+                        loader_state=self.source.state_dict(), tokenizer_path=self.tokenizer_path,
                         keep_last=self.cfg.training.keep_last)
 
     def meta(self) -> dict:
@@ -464,7 +410,7 @@ class Trainer:
         par = self.cfg.parallel
         meta = checkpoint_meta(
             self.cfg, tokenizer_hash=self.stores[0].tokenizer_hash,
-            consumed_samples=self.loader.consumed_samples,
+            consumed_samples=self.source.consumed_samples,
             parallel={"tensor_model_parallel_size": par.tensor_model_parallel_size,
                       "pipeline_model_parallel_size": par.pipeline_model_parallel_size,
                       "context_parallel_size": par.context_parallel_size,
@@ -473,4 +419,5 @@ class Trainer:
             meta["converted_from"] = self.converted_from
         if self.generation:
             meta["generation"] = self.generation
+        meta.update(self.source.meta(self))
         return meta

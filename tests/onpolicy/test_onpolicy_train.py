@@ -22,7 +22,8 @@ PROMPTS = [
     ("def first(xs):\n", "    assert candidate([4, 5]) == 4\n", "first"),
     ("def is_empty(xs):\n", "    assert candidate([])\n", "is_empty"),
 ]
-ONPOLICY = ["data.seq_len=32", "onpolicy.max_new_tokens=12", "onpolicy.prompts_per_step=2",
+ONPOLICY = ["training.step_source=onpolicy", "data.seq_len=32", "onpolicy.max_new_tokens=12",
+            "onpolicy.prompts_per_step=2",
             "onpolicy.group_size=2", "onpolicy.threshold=0.004", "optimizer.lr=0.01"]
 KEYS = {"loss", "reward", "verifier", "steps_per_block", "tokens_per_forward", "kl", "surrogate",
         "completion_tokens", "generation_s", "grad_norm"}
@@ -140,10 +141,10 @@ def test_data_parallel_counts_every_rank(tiny_store, base, tmp_path):
 
 
 def test_an_onpolicy_stage_of_a_staged_run(tiny_store, base, tmp_path):
-    """A stage whose keys name the onpolicy section is an on-policy stage, started from the
-    previous stage's final checkpoint; the other stages train as before."""
+    """A stage whose keys name the onpolicy source and section is an on-policy stage, started
+    from the previous stage's final checkpoint; the other stages train as before."""
     cfg = yaml.safe_load((ROOT / "examples" / "cpu_demo.yaml").read_text())
-    onpolicy = dict(o.split("=", 1) for o in ONPOLICY if o.startswith("onpolicy."))
+    onpolicy = dict(o.split("=", 1) for o in ONPOLICY if o.startswith(("onpolicy.", "training.")))
     cfg["stages"] = [{"name": "cpt", "train_iters": 2},
                      {"name": "op", "train_iters": 2, "onpolicy.prompts": str(base[1]),
                       **{k: yaml.safe_load(v) for k, v in onpolicy.items()}}]

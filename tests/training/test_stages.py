@@ -92,7 +92,7 @@ class _PreemptedAtItsLastStep:
 
     calls: list = []
 
-    def __init__(self, cfg, run_dir, *, resume, init_from, argv, overwrite=False):
+    def __init__(self, cfg, run_dir, source, *, resume, init_from, argv, overwrite=False):
         self.cfg, self.run_dir, self.rank, self.step = cfg, run_dir, 0, 0
         self.preempted = False
         type(self).calls.append((run_dir.name, resume, overwrite))
@@ -110,7 +110,7 @@ class _PreemptedAtItsLastStep:
         return 0
 
 
-def test_preemption_during_a_stages_final_save_stops_the_run(tiny_store, tmp_path):
+def test_preemption_during_a_stages_final_save_stops_the_run(tiny_store, tmp_path, monkeypatch):
     """Before: stage 1 printed 'saved step N, exiting', stage 2 trained to the end, exit 0,
     no PREEMPTED in RUN_DIR, so SLURM never requeued."""
     from megatron_diffusion.parallel.preemption import MARKER
@@ -118,22 +118,21 @@ def test_preemption_during_a_stages_final_save_stops_the_run(tiny_store, tmp_pat
 
     run = tmp_path / "run"
     stages = load_stages(staged_config(tmp_path), [f"data.blend=[[1.0, {tiny_store}]]", *TINY], run)
-    for s in stages:
-        s.trainer_cls = _PreemptedAtItsLastStep
+    monkeypatch.setattr("megatron_diffusion.training.stages.Trainer", _PreemptedAtItsLastStep)
     _PreemptedAtItsLastStep.calls = []
     assert run_stages(stages, run, resume="auto", init_from=None, argv=[]) == 0
     assert [c[0] for c in _PreemptedAtItsLastStep.calls] == ["stage1-ar"]  # stage 2 not started
     assert (run / MARKER).read_text().split()[1:] == ["stage1", "3"]
 
 
-def test_overwrite_reaches_every_stage_and_resume_auto_with_it_is_refused(tiny_store, tmp_path):
+def test_overwrite_reaches_every_stage_and_resume_auto_with_it_is_refused(tiny_store, tmp_path,
+                                                                        monkeypatch):
     from megatron_diffusion.errors import UsageError
     from megatron_diffusion.training.stages import load_stages, run_stages
 
     run = tmp_path / "run"
     stages = load_stages(staged_config(tmp_path), [f"data.blend=[[1.0, {tiny_store}]]", *TINY], run)
-    for s in stages:
-        s.trainer_cls = _PreemptedAtItsLastStep
+    monkeypatch.setattr("megatron_diffusion.training.stages.Trainer", _PreemptedAtItsLastStep)
     _PreemptedAtItsLastStep.calls = []
     run_stages(stages, run, resume="none", init_from=None, argv=[], overwrite=True)
     assert _PreemptedAtItsLastStep.calls == [("stage1-ar", "none", True)]

@@ -24,6 +24,9 @@ def _main(args, capsys):
     ("parallel.tensor_model_parallel_size=3", "tensor_model_parallel_size"),
     ("training.wandb=off", "quote"),
     ("optimizer.lr_decay_style=zigzag", "optimizer.lr_decay_style"),
+    ("training.step_source=rollouts", "training.step_source: got 'rollouts'"),
+    ("training.step_source=onpolicy", "step_source: 'onpolicy' needs the onpolicy section"),
+    ("onpolicy.group_size=2", "training.step_source: got 'corpus', but the config has"),
 ])
 def test_bad_config_values(override, needle, tiny_store, tmp_path, capsys):
     run = tmp_path / "run"

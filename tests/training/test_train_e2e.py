@@ -38,8 +38,11 @@ def test_resume_is_exact(layout, tiny_store, tmp_path, straight):
               *layout, nproc=nproc)
     assert max(losses(run)) == STEPS // 2
     assert not (run / "PREEMPTED").exists()  # exit_interval is not a preemption
-    run_train(tiny_store, run, f"training.train_iters={STEPS}", *layout, nproc=nproc)
+    resumed = run_train(tiny_store, run, f"training.train_iters={STEPS}", *layout, nproc=nproc)
     assert losses(run) == straight  # identical floats, not approximately
+    said = [line for line in resumed.stderr.splitlines() if "continuing from" in line]
+    assert len(said) == 1 and said[0].startswith("--resume auto: continuing from ")  # rank 0 only
+    assert said[0].endswith(f"iter_{STEPS // 2:07d} (step {STEPS // 2} of {STEPS})")
 
 
 @pytest.mark.distributed

@@ -20,8 +20,7 @@ from megatron_diffusion.training.train_step import StepCost, TrainStep
 from tests.helpers import synthetic_batch, tiny_model_config
 
 ATTN = AttentionConfig(mode="bidirectional")
-RECORD_FIELDS = {"step", "loss", "ce", "lr", "grad_norm", "tokens_per_s", "step_time_s", "stage",
-                 "u_max"}
+RECORD_FIELDS = {"step", "loss", "ce", "lr", "grad_norm", "tokens_per_s", "step_time_s", "stage"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def _step_fn(model, said, *, max_nan_steps=2, peak=None):
     chunks, optimizer = model
     cost = StepCost(tokens=16, flops=1e9, peak_flops=peak, world_size=1)
     return TrainStep(chunks, optimizer, ForwardSpec(ATTN, LossConfig()), cost,
-                     max_nan_steps=max_nan_steps, u_max_at=lambda s: 0.5 + s, say=said.append)
+                     max_nan_steps=max_nan_steps, say=said.append)
 
 
 def _batches(poison=False):
@@ -60,7 +59,7 @@ def test_a_step_updates_the_weights_and_returns_the_metrics_record(model, tmp_pa
     said, before = [], _weights(model)
     record = _run(_step_fn(model, said), 3, lr=2e-4)
     assert set(record) == RECORD_FIELDS  # no peak FLOP/s known: no mfu
-    assert record["step"] == 3 and record["lr"] == 2e-4 and record["u_max"] == 2.5
+    assert record["step"] == 3 and record["lr"] == 2e-4
     assert record["stage"] == "mask" and math.isfinite(record["loss"]) and record["grad_norm"] > 0
     assert record["tokens_per_s"] == pytest.approx(16 / record["step_time_s"])
     assert all(g["lr"] == 2e-4 for g in model[1].param_groups)

@@ -1,33 +1,17 @@
-"""The ``onpolicy`` trainer stage: Seed Diffusion 3.3's step reduction on the model's own samples.
+"""The ``onpolicy`` step source: Seed Diffusion 3.3's step reduction on the model's own samples.
 
-``OnPolicyTrainer`` is a ``training.trainer.Trainer`` (setup, parallel state, checkpoints,
-resume, SIGTERM/SIGUSR2, the non-finite guard, metrics.jsonl are that class's) whose data and
-step differ. Each step ``s``:
-
-1. **prompts**: ``onpolicy.prompts_per_step`` prompts of the set (a seeded permutation per epoch,
-   a pure function of ``s``, so a resumed run takes the same ones), split over the data-parallel
-   ranks; each prompt filled on the left to a multiple of the block size (``rows.fill_prompt``);
-2. **generation** on this rank: ``group_size`` trajectories per prompt with the block sampler on
-   the model being trained (threshold/fixed rule, KV cache, temperature 1, seed from ``s`` and
-   the rank), in eval mode, without gradients;
-3. **reward** of each (``objective.reward``): the dense step surrogate and the verifier's score
-   (execution of the prompt's test, or the completion's likelihood under the frozen starting
-   model); group-relative advantages per prompt (``objective.group_advantages``);
-4. **rows** (``rows.policy_rows``), the reference model's log-probabilities of the committed
-   tokens (``loss.reference_logp``, when ``kl_weight > 0``), and the step through
-   ``train_step.TrainStep`` with the policy-gradient forward/backward (``loss``). Every
-   data-parallel rank runs as many micro-batches (the most any rank needs, padding rows after).
-
-Metrics per step (metrics.jsonl, over all ranks): ``loss``, ``reward``, ``verifier`` (mean
-score: the pass rate with the execution verifier), ``steps_per_block`` and
-``tokens_per_forward`` of the trajectories, ``surrogate``, ``kl`` (mean k3 per token), ``ce``
-(mean ``-log pi`` of the committed tokens), ``completion_tokens``, ``rows``, ``generation_s``.
-
-The stage needs ``--init-from`` (the model to improve); the frozen reference (KL anchor, model
-verifier) is that checkpoint, also on resume (checked against the checkpoint's record).
+``training.step_source: onpolicy`` runs ``training.trainer.Trainer`` with ``OnPolicySource`` as
+what each step consumes. Each step: ``onpolicy.prompts_per_step`` prompts (a seeded permutation
+per epoch, a pure function of the step, split over data-parallel ranks); ``group_size``
+trajectories per prompt from the block sampler on the current weights; their rewards (the dense
+step surrogate and the verifier's score) and group-relative advantages; the trajectories as rows
+(``rows``) through the policy-gradient forward/backward (``loss``) with the frozen reference's
+log-probabilities for the KL anchor. The reference is ``--init-from``'s checkpoint, also on
+resume. docs/onpolicy.md has the steps, the metrics and the settings.
 """
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 
@@ -54,16 +38,15 @@ from megatron_diffusion.sampling.api import stop_token_ids
 from megatron_diffusion.sampling.sampler import ModelRules
 from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
 from megatron_diffusion.training.model_setup import unwrap
-from megatron_diffusion.training.step import ForwardSpec
-from megatron_diffusion.training.train_step import StepCost, TrainStep
-from megatron_diffusion.training.trainer import Trainer
+from megatron_diffusion.training.step_source import StepSource
+from megatron_diffusion.training.train_step import StepCost
 
 class PromptStream:
     """Which prompts step ``s`` takes: positions ``[s * n, (s + 1) * n)`` of the concatenated
     per-epoch permutations (seeded), this data-parallel rank's contiguous share of them."""
 
     def __init__(self, num_prompts: int, per_step: int, *, seed: int, dp_rank: int, dp_size: int):
-        """``per_step``: a multiple of ``dp_size`` (``OnPolicyTrainer._init_parallel`` checks)."""
+        """``per_step``: a multiple of ``dp_size`` (``OnPolicySource.build`` checks)."""
         self.num, self.per_step, self.seed = num_prompts, per_step, seed
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.consumed_samples = 0
@@ -83,56 +66,28 @@ class PromptStream:
         self.consumed_samples = int(state["consumed_samples"])
 
 
-class OnPolicyTrainer(Trainer):
-    """``OnPolicyTrainer(cfg, run_dir, init_from=...).setup().train()`` -> exit code."""
+class OnPolicySource(StepSource):
+    """Trajectories sampled from the policy, scored and turned into policy-gradient rows."""
 
-    def _read_config(self):
-        if self.init_from is None:
+    def check(self, run, resume_path) -> None:
+        """``--init-from`` given, the same reference on resume, the prompts readable and fitting
+        a loss row: before the run directory is written."""
+        if run.init_from is None:
             raise UsageError("--init-from: an on-policy run improves a trained model; give its "
                              "checkpoint (it is also the frozen reference)")
-        resume_path = super()._read_config()
+        self.reference_path = Path(run.init_from)
         if resume_path is not None:
             theirs = read_meta(resume_path).get("onpolicy_reference")
-            if theirs is None or Path(theirs).resolve() != Path(self.init_from).resolve():
-                raise UsageError(f"--init-from: {self.init_from} is not the reference this run "
+            if theirs is None or Path(theirs).resolve() != self.reference_path.resolve():
+                raise UsageError(f"--init-from: {run.init_from} is not the reference this run "
                                  f"started from ({theirs}); resume with that checkpoint")
-        self._read_prompts()  # bad prompts: one line, before the run directory is written
-        return resume_path
-
-    def _read_prompts(self) -> None:
-        path = self.cfg.training.tokenizer or self._store_tokenizer()
+        path = self.cfg.training.tokenizer or run.stores[0].tokenizer_file
         if path is None:
-            raise UsageError(f"data.blend: store {self.stores[0].path} has no tokenizer.json; "
+            raise UsageError(f"data.blend: store {run.stores[0].path} has no tokenizer.json; "
                              "set training.tokenizer")
         self.tokenizer = load_tokenizer(path)
         self.records = read_prompts(self.cfg.onpolicy.prompts)
         self.prompt_ids = [self._filled(r) for r in self.records]
-
-    def _init_parallel(self) -> None:
-        super()._init_parallel()
-        per_step = self.cfg.onpolicy.prompts_per_step
-        if per_step % self.dp_size:  # before the run directory is written
-            raise UsageError(f"onpolicy.prompts_per_step: got {per_step}, expected a multiple of "
-                             f"the {self.dp_size} data-parallel ranks")
-
-    # ------------------------------------------------------------------ data, models
-    def _build_data(self) -> None:
-        cfg, op = self.cfg, self.cfg.onpolicy
-        self.spec = ForwardSpec.of(cfg)
-        self.stream = PromptStream(len(self.records), op.prompts_per_step, seed=op.seed,
-                                   dp_rank=self.dp_rank, dp_size=self.dp_size)
-        self.loader = self.stream  # what checkpoints save and resume restores
-
-    def _build_model_and_optimizer(self) -> None:
-        """The policy, and the frozen reference (its weights come in ``_restore``) that the KL
-        term and the model verifier read."""
-        super()._build_model_and_optimizer()
-        op = self.cfg.onpolicy
-        self.reference = None
-        if op.kl_weight > 0 or op.verifier == "model":
-            self.reference = build_model(self.cfg.model, unwrap(self.chunks)[0].config).eval()
-            self.reference.requires_grad_(False)
-        self.verifier = self._verifier()
 
     def _filled(self, record) -> list[int]:
         """The prompt's ids, filled to whole blocks; checked to fit a loss row."""
@@ -149,35 +104,52 @@ class OnPolicyTrainer(Trainer):
                              f"tokens, filled) + onpolicy.max_new_tokens={op.max_new_tokens}")
         return ids
 
+    # ------------------------------------------------------------------ data, models
+    def build(self, run) -> None:
+        op = self.cfg.onpolicy
+        if op.prompts_per_step % run.dp_size:  # before the run directory is written
+            raise UsageError(f"onpolicy.prompts_per_step: got {op.prompts_per_step}, expected a "
+                             f"multiple of the {run.dp_size} data-parallel ranks")
+        self.dp_rank, self.dp_size, self.spec = run.dp_rank, run.dp_size, run.spec
+        self.stream = PromptStream(len(self.records), op.prompts_per_step, seed=op.seed,
+                                   dp_rank=run.dp_rank, dp_size=run.dp_size)
+        # the q term (loss.py, choice.py): the commit rule's choice of positions, unless ablated
+        rule = CommitRule(op.strategy, op.threshold) if op.commit_choice else None
+        self._forward_backward = policy_forward_backward(op.kl_weight, rule)
+
+    def build_models(self, run) -> None:
+        """The frozen reference that the KL term and the model verifier read: the
+        ``--init-from`` checkpoint, also on resume."""
+        op = self.cfg.onpolicy
+        self.policy = unwrap(run.chunks)[0]
+        self.reference = None
+        if op.kl_weight > 0 or op.verifier == "model":
+            self.reference = build_model(self.cfg.model, self.policy.config).eval()
+            self.reference.requires_grad_(False)
+            load_checkpoint(self.reference_path, [self.reference])
+        self.verifier = self._verifier()
+
     def _verifier(self):
         if self.cfg.onpolicy.verifier == "execution":
             return ExecutionVerifier(ExecutorConfig())
-        loaded = LoadedModel(self.reference, self.cfg, {}, None, Path(self.init_from))
+        loaded = LoadedModel(self.reference, self.cfg, {}, None, self.reference_path)
         return ModelVerifier(RowModel(loaded), self.tokenizer)
 
-    def _restore(self, resume_path) -> None:
-        super()._restore(resume_path)
-        if self.reference is not None:
-            load_checkpoint(self.init_from, [self.reference])
-        self.rules = ModelRules.from_run_config(
-            self.cfg, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-            stop_ids=stop_token_ids(self.tokenizer, (), {"generation": self.generation or {}}))
-
     # ------------------------------------------------------------------ step
-    def _train_step(self, logger) -> TrainStep:
-        op = self.cfg.onpolicy
-        # the q term (loss.py, choice.py): the commit rule's choice of positions, unless ablated
-        rule = CommitRule(op.strategy, op.threshold) if op.commit_choice else None
-        cost = StepCost(tokens=0, flops=0.0, peak_flops=None, world_size=dist.get_world_size())
-        return TrainStep(self.chunks, self.optimizer, self.spec, cost,
-                         max_nan_steps=self.cfg.training.max_nan_steps, u_max_at=lambda s: 0.0,
-                         say=logger.write, run=policy_forward_backward(op.kl_weight, rule))
+    def cost(self, run) -> StepCost:
+        return StepCost(tokens=0, flops=0.0, peak_flops=None, world_size=dist.get_world_size())
 
-    def _step_inputs(self):
+    def forward_backward(self, chunks, microbatches: list, spec) -> dict:
+        return self._forward_backward(chunks, microbatches, spec)
+
+    def steps(self, run, first_step: int):
         """Each step's micro-batches come from sampling with the current weights."""
-        while True:
-            inputs = self._rollout(self.step)
-            self.stream.consumed_samples = (self.step + 1) * self.cfg.onpolicy.prompts_per_step
+        self.rules = ModelRules.from_run_config(  # the generation settings the run restored
+            self.cfg, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+            stop_ids=stop_token_ids(self.tokenizer, (), {"generation": run.generation or {}}))
+        for step in itertools.count(first_step):
+            inputs = self._rollout(step)
+            self.stream.consumed_samples = (step + 1) * self.cfg.onpolicy.prompts_per_step
             yield inputs
 
     def _seed(self, step: int) -> int:
@@ -201,7 +173,7 @@ class OnPolicyTrainer(Trainer):
         index = [i for i in self.stream.take(step) for _ in range(op.group_size)]
         prompts = [self.prompt_ids[i] for i in index]
         t0 = time.perf_counter()
-        completions = rollout.sample(unwrap(self.chunks)[0], self.rules,
+        completions = rollout.sample(self.policy, self.rules,
                                      op.sampler(block_size=B, seed=self._seed(step)), prompts)
         generation_s = time.perf_counter() - t0
         scores = self._scores(index, prompts, completions)
@@ -235,20 +207,28 @@ class OnPolicyTrainer(Trainer):
             out.append(PolicyBatch(mb.batch, mb.open_BL, ref, scale))
         return out
 
-    def _report(self, record: dict, logger) -> None:
-        record.pop("u_max", None)
+    def complete_record(self, run, record: dict) -> bool:
+        """Throughput counts the loss rows' model tokens (the step's ``StepCost`` has none)."""
         record["tokens_per_s"] = 2 * self.cfg.data.seq_len * record["rows"] / record["step_time_s"]
-        tr = self.cfg.training
-        if self.step % tr.log_interval == 0 or self.step == tr.train_iters:
-            logger.log(record)
-        logger.progress(self.step, {"loss": f"{record['loss']:.3f}", "reward": f"{record['reward']:.3f}",
-                                    "tok/fwd": f"{record['tokens_per_forward']:.2f}",
-                                    "verifier": f"{record['verifier']:.2f}", "kl": f"{record['kl']:.4f}"})
+        return False
+
+    def progress(self, record: dict) -> dict:
+        return {"loss": f"{record['loss']:.3f}", "reward": f"{record['reward']:.3f}",
+                "tok/fwd": f"{record['tokens_per_forward']:.2f}",
+                "verifier": f"{record['verifier']:.2f}", "kl": f"{record['kl']:.4f}"}
 
     # ------------------------------------------------------------------ checkpoint
-    def meta(self) -> dict:
-        meta = super().meta()
-        meta["config"] = self.cfg.run_config_dict()  # what every checkpoint reader knows
-        meta["onpolicy"] = dataclasses.asdict(self.cfg.onpolicy)
-        meta["onpolicy_reference"] = str(Path(self.init_from).resolve())
-        return meta
+    @property
+    def consumed_samples(self) -> int:
+        return self.stream.consumed_samples
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict | None, *, consumed_samples: int) -> None:
+        self.stream.load_state_dict(state or {"consumed_samples": consumed_samples})
+
+    def meta(self, run) -> dict:
+        return {"config": self.cfg.run_config_dict(),  # what every checkpoint reader knows
+                "onpolicy": dataclasses.asdict(self.cfg.onpolicy),
+                "onpolicy_reference": str(self.reference_path.resolve())}
