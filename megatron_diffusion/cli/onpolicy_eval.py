@@ -1,8 +1,8 @@
 """``megatron-diffusion onpolicy-eval``: the on-policy run's figures for a checkpoint, no training.
 
 Samples ``--samples`` completions of every prompt of ``--prompts`` (each filled on the left to
-whole blocks, as the on-policy run does) with the given sampler settings, scores them with the verifier
-and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
+whole blocks, as the on-policy run does) with the given sampler settings, scores them with the
+verifier and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
 score; the pass rate with ``--verifier execution``), ``reward`` (``RewardConfig``'s defaults),
 ``surrogate``, ``completion_tokens``, ``distinct_tokens`` (``onpolicy/rollout.py``), the
 settings, ``per_prompt`` records and 95% bootstrap ``intervals`` over prompts
@@ -161,7 +161,8 @@ are resolved from the checkpoint (block size) or not set by ``onpolicy-eval``.""
 
 def _check_same_settings(args, cfg) -> None:
     """The paired run must have decoded the same way, except for what a comparison varies: the
-    training between them changes the checkpoint, so only the sampler settings and the sample count must agree."""
+    training between them changes the checkpoint, so only the sampler settings and the sample
+    count must agree."""
     base = args.base
     keys = [*PAIRED_SETTINGS, *(["steps_per_block"] if cfg.steps_per_block is not None else [])]
     mine = {k: v for k, v in cfg.settings().items() if k in keys}

@@ -104,7 +104,7 @@ def full_over_pipeline_stages(chunks, grads: bool = False) -> dict[str, torch.Te
     merged = {}
     for part in parts:
         for k, v in part.items():
-            merged.setdefault(k, v)  # tied embeddings live on the first and last pipeline stage: same values
+            merged.setdefault(k, v)  # tied embeddings: first and last pipeline stage, same values
     return merged
 
 

@@ -1,4 +1,5 @@
-"""Launcher detection from environment dictionaries, and start_process_group on one and two processes."""
+"""Launcher detection from environment dictionaries, and start_process_group on one and two
+processes."""
 
 import os
 import socket
