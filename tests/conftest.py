@@ -44,7 +44,7 @@ and reach every later subprocess and SLURM job."""
 def _no_process_group_leaks_between_modules():
     """Tests that start torch.distributed in-process (one-rank megatron models) leave it to this
     teardown, so every test module starts without a live process group, and without the launcher
-    variables init_distributed exports (they would leak into subprocesses and SLURM jobs)."""
+    variables start_process_group exports (they would leak into subprocesses and SLURM jobs)."""
     yield
     for k, v in SESSION_LAUNCHER_ENV.items():
         if v is None:

@@ -1,14 +1,16 @@
-"""The package reads in pipeline order: no import cycle, no import from a later stage.
+"""The package reads in pipeline order: no import cycle, no import from a later level.
 
 Every ``import``/``from ... import`` of the package is read from the source (module level and
-inside functions alike: a function-level import is still a dependency). Stages, earliest first:
+inside functions alike: a function-level import is still a dependency). Each top-level
+subpackage is one level of that order ("level", so as not to be confused with the curriculum's
+stages or megatron's pipeline stages). Levels, earliest first:
 
     base (errors, fileio, progress, layout, batch, parallel) -> data -> corruption -> masks -> model
-    -> loss -> config (the run config) -> training -> sampling -> convert -> checkpoint
-    -> distill -> evaluation -> onpolicy -> cli
+    -> loss -> distill -> config (the run config) -> training -> sampling -> convert -> loading
+    -> evaluation -> onpolicy -> cli
 
-A module may import its own stage and earlier ones. The entry points (``cli/``, one module per
-command) are the last stage: they wire the others together, and nothing else imports them.
+A module may import its own level and earlier ones. The entry points (``cli/``, one module per
+command) are the last level: they wire the others together, and nothing else imports them.
 """
 
 import ast
@@ -18,8 +20,8 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "megatron_diffusion"
-STAGES = ["base", "data", "corruption", "masks", "model", "loss", "config", "training", "sampling",
-          "convert", "checkpoint", "distill", "evaluation", "onpolicy", "cli"]
+LEVELS = ["base", "data", "corruption", "masks", "model", "loss", "distill", "config", "training",
+          "sampling", "convert", "loading", "evaluation", "onpolicy", "cli"]
 BASE = {"errors", "fileio", "progress", "layout", "batch", "parallel", ""}
 
 
@@ -51,16 +53,16 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, known) for name, path in known.items()}
 
 
-def _stage(module: str) -> str:
+def _level(module: str) -> str:
     parts = module.split(".")[1:]
     top = parts[0] if parts else ""
     return "base" if top in BASE else top
 
 
 def _violation(src: str, dst: str) -> str | None:
-    s, d = _stage(src), _stage(dst)
-    if STAGES.index(d) > STAGES.index(s):
-        return f"stage {s} imports the later stage {d}"
+    s, d = _level(src), _level(dst)
+    if LEVELS.index(d) > LEVELS.index(s):
+        return f"level {s} imports the later level {d}"
     return None
 
 
@@ -95,12 +97,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_every_module_has_a_stage():
-    unknown = {_stage(m) for m in _modules()} - set(STAGES)
-    assert not unknown, f"modules outside the pipeline's stages: {sorted(unknown)}"
+def test_every_module_has_a_level():
+    unknown = {_level(m) for m in _modules()} - set(LEVELS)
+    assert not unknown, f"modules outside the pipeline's levels: {sorted(unknown)}"
 
 
-def test_no_import_from_a_later_stage():
+def test_no_import_from_a_later_level():
     bad = [f"{src} -> {dst}: {why}" for src, dsts in sorted(_graph().items()) for dst in sorted(dsts)
            if (why := _violation(src, dst))]
     assert not bad, "\n".join(bad)
@@ -114,11 +116,13 @@ def test_no_import_cycle():
     assert _cycles(graph) == []
 
 
-def test_the_checker_sees_a_later_stage_import_and_a_cycle():
+def test_the_checker_sees_a_later_level_import_and_a_cycle():
     assert _violation("megatron_diffusion.data.loader", "megatron_diffusion.training.trainer")
     assert _violation("megatron_diffusion.training.trainer", "megatron_diffusion.cli.train")
     assert not _violation("megatron_diffusion.cli.train", "megatron_diffusion.onpolicy.trainer")
     assert _violation("megatron_diffusion.sampling.api", "megatron_diffusion.evaluation.generation")
     assert _violation("megatron_diffusion.model.loading", "megatron_diffusion.convert.hf_export")
     assert not _violation("megatron_diffusion.training.trainer", "megatron_diffusion.model.gpt")
+    assert _violation("megatron_diffusion.data.loader", "megatron_diffusion.distill.store")
+    assert not _violation("megatron_diffusion.training.trainer", "megatron_diffusion.distill.store")
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]

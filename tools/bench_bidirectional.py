@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 from megatron_diffusion.sampling import bench
-from megatron_diffusion.checkpoint.loading import load_sampler
+from megatron_diffusion.loading.trained import load_sampler
 
 VARIANTS = {"full": dict(bidirectional_context="full", kv_cache=False),
             "prefix-exact": dict(bidirectional_context="prefix", kv_cache=False),

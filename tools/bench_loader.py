@@ -24,12 +24,14 @@ def main():
     from megatron_diffusion.data.loader import DiffusionDataLoader
     from megatron_diffusion.corruption.factory import make_corruptor
     from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
+    from megatron_diffusion.distill.store import trajectory_rows
 
     cfg = load_config(a.config, a.overrides + [f"data.num_workers={a.workers}"], validate=False)
     stores = resolve_vocab(cfg)
     cfg.validate()
     loader = DiffusionDataLoader(cfg.data, corrupt_fn=make_corruptor(cfg, **store_vocabulary(stores[0])).corrupt,
-                                 tokenizer_hash=stores[0].tokenizer_hash, vocab_size=stores[0].vocab_size)
+                                 tokenizer_hash=stores[0].tokenizer_hash, vocab_size=stores[0].vocab_size,
+                                 trajectory_rows=trajectory_rows(cfg.data))
     it = iter(loader)
     next(it)  # worker start-up
     t0 = time.perf_counter()

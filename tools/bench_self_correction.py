@@ -15,7 +15,7 @@ continuations (sampling/bench.py).
 import argparse
 
 from megatron_diffusion.sampling import bench
-from megatron_diffusion.checkpoint.loading import load_sampler
+from megatron_diffusion.loading.trained import load_sampler
 
 SETTINGS = {"no self-correction": {}, "self-correct (revisit 0.9)": {"self_correct": True},
             "self-correct, revisit 1.0": {"self_correct": True, "revisit_threshold": 1.0},

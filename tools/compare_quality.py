@@ -1,5 +1,5 @@
 """Compare two ``eval quality --out`` reports of the same held-out lines, decode by decode, with
-paired bootstrap intervals of the differences (a checkpoint before and after a stage:
+paired bootstrap intervals of the differences (a checkpoint before and after training:
 docs/BENCHMARKS.md "The speed stages on the long CPT")::
 
     python tools/compare_quality.py runs/eval/cpt400.json runs/eval/distill.json

@@ -18,7 +18,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path, write_text_atomic
 from megatron_diffusion.sampling import bench
 from megatron_diffusion.cli.sample import (add_sampler_arguments, is_rank_zero, load_from_args,
-                                           read_prompts)
+                                           read_prompt_texts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def run(args) -> int:
             raise UsageError("--hf-baseline: not with --sweep (compare one setting)")
         if not Path(args.hf_baseline).exists():
             raise UsageError(f"--hf-baseline: {args.hf_baseline} does not exist")
-    text_prompts = read_prompts(args.prompts) if args.prompts else None
+    text_prompts = read_prompt_texts(args.prompts) if args.prompts else None
     sampler = load_from_args(args)
     truths = None
     if text_prompts is not None:

@@ -2,7 +2,7 @@
 
 For each of the first ``--rows`` packed rows of ``--data`` (the tokens stay the data's), every
 block after the first ``--context-blocks`` gets candidate reveal orders from ``--checkpoint``
-(``distill.search``); the best by ELBO is stored as a step map (``distill.trajectory_store``).
+(``distill.search``); the best by ELBO is stored as a step map (``distill.store``).
 Under torchrun every rank takes the rows ``i % WORLD_SIZE == RANK`` and writes its own store in
 ``--out``; a re-run with the same settings resumes at the rows not yet done. Bad input is one
 line and exit 2 before anything is written.
@@ -80,8 +80,10 @@ def _rows(loaded, args, world: int, rank: int):
     """``(index, tokens_L, document_ids_L)`` of this rank's rows among the first ``--rows``."""
     from megatron_diffusion.data.loader import DiffusionDataLoader
 
+    # the rows of --data, not the trajectories a distilled teacher may have trained on
     cfg = dataclasses.replace(loaded.config.data, blend=[(1.0, args.data)], micro_batch_size=1,
-                              global_batch_size=1, num_workers=0, mode="cpt", split=args.split)
+                              global_batch_size=1, num_workers=0, mode="cpt", split=args.split,
+                              trajectories=None)
     # the store must be the checkpoint's tokenizer's (checked by the loader as it opens it)
     loader = DiffusionDataLoader(cfg, tokenizer_hash=loaded.meta.get("tokenizer_hash"))
     for i, rows in zip(range(args.rows), loader):
@@ -90,11 +92,10 @@ def _rows(loaded, args, world: int, rank: int):
 
 
 def run(args) -> int:
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.distill import search
     from megatron_diffusion.distill.row_model import RowModel
-    from megatron_diffusion.data.trajectories import shard_path
-    from megatron_diffusion.distill.trajectory_store import TrajectoryStore
+    from megatron_diffusion.distill.store import TrajectoryStore, shard_path
     from megatron_diffusion.training.checkpoint import resolve_checkpoint
 
     temperatures = _temperatures(args.temperatures)
@@ -148,7 +149,7 @@ def _search_rows(rows, row_model, store, candidates, args) -> dict:
 def _report(stats: dict, store, out: Path, rank: int, world: int) -> None:
     import numpy as np
 
-    from megatron_diffusion.distill.trajectory_store import ELBOS
+    from megatron_diffusion.distill.store import ELBOS
 
     g = store.group
     done = g["done"][:]

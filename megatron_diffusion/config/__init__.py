@@ -3,8 +3,8 @@
 
 from megatron_diffusion.config.loader import (config_from_dict, flatten, load_config,
                                               parse_override, read_yaml)
-from megatron_diffusion.config.run import (OptimizerConfig, ParallelConfig, RunConfig,
+from megatron_diffusion.config.run import (AdamWConfig, ParallelConfig, RunConfig,
                                            TrainingConfig)
 
-__all__ = ["OptimizerConfig", "ParallelConfig", "RunConfig", "TrainingConfig", "config_from_dict",
+__all__ = ["AdamWConfig", "ParallelConfig", "RunConfig", "TrainingConfig", "config_from_dict",
            "flatten", "load_config", "parse_override", "read_yaml"]

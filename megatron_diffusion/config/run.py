@@ -76,12 +76,12 @@ class ParallelConfig:
             if self.pipeline_model_parallel_size < 2:
                 raise UsageError(f"parallel.virtual_pipeline_model_parallel_size: got {vpp}, "
                                  "expected null with pipeline_model_parallel_size=1 (interleaving "
-                                 "needs >= 2 stages)")
+                                 "needs >= 2 pipeline stages)")
         return self
 
 
 @dataclass
-class OptimizerConfig:
+class AdamWConfig:
     """AdamW and its learning-rate schedule: linear warmup, then cosine, linear, constant or WSD
     decay."""
 
@@ -178,7 +178,7 @@ class RunConfig:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: AdamWConfig = field(default_factory=AdamWConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     explicit_keys: frozenset[str] | None = field(default=None, repr=False, compare=False,

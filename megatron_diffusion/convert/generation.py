@@ -6,7 +6,7 @@ A converted checkpoint's ``meta.json`` has a top-level ``"generation"`` entry::
      "chat_template": "{% for ...",   # or None
      "generation_config": {...}}      # the HF generation_config.json, or None
 
-``stop_token_ids`` joins the model's own stop ids (HF: ``config.json`` and
+``stop_token_ids`` (``join_stop_ids``) joins the model's own stop ids (HF: ``config.json`` and
 ``generation_config.json`` ``eos_token_id``, each an int or a list; GGUF:
 ``tokenizer.ggml.eos_token_id``/``eot_token_id``/``eom_token_id``) and the document EOS of our
 data (``hf_tokenizer.check_document_eos``). An Instruct model needs both: it ends a turn with
@@ -34,7 +34,7 @@ def _ids(value) -> list[int]:
     return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
-def stop_token_ids(*sources, document_eos: int) -> list[int]:
+def join_stop_ids(*sources, document_eos: int) -> list[int]:
     """Distinct ids from ``sources`` (ints, lists or None), then the document EOS."""
     out: list[int] = []
     for value in (*sources, document_eos):
@@ -65,7 +65,7 @@ def hf_generation(hf_dir, raw_config: dict, tokenizer_config: dict | None,
     template = (tokenizer_config or {}).get("chat_template")
     if template is None and (hf_dir / CHAT_TEMPLATE_FILE).is_file():
         template = (hf_dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
-    stops = stop_token_ids(raw_config.get("eos_token_id"), (gen or {}).get("eos_token_id"),
+    stops = join_stop_ids(raw_config.get("eos_token_id"), (gen or {}).get("eos_token_id"),
                            document_eos=document_eos)
     return generation_entry(stops, template, gen)
 
@@ -74,7 +74,7 @@ def gguf_generation(reader, document_eos: int) -> dict:
     """The ``generation`` entry of a GGUF (its tokenizer metadata)."""
     from megatron_diffusion.convert.gguf_file import field
 
-    stops = stop_token_ids(*(field(reader, f"tokenizer.ggml.{k}_token_id")
+    stops = join_stop_ids(*(field(reader, f"tokenizer.ggml.{k}_token_id")
                              for k in ("eos", "eot", "eom")), document_eos=document_eos)
     return generation_entry(stops, field(reader, "tokenizer.chat_template"), None)
 

@@ -6,7 +6,7 @@ returns the same ``LoadedModel``: the run config comes from ``megatron_diffusion
 attention mode, block size, mask id and logit shift are the trained ones), and the weights
 stream from the safetensors files into this rank's tensor-parallel shard through the same tensor
 map as ``hf-to-mcore``. The result is bit-identical to loading the checkpoint that was exported
-(tested). ``checkpoint.loading.load_model`` picks this loader for an HF directory.
+(tested). ``loading.trained.load_model`` picks this loader for an HF directory.
 
 A supported HF directory without that file (an AR model whose tokenizer has ``[MASK]``) loads
 too, described as what it is: causal attention, ``logit_shift=True``.

@@ -68,7 +68,8 @@ class CorruptionConfig:
     trajectory_fraction: float = 0.5
     """Rows with a reveal order (``data.trajectories``): the share trained with the trajectory
     objective (Seed Diffusion eq. 9: a step ``s`` per block, the positions revealed at ``s`` or
-    later masked); the others get the ordinary ELBO corruption of the same row."""
+    later masked); the others get the ordinary ELBO corruption of the same row. The orders come
+    from ``distill/`` (docs/distillation.md)."""
     trajectory_weighting: str = "inverse_rate"
     """Weight ``lambda`` of the trajectory objective's masked tokens: 'inverse_rate' ``1/g_s``
     (``g_s`` the block's masked share at step ``s``, the ELBO's ``1/t`` for a linear schedule)

@@ -7,8 +7,10 @@ corruption warmup (``mask.py``); (2) in the edit stage, edits of ``x0`` within a
 ``min(1, max(u(t_b), 1/B))`` with a one-token fallback (``block.py``); (4) ELBO weights
 ``u'(t)/u(t)`` on masked tokens, and weight 1 on the visible tokens of an edited row (Seed
 Diffusion eq. 5/6); (5) trajectory rows (Seed Diffusion eq. 9): a step of the block's searched
-reveal order replaces (1) and (3)-(4). Prompt tokens are never masked or edited and weigh 0.
-docs/corruption.md has every rule, its config field and the departures from the papers.
+reveal order replaces (1) and (3)-(4); the orders are searched and stored by ``distill/``, the
+home of trajectory distillation (docs/distillation.md), and only applied here. Prompt tokens
+are never masked or edited and weigh 0. docs/corruption.md has every rule, its config field and
+the departures from the papers.
 
 Output per ``batch.py``: ``tokens_BS`` is ``x_t`` (single) or ``x_t (+) x0`` (block, ``S = 2L``);
 ``labels_BL = x0``; ``t_BN`` is ``[B, 1]`` (single) or ``[B, num_block_slots]`` (block, NaN

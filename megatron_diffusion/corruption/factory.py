@@ -1,7 +1,7 @@
 """The run's corruption from its config: what the loader's workers apply to every clean row.
 
 ``make_corruptor(cfg, ...)`` builds the ``Corruptor`` of a run config (``cfg`` is a
-``config.RunConfig``; it is read, not imported, since the run config is a later stage): mode
+``config.RunConfig``; it is read, not imported, since the run config is a later level): mode
 ``block`` or ``single`` from the attention mode, the vocabulary its edits may draw from
 (``random_token_ids``: the store's ids without EOS, [MASK] and pad, ``data.vocab``'s
 ``store_vocabulary``), the curriculum over ``training.train_iters``. The AR objective has no

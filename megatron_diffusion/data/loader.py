@@ -11,7 +11,10 @@ any ``num_workers`` and after a resume. The corruption callable is
     corrupt_fn(tokens_BL, document_ids_BL, *, step, generator, prompt_mask_BL=None) -> DiffusionBatch
 
 called with ``B = 1`` per sample (and ``step_map_BL=`` for trajectory rows); without one the
-loader yields ``PackedRows``. Workers ignore the preemption signals, and a worker that dies is
+loader yields ``PackedRows``. With ``data.trajectories`` the rows are a distilled trajectory
+store's, which the caller opens and passes as ``trajectory_rows``
+(``distill.store.trajectory_rows(cfg)``: the format lives with its writer in ``distill/``, a
+later level than ``data``). Workers ignore the preemption signals, and a worker that dies is
 reported at the next micro-batch as ``LoaderWorkerDied``, never mid-step (docs/reliability.md).
 docs/data.md "The loader" has the rest. Shape suffixes: ``B`` rows, ``L`` = ``seq_len``.
 """
@@ -24,6 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Protocol
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -38,10 +42,18 @@ from megatron_diffusion.data.index import BlendIndex, PlanKey, StoreSamples, cac
 from megatron_diffusion.data.indexed import IndexedTokenSource, indexed_prefix
 from megatron_diffusion.data.store import TokenStore
 from megatron_diffusion.data.tokenizer import LoadedTokenizer, load_tokenizer
-from megatron_diffusion.data.trajectories import TrajectoryRows
 from megatron_diffusion.errors import UsageError
 
 CorruptFn = Callable[..., DiffusionBatch]
+
+
+class TrajectoryRowSource(Protocol):
+    """Rows with a reveal order (``distill.store.TrajectoryRows``); picklable for the workers."""
+
+    def __len__(self) -> int: ...
+
+    def row(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(tokens_L, document_ids_L, step_map_L)`` of row ``j``."""
 
 
 @dataclass
@@ -127,9 +139,10 @@ class PackedDataset(Dataset):
     """Map-style dataset over global sample indices (unbounded: epochs repeat)."""
 
     def __init__(self, cfg: DataConfig, corrupt_fn: CorruptFn | None = None,
-                 tokenizer_hash: str | None = None, vocab_size: int | None = None):
+                 tokenizer_hash: str | None = None, vocab_size: int | None = None,
+                 trajectory_rows: TrajectoryRowSource | None = None):
         cfg.validate()
-        self.cfg, self.corrupt_fn = cfg, corrupt_fn
+        self.cfg, self.corrupt_fn, self.trajectories = cfg, corrupt_fn, trajectory_rows
         self._expect = (tokenizer_hash, vocab_size)
         self._roots = None
         self._open()
@@ -148,13 +161,12 @@ class PackedDataset(Dataset):
             blend_dir = self._roots[0] / key.dirname / f"blend-{tag:016x}"
         self.blend = BlendIndex([ss.plan(0).num_rows for ss in self.samples], cfg.weights, blend_dir)
         self.eos_id = self.stores[0].eos_id
-        self.trajectories = None if cfg.trajectories is None else TrajectoryRows(cfg.trajectories, cfg.seq_len)
         self._order = (-1, None)
 
     # spawn-started workers get the config and reopen (memmaps are not pickled as copies)
     def __getstate__(self):
         return {"cfg": self.cfg, "corrupt_fn": self.corrupt_fn, "_expect": self._expect,
-                "_roots": self._roots}
+                "_roots": self._roots, "trajectories": self.trajectories}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -359,13 +371,18 @@ class DiffusionDataLoader:
 
     def __init__(self, cfg: DataConfig, *, data_parallel_rank: int = 0, data_parallel_size: int = 1,
                  corrupt_fn: CorruptFn | None = None, tokenizer_hash: str | None = None,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None,
+                 trajectory_rows: TrajectoryRowSource | None = None):
         cfg.validate()
         cfg.check_data_parallel(data_parallel_size)
+        if (cfg.trajectories is None) != (trajectory_rows is None):
+            raise ValueError(f"trajectory_rows: {'none' if trajectory_rows is None else 'given'} "
+                             f"with data.trajectories={cfg.trajectories!r}; expected "
+                             "distill.store.trajectory_rows(cfg), None without data.trajectories")
         if not 0 <= data_parallel_rank < data_parallel_size:
             raise UsageError(f"data_parallel_rank: got {data_parallel_rank}, expected 0..{data_parallel_size - 1}")
         self.cfg, self.rank, self.size = cfg, data_parallel_rank, data_parallel_size
-        self.dataset = PackedDataset(cfg, corrupt_fn, tokenizer_hash, vocab_size)
+        self.dataset = PackedDataset(cfg, corrupt_fn, tokenizer_hash, vocab_size, trajectory_rows)
         self.collate = PackedRows.collate if corrupt_fn is None else DiffusionBatch.collate
         self.consumed_samples = 0
 
@@ -432,7 +449,7 @@ class DiffusionDataLoader:
         for name in ("weights", "store_ids", "seed", "seq_len", "mode", "split", "trajectories"):
             if state.get(name) != mine[name]:
                 raise UsageError(f"data state: {name} was {state.get(name)!r} when saved, now {mine[name]!r}; "
-                                 "a changed data mix starts a new data stage (do not load the old state)")
+                                 "a changed data mix starts a new run or phase (--init-from, not --resume)")
         per_step = self.cfg.micro_batch_size * self.size
         if state["consumed_samples"] % per_step:
             raise UsageError(f"data state: consumed_samples {state['consumed_samples']} is not a multiple "

@@ -2,7 +2,7 @@
 
 A store records the vocabulary it was tokenized with (``vocab_size``, the EOS/[MASK]/pad ids,
 the tokenizer's hash). ``resolve_vocab(cfg)`` (``cfg``: a ``config.RunConfig``, read here, not
-imported: the run config is a later stage) fills ``model.vocab_size`` / ``model.mask_token_id``
+imported: the run config is a later level) fills ``model.vocab_size`` / ``model.mask_token_id``
 where the config leaves them unset (0 / -1), refuses a config that names other values, and
 checks ``training.tokenizer`` against the store's hash; ``check_checkpoint_store`` checks a
 checkpoint's (``--init-from``, ``--resume``) the same way. ``store_vocabulary(store)`` gives

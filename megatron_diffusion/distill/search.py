@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_diffusion.sampling.trajectory import (SCORES, Candidate, best_order, left_to_right,
+from megatron_diffusion.distill.orders import (SCORES, Candidate, best_order, left_to_right,
                                                     sample_orders, trajectory_elbo)
 
 DEFAULT_TEMPERATURES = (0.5, 1.0)

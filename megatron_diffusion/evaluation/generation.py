@@ -3,7 +3,7 @@
 Benchmarks here judge a model by pass@k *together with* decoding speed (Seed Diffusion 3.4,
 docs/method.md 8: tokens per forward pass and tokens per second against AR decoding). So a
 completion carries what it cost (``sampling.result.GenerationResult``, defined with the
-sampler that makes it). ``megatron_diffusion.checkpoint.loading.load_sampler(checkpoint,
+sampler that makes it). ``megatron_diffusion.loading.trained.load_sampler(checkpoint,
 **knobs)`` returns a ``Sampler``; a plain function ``CompletionFn`` works too (tests, baselines).
 """
 

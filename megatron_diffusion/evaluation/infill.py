@@ -173,7 +173,7 @@ def heldout_rows(data: Path, loaded, seq_len: int, max_rows: int) -> torch.Tenso
 
 
 def run_infill(args) -> int:
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     rates = parse_rates(args.mask_rates) if isinstance(args.mask_rates, str) else list(args.mask_rates)
     data = Path(args.data)

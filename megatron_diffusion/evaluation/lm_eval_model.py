@@ -68,7 +68,7 @@ def cut_at_stops(text: str, until: list[str]) -> str:
 def _load(checkpoint: str, batch_size: int, knobs: dict):
     """``load_sampler``, its refusals naming the ``--model_args`` key the user typed (they name
     ``sample``'s options: ``--checkpoint: ... does not exist`` -> ``--model_args checkpoint: ...``)."""
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     try:
         return load_sampler(checkpoint, batch_size=batch_size, **knobs)

@@ -444,7 +444,7 @@ def run_quality(args) -> int:
     """``eval quality``: checks every argument, then loads, measures, prints, writes ``--out``."""
     import json
 
-    from megatron_diffusion.checkpoint.loading import load_model, load_sampler
+    from megatron_diffusion.loading.trained import load_model, load_sampler
     from megatron_diffusion.fileio import write_text_atomic
 
     qc = config_from_args(args)

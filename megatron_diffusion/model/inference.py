@@ -1,11 +1,11 @@
 """A model built for inference (sampling, evaluation), and what it was loaded from.
 
-Both loaders, ``checkpoint.loading`` for a megatron-diffusion checkpoint and
+Both loaders, ``loading.trained`` for a megatron-diffusion checkpoint and
 ``convert.hf_export`` for an HF export, build their model with ``build_inference_model`` and
 return a ``LoadedModel``; the sampler receives that. Pipeline parallelism is not used for
 inference (``pipeline_model_parallel_size`` is 1): models too large for one GPU use TP, and
 every TP rank builds its shard. This module knows only the model config: the run config
-(``LoadedModel.config``) is read by the loaders, which rank above it.
+(``LoadedModel.config``) is read by the loaders, a later level.
 """
 
 from dataclasses import dataclass

@@ -93,7 +93,7 @@ def local_to_full(chunks, grads: bool = False) -> dict[str, torch.Tensor]:
     return out
 
 
-def all_stages_full(chunks, grads: bool = False) -> dict[str, torch.Tensor]:
+def full_over_pipeline_stages(chunks, grads: bool = False) -> dict[str, torch.Tensor]:
     """``local_to_full`` merged over the pipeline stages (every rank gets the whole model)."""
     local = local_to_full(chunks, grads=grads)
     pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -104,7 +104,7 @@ def all_stages_full(chunks, grads: bool = False) -> dict[str, torch.Tensor]:
     merged = {}
     for part in parts:
         for k, v in part.items():
-            merged.setdefault(k, v)  # tied embeddings live on first and last stage: same values
+            merged.setdefault(k, v)  # tied embeddings: first and last pipeline stage, same values
     return merged
 
 
@@ -130,8 +130,8 @@ def load_full(chunks, full, strict: bool = True) -> None:
 @torch.no_grad()
 def seeded_init(chunks, seed: int, std: float) -> None:
     """Initialise every tensor from ``(seed, its global name)``: the same model for every
-    TP/PP layout (a deterministic debug run compares layouts; megatron's own init draws PP stages
-    from one RNG stream, so stage 1's layers differ from a one-process model's).
+    TP/PP layout (a deterministic debug run compares layouts; megatron's own init draws pipeline
+    stages from one RNG stream, so pipeline stage 1's layers differ from a one-process model's).
 
     Each rank draws the full tensor and keeps its slice: fine for debug-sized models, too slow
     for billions of parameters (use megatron's init there).

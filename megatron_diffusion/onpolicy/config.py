@@ -24,7 +24,7 @@ VERIFIERS = ("execution", "model")
 
 @dataclass
 class OnPolicyConfig:
-    """The on-policy stage: the prompt set, how trajectories are sampled and scored, and the weights
+    """The on-policy run: the prompt set, how trajectories are sampled and scored, and the weights
     of the reward and the KL anchor (docs/onpolicy.md)."""
 
     prompts: str | None = None

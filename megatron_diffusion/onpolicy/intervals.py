@@ -3,7 +3,7 @@ over prompts, ``evaluation/bootstrap.py``; docs/onpolicy.md "Measuring a checkpo
 
 A prompt's ``--samples`` completions stay together: a resample draws prompts, so the interval
 says how much the figure would move on other prompts like these. ``paired`` compares two runs of
-the same prompts (a checkpoint before and after a stage) on the same resamples: the interval of
+the same prompts (a checkpoint before and after training) on the same resamples: the interval of
 the pass-rate difference and of the tokens-per-forward difference.
 """
 

@@ -1,4 +1,4 @@
-"""Sampling and scoring trajectories, and their figures: what the on-policy stage does before
+"""Sampling and scoring trajectories, and their figures: what the on-policy run does before
 its loss, shared with ``onpolicy-eval`` (the same figures on held-out prompts, no training).
 
 ``sample`` runs the block sampler on a model (eval mode for the call, no gradients); ``score``
@@ -7,7 +7,8 @@ likelihood under the reference model); ``sums`` gives the additive totals of a s
 trajectories (summed over data-parallel ranks by the trainer) and ``figures`` the means a
 metrics line reports:
 
-* ``tokens_per_forward``: completion tokens per sampler forward (the speed the stage raises);
+* ``tokens_per_forward``: completion tokens per sampler forward (the speed an on-policy run
+  raises);
 * ``steps_per_block``: forwards per block of the completion (``ceil(tokens / B)`` blocks);
 * ``verifier``: the mean score (the pass rate with the execution verifier);
 * ``reward`` and ``surrogate`` (``objective.reward``, ``objective.dense_surrogate``);

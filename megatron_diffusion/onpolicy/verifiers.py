@@ -6,7 +6,7 @@ tests) cuts the completion as HumanEval evaluation does, runs prompt + completio
 evaluation sandbox and scores 1.0 for a pass, else 0.0. ``ModelVerifier`` (any prompt; the
 paper's "model-based verifier") scores ``exp(mean log p)`` of the completion's tokens under a
 frozen reference decoding it left to right, one token per step, block by block
-(``sampling.trajectory``'s left-to-right order through ``distill.row_model.RowModel``); an empty
+(``distill.orders``' left-to-right order through ``distill.row_model.RowModel``); an empty
 completion scores 0.0. docs/onpolicy.md "Verifiers".
 """
 
@@ -21,7 +21,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.evaluation.executor import CheckResult, ExecutorConfig, run_checks
 from megatron_diffusion.evaluation.humaneval import build_program, postprocess_completion
 from megatron_diffusion.onpolicy.prompts import PromptRecord
-from megatron_diffusion.sampling.trajectory import LogProbFn, data_logp, left_to_right, states
+from megatron_diffusion.distill.orders import LogProbFn, data_logp, left_to_right, states
 
 
 class Verifier(Protocol):
@@ -89,7 +89,7 @@ class ModelVerifier:
 
     @classmethod
     def from_checkpoint(cls, path, states_per_call: int = 4) -> "ModelVerifier":
-        from megatron_diffusion.checkpoint.loading import load_model
+        from megatron_diffusion.loading.trained import load_model
 
         loaded = load_model(path)
         if loaded.tokenizer_path is None:

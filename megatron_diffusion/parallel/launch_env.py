@@ -230,7 +230,7 @@ def detect_launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     return env
 
 
-def init_distributed(
+def start_process_group(
     env: LaunchEnv | None = None,
     backend: str | None = None,
     timeout: datetime.timedelta = datetime.timedelta(minutes=30),
@@ -250,7 +250,7 @@ def init_distributed(
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     check_choice("backend", backend, ("nccl", "gloo"))
     if dist.is_initialized():
-        raise UsageError("init_distributed: torch.distributed is already initialised")
+        raise UsageError("start_process_group: torch.distributed is already initialised")
     os.environ.update(
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=str(env.master_port),

@@ -18,16 +18,17 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 minutes, as before ``parallel.collective_timeout_s`` existed; the trainer passes the field."""
 
 
-def init_distributed(collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:
+def ensure_distributed(collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:
     """Start torch.distributed from the launcher's environment (torchrun, SLURM, or one
-    process), after activating the CPU runtime when CUDA is absent (gloo then). A collective
-    that waits longer than ``collective_timeout_s`` for a peer fails (gloo and NCCL)."""
+    process; ``launch_env.start_process_group``) unless it is already started, after activating
+    the CPU runtime when CUDA is absent (gloo then). A collective that waits longer than
+    ``collective_timeout_s`` for a peer fails (gloo and NCCL)."""
     if dist.is_initialized():
         return
     cpu_runtime.activate()
-    from megatron_diffusion.parallel.launch_env import init_distributed as init_from_env
+    from megatron_diffusion.parallel.launch_env import start_process_group
 
-    init_from_env(timeout=timedelta(seconds=collective_timeout_s))
+    start_process_group(timeout=timedelta(seconds=collective_timeout_s))
 
 
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
@@ -39,7 +40,7 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
     group's collectives time out after ``collective_timeout_s`` (``parallel.collective_timeout_s``)."""
     from megatron.core import parallel_state
 
-    init_distributed(collective_timeout_s)
+    ensure_distributed(collective_timeout_s)
     world = dist.get_world_size()
     model_parallel = (tensor_model_parallel_size * pipeline_model_parallel_size
                       * context_parallel_size)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from megatron_diffusion.errors import UsageError, check_choice, check_int
 from megatron_diffusion.fileio import write_text_atomic
-from megatron_diffusion.parallel.launch_env import detect_launch_env, init_distributed
+from megatron_diffusion.parallel.launch_env import detect_launch_env, start_process_group
 from megatron_diffusion.parallel.preemption import Preemption, clear_marker, write_marker
 
 STATE_FILE = "selftest_state.json"
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--run-dir: required with --steps (holds the resumable counter)")
         Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     preemption = Preemption().install()  # before the slow start-up, so no signal is lost
-    env = init_distributed(detect_launch_env(), backend=args.backend)
+    env = start_process_group(detect_launch_env(), backend=args.backend)
     try:
         device = f"cuda:{env.local_rank}" if dist.get_backend() == "nccl" else "cpu"
         view = dict(env.as_dict(), host=socket.gethostname(), pid=os.getpid())

@@ -1,6 +1,6 @@
 """Text in, completions out: the sampler behind ``eval``, ``sample`` and ``bench-sampler``.
 
-``checkpoint.loading.load_sampler(checkpoint, **knobs)`` is the contract of docs/evaluation.md:
+``loading.trained.load_sampler(checkpoint, **knobs)`` is the contract of docs/evaluation.md:
 it loads the model (any TP size under torchrun) and its tokenizer and returns a
 ``DiffusionSampler`` whose ``settings`` records every decoding setting in effect and whose
 ``complete(prompts)`` returns one ``GenerationResult`` per prompt. Prompts are sorted by length

@@ -3,7 +3,7 @@
 Defaults that depend on the checkpoint (the block size) are resolved by ``resolve`` from the
 model's training ``AttentionConfig``, so ``settings`` always records what was in effect.
 
-Validated once, where a config is made from input: ``checkpoint.loading.load_sampler`` (before
+Validated once, where a config is made from input: ``loading.trained.load_sampler`` (before
 the weights load), ``DiffusionSampler.with_settings``, or whoever builds a ``BlockSampler`` by
 hand. The sampler trusts what it is given; ``resolve`` adds only the checks that need the model.
 """

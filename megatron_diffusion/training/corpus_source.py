@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megatron_diffusion.corruption.factory import make_corruptor
 from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied, build_indices
 from megatron_diffusion.data.vocab import store_vocabulary
+from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.parallel.process_groups import host_collective
 from megatron_diffusion.training.step import forward_backward
 from megatron_diffusion.training.step_source import StepSource
@@ -36,7 +37,8 @@ class CorpusSource(StepSource):
                                           data_parallel_size=run.dp_size,
                                           corrupt_fn=self.corruptor.corrupt,
                                           tokenizer_hash=store.tokenizer_hash,
-                                          vocab_size=store.vocab_size)
+                                          vocab_size=store.vocab_size,
+                                          trajectory_rows=trajectory_rows(cfg.data))
         self.held_out.check_split()
 
     def cost(self, run) -> StepCost:

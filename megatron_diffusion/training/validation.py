@@ -22,6 +22,7 @@ from megatron_diffusion.corruption.factory import eval_corruption_config, make_c
 from megatron_diffusion.corruption.fixed_rate import FixedRateMasking
 from megatron_diffusion.data.loader import DiffusionDataLoader, PackedDataset
 from megatron_diffusion.data.vocab import store_vocabulary
+from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.training.step import ForwardSpec, forward_backward
@@ -60,7 +61,8 @@ class HeldOut:
         loader = DiffusionDataLoader(self.data, data_parallel_rank=self.dp_rank,
                                      data_parallel_size=self.dp_size, corrupt_fn=corrupt_fn,
                                      tokenizer_hash=self.store.tokenizer_hash,
-                                     vocab_size=self.store.vocab_size)
+                                     vocab_size=self.store.vocab_size,
+                                     trajectory_rows=trajectory_rows(self.data))
         it = iter(loader)
         n = max(self.cfg.training.eval_iters, self.cfg.parallel.pipeline_model_parallel_size)
         batches = [next(it) for _ in range(n)]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from megatron_diffusion import cli
-from megatron_diffusion.convert.generation import stop_token_ids
+from megatron_diffusion.convert.generation import join_stop_ids
 from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
 from megatron_diffusion.data.tokenizer import load_tokenizer
 from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
@@ -16,8 +16,8 @@ TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% en
 
 
 def test_stop_token_ids_join_ints_and_lists_in_order():
-    assert stop_token_ids(2, [2, 5], None, document_eos=0) == [2, 5, 0]
-    assert stop_token_ids(None, None, document_eos=7) == [7]
+    assert join_stop_ids(2, [2, 5], None, document_eos=0) == [2, 5, 0]
+    assert join_stop_ids(None, None, document_eos=7) == [7]
 
 
 @pytest.fixture(scope="module")

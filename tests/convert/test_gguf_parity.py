@@ -61,7 +61,7 @@ def smollm2_hf(smollm2_gguf):
 
 @pytest.fixture(scope="session")
 def smollm2_ours(smollm2_mcore):
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     return load_model(smollm2_mcore)
 
@@ -103,7 +103,7 @@ def test_meta_records_the_model_and_its_stop_tokens(smollm2_ours):
 
 
 def test_greedy_ar_decoding_equals_hf_generate(smollm2_mcore, smollm2_hf, our_tokenizer):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     sampler = load_sampler(smollm2_mcore, ar_baseline=True, max_new_tokens=16)
     for prompt in PROMPTS:

@@ -52,7 +52,7 @@ def test_llama_gguf_weights_and_logits(hf_chat_llama, tmp_path, qtype):
     from transformers import AutoModelForCausalLM
 
     from megatron_diffusion.model import weights
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     gguf = write_gguf(hf_chat_llama, tmp_path / f"m-{qtype}.gguf", qtype=qtype)
     out = tmp_path / "mc"
@@ -82,7 +82,7 @@ def test_k_quants_match_transformers(tmp_path, qtype):
     GGUF loader does; rows of 256 values, so a wider tiny model."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     hf_dir = make_hf_model(tmp_path / "wide", "llama", tied=False, special=CHAT_SPECIALS,
                            hidden_size=256, intermediate_size=256, num_layers=2)
@@ -102,7 +102,7 @@ def test_k_quants_match_transformers(tmp_path, qtype):
 
 def test_qwen2_gguf_is_not_permuted_and_keeps_biases(tmp_path):
     from megatron_diffusion.model import weights
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     hf_dir = make_hf_model(tmp_path / "qwen2", "qwen2", tied=True)
     gguf = write_gguf(hf_dir, tmp_path / "q.gguf", arch="qwen2", eos="<|endoftext|>")
@@ -128,7 +128,7 @@ def test_qwen3_gguf_norms_and_head_width_match_transformers(tmp_path, qtype):
     assumes) gives transformers' GGUF logits, and for F32 the source model's."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.model import weights
 
     hf_dir = make_hf_model(tmp_path / "qwen3", "qwen3", tied=False, num_layers=2,
@@ -209,7 +209,7 @@ def test_export_of_a_gguf_import_is_a_normal_hf_directory(hf_chat_llama, tmp_pat
 
     from transformers import AutoModelForCausalLM
 
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     hf = AutoModelForCausalLM.from_pretrained(hf_out, dtype=torch.float32).eval()
     ids = torch.tensor([load_tokenizer(hf_out / "tokenizer.json").encode("import os\n")])

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import model_inputs
@@ -62,7 +62,7 @@ def test_training_layout_logits_match_ours(exported):
 
 @pytest.mark.parametrize("threshold", [None, 0.3])
 def test_export_helper_decodes_like_our_sampler(exported, threshold):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     _, ckpt, export, helper = exported
     knobs = (dict(strategy="fixed", steps_per_block=4) if threshold is None else

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.convert.hf_export import is_hf_export, load_hf_export
 from megatron_diffusion.convert.hf_to_mcore import convert_hf_to_mcore
 from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
@@ -73,7 +73,7 @@ def test_export_then_import_is_the_same_model(overrides, architecture, tmp_path)
 
 def test_sampler_decodes_an_hf_export_like_the_original(tmp_path):
     """Trained-format checkpoint -> HF export -> our sampler: the same greedy tokens."""
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     attn = AttentionConfig(mode="block", block_size=4)
     original = make_checkpoint(tmp_path / "run", attention=attn, seed=3)

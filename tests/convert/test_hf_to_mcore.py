@@ -47,7 +47,7 @@ def test_checkpoint_is_a_trainer_checkpoint_with_a_mask_row(hf_llama, mc_llama):
     assert (mc_llama / "tokenizer.json").read_text() == (ckpt / "tokenizer.json").read_text()
 
     from megatron_diffusion.model import weights
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     full = weights.local_to_full([load_model(mc_llama).model])
     hf = hf_state(hf_llama)
@@ -95,7 +95,7 @@ def test_qwen3_qk_norms_and_wide_heads_logits_match_hf(hf_qwen3, mc_qwen3):
     assert model["kv_channels"] == 32 and model["hidden_size"] == 64
     assert meta["converted_from"]["architecture"] == "Qwen3ForCausalLM"
 
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.model import weights
 
     full = weights.local_to_full([load_model(mc_qwen3).model])

@@ -118,7 +118,8 @@ def test_batch_contract_invariants(lengths, mode, visibility, block_size, step, 
 @pytest.mark.parametrize("visibility", ["shared", "isolated"])
 def test_block_mode_edits_never_show_a_later_blocks_token(visibility):
     """Block b's noisy stream holds only its own tokens (or random/[MASK] ones): the model never
-    sees a later block's token at inference (issue 14). Block 32, eps 0.3: deletions happen."""
+    sees a later block's token at inference, so training must not show it one. Block 32, eps 0.3:
+    deletions happen."""
     L = 128
     c = make_corruptor(seq_len=L, mode="block", block_size=32, visibility=visibility,
                        edit_max_rate=0.3)

@@ -102,8 +102,10 @@ def test_distance_close_to_budget_on_average():
     assert d.float().mean().item() > 0.9 * 51
 
 
-# Block-local edits and bounded realignment (issue 14, item 1). x0 holds distinct tokens >= 100
-# and the random tokens are 10..59, so every token >= 100 of an edited row names its source.
+# Block-local edits (a block's edits stay in the block, within its budget) and bounded
+# realignment (a window caps how far a deletion or insertion shifts later tokens). x0 holds
+# distinct tokens >= 100 and the random tokens are 10..59, so every token >= 100 of an edited row
+# names its source.
 
 def source_positions(y):
     return torch.where(y >= 100, y - 100, torch.full_like(y, -1))

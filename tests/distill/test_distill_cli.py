@@ -9,7 +9,7 @@ from megatron_diffusion.cli import main
 from megatron_diffusion.data.config import DataConfig
 from megatron_diffusion.data.loader import DiffusionDataLoader
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.sampling.trajectory import check_step_map
+from megatron_diffusion.distill.orders import check_step_map
 from tests.helpers import make_checkpoint
 
 B, ROWS = 4, 3

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.distill.row_model import RowModel
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig

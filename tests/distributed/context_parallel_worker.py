@@ -87,7 +87,7 @@ def run_case(name: str, a) -> dict:
                               pipeline_model_parallel_size=a.pp)
     chunks = build_training_model(cfg, tcfg)
     models = unwrap(chunks)
-    shapes = {k: v.shape for k, v in weights.all_stages_full(models).items()}
+    shapes = {k: v.shape for k, v in weights.full_over_pipeline_stages(models).items()}
     weights.load_full(models, seeded_full_weights(shapes))
     for c in chunks:
         c.zero_grad_buffer()
@@ -101,7 +101,7 @@ def run_case(name: str, a) -> dict:
         spec = ForwardSpec(attn, LossConfig(ar_loss_weight=ar_weight), logit_shift=shift,
                            backend=backend)
         result = forward_backward(chunks, batches[dp_rank::dp], spec, forward_only=cpu_flex)
-    grads = {} if cpu_flex else weights.all_stages_full(models, grads=True)
+    grads = {} if cpu_flex else weights.full_over_pipeline_stages(models, grads=True)
     logits = _first_logits(chunks, batches, attn, backend, a.tp)[..., : cfg.vocab_size]
     cores = {type(m.self_attention.core_attention).__name__
              for m in models[0].modules() if hasattr(m, "self_attention")}

@@ -45,7 +45,7 @@ def main():
                               virtual_pipeline_model_parallel_size=a.vpp)
     chunks = build_training_model(cfg, tcfg, use_distributed_optimizer=a.dist_opt)
     models = unwrap(chunks)
-    shapes = {k: v.shape for k, v in weights.all_stages_full(models).items()}
+    shapes = {k: v.shape for k, v in weights.full_over_pipeline_stages(models).items()}
     weights.load_full(models, seeded_full_weights(shapes))
     for c in chunks:
         c.zero_grad_buffer()
@@ -56,9 +56,9 @@ def main():
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = batches[dp_rank::dp]
     result = forward_backward(chunks, mine, ForwardSpec(attn, LossConfig()))
-    grads = weights.all_stages_full(models, grads=True)
+    grads = weights.full_over_pipeline_stages(models, grads=True)
 
-    # logits of the first micro-batch, forward only, gathered over TP on the last stage
+    # logits of the first micro-batch, forward only, gathered over TP on the last pipeline stage
     logits = None
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron_diffusion.model.inputs import model_inputs

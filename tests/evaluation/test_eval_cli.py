@@ -73,7 +73,7 @@ def test_model_path_with_a_fake_sampler(tmp_path, monkeypatch, capsys):
         made["checkpoint"] = checkpoint
         return made["sampler"]
 
-    monkeypatch.setitem(sys.modules, "megatron_diffusion.checkpoint.loading",
+    monkeypatch.setitem(sys.modules, "megatron_diffusion.loading.trained",
                         types.SimpleNamespace(load_sampler=load_sampler))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -98,7 +98,7 @@ def test_ar_baseline_reaches_the_sampler(tmp_path, monkeypatch):
         made["knobs"] = knobs
         return FakeSampler(checkpoint, **knobs)
 
-    monkeypatch.setitem(sys.modules, "megatron_diffusion.checkpoint.loading",
+    monkeypatch.setitem(sys.modules, "megatron_diffusion.loading.trained",
                         types.SimpleNamespace(load_sampler=load_sampler))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

@@ -13,7 +13,7 @@ from tests.helpers import make_checkpoint
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     root = tmp_path_factory.mktemp("likelihood")
     causal = make_checkpoint(root / "causal", attention=AttentionConfig(mode="causal"), logit_shift=True)

@@ -133,7 +133,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_reference_nll_matches_one_plain_causal_forward_per_row(checkpoints):
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     ref = load_model(checkpoints["causal"])
     prompts, completions = [[5, 6, 7, 8, 9], [11, 12]], [[20, 21], [30, 31, 32, 33]]
@@ -149,7 +149,7 @@ def test_reference_nll_matches_one_plain_causal_forward_per_row(checkpoints):
 
 
 def test_check_reference_refuses_another_vocabulary_or_no_ar_readout(checkpoints):
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.data.tokenizer import load_tokenizer
 
     ref = load_model(checkpoints["causal"])

@@ -126,7 +126,7 @@ def _causal_logp(loaded, row: list[int]) -> torch.Tensor:
 
 def test_causal_checkpoint_generates_the_ar_decode_and_scores_exactly(checkpoints, tasks, tmp_path,
                                                                       monkeypatch):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['causal']},strategy=ar", monkeypatch,
                    kinds=("gen", "choice", "rolling"))
@@ -164,7 +164,7 @@ def test_self_speculative_generation_is_the_ar_generation(checkpoints, tasks, tm
 
 def test_diffusion_checkpoint_scores_the_elbo_with_its_draws(checkpoints, tasks, tmp_path, monkeypatch,
                                                              capfd):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
     from megatron_diffusion.evaluation.likelihood import elbo_loglikelihood
 
     monkeypatch.chdir(tmp_path)  # outside any git checkout: lm-eval asks git for a commit hash
@@ -186,7 +186,7 @@ def test_diffusion_checkpoint_scores_the_elbo_with_its_draws(checkpoints, tasks,
 
 def test_apply_chat_template_renders_the_checkpoints_template(checkpoints, tasks, tmp_path,
                                                                monkeypatch, capsys):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     samples = _run(tasks, tmp_path / "out", f"checkpoint={checkpoints['chat']},strategy=ar", monkeypatch,
                    kinds=("gen",), extra=("--apply_chat_template",))

@@ -110,7 +110,7 @@ def _recompute(records, key):
 
 
 def test_report_on_a_block_checkpoint_with_a_reference(causal_ckpt, tmp_path, capsys):
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.data.tokenizer import load_tokenizer
 
     run = tmp_path / "run"
@@ -185,7 +185,7 @@ def test_report_on_a_block_checkpoint_with_a_reference(causal_ckpt, tmp_path, ca
 def test_next_token_metrics_match_a_plain_causal_forward(causal_ckpt, tmp_path):
     from megatron_diffusion.evaluation.infill import next_token_metrics
     from megatron_diffusion.evaluation.quality import heldout_token_rows
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
 
     out = tmp_path / "report.json"
     assert main(["eval", "quality", "--checkpoint", str(causal_ckpt), "--heldout", *map(str, HELDOUT),
@@ -290,7 +290,7 @@ def test_block_shift_checkpoint_is_read_with_its_shift(tmp_path):
     from megatron_diffusion.evaluation.infill import masked_metrics
     from megatron_diffusion.evaluation.quality import heldout_token_rows, quality_report
     from megatron_diffusion.model.inputs import model_inputs
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     run = tmp_path / "run"
     make_checkpoint(run, attention=AttentionConfig(mode="block", block_size=4), logit_shift=True)

@@ -1,4 +1,4 @@
-"""Integrity faults of issue 24: what a killed conversion leaves, a store on a read-only file
+"""Integrity faults: what a killed conversion leaves, a store on a read-only file
 system, a checkpoint that meets another tokenizer than its own.
 
 Each test failed before its fix: the conversion's temporaries stayed forever, the index cache

@@ -1,4 +1,6 @@
-"""The smaller faults of issue 13: each was a traceback, a wrong message or a silent success."""
+"""Small input and interruption faults (an empty config, an empty tokenizer corpus, a killed
+preprocess, a missing --init-from, ...): each must be one line naming the input, or leave nothing
+behind; each was a traceback, a wrong message or a silent success."""
 
 import os
 

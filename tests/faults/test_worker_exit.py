@@ -1,4 +1,4 @@
-"""A process whose loader iterator is still alive at exit must exit (issue 13 follow-up).
+"""A process whose loader iterator is still alive at exit must exit, not hang on its workers.
 
 The loader workers ignore SIGTERM (so a preemption reaches the trainer's step boundary), and
 multiprocessing's exit hook stops daemonic children with SIGTERM and then joins them: without the

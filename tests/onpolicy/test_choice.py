@@ -4,7 +4,7 @@ toys: every joint draw of a step, its probability, the positions the rule keeps.
 probability of each outcome (kept positions and tokens) must equal the enumerated one; then
 ``E[R grad log pi]`` is the exact gradient of ``E[R]``.
 
-Before issue 25 the open factor was ``sum_v p(v) 1[p(v) < threshold]`` everywhere: at a
+An earlier formula took the open factor as ``sum_v p(v) 1[p(v) < threshold]`` everywhere: at a
 threshold rule's fallback step (nothing reached the threshold, the most confident draw kept)
 that is ~1 where the truth is the draw ranking below the kept one, and the fixed rule had no
 factor at all.

@@ -6,7 +6,7 @@ logit shift)."""
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.data.tokenizer import load_tokenizer
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.model.inputs import forward_kwargs

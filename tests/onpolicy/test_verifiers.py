@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model
+from megatron_diffusion.loading.trained import load_model
 from megatron_diffusion.distill.row_model import RowModel
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.onpolicy.prompts import PromptRecord
 from megatron_diffusion.onpolicy.verifiers import ExecutionVerifier, ModelVerifier, left_to_right_logprobs
-from megatron_diffusion.sampling.trajectory import left_to_right, trajectory_elbo
+from megatron_diffusion.distill.orders import left_to_right, trajectory_elbo
 from megatron_diffusion.training.checkpoint import latest_checkpoint
 from tests.evaluation.sandbox_helpers import new_marker, processes_named, sandbox_config, set_name_lines
 from tests.evaluation.test_sandbox_hostile import victim_dir  # noqa: F401 (a fixture)

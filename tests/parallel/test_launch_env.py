@@ -1,4 +1,5 @@
-"""Launcher detection from environment dictionaries, and init_distributed on one and two processes."""
+"""Launcher detection from environment dictionaries, and start_process_group on one and two
+processes."""
 
 import os
 import socket
@@ -12,7 +13,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.launch_env import (
     LaunchEnv,
     detect_launch_env,
-    init_distributed,
+    start_process_group,
     port_for_job,
 )
 
@@ -174,21 +175,21 @@ def test_port_for_job_stays_below_ephemeral_range():
 
 @pytest.fixture
 def clean_launch_vars(monkeypatch):
-    """init_distributed exports the launch variables: undo that after the test."""
+    """start_process_group exports the launch variables: undo that after the test."""
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
 
-def test_init_distributed_single_process_uses_no_port(clean_launch_vars):
-    env = init_distributed(detect_launch_env({}), backend="gloo")
+def test_start_process_group_single_process_uses_no_port(clean_launch_vars):
+    env = start_process_group(detect_launch_env({}), backend="gloo")
     try:
         value = torch.tensor([3.0])
         dist.all_reduce(value)
         assert value.item() == 3.0 and dist.get_world_size() == 1
         assert os.environ["RANK"] == "0"
         with pytest.raises(UsageError, match="already initialised"):
-            init_distributed(env, backend="gloo")
+            start_process_group(env, backend="gloo")
     finally:
         dist.destroy_process_group()
 
@@ -210,7 +211,7 @@ def _slurm_task(procid: int, port: int, results) -> None:
         SLURM_LOCALID=str(procid),
         MASTER_PORT=str(port),
     )
-    env = init_distributed(detect_launch_env(environ), backend="gloo")
+    env = start_process_group(detect_launch_env(environ), backend="gloo")
     value = torch.tensor([float(env.rank + 1)])
     dist.all_reduce(value)
     results[env.rank] = value.item()
@@ -218,7 +219,7 @@ def _slurm_task(procid: int, port: int, results) -> None:
 
 
 @pytest.mark.distributed
-def test_init_distributed_two_slurm_tasks():
+def test_start_process_group_two_slurm_tasks():
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         results = manager.dict()

@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from megatron_diffusion.parallel.peer_failure import (PeerTable, backend_detail,
                                                        describe_peer_failure, host_of)
-from megatron_diffusion.parallel.process_groups import destroy, init_distributed
+from megatron_diffusion.parallel.process_groups import destroy, ensure_distributed
 
 # What torch 2.13's gloo raised on node1 when node2's processes were killed (two forms, by what
 # the rank was doing), and when node2's link went down (tests/multinode, from their logs; the
@@ -59,7 +59,7 @@ def test_other_errors_are_not_a_lost_peer():
 
 
 def test_the_collective_timeout_reaches_the_default_group():
-    init_distributed(collective_timeout_s=12.5)  # torch's own default would be 30 minutes
+    ensure_distributed(collective_timeout_s=12.5)  # torch's own default would be 30 minutes
     try:
         backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
         assert backend.options._timeout.total_seconds() == pytest.approx(12.5)

@@ -31,7 +31,7 @@ def _sample(checkpoint, out, *extra) -> int:
 
 
 def test_prompt_special_token_text_encodes_as_one_id(chat_checkpoint):
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     sampler = load_sampler(str(chat_checkpoint), max_new_tokens=4)
     start = sampler.tokenizer.tokenizer.token_to_id("<|im_start|>")

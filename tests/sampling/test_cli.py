@@ -1,5 +1,5 @@
 """The sample and bench-sampler commands, bad input, stop tokens (load_sampler's contract:
-tests/checkpoint/test_loading.py)."""
+tests/loading/test_trained.py)."""
 
 import json
 
@@ -33,7 +33,7 @@ def test_sample_writes_json_lines(checkpoint, tmp_path):
         assert len(x["step_map"]) == x["num_tokens"] and max(x["step_map"]) < x["num_forwards"]
         assert len(x["completion_ids"]) == x["num_tokens"]
     # the ids are what the model saw and wrote: they decode to the texts
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     tok = load_sampler(checkpoint).tokenizer
     for x in lines:
@@ -133,7 +133,7 @@ def test_out_is_checked_before_decoding(checkpoint, tmp_path, capsys, monkeypatc
 def test_stop_tokens_from_meta_and_flags(checkpoint):
     """Stop ids: the checkpoint's generation.stop_token_ids, else EOS; --stop-token (texts or
     ids) overrides; the sampler's settings record them."""
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
     from megatron_diffusion.sampling.api import stop_token_ids
 
     sampler = load_sampler(checkpoint, max_new_tokens=4)
@@ -149,7 +149,7 @@ def test_stop_tokens_from_meta_and_flags(checkpoint):
 
 def test_a_checkpoint_load_prints_no_third_party_warning(checkpoint):
     """Every load went through megatron-core's dist_checkpointing and printed torch's three
-    FutureWarnings (load_state_dict, ShardedTensor) to a user's terminal (issue 27 item 4);
+    FutureWarnings (load_state_dict, ShardedTensor) to a user's terminal;
     the CLI silences the known third-party warnings, its own stay."""
     import os
     import subprocess

@@ -4,7 +4,7 @@ import torch
 
 from megatron_diffusion.sampling.config import SamplerConfig
 from megatron_diffusion.sampling.sampler import BlockSampler
-from megatron_diffusion.sampling.trajectory import check_step_map
+from megatron_diffusion.distill.orders import check_step_map
 from tests.sampling._helpers import EOS_ID, rules
 from tests.sampling.test_decoding import EosAt, PlantedMistake
 

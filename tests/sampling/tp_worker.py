@@ -11,7 +11,7 @@ import sys
 import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-from megatron_diffusion.checkpoint.loading import load_sampler  # noqa: E402
+from megatron_diffusion.loading.trained import load_sampler  # noqa: E402
 
 
 def main():

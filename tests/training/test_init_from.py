@@ -98,7 +98,7 @@ def test_a_converted_qwen3_trains_with_its_norms_and_spare_rows(converted_qwen3,
                                                                 tmp_path):
     """The store's vocabulary (301 tokens) is smaller than the checkpoint's (320 rows, as every
     Qwen pads its embedding): the run takes the checkpoint's; the q/k norms are loaded."""
-    from megatron_diffusion.checkpoint.loading import load_model
+    from megatron_diffusion.loading.trained import load_model
     from megatron_diffusion.model import weights
     from tests.convert.hf_fixtures import hf_state
 

@@ -83,7 +83,7 @@ def _dtype() -> str:
 
 
 def from_checkpoint(path, source: str, gguf=None) -> SamplerModel:
-    from megatron_diffusion.checkpoint.loading import load_sampler
+    from megatron_diffusion.loading.trained import load_sampler
 
     sampler = load_sampler(path, params_dtype=_dtype(), ignore_eos=True)
     return SamplerModel(sampler, source, "pretrained", Path(path), gguf)

@@ -1,4 +1,4 @@
-"""Reveal orders (sampling/trajectory.py) on hand-made blocks and stub models."""
+"""Reveal orders (distill/orders.py) on hand-made blocks and stub models."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from megatron_diffusion.sampling import trajectory as T
+from megatron_diffusion.distill import orders as T
 
 
 def _count_stub(B: int):

@@ -8,7 +8,8 @@ row evaluates a different state in every block; ``distill.row_model`` is the rea
 stubs). ``trajectory_elbo`` is eq. 7-8's ELBO of an order, ``sample_orders`` the scored and
 Gumbel-top-k candidates, ``left_to_right`` the plain order and ``best_order`` the exact best
 one-token-per-step order for ``B <= 6`` (dynamic programming over the ``2^B`` revealed subsets).
-docs/distillation.md has the search as ``distill-trajectories`` runs it.
+``check_step_map`` also checks the step maps the sampler records per block. docs/distillation.md
+has the search as ``distill-trajectories`` runs it.
 """
 
 from collections.abc import Callable

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from megatron_diffusion.checkpoint.loading import load_model, load_sampler
+from megatron_diffusion.loading.trained import load_model, load_sampler
 from megatron_diffusion.convert.mcore_to_hf import convert_mcore_to_hf
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.masks.config import AttentionConfig
