@@ -1,27 +1,11 @@
 """Checkpoints: megatron ``dist_checkpointing`` (sharded, reshardable), written atomically.
 
-Layout of a run directory::
-
-    RUN_DIR/checkpoints/iter_0000100/     a complete checkpoint
-        model_optim/                      dist_checkpointing: model + optimizer, every rank writes
-                                          its shards in parallel; loadable under another TP/PP
-        meta.json                         step, run config, tokenizer hash, parallel layout
-        loader/dp_000.json                data-loader state per data-parallel rank
-        rng/rank_00000.pt                 RNG states per rank
-        tokenizer.json                    so a checkpoint samples/converts on its own
-    RUN_DIR/checkpoints/latest            name of the newest complete checkpoint
-
-Every checkpoint's ``meta.json`` is built by ``checkpoint_meta`` (format ``CHECKPOINT_FORMAT``,
-``FORMAT_VERSION``, run config, tokenizer hash, ...; the trainer and ``convert`` both write
-checkpoints) and read by ``read_meta``, which checks the format: the one reader every loader,
-converter and resume goes through. ``resolve_checkpoint`` turns a checkpoint, run or
-checkpoints directory into one checkpoint.
-
-A checkpoint is written into ``iter_XXXXXXX.tmp`` and renamed only after every rank finished,
-then ``latest`` is replaced atomically (write + rename). A crash at any moment leaves the
-previous checkpoint and ``latest`` valid; stale ``.tmp`` directories are removed at the next
-save. The optimizer uses the ``fully_reshardable`` format of the distributed optimizer, so a run
-can resume under another TP/PP/DP layout.
+``RUN_DIR/checkpoints/iter_XXXXXXX/`` holds the model and optimizer shards, ``meta.json``,
+each data-parallel rank's data state, each rank's RNG state and the tokenizer; ``latest`` names
+the newest complete one. A checkpoint is written as ``.tmp`` and renamed after every rank
+finished, so a crash leaves the previous one valid. ``checkpoint_meta`` builds every
+``meta.json`` (trainer and ``convert``) and ``read_meta`` is the one checked reader.
+docs/training.md, "Checkpoints", has the layout.
 """
 
 import json

@@ -1,27 +1,11 @@
 """Multi-phase runs: a curriculum of training phases in one run config (docs/method.md 10).
 
-Stable-DiffCoder's recipe for new knowledge is AR training on the new data, then continual
-pretraining with a small-block diffusion objective. A run config may chain such phases::
-
-    phases:
-      - name: ar
-        train_iters: 200
-        loss.objective: ar
-        attention.mode: causal
-      - name: block4
-        train_iters: 400
-        attention: {mode: block, block_size: 4}
-        model.logit_shift: true
-
-Each phase is the YAML's sections with the phase's keys on top (``section.field`` or nested
-mappings; ``train_iters`` is ``training.train_iters``), then the command line's overrides, which
-apply to every phase. Every phase's config is built and validated before any work. Phase ``i``
-runs in ``RUN_DIR/phase<i>-<name>`` as an ordinary run; phase 1 starts from ``--init-from`` (if
-given), every later phase from the previous phase's final checkpoint (weights only: a fresh
-optimizer, learning-rate schedule and corruption curriculum, laid out over its own
-``train_iters``). ``--resume auto`` skips the phases whose final checkpoint exists and resumes
-the first unfinished one from its newest checkpoint; a preempted phase stops the run (exit 0)
-and the ``PREEMPTED`` marker is also written in ``RUN_DIR``, where the batch scripts look.
+Stable-DiffCoder's recipe for new knowledge is AR training on the new data, then small-block
+diffusion CPT. A ``phases:`` list chains such runs: each phase is the YAML's sections with the
+phase's keys on top, then the command line's overrides; all are validated before any work.
+Phase ``i`` runs in ``RUN_DIR/phase<i>-<name>`` as an ordinary run, starting from the previous
+phase's final checkpoint (weights only); ``--resume auto`` skips finished phases; a preempted
+phase stops the run. docs/cpt.md, "Multi-phase runs", has the rules.
 """
 
 import copy

@@ -1,22 +1,10 @@
 """One training step: forward/backward over the global batch, the non-finite guard, the
 optimizer step, and the step's record (a line of metrics.jsonl).
 
-``TrainStep(...)(microbatches, step=s, lr=lr, started=t0)`` runs step ``s`` (numbered from 1,
-as in metrics.jsonl) on this data-parallel rank's micro-batches:
-
-1. set the step's learning rate on every parameter group, zero the gradient buffers;
-2. ``step.forward_backward`` (megatron's schedule; the loss comes back reduced, so every rank
-   sees the same number);
-3. a non-finite loss, or a finite loss with a non-finite gradient (``finite.grads_finite``: all
-   ranks agree), skips the optimizer step with a warning and returns None; more than
-   ``max_nan_steps`` skipped in a row stop the run: a ``UsageError`` (one line, exit 2) that
-   names the steps and the learning rate, on every rank alike; nothing is saved, so the last
-   checkpoint (saved before the divergence) stays ``latest``;
-4. otherwise ``optimizer.step()`` (gradient clipping inside) and the record: step, loss, ce, lr,
-   grad_norm, tokens_per_s and step_time_s (timed from ``started``, so the wait for data
-   counts), stage, what the forward/backward returned besides, and mfu where the device's
-   peak FLOP/s is known (``StepCost``). The step source adds its own figures (``u_max``, the
-   on-policy rewards) to the record.
+A non-finite loss or gradient (all ranks agree) skips the optimizer step; more than
+``training.max_nan_steps`` in a row stop the run with one line, nothing saved. The record holds
+the loss, ce, lr, grad norm, throughput, stage and MFU where the peak is known (``StepCost``);
+the step source adds its own figures. docs/training.md, "One step".
 """
 
 import math

@@ -1,30 +1,12 @@
 """The training loop of a diffusion LM on megatron-core, for any step source.
 
-One ``Trainer`` per process (one process by default; torchrun/SLURM start many). What a step
-consumes, its forward/backward, its figures and its data state are the step source's
-(``step_source``: ``corpus_source`` for CPT/SFT, ``onpolicy.source``). ``setup``:
-
-1. config: the data store completes the model config (its vocabulary and special ids; a
-   mismatch with an explicit config is an error before any work), ``--init-from`` its
-   architecture; the checkpoint to resume from is found and checked; the source's checks;
-2. parallel state (TP/PP/VPP/CP/DP);
-3. data: the ``step.ForwardSpec`` every forward of the run follows, the source's data of this
-   DP rank. Before the run directory: data that cannot make one row (a store of 2 tokens, no
-   validation documents for evaluation) is refused with nothing written, and a run directory
-   that did not exist still does not;
-4. the run directory (rank 0: lock, config snapshot);
-5. model and optimizer: the model chunks in megatron DDP (``model_setup``), Adam; the source's
-   own models;
-6. restore: the resumed checkpoint (weights, optimizer, the source's state, RNG) or
-   ``--init-from``'s weights.
-
-Each step (``train_step.TrainStep``): the step's learning rate (a pure function of the step,
-``lr_schedule``), this DP rank's micro-batches from the source, its forward/backward, the
-non-finite guard (skip, ``max_nan_steps`` in a row stop the run), the optimizer step. Then the
-source's figures, log, checkpoint; a SIGTERM/SIGUSR2 received meanwhile saves and exits 0. A
-loader worker that dies (the out-of-memory killer) stops every rank before the step whose data
-it held: the last completed step is saved, with the loader back at that step's end, and the run
-stops with one line (``LoaderWorkerDied``, exit 2); ``--resume auto`` continues.
+One ``Trainer`` per process (torchrun/SLURM start many). ``setup`` completes and checks the
+config (the store's vocabulary, ``--init-from``'s architecture, the checkpoint to resume), starts
+the parallel state, builds the source's data, writes the run directory, builds the model chunks
+and Adam, and restores. Each step: the step's learning rate, the source's micro-batches through
+``train_step.TrainStep`` (forward/backward, non-finite guard, optimizer step), the source's
+figures, log, checkpoint; SIGTERM/SIGUSR2 saves and exits 0. What a step consumes is the step
+source's (``step_source``). docs/training.md has each part; docs/reliability.md the faults.
 """
 
 import contextlib
