@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (issue 18; docs/gpu.md): every GPU figure in one prepared run.
-#   tools/gpu_check.sh RESULTS_DIR            on the H200: installs .whl/*.whl, runs all stages
+#   tools/gpu_check.sh RESULTS_DIR            on the H200: installs .whl/*.whl, runs all parts
 #   tools/gpu_check.sh --dry-run RESULTS_DIR  on a CPU, tiny shapes (CI: tests/tools/test_gpu_check.py)
-# Extra arguments go to `python3 -m tools.gpu_check` (--budget-s, --stages, --checkpoint).
-# Writes RESULTS_DIR/results.json (rewritten after every stage) and RESULTS_DIR/gpu_check.log.
+# Extra arguments go to `python3 -m tools.gpu_check` (--budget-s, --parts, --checkpoint).
+# Writes RESULTS_DIR/results.json (rewritten after every part) and RESULTS_DIR/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=()

@@ -1,5 +1,5 @@
 """The GPU check's CPU dry run (tools/gpu_check.sh --dry-run), so the script cannot rot between GPU
-runs, and its stage runner: a failing or overrunning stage is recorded and the next one runs."""
+runs, and its part runner: a failing or overrunning part is recorded and the next one runs."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tools.gpu_check.report import STAGES, Context, Skip, run_stage
+from tools.gpu_check.report import PARTS, Context, Skip, run_part
 
 
 def _dry_run(out: Path, *args, timeout=600, extra_env=None):
@@ -35,9 +35,9 @@ def _numbers(row: dict, *keys):
         assert isinstance(row[k], (int, float)) and row[k] == row[k], (k, row)
 
 
-def _check_rows(stage: dict, *keys):
-    assert stage["rows"], stage
-    for row in stage["rows"]:
+def _check_rows(part: dict, *keys):
+    assert part["rows"], part
+    for row in part["rows"]:
         if row["status"] == "ok":
             _numbers(row, *keys)
         else:
@@ -45,13 +45,13 @@ def _check_rows(stage: dict, *keys):
 
 
 @pytest.mark.slow
-def test_dry_run_records_every_stage_with_numbers_or_a_reason(tmp_path, toy_checkpoint):
+def test_dry_run_records_every_part_with_numbers_or_a_reason(tmp_path, toy_checkpoint):
     out = tmp_path / "results"
     proc = _dry_run(out, "--checkpoint", toy_checkpoint)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(STAGES) <= set(results)
-    for name in STAGES:  # with a toy checkpoint every stage runs on the CPU
+    assert set(PARTS) <= set(results)
+    for name in PARTS:  # with a toy checkpoint every part runs on the CPU
         assert results[name]["status"] == "ok", (name, results[name])
     assert results["pytest_gpu"]["returncode"] == 0 and "skipped" in results["pytest_gpu"]["summary"]
     _numbers(results["ceilings"], "matmul_tflops", "copy_gb_per_s")
@@ -71,7 +71,8 @@ def test_dry_run_records_every_stage_with_numbers_or_a_reason(tmp_path, toy_chec
     assert cpt["metrics"] and cpt["before"]["infill"] and cpt["after"]["infill"]
     files = [p for p in out.rglob("*") if p.is_file()]  # what comes back from the device
     assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files)
-    assert "stage" in (out / "gpu_check.log").read_text()
+    assert results["meta"]["parts"] == list(PARTS)
+    assert "part env (cap" in (out / "gpu_check.log").read_text()
 
 
 @pytest.mark.slow
@@ -84,7 +85,7 @@ def test_dry_run_sampler_converts_the_real_gguf(tmp_path):
     except Exception as e:
         pytest.skip(str(e))
     out = tmp_path / "results"
-    proc = _dry_run(out, "--stages", "ceilings,sampler")
+    proc = _dry_run(out, "--parts", "ceilings,sampler")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sampler = json.loads((out / "results.json").read_text())["sampler"]
     assert sampler["status"] == "ok" and sampler["source"] == "gguf", sampler
@@ -96,7 +97,7 @@ def test_dry_run_sampler_converts_the_real_gguf(tmp_path):
 def test_dry_run_without_a_gguf_measures_random_weights_and_skips_the_cpt(tmp_path):
     out = tmp_path / "results"
     env = {"GPU_CHECK_GGUF": "none"}
-    proc = _dry_run(out, "--stages", "sampler,cpt", extra_env=env)
+    proc = _dry_run(out, "--parts", "sampler,cpt", extra_env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["sampler"]["weights"] == "random" and "none" in results["sampler"]["gguf_note"]
@@ -104,7 +105,7 @@ def test_dry_run_without_a_gguf_measures_random_weights_and_skips_the_cpt(tmp_pa
     assert results["cpt"]["status"] == "skipped" and "random weights" in results["cpt"]["reason"]
 
 
-def test_a_failing_or_overrunning_stage_is_recorded_and_the_next_runs(tmp_path):
+def test_a_failing_or_overrunning_part_is_recorded_and_the_next_runs(tmp_path):
     ctx = Context(results_dir=tmp_path, dry_run=True, deadline=time.monotonic() + 60,
                   work_dir=tmp_path)
 
@@ -124,15 +125,15 @@ def test_a_failing_or_overrunning_stage_is_recorded_and_the_next_runs(tmp_path):
         ctx.guard(out, "works", lambda: {"x": 1.0})
         return {"rows": out}
 
-    run_stage(ctx, "a", broken, cap_s=10)
-    run_stage(ctx, "b", stuck, cap_s=-4.9)  # alarm after cap + 5 s = 0.1 s
-    run_stage(ctx, "c", rows, cap_s=10)
+    run_part(ctx, "a", broken, cap_s=10)
+    run_part(ctx, "b", stuck, cap_s=-4.9)  # alarm after cap + 5 s = 0.1 s
+    run_part(ctx, "c", rows, cap_s=10)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["a"]["status"] == "failed" and saved["a"]["reason"] == "ValueError: boom"
     assert saved["a"]["rows"] == [{"name": "first", "status": "ok"}]  # partial figures kept
-    assert saved["b"]["status"] == "failed" and "StageTimeout" in saved["b"]["reason"]
+    assert saved["b"]["status"] == "failed" and "PartTimeout" in saved["b"]["reason"]
     assert [(r["name"], r["status"]) for r in saved["c"]["rows"]] == [
         ("fails", "failed"), ("skips", "skipped"), ("late", "skipped"), ("works", "ok")]
     assert saved["c"]["rows"][0]["reason"].startswith("ZeroDivisionError")
     ctx.deadline = time.monotonic() + 1
-    assert run_stage(ctx, "d", rows, cap_s=10)["status"] == "skipped"
+    assert run_part(ctx, "d", rows, cap_s=10)["status"] == "skipped"

@@ -1,4 +1,4 @@
-"""Stage ``attention``: the block-diffusion attention kernel alone, Flex ``BlockMask`` vs dense SDPA.
+"""Part ``attention``: the block-diffusion attention kernel alone, Flex ``BlockMask`` vs dense SDPA.
 
 Rows of ``L`` clean tokens (``L`` from ``shapes.seq_lens``: 2K and 8K on the GPU), block mode
 with ``B = 4`` (input ``S = 2L``), ``shapes.attention_rows`` rows, the 1B model's heads (32 query,
@@ -140,7 +140,7 @@ def _time_backends(out: dict, runners: dict, qkv, sh, pairs: float, cuda: bool) 
                                                             / out[f"flex_{kind}_ms"])
 
 
-def attention_stage(ctx) -> dict:
+def attention_part(ctx) -> dict:
     sh = shapes_for(ctx.dry_run)
     rows: list = []
     ctx.partial["rows"] = rows

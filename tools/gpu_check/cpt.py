@@ -1,11 +1,11 @@
-"""Stage ``cpt``: a short block-diffusion CPT of SmolLM2 on the GPU, quality before and after.
+"""Part ``cpt``: a short block-diffusion CPT of SmolLM2 on the GPU, quality before and after.
 
 The CPU recipe of docs/cpt.md scaled up: ``train --init-from`` the converted checkpoint (the
 architecture comes from it), block mode with ``B = 4`` and the logit shift (the AR head is
 reused), bf16 and Flex attention on the GPU, corruption warmup, on a token store of a few
 standard-library packages made with the checkpoint's own tokenizer. ``eval infill`` on that
 store's validation split before (the converted AR model) and after (the CPT checkpoint) gives
-masked-token accuracy, ELBO and next-token figures. Runs only when the sampler stage loaded
+masked-token accuracy, ELBO and next-token figures. Runs only when the sampler part loaded
 pretrained weights and ``shapes.cpt_min_s`` seconds are left; the step count is
 ``shapes.cpt_steps``, the row length the checkpoint's own (``eval infill`` reads rows of it).
 """
@@ -85,17 +85,17 @@ def infill(ctx, checkpoint, store: Path, name: str) -> dict:
     return json.loads((out / "infill.json").read_text())
 
 
-def cpt_stage(ctx) -> dict:
+def cpt_part(ctx) -> dict:
     import yaml
 
     sh = shapes_for(ctx.dry_run)
     sm = ctx.shared.get("sampler_model")
     if sm is None or sm.checkpoint is None:
-        raise Skip("needs the converted SmolLM2 checkpoint from the sampler stage "
+        raise Skip("needs the converted SmolLM2 checkpoint from the sampler part "
                    "(random weights have nothing to continue from)")
     if ctx.dry_run and sm.source != "checkpoint":
         raise Skip("dry run: a CPT of SmolLM2 on a CPU takes minutes; pass a tiny --checkpoint "
-                   "(the CI test does) to run this stage's code")
+                   "(the CI test does) to run this part's code")
     if ctx.left() < sh.cpt_min_s:
         raise Skip(f"time budget: {ctx.left():.0f} s left, needs {sh.cpt_min_s:.0f} s")
     cuda = torch.cuda.is_available()

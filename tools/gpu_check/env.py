@@ -1,8 +1,8 @@
-"""Stages ``env`` (what ran where), ``ceilings`` (the two ceilings, measured) and ``pytest_gpu``.
+"""Parts ``env`` (what ran where), ``ceilings`` (the two ceilings, measured) and ``pytest_gpu``.
 
 ``ceilings``: a square bf16 matrix product (``2 n^3`` FLOP) and a device-to-device copy (bytes
 read + bytes written), each the median of several timed runs on random data (docs/method.md: use the
-measured ceilings, not the datasheet's). The sampler stage divides the measured bandwidth by the
+measured ceilings, not the datasheet's). The sampler part divides the measured bandwidth by the
 model's weight bytes for its forwards/s bound.
 """
 
@@ -48,7 +48,7 @@ def _nvidia_smi() -> str | None:
         return f"unavailable ({type(e).__name__})"
 
 
-def env_stage(ctx) -> dict:
+def env_part(ctx) -> dict:
     cuda = torch.cuda.is_available()
     return {
         "python": sys.version.split()[0], "platform": platform.platform(),
@@ -62,7 +62,7 @@ def env_stage(ctx) -> dict:
     }
 
 
-def ceilings_stage(ctx) -> dict:
+def ceilings_part(ctx) -> dict:
     from tools.gpu_check.shapes import shapes_for
 
     sh = shapes_for(ctx.dry_run)
@@ -81,7 +81,7 @@ def ceilings_stage(ctx) -> dict:
     return out
 
 
-def pytest_gpu_stage(ctx) -> dict:
+def pytest_gpu_part(ctx) -> dict:
     """``pytest -m gpu tests/gpu`` in a subprocess (on CPU every test skips: the same path)."""
     timeout = max(ctx.left() - 5, 10)
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p",

@@ -1,4 +1,4 @@
-"""Where the sampler and CPT stages get SmolLM2 from, in this order:
+"""Where the sampler and CPT parts get SmolLM2 from, in this order:
 
 1. ``--checkpoint DIR``: a megatron-diffusion checkpoint (the CI dry run passes a toy one);
 2. the GGUF, converted with ``convert.gguf_to_mcore.convert_gguf_to_mcore(gguf, out,

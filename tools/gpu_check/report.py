@@ -1,8 +1,8 @@
-"""Stage runner: time budget, per-stage cap (SIGALRM), failures recorded, JSON after each stage.
+"""Part runner: time budget, per-part cap (SIGALRM), failures recorded, JSON after each part.
 
-A stage is ``fn(ctx) -> dict``. Its result goes into ``results.json`` under the stage's name with
+A part is ``fn(ctx) -> dict``. Its result goes into ``results.json`` under the part's name with
 ``status`` (``ok``, ``failed``, ``skipped``), ``seconds`` and, unless ok, a one-line ``reason``.
-Inside a stage, ``ctx.guard(rows, name, fn)`` does the same per measurement, so one failing
+Inside a part, ``ctx.guard(rows, name, fn)`` does the same per measurement, so one failing
 configuration costs only its own row.
 """
 
@@ -19,12 +19,12 @@ import torch
 
 from megatron_diffusion.fileio import write_text_atomic
 
-STAGES = ("env", "ceilings", "train", "attention", "sampler", "pytest_gpu", "cpt")
+PARTS = ("env", "ceilings", "train", "attention", "sampler", "pytest_gpu", "cpt")
 """In run order: the figures never measured before come first, the correctness tests after
 them, the optional CPT last (it gets whatever time is left)."""
 
 
-class StageTimeout(Exception):
+class PartTimeout(Exception):
     pass
 
 
@@ -34,9 +34,9 @@ class Skip(Exception):
 
 @contextmanager
 def alarm(seconds: float):
-    """Raise ``StageTimeout`` in the main thread after ``seconds`` (Python-level code only)."""
+    """Raise ``PartTimeout`` in the main thread after ``seconds`` (Python-level code only)."""
     def _raise(signum, frame):
-        raise StageTimeout(f"stage cap of {seconds:.0f} s reached")
+        raise PartTimeout(f"part cap of {seconds:.0f} s reached")
 
     old = signal.signal(signal.SIGALRM, _raise)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
@@ -54,7 +54,7 @@ def reason_of(exc: BaseException) -> str:
 
 @dataclass
 class Context:
-    """What every stage sees: the mode, the results so far, the clock and a shared scratch dir."""
+    """What every part sees: the mode, the results so far, the clock and a shared scratch dir."""
 
     results_dir: Path
     dry_run: bool
@@ -65,13 +65,13 @@ class Context:
     """A megatron-diffusion checkpoint to use instead of converting the GGUF (tests, CPU)."""
     results: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
-    """Objects stages hand on (the converted checkpoint, the measured bandwidth)."""
-    stage_deadline: float = 0.0
+    """Objects parts hand on (the converted checkpoint, the measured bandwidth)."""
+    part_deadline: float = 0.0
     partial: dict = field(default_factory=dict)
-    """A stage's figures so far (kept when the stage fails or hits its cap half-way)."""
+    """A part's figures so far (kept when the part fails or hits its cap half-way)."""
 
     def left(self) -> float:
-        return min(self.deadline, self.stage_deadline or self.deadline) - time.monotonic()
+        return min(self.deadline, self.part_deadline or self.deadline) - time.monotonic()
 
     def log(self, message: str) -> None:
         print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -85,7 +85,7 @@ class Context:
         else:
             try:
                 row = {"name": name, "status": "ok", **fn()}
-            except StageTimeout:
+            except PartTimeout:
                 raise
             except Skip as e:
                 row = {"name": name, "status": "skipped", "reason": str(e)}
@@ -111,27 +111,27 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_stage(ctx: Context, name: str, fn, cap_s: float, min_s: float = 5.0) -> dict:
-    """Run one stage under ``min(cap_s, time left)``; record its result whatever happens."""
+def run_part(ctx: Context, name: str, fn, cap_s: float, min_s: float = 5.0) -> dict:
+    """Run one part under ``min(cap_s, time left)``; record its result whatever happens."""
     start = time.monotonic()
     left = ctx.deadline - start
     if left < min_s:
         result = {"status": "skipped", "reason": f"time budget: {left:.0f} s left of the run"}
     else:
         cap = min(cap_s, left)
-        ctx.stage_deadline = start + cap
+        ctx.part_deadline = start + cap
         ctx.partial = {}
-        ctx.log(f"stage {name} (cap {cap:.0f} s)")
+        ctx.log(f"part {name} (cap {cap:.0f} s)")
         try:
-            with alarm(cap + 5.0):  # the stage's own checks stop it first; this catches hangs
+            with alarm(cap + 5.0):  # the part's own checks stop it first; this catches hangs
                 result = {"status": "ok", **fn(ctx)}
         except Skip as e:
             result = {**ctx.partial, "status": "skipped", "reason": str(e)}
         except Exception as e:
             result = {**ctx.partial, "status": "failed", "reason": reason_of(e),
                       "traceback": traceback.format_exc()[-3000:]}
-            ctx.log(f"stage {name} failed:\n{traceback.format_exc()}")
-        ctx.stage_deadline, ctx.partial = 0.0, {}
+            ctx.log(f"part {name} failed:\n{traceback.format_exc()}")
+        ctx.part_deadline, ctx.partial = 0.0, {}
         release_memory()
     result["seconds"] = round(time.monotonic() - start, 2)
     ctx.results[name] = result

@@ -1,4 +1,4 @@
-"""Stage ``sampler``: decoding speed of SmolLM2 (``models``) at batch 1 and 32 against the HBM bound.
+"""Part ``sampler``: decoding speed of SmolLM2 (``models``) at batch 1 and 32 against the HBM bound.
 
 Every variant generates exactly ``max_new_tokens`` per prompt (EOS ignored) from the same
 ``prompt_len``-token prompts (stdlib snippets with the real tokenizer, random ids otherwise):
@@ -18,7 +18,7 @@ Every variant generates exactly ``max_new_tokens`` per prompt (EOS ignored) from
 
 ``forwards_per_s`` counts batched forwards. The HBM bound: a forward reads every weight once, so
 ``forwards/s <= bandwidth / weight bytes`` (KV-cache reads only lower it further);
-``fraction_of_hbm_bound`` uses the copy bandwidth measured in the ``ceilings`` stage,
+``fraction_of_hbm_bound`` uses the copy bandwidth measured in the ``ceilings`` part,
 ``hbm_bound_datasheet`` the H200's 4.8 TB/s.
 """
 
@@ -110,7 +110,7 @@ def hf_generate(ctx, hf, prompts, max_new: int) -> dict:
             **bound_figures(ctx, new / wall, weight_bytes(hf))}
 
 
-def sampler_stage(ctx) -> dict:
+def sampler_part(ctx) -> dict:
     sh = shapes_for(ctx.dry_run)
     sm = models.load(ctx, sh.sampler_model)
     ctx.shared["sampler_model"] = sm

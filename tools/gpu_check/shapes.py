@@ -24,7 +24,7 @@ TINY = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_group
 @dataclass(frozen=True)
 class Shapes:
     models: dict
-    """name -> ModelConfig fields, for the training stage."""
+    """name -> ModelConfig fields, for the training part."""
     seq_lens: tuple
     """Clean tokens per row ``L`` (block mode feeds ``2L``)."""
     tokens_per_step: int
@@ -32,7 +32,7 @@ class Shapes:
     train_warmup: int
     train_steps: int
     attention_heads: tuple
-    """(query heads, key/value heads, head dim) of the attention kernel stage."""
+    """(query heads, key/value heads, head dim) of the attention kernel part."""
     attention_rows: int
     repeats: int
     """Timed repetitions of a kernel (median reported)."""
@@ -44,7 +44,7 @@ class Shapes:
     copy_bytes: int
     cpt_steps: int
     cpt_min_s: float
-    """Seconds that must be left for the CPT stage to start."""
+    """Seconds that must be left for the CPT part to start."""
 
 
 GPU = Shapes(models={"llama-1b": LLAMA_1B, "smollm2-135m": SMOLLM2_135M}, seq_lens=(2048, 8192),

@@ -1,4 +1,4 @@
-"""Stage ``train``: training throughput in bf16 on one GPU, AR vs block mode, dense SDPA vs Flex.
+"""Part ``train``: training throughput in bf16 on one GPU, AR vs block mode, dense SDPA vs Flex.
 
 For each model (``shapes``), clean length ``L`` and mode — ``ar`` (causal mask, next-token
 loss, ``S = L``) and ``block`` (block diffusion, ``B = 4``, input ``x_t (+) x0``, ``S = 2L``) —
@@ -13,7 +13,7 @@ heads x head dim, ``P`` the (query, key) pairs per row the mask allows (``attend
 from the mask predicate: ``L^2 + L B`` in block mode, ``L (L + 1) / 2`` causal). ``mfu_dense_count``
 is the same with ``P = S^2`` (every pair, what dense SDPA computes), for comparison. MFU is
 against the peak from ``observability.peak_flops`` (989 TFLOP/s dense bf16 for H200);
-``fraction_of_measured_matmul`` against the ``ceilings`` stage's measured bf16 matmul rate.
+``fraction_of_measured_matmul`` against the ``ceilings`` part's measured bf16 matmul rate.
 """
 
 import gc
@@ -134,7 +134,7 @@ def measure(ctx, sh, cfg, chunks, opt, mode, backend, L) -> dict:
             **flops_figures(ctx, cfg, num_params, attn, rows, L, dt)}
 
 
-def train_stage(ctx) -> dict:
+def train_part(ctx) -> dict:
     sh = shapes_for(ctx.dry_run)
     cuda = torch.cuda.is_available()
     rows: list = []
