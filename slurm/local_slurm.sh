@@ -24,6 +24,8 @@ usage() { echo "usage: $0 {start|stop|env|install} DIR" >&2; exit 2; }
 cmd=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 conf=$dir/slurm.conf
+# shellcheck source=slurm/slurm_conf.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_conf.sh"
 
 install_slurm() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
@@ -44,64 +46,23 @@ write_conf() {
     host=$(hostname -s)
     cpus=${SLURM_CPUS:-2}
     mkdir -p "$dir/state" "$dir/spool" "$dir/log"
-    cat >"$conf" <<EOF
-# Written by slurm/local_slurm.sh: a one-node test cluster, everything under $dir.
+    {
+        echo "# Written by slurm/local_slurm.sh: a one-node test cluster, everything under $dir."
+        cat <<EOF
 ClusterName=local
 SlurmctldHost=$host
 SlurmctldPort=${SLURMCTLD_PORT:-6817}
 SlurmdPort=${SLURMD_PORT:-6818}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=cred_expire=${CRED_EXPIRE:-5}
-StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
-SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
-SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-# Look at pending jobs every second, so a requeued job starts as soon as it may.
-SchedulerParameters=sched_interval=1
-ReturnToService=2
-JobRequeue=1
-# Keep finished jobs visible to scontrol for a while (no accounting database here).
-MinJobAge=600
-KillWait=5
-InactiveLimit=0
+EOF
+        slurm_conf_common "$dir"
+        cat <<EOF
 NodeName=$host CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-}
-
-start_munge() {
-    # A munged that is already running (ours or the system's) is reused, and never stopped by us.
-    if munge -n </dev/null >/dev/null 2>&1; then
-        return 0
-    fi
-    mkdir -p /run/munge
-    chown munge:munge /run/munge
-    chmod 0755 /run/munge
-    # munged runs as user munge, so its pid file goes in a directory that user owns.
-    mkdir -p "$dir/munge"
-    chown munge:munge "$dir/munge"
-    runuser -u munge -- munged --pid-file="$dir/munge/munged.pid"
-    for _ in $(seq 50); do
-        munge -n </dev/null >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "local_slurm: munged did not start" >&2
-    return 1
+    } >"$conf"
 }
 
 wait_idle() {
@@ -138,7 +99,7 @@ start)
     [[ $(id -u) -eq 0 ]] || { echo "local_slurm: needs root (runs slurmd as root)" >&2; exit 1; }
     install_slurm
     write_conf
-    start_munge
+    start_munge "$dir"
     # -c: clear previous state (a fresh cluster); -i: ignore state files that do not match.
     SLURM_CONF=$conf slurmctld -c -i
     SLURM_CONF=$conf slurmd -c

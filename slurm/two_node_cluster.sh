@@ -55,6 +55,8 @@ cmd=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 shift 2
 NODES=(node1 node2)
+# shellcheck source=slurm/slurm_conf.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_conf.sh"
 
 die() { echo "two_node_cluster: $*" >&2; exit 1; }
 
@@ -153,60 +155,26 @@ run_on() {  # run_on NODE CMD...: in the node's namespaces and the caller's dire
 
 write_slurm_conf() {
     mkdir -p "$dir/state" "$dir/log"
-    cat >"$dir/slurm.conf" <<EOF
-# Written by slurm/two_node_cluster.sh: two nodes in network namespaces, everything under $dir.
+    {
+        echo "# Written by slurm/two_node_cluster.sh: two nodes in network namespaces, everything under $dir."
+        cat <<EOF
 ClusterName=twonode
 SlurmctldHost=ctl($CTL_ADDR)
 SlurmctldPort=$SLURMCTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=cred_expire=$CRED_EXPIRE
-StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool-%n
-SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd-%n.pid
-SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=1
-ReturnToService=2
-JobRequeue=1
-MinJobAge=600
-KillWait=5
-InactiveLimit=0
+EOF
+        CRED_EXPIRE=$CRED_EXPIRE slurm_conf_common "$dir"
+        cat <<EOF
 # A node that stops answering is DOWN after this many seconds (the default, 300, is long).
 SlurmdTimeout=15
 NodeName=node1 NodeAddr=$NODE1_ADDR NodeHostname=node1 CPUs=${SLURM_CPUS:-2} State=UNKNOWN
 NodeName=node2 NodeAddr=$NODE2_ADDR NodeHostname=node2 CPUs=${SLURM_CPUS:-2} State=UNKNOWN
 PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-}
-
-start_munge() {  # as slurm/local_slurm.sh: reuse a running munged, else start ours
-    if munge -n </dev/null >/dev/null 2>&1; then
-        return 0
-    fi
-    mkdir -p /run/munge "$dir/munge"
-    chown munge:munge /run/munge "$dir/munge"
-    chmod 0755 /run/munge
-    runuser -u munge -- munged --pid-file="$dir/munge/munged.pid"
-    for _ in $(seq 50); do
-        munge -n </dev/null >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "munged did not start"
+    } >"$dir/slurm.conf"
 }
 
 wait_idle() {
@@ -231,7 +199,7 @@ slurm() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
         || die "SLURM is not installed (slurm/local_slurm.sh start installs it with apt)"
     write_slurm_conf
-    start_munge
+    start_munge "$dir"
     # The controller runs on the machine itself and listens on the bridge's address; each
     # slurmd runs on its node under its own name (-N) and reaches the controller over the bridge.
     # slurmctld checks that its hostname is SlurmctldHost's: it gets its own UTS namespace, named

@@ -8,6 +8,7 @@ megatron-core takes seconds). Bad input raises ``UsageError``: printed as one li
 import argparse
 import importlib
 import os
+import signal
 import sys
 import warnings
 
@@ -92,6 +93,7 @@ def quiet_third_party_bars(stream=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the process's entry point (console script, python -m), not a caller
     argv = list(sys.argv[1:] if argv is None else argv)
     for pattern in _BENIGN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -102,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(argv, command, only)
     finally:
-        if preemption is not None:
+        if preemption is not None and as_program:
+            # The command is over and what it had to save is saved: a SIGTERM/SIGUSR2 now must not
+            # turn exit status 0 into 143 while the interpreter shuts down. SLURM sends one late to
+            # a node back from a crash: its job-terminate for the failed run, retried after the
+            # requeued run (same job id) started there (docs/slurm.md).
+            for sig in preemption.signals:
+                signal.signal(sig, signal.SIG_IGN)
+        elif preemption is not None:
             preemption.uninstall()
 
 

@@ -2,10 +2,11 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
-from tests.multinode.conftest import CLUSTER
+from tests.multinode.conftest import CLUSTER, REPO, node_env
 
 pytestmark = [pytest.mark.multinode,
               pytest.mark.skipif(os.geteuid() != 0, reason="multinode tier: needs root")]
@@ -39,3 +40,14 @@ def test_nodes_have_their_own_hostname_and_address(cluster):
         result = cluster.script("exec", node, "bash", "-c", "hostname -s; getent hosts node2")
         name, hosts = result.stdout.splitlines()
         assert name == node and hosts.split()[0] == cluster.address("node2")
+
+
+def test_processes_on_a_node_import_this_checkout(cluster):
+    """The tier's processes (and SLURM jobs, which inherit the submitting environment) get
+    PYTHONPATH=<this checkout>: an installed megatron_diffusion elsewhere (an editable install of
+    another checkout) must not be what runs on the nodes."""
+    code = "import megatron_diffusion; print(megatron_diffusion.__file__)"
+    result = subprocess.run(["bash", str(CLUSTER), "exec", str(cluster.dir), "node2", sys.executable,
+                             "-c", code], cwd="/", env=node_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == str(REPO / "megatron_diffusion" / "__init__.py"), result

@@ -99,17 +99,28 @@ def test_node2_killed_node1_ends_naming_it_with_the_last_checkpoint_intact(two_n
     assert ckpt.name == f"iter_{saved:07d}" and checkpoint_problem(ckpt) is None
 
 
-def test_link_down_node1_ends_after_the_collective_timeout(two_nodes, tiny_store, tmp_path):
+def test_link_down_node1_ends_after_the_collective_timeout_and_a_node_that_never_joins_fails(
+        two_nodes, tiny_store, tmp_path):
+    """Two independent faults, run side by side to share the collective timeout's wait: node2's
+    cable pulled mid-run, and a torchrun on node1 (its own port and run dir) whose second node
+    never comes."""
     # 30 s, not less: with a load average of 20 on the 2 cores, setup alone kept one rank away
     # from a collective for over 10 s (the timeout's lower bound, docs/slurm.md)
     node1, log, run = _start_long_run(two_nodes, tiny_store, tmp_path,
                                       "parallel.collective_timeout_s=30")
+    lonely_run = tmp_path / "lonely_run"
+    lonely = two_nodes.torchrun("node1", 1, next_port(), train_args(tiny_store, lonely_run),
+                                tmp_path / "lonely.log", rdzv_conf="join_timeout=10")
     two_nodes.link("node2", "down")
     took = _ends_within(node1, 30 + 50)  # torch's default would be 30 minutes
     assert node1.returncode != 0 and took >= 29
     (error,) = _error_lines(log)
     assert "lost peer node2 (rank 1): no answer within parallel.collective_timeout_s=30 s" in error
     assert "no checkpoint of this run yet" in error and latest_checkpoint(run) is None
+    _ends_within(lonely, 90)
+    output = (tmp_path / "lonely.log").read_text()
+    assert lonely.returncode != 0 and "RendezvousTimeoutError" in output, output[-3000:]
+    assert not lonely_run.exists()
 
 
 def test_sigterm_to_node2_only_both_save_the_same_step(two_nodes, tiny_store, tmp_path):
@@ -125,14 +136,3 @@ def test_sigterm_to_node2_only_both_save_the_same_step(two_nodes, tiny_store, tm
     assert len([p for p in run.iterdir() if "PREEMPTED" in p.name]) == 1
     # node1's torchrun agent now waits in torchrun's exit barrier for node2's agent, which died
     # of the signal (300 s, torchrun's constant): not waited for here, see docs/slurm.md.
-
-
-def test_a_node_that_never_joins_fails_the_rendezvous_and_writes_nothing(two_nodes, tiny_store,
-                                                                         tmp_path):
-    run = tmp_path / "run"
-    node1 = two_nodes.torchrun("node1", 1, next_port(), train_args(tiny_store, run),
-                               tmp_path / "node1.log", rdzv_conf="join_timeout=10")
-    _ends_within(node1, 90)
-    output = (tmp_path / "node1.log").read_text()
-    assert node1.returncode != 0 and "RendezvousTimeoutError" in output, output[-3000:]
-    assert not run.exists()

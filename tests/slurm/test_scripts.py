@@ -13,8 +13,8 @@ import pytest
 from megatron_diffusion.parallel.launch_env import port_for_job
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted((REPO / "slurm").glob("*.sbatch")) + [REPO / "slurm" / "local_slurm.sh",
-                                                     REPO / "slurm" / "two_node_cluster.sh"]
+# the sbatch scripts, local_slurm.sh, two_node_cluster.sh and slurm_conf.sh (which both source)
+SCRIPTS = sorted((REPO / "slurm").glob("*.sbatch")) + sorted((REPO / "slurm").glob("*.sh"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
