@@ -44,7 +44,7 @@ class ForwardSpec:
     loss: LossConfig
     logit_shift: bool = False
     backend: str = "sdpa"
-    head_subset: bool = False
+    head_subset: bool = True
     """Apply the output layer only at the outputs the loss reads (``Readout.needed``); False:
     at every output (the loss then selects the same rows)."""
 
