@@ -13,7 +13,7 @@ the global row before slicing, so RoPE and masks are exactly those of one proces
 Contiguous slices balance the layers for Ulysses (attention works on whole sequences per head;
 the other layers cost the same per token), unlike ring attention's zig-zag slicing; in block mode
 the loss targets (the noisy half) then sit on the first ``cp/2`` ranks. The loss is a sum
-per token over the ranks' slices (``training/context_parallel_loss.py``) and megatron's schedule
+per token over the ranks' slices (``loss/elbo.py``) and megatron's schedule
 adds sums and counts over the data-parallel x context-parallel group, as over data parallelism.
 
 Constraints (checked at config time by ``RunConfig.validate``, one line each): query heads per TP
