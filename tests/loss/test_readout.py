@@ -106,8 +106,8 @@ def test_head_at_some_outputs_gives_the_full_logits_rows_bit_for_bit(rows):
                                             ({"normalization": "sequence"}, False)],
                          ids=["shift", "shift_ar", "plain_sequence"])
 def test_loss_and_gradients_equal_with_and_without_the_head_subset(loss_kw, shift):
-    attn = AttentionConfig(mode="block", block_size=4,
-                           clean_stream="causal" if loss_kw.get("ar_loss_weight") else "block_causal")
+    clean_stream = "causal" if loss_kw.get("ar_loss_weight") else "block_causal"
+    attn = AttentionConfig(mode="block", block_size=4, clean_stream=clean_stream)
     batches = [synthetic_batch(attn, rows=2, seq_len=16, seed=s) for s in (1, 2)]
     results = []
     for head_subset in (False, True):
