@@ -7,7 +7,7 @@ where revealed and ``[MASK]`` elsewhere. A noisy block attends to itself and to 
 copies of the earlier blocks only (docs/masks.md), so its outputs are those of decoding that
 block after the earlier ones are final: one forward evaluates all blocks' states at once, the
 logits the sampler's exact cache reproduces (tests/sampling/test_exactness.py). Under the
-logit shift a position's prediction is read where training reads it (``loss.elbo.shift_sources``).
+logit shift a position's prediction is read where training reads it (``loss.readout.shift_sources``).
 """
 
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ import torch
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.layout import block_ids
-from megatron_diffusion.loss.elbo import shift_sources
+from megatron_diffusion.loss.readout import shift_sources
 from megatron_diffusion.model.inference import LoadedModel
 from megatron_diffusion.model.inputs import model_inputs
 

@@ -7,6 +7,11 @@
    kernels broadcast a ``[s, b, 1, d]`` table.
 2. **[MASK] is never predicted.** A forward hook on the output layer adds ``-inf`` to the logit
    of the mask token and of the vocabulary padding, on whichever tensor-parallel rank owns them.
+3. **The LM head where the loss reads.** ``forward(..., logits_at_BS=needed)`` (bool ``[b, s]``)
+   applies the output layer to the final hidden states of those positions only and returns
+   ``[1, K, V/tp]`` (row-major; ``loss/readout.py``). The weight gradient is still one product
+   over all rows (zeros elsewhere): a product over fewer rows sums in another order, and the
+   losses keep their bits. Under sequence parallelism the full logits come back.
 
 Everything else (layers, TP/PP, checkpoint sharding) is megatron-core's.
 """
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_diffusion.model.config import ModelConfig
@@ -27,6 +33,7 @@ class DiffusionGPTModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.mask_token_id = mask_token_id
         self.real_vocab_size = real_vocab_size
+        self._logits_at_BS = None
         if hasattr(self, "rotary_pos_emb"):  # RoPE comes from the CP rank's global positions,
             self.rotary_pos_emb.cp_group = None  # never from megatron's zig-zag CP slicing
         if self.post_process:
@@ -38,6 +45,29 @@ class DiffusionGPTModel(GPTModel):
             bias[forbidden] = float("-inf")
             self.register_buffer("forbidden_logit_bias", bias, persistent=False)
             self.output_layer.register_forward_hook(self._forbid_logits)
+
+    def forward(self, *args, logits_at_BS: torch.Tensor | None = None, **kwargs):
+        """megatron's forward; ``logits_at_BS``: the LM head only there (module docstring)."""
+        self._logits_at_BS = logits_at_BS
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._logits_at_BS = None
+
+    def _postprocess(self, hidden_states, **kwargs):
+        at_BS = self._logits_at_BS
+        if at_BS is None or not self.post_process or self.config.sequence_parallel:
+            return super()._postprocess(hidden_states=hidden_states, **kwargs)
+        weight_VH = (self.shared_embedding_or_output_weight()
+                     if self.share_embeddings_and_output_weights else self.output_layer.weight)
+        # the output layer's own input handling without sequence parallelism: its backward
+        # all-reduces the hidden-state gradient over tensor-parallel ranks
+        hidden_SBH = copy_to_tensor_model_parallel_region(hidden_states)
+        S, B = hidden_SBH.shape[:2]
+        dev = at_BS.device
+        rows_BS = torch.arange(S, device=dev) * B + torch.arange(B, device=dev)[:, None]
+        logits_KV = _HeadRows.apply(hidden_SBH.reshape(S * B, -1), weight_VH, rows_BS[at_BS])
+        return (logits_KV + self.forbidden_logit_bias.to(logits_KV.dtype)).unsqueeze(0)
 
     def _forbid_logits(self, module, inputs, output):
         logits, bias = output
@@ -52,6 +82,39 @@ class DiffusionGPTModel(GPTModel):
         freqs = position_ids.to(inv_freq.dtype)[..., None] * inv_freq  # [b, s, d/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # megatron's non-interleaved layout
         return (out[0], emb.transpose(0, 1)[:, :, None, :]) + tuple(out[2:])
+
+
+class _HeadRows(torch.autograd.Function):
+    """``hidden[rows] @ weight.T`` with the bits of the full product's rows.
+
+    A row of a matrix product comes out the same whatever the other rows, except through the
+    BLAS's few-row paths (measured on this project's CPU, MKL: fewer than 12 rows with 2 threads,
+    fewer than 4 with 1): fewer than ``_FEW_ROWS`` rows take the full product. Other BLAS (GPU)
+    may choose kernels by row count anyway; there the losses agree to rounding.
+    The weight gradient always sums over every row of ``hidden`` (zero where not selected), in
+    the order of megatron's linear layer; a sum over the selected rows alone rounds otherwise.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_MH, weight_VH, rows_K):
+        ctx.save_for_backward(hidden_MH, weight_VH, rows_K)
+        if rows_K.numel() < _FEW_ROWS:
+            return (hidden_MH @ weight_VH.t()).index_select(0, rows_K)
+        return hidden_MH.index_select(0, rows_K) @ weight_VH.t()
+
+    @staticmethod
+    def backward(ctx, grad_KV):
+        hidden_MH, weight_VH, rows_K = ctx.saved_tensors
+        grad_MV = grad_KV.new_zeros(hidden_MH.shape[0], grad_KV.shape[1]).index_copy_(0, rows_K,
+                                                                                       grad_KV)
+        if rows_K.numel() < _FEW_ROWS:
+            grad_hidden = grad_MV @ weight_VH
+        else:
+            grad_hidden = torch.zeros_like(hidden_MH).index_copy_(0, rows_K, grad_KV @ weight_VH)
+        return grad_hidden, grad_MV.t().matmul(hidden_MH), None
+
+
+_FEW_ROWS = 16
 
 
 def transformer_config(cfg: ModelConfig, *, tensor_model_parallel_size: int = 1,

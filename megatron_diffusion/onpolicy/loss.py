@@ -3,8 +3,8 @@
 The rows are ``rows.policy_rows``: ``loss_mask_BL`` marks each committed token once,
 ``loss_weights_BL`` holds its trajectory's advantage. On a micro-batch the loss function reads
 the log-probability of every committed token where training reads its prediction
-(``training.context_parallel_loss.output_targets``: the block-mode logit shift included; the
-cross entropy is megatron's vocabulary-parallel one, so tensor parallelism needs nothing more),
+(``loss.readout``: the block-mode logit shift included; the cross entropy is megatron's
+vocabulary-parallel one, so tensor parallelism needs nothing more),
 and the reference model's for the same tokens (``reference_logp``, computed before the step):
 
     loss = scale * ( -sum_i A_i log pi(x_i) - sum_o A_o log q_o
@@ -26,7 +26,7 @@ and the reference model's for the same tokens (``reference_logp``, computed befo
   above over the step's committed tokens.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -36,11 +36,10 @@ from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_regi
 
 from megatron_diffusion.batch import DiffusionBatch
 from megatron_diffusion.loss.config import LossConfig
-from megatron_diffusion.loss.elbo import _token_ce
+from megatron_diffusion.loss.readout import readout, token_ce
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.onpolicy.choice import CommitRule, open_cutoffs
 from megatron_diffusion.onpolicy.objective import policy_gradient_sum
-from megatron_diffusion.training.context_parallel_loss import output_targets
 from megatron_diffusion.training.step import ForwardSpec, reduce_reports, run_schedule
 
 REPORT = ("loss", "logp", "kl", "tokens", "open_logq", "open")
@@ -75,11 +74,12 @@ def _read(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec, wh
     """``(logits_KV, targets_K, advantage_K, row_K, position_K)`` at the outputs that predict
     ``where_BL``'s positions (training's readout: the logit shift included), in output order."""
     B, L, S = batch.batch_size, batch.seq_len, output_BSV.shape[1]
-    kwargs = spec.loss_kwargs()
+    slots = readout(batch, S, LossConfig(), **spec.loss_kwargs())
+    first, T = slots.first_target, slots.main.source_BT.shape[1]
     number_BL = torch.arange(1, L + 1, device=where_BL.device).expand(B, L) * where_BL
-    targets_BS, number_BS, _ = output_targets(replace(batch, loss_weights_BL=number_BL.float()),
-                                              S, LossConfig(), **kwargs)
-    adv_BS = output_targets(batch, S, LossConfig(), **kwargs)[1]
+    number_BS = slots.main.at_outputs(number_BL[:, first:first + T].float(), S)
+    targets_BS = slots.main.at_outputs(slots.main.targets_BT, S)
+    adv_BS = slots.main.at_outputs(slots.main.weights_BT.float(), S)
     where = number_BS > 0
     row_K = torch.arange(B, device=where.device)[:, None].expand(B, S)[where]
     return (output_BSV[where], targets_BS[where], adv_BS[where], row_K,
@@ -93,7 +93,7 @@ def committed(output_BSV: torch.Tensor, batch: DiffusionBatch, spec: ForwardSpec
 
 
 def token_logp(logits_KV: torch.Tensor, targets_K: torch.Tensor) -> torch.Tensor:
-    return -_token_ce(logits_KV[None], targets_K[None])[0]
+    return -token_ce(logits_KV, targets_K)
 
 
 def _tp_sum(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ mode); embeddings, MLPs, norms, the output layer and the loss run on that slice,
 two all-to-alls (``model/ulysses.py``) turn it into a head slice of the whole sequence, so the
 core attention applies the unsplit row's full mask. Positions, document ids and block ids come
 from the global row before slicing, so RoPE and masks are exactly one process's. The loss is a
-sum per token over the slices (``training/context_parallel_loss.py``). The constraints are
+sum per token over the slices (``loss/elbo.py``). The constraints are
 checked at config time (``RunConfig._check_context_parallel``). docs/context_parallel.md has the
 layout, the load balance and the figures.
 """

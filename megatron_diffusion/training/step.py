@@ -22,11 +22,12 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.loss.config import LossConfig
+from megatron_diffusion.loss.elbo import readout_loss
+from megatron_diffusion.loss.readout import Readout, readout
 from megatron_diffusion.masks.config import AttentionConfig
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.parallel import context_parallel
 from megatron_diffusion.parallel.process_groups import host_collective
-from megatron_diffusion.training.context_parallel_loss import rank_diffusion_loss
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ForwardSpec:
 
     ``attention`` gives the model input (positions, the mask) and places the block-mode shift,
     ``backend`` the mask's form (``model.inputs.forward_kwargs``), ``loss`` and ``logit_shift``
-    the loss and its readout (``loss.elbo.diffusion_loss``). ``of(cfg)`` reads them from a run
+    the loss and its readout (``loss.readout``, ``loss.elbo``). ``of(cfg)`` reads them from a run
     config; an evaluation swaps the loss (``dataclasses.replace(spec, loss=...)``).
     """
 
@@ -43,6 +44,9 @@ class ForwardSpec:
     loss: LossConfig
     logit_shift: bool = False
     backend: str = "sdpa"
+    head_subset: bool = True
+    """Apply the output layer only at the outputs the loss reads (``Readout.needed``); False:
+    at every output (the loss then selects the same rows)."""
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "ForwardSpec":
@@ -54,10 +58,14 @@ class ForwardSpec:
         return {"logit_shift": self.logit_shift, "block_size": self.attention.block_size,
                 "visibility": self.attention.visibility}
 
+    def readout(self, batch) -> Readout:
+        """The micro-batch's loss readout over the whole model output (``tokens_BS``)."""
+        return readout(batch, batch.tokens_BS.shape[1], self.loss, **self.loss_kwargs())
 
-def _loss_func(batch, spec: ForwardSpec, output_BSV):
-    loss_sum, num_tokens, metrics = rank_diffusion_loss(output_BSV, batch, spec.loss,
-                                                        **spec.loss_kwargs())
+
+def _loss_func(batch, spec: ForwardSpec, ro: Readout, span, output):
+    loss_sum, num_tokens, metrics = readout_loss(output, ro, batch, spec.loss, span=span,
+                                                 counts_tokens=context_parallel.rank() == 0)
     zero = torch.zeros((), device=loss_sum.device)
     report = torch.stack([loss_sum.detach().float(), num_tokens.float(),
                           metrics["ce_sum"].float(), metrics["ce_count"].float(),
@@ -72,9 +80,14 @@ def make_forward_step(spec: ForwardSpec):
         batch = next(data_iterator)
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         batch = batch.to(device)
-        inputs = forward_kwargs(batch, spec.attention, spec.backend)
-        output = model(**context_parallel.shard_inputs(inputs))
-        return output, partial(_loss_func, batch, spec)
+        inputs = context_parallel.shard_inputs(forward_kwargs(batch, spec.attention, spec.backend))
+        ro = spec.readout(batch)
+        span = context_parallel.local_span(ro.num_outputs, context_parallel.rank(),
+                                           context_parallel.world_size())
+        if spec.head_subset:  # the LM head only where the loss reads (this CP rank's slice)
+            inputs["logits_at_BS"] = ro.needed(*span)
+        output = model(**inputs)
+        return output, partial(_loss_func, batch, spec, ro, span)
 
     return forward_step
 

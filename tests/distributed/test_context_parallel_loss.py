@@ -1,9 +1,9 @@
-"""The loss on context-parallel slices: summed over the slices it is ``diffusion_loss`` itself.
+"""The loss on context-parallel slices: summed over the slices it is the unsplit loss (CP=1).
 
 One process, no exchange: the full output is cut into the slices CP ranks would hold
 (``local_span``), each slice's ``(loss_sum, num_tokens, metrics)`` is computed as that rank
 would, and the sums (and the gradient with respect to the output) must equal the unsplit loss's,
-for every way ``loss.py`` pairs outputs with targets: block mode with shared and isolated
+for every way ``loss/readout.py`` pairs outputs with targets: block mode with shared and isolated
 packing, the block-mode logit shift (block starts read from the clean stream, often in another
 slice), the AR term on the clean stream, per-row normalisation, AR objective, bidirectional shift.
 """
@@ -16,7 +16,6 @@ from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.loss.elbo import diffusion_loss
 from megatron_diffusion.parallel.context_parallel import local_span
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
-from megatron_diffusion.training.context_parallel_loss import context_parallel_diffusion_loss
 
 L, V, MASK = 16, 12, 11
 
@@ -74,8 +73,7 @@ def test_slices_sum_to_the_unsplit_loss(case, cp):
     for r in range(cp):
         start, stop = local_span(S, r, cp)
         local = full.detach()[:, start:stop].clone().requires_grad_(True)
-        loss_sum, n, m = context_parallel_diffusion_loss(local, batch, cfg, cp_rank=r,
-                                                         cp_size=cp, **kw)
+        loss_sum, n, m = diffusion_loss(local, batch, cfg, cp_rank=r, cp_size=cp, **kw)
         (grad,) = torch.autograd.grad(loss_sum, local)
         parts.append((loss_sum.detach(), grad))
         got_n += int(n)

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from megatron_diffusion.batch import DiffusionBatch
+from megatron_diffusion.config import RunConfig
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.loss.config import LossConfig
-from megatron_diffusion.loss.elbo import diffusion_loss, shift_sources
+from megatron_diffusion.loss.elbo import diffusion_loss
+from megatron_diffusion.loss.readout import shift_sources
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 
 L = 8
@@ -114,10 +116,13 @@ def test_sequence_normalisation_under_shift():
     assert n.item() == 1 and loss_sum.item() == pytest.approx(100.0 / 4, rel=1e-5)
 
 
-def test_block_shift_needs_the_block_size():
-    with pytest.raises(UsageError, match="block_size"):
-        diffusion_loss(self_describing_logits(2 * L), batch(list(range(L))), LossConfig(),
-                       logit_shift=True)
+def test_block_shift_without_a_block_size_is_refused_by_the_run_config():
+    # once, at config time (naming the field), not when the loss reads the output
+    cfg = RunConfig()
+    cfg.model.vocab_size, cfg.model.mask_token_id = 300, 299
+    cfg.model.logit_shift, cfg.attention.block_size = True, None
+    with pytest.raises(UsageError, match=r"^attention\.block_size"):
+        cfg.validate()
 
 
 def test_ar_term_reports_the_clean_streams_next_token_ce():

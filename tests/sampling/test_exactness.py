@@ -180,7 +180,7 @@ def test_block_logit_shift_equals_training_convention(block_model, clean_stream)
     for position j > 0 its noisy output at ``start + j - 1`` (built by hand from one full
     ``x_t (+) x0`` forward per step), through a cached decode whose chunks are as short as the
     pending column allows."""
-    from megatron_diffusion.loss.elbo import shift_sources
+    from megatron_diffusion.loss.readout import shift_sources
 
     B, prompt_len, gen = 4, 8, 12
     attn = AttentionConfig(mode="block", block_size=B, clean_stream=clean_stream)
