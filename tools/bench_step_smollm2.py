@@ -50,7 +50,7 @@ def main():
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.checkpoint import load_checkpoint, read_meta
     from megatron_diffusion.training.model_setup import build_training_model
-    from megatron_diffusion.training.step import ForwardSpec, forward_backward
+    from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
     gguf = smollm2_gguf_path()
     initialize_model_parallel(1, 1, seed=0)

@@ -38,7 +38,7 @@ def main():
     from megatron_diffusion.model.gpt import transformer_config
     from megatron_diffusion.parallel.process_groups import initialize_model_parallel
     from megatron_diffusion.training.model_setup import build_training_model
-    from megatron_diffusion.training.step import ForwardSpec, forward_backward
+    from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
     initialize_model_parallel(1, 1, seed=0)
     L, mask_id = a.seq_len, a.vocab - 1

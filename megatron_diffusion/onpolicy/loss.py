@@ -1,29 +1,16 @@
 """The policy-gradient loss through megatron's forward/backward (``objective``'s loss on rows).
 
-The rows are ``rows.policy_rows``: ``loss_mask_BL`` marks each committed token once,
-``loss_weights_BL`` holds its trajectory's advantage. On a micro-batch the loss function reads
-the log-probability of every committed token where training reads its prediction
-(``loss.readout``: the block-mode logit shift included; the cross entropy is megatron's
-vocabulary-parallel one, so tensor parallelism needs nothing more),
-and the reference model's for the same tokens (``reference_logp``, computed before the step):
+On rows from ``rows.policy_rows`` (each committed token marked once, weighted by its
+trajectory's advantage) the loss reads each committed token's log-probability where training
+reads its prediction (``loss.readout``), and the frozen reference's (``reference_logp``):
 
     loss = scale * ( -sum_i A_i log pi(x_i) - sum_o A_o log q_o
                      + kl_weight * sum_i k3(ref_i - log pi(x_i)) )
 
-* ``i``: the committed tokens; ``o``: the positions a state left masked (``rows.PolicyRows.
-  open_BL``). The sampler drew a token at every masked position and its commit rule kept some,
-  so the trajectory's probability also has, per open position, ``q_o``: the probability that
-  its draw was not kept (``onpolicy/choice.py``: below the threshold, or ranked after the kept
-  draws in a threshold rule's fallback step and under the fixed rule; ``log_mass_in`` over the
-  vocabulary-parallel softmax). That term carries the speed reward straight to the commit
-  choice: a fast trajectory's advantage raises the mass of the draws that get kept where its
-  steps left positions open. ``rule=None`` (``onpolicy.commit_choice: false``) leaves it out.
-* ``k3(d) = exp(d) - d - 1`` (>= 0) is the per-token KL estimator on tokens drawn from the
-  policy (``objective.k3_kl``); ``objective.policy_gradient_sum`` gives the first and last terms.
-* ``scale = M / T``: ``T`` is the committed tokens and ``M`` the micro-batches of the whole step
-  (all data-parallel ranks), and every micro-batch reports a count of 1. Megatron's per-token
-  normalisation (it divides the summed gradients by the summed counts) then leaves the loss
-  above over the step's committed tokens.
+``i`` the committed tokens, ``o`` the positions a state left open with ``q_o`` the probability
+that the sampler's draw there was not kept (``choice.py``; ``onpolicy.commit_choice: false``
+leaves it out), ``k3`` the per-token KL estimator, ``scale = M / T`` so megatron's per-token
+normalisation leaves the loss over the step's committed tokens. docs/onpolicy.md, "Objective".
 """
 
 from dataclasses import dataclass
@@ -40,7 +27,7 @@ from megatron_diffusion.loss.readout import readout, token_ce
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.onpolicy.choice import CommitRule, open_cutoffs
 from megatron_diffusion.onpolicy.objective import policy_gradient_sum
-from megatron_diffusion.training.step import ForwardSpec, reduce_reports, run_schedule
+from megatron_diffusion.training.forward_backward import ForwardSpec, reduce_reports, run_schedule
 
 REPORT = ("loss", "logp", "kl", "tokens", "open_logq", "open")
 

@@ -17,7 +17,7 @@ from megatron_diffusion.data.loader import DiffusionDataLoader, LoaderWorkerDied
 from megatron_diffusion.data.vocab import store_vocabulary
 from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.parallel.process_groups import host_collective
-from megatron_diffusion.training.step import forward_backward
+from megatron_diffusion.training.forward_backward import forward_backward
 from megatron_diffusion.training.step_source import StepSource
 from megatron_diffusion.training.train_step import StepCost
 from megatron_diffusion.training.validation import HeldOut

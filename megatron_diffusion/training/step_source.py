@@ -43,7 +43,7 @@ class StepSource(ABC):
     @abstractmethod
     def forward_backward(self, chunks, microbatches: list, spec) -> dict:
         """The step's forward/backward over this rank's micro-batches; ``{"loss", "ce", ...}``
-        reduced over the ranks (``step.forward_backward`` is the contract)."""
+        reduced over the ranks (``forward_backward.forward_backward`` is the contract)."""
 
     @abstractmethod
     def steps(self, run, first_step: int) -> Iterator[tuple[list, dict]]:

@@ -18,7 +18,7 @@ from megatron_diffusion.config import RunConfig
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.training.finite import grads_finite
 from megatron_diffusion.training.observability import attended_pairs, flops_per_token, peak_flops
-from megatron_diffusion.training.step import ForwardSpec, forward_backward
+from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class TrainStep:
                  max_nan_steps: int, say: Callable[[str], None],
                  run: Callable = forward_backward):
         """``run(chunks, microbatches, spec) -> {"loss", "ce", ...}``: the forward/backward
-        (``step.forward_backward``; the step source's, ``StepSource.forward_backward``)."""
+        (``forward_backward.forward_backward``; the step source's, ``StepSource.forward_backward``)."""
         self.chunks, self.optimizer, self.spec, self.cost = chunks, optimizer, spec, cost
         self.max_nan_steps, self.say = max_nan_steps, say
         self.run = run

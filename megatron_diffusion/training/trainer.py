@@ -42,7 +42,7 @@ from megatron_diffusion.training.init_from import adopt_model_config, adopt_spar
 from megatron_diffusion.training.lr_schedule import lr_at
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
 from megatron_diffusion.training.observability import RunLogger
-from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.forward_backward import ForwardSpec
 from megatron_diffusion.training.step_source import StepSource
 from megatron_diffusion.training.train_step import TrainStep
 

@@ -3,7 +3,7 @@
 Both read the store's validation split in the training process (no loader workers), one
 micro-batch per data-parallel rank at a time, through a fresh loader from sample 0, so every
 evaluation sees the same rows with the same per-sample corruption seeds. ``eval_iters``
-micro-batches (at least one per pipeline stage) go through ``step.forward_backward`` forward
+micro-batches (at least one per pipeline stage) go through ``forward_backward.forward_backward`` forward
 only, reduced over ranks like a training step:
 
 * ``validate``: the training objective itself (``corruption.factory.eval_corruption_config``:
@@ -25,7 +25,7 @@ from megatron_diffusion.data.vocab import store_vocabulary
 from megatron_diffusion.distill.store import trajectory_rows
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.loss.config import LossConfig
-from megatron_diffusion.training.step import ForwardSpec, forward_backward
+from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
 INFILL_RATES = (0.15, 0.5, 0.9)
 

@@ -17,7 +17,7 @@ from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
-from megatron_diffusion.training.step import ForwardSpec, forward_backward
+from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.helpers import seeded_full_weights, synthetic_batch, tiny_model_config  # noqa: E402

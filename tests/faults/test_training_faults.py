@@ -16,7 +16,7 @@ from tests.training.conftest import losses
 # the loss stays finite. It patches from outside, so it works on the code before the fix too.
 POISON = textwrap.dedent('''
     import os, torch
-    import megatron_diffusion.training.step as step_mod
+    import megatron_diffusion.training.forward_backward as step_mod
     _orig, _calls = step_mod.forward_backward, [0]
     def forward_backward(chunks, microbatches, *args, **kwargs):
         res = _orig(chunks, microbatches, *args, **kwargs)

@@ -15,7 +15,7 @@ from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.model.inputs import forward_kwargs
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model, unwrap
-from megatron_diffusion.training.step import ForwardSpec, forward_backward
+from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 from tests.helpers import seeded_full_weights, synthetic_batch, tiny_model_config
 
 L = 8

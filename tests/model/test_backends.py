@@ -44,7 +44,7 @@ def test_te_backend_builds_an_additive_bias():
 
 
 def test_flex_loss_equals_sdpa_loss_through_the_schedule(model):
-    from megatron_diffusion.training.step import ForwardSpec, forward_backward
+    from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
     attn = AttentionConfig(mode="block", block_size=4)
     batches = [synthetic_batch(attn, rows=2, seq_len=16, seed=s) for s in (1, 2)]

@@ -22,7 +22,7 @@ from megatron_diffusion.onpolicy.choice import CommitRule, open_cutoffs
 from megatron_diffusion.onpolicy.loss import _read, log_mass_in
 from megatron_diffusion.onpolicy.rows import Trajectory, policy_rows
 from megatron_diffusion.sampling.strategies import select_fixed, select_threshold
-from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.forward_backward import ForwardSpec
 
 
 def _keep(rule: CommitRule, conf_N: torch.Tensor, steps_left: int) -> torch.Tensor:

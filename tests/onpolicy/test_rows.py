@@ -16,7 +16,7 @@ from megatron_diffusion.onpolicy.rows import (Trajectory, fill_prompt, micro_bat
 from megatron_diffusion.sampling.config import SamplerConfig
 from megatron_diffusion.sampling.sampler import BlockSampler, ModelRules
 from megatron_diffusion.training.checkpoint import latest_checkpoint
-from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.forward_backward import ForwardSpec
 from tests.helpers import make_checkpoint
 
 M, PAD = 99, 98

@@ -61,7 +61,7 @@ out = m(x, torch.arange(8)[None], None)
 assert torch._C._len_torch_function_stack() == 0  # no mode: the forward pays nothing per op
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.training.step import ForwardSpec, forward_backward
+from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 from tests.helpers import synthetic_batch
 attn = AttentionConfig(mode="bidirectional")
 batch = [synthetic_batch(attn, rows=1, seq_len=8, seed=0)]

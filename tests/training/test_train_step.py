@@ -15,7 +15,7 @@ from megatron_diffusion.model.gpt import transformer_config
 from megatron_diffusion.parallel.process_groups import initialize_model_parallel
 from megatron_diffusion.training.model_setup import build_training_model
 from megatron_diffusion.training.observability import RunLogger
-from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.forward_backward import ForwardSpec
 from megatron_diffusion.training.train_step import StepCost, TrainStep
 from tests.helpers import synthetic_batch, tiny_model_config
 

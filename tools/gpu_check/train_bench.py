@@ -73,7 +73,7 @@ def make_batch(mode: str, cfg, rows: int, L: int, generator):
 
 
 def _step(chunks, opt, batch, attn, loss_cfg, backend) -> float:
-    from megatron_diffusion.training.step import ForwardSpec, forward_backward
+    from megatron_diffusion.training.forward_backward import ForwardSpec, forward_backward
 
     synchronize()
     t0 = time.perf_counter()

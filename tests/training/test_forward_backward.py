@@ -7,7 +7,7 @@ import pytest
 from megatron_diffusion.config import RunConfig
 from megatron_diffusion.loss.config import LossConfig
 from megatron_diffusion.masks.config import AttentionConfig
-from megatron_diffusion.training.step import ForwardSpec
+from megatron_diffusion.training.forward_backward import ForwardSpec
 
 
 def test_spec_of_a_run_config_and_its_loss_keywords():
