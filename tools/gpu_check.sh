@@ -8,7 +8,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=()
 if [ "${1:-}" = "--dry-run" ]; then dry=(--dry-run); shift; fi
-out="${1:?usage: tools/gpu_check.sh [--dry-run] RESULTS_DIR [options]}"; shift
+if [ $# -lt 1 ]; then
+  echo "tools/gpu_check.sh: error: RESULTS_DIR: missing (usage: tools/gpu_check.sh [--dry-run] RESULTS_DIR [options])" >&2
+  exit 2
+fi
+out="$1"; shift
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 if [ ${#dry[@]} -eq 0 ] && compgen -G ".whl/*.whl" >/dev/null; then

@@ -137,3 +137,25 @@ def test_a_failing_or_overrunning_part_is_recorded_and_the_next_runs(tmp_path):
     assert saved["c"]["rows"][0]["reason"].startswith("ZeroDivisionError")
     ctx.deadline = time.monotonic() + 1
     assert run_part(ctx, "d", rows, cap_s=10)["status"] == "skipped"
+
+
+def test_failing_gpu_tests_fail_the_part(tmp_path, monkeypatch):
+    """``pytest -m gpu`` exiting non-zero (a failing GPU test, or no pytest at all) was recorded
+    as status "ok" with its return code beside it; the summary table then said ok."""
+    from tools.gpu_check import env as env_part
+
+    def failing(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, stdout="F\n1 failed, 3 passed in 2.0s\n", stderr="")
+
+    monkeypatch.setattr(env_part.subprocess, "run", failing)
+    ctx = Context(results_dir=tmp_path, dry_run=True, deadline=time.monotonic() + 60, work_dir=tmp_path)
+    result = run_part(ctx, "pytest_gpu", env_part.pytest_gpu_part, cap_s=30)
+    assert result["status"] == "failed" and result["returncode"] == 1
+    assert result["reason"] == "RuntimeError: pytest -m gpu: exit 1: 1 failed, 3 passed in 2.0s"
+
+
+def test_a_missing_results_dir_is_one_line_and_exit_2():
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "RESULTS_DIR: missing" in proc.stderr

@@ -95,5 +95,9 @@ def pytest_gpu_part(ctx) -> dict:
     lines = [line for line in text.splitlines() if line.strip()]
     summary = lines[-1] if lines else ""
     ctx.log("pytest -m gpu:\n" + "\n".join(lines[-40:]))
-    return {"command": " ".join(cmd[1:]), "returncode": rc, "summary": summary,
-            "tail": "\n".join(lines[-25:])}
+    record = {"command": " ".join(cmd[1:]), "returncode": rc, "summary": summary,
+              "tail": "\n".join(lines[-25:])}
+    if rc != 0:  # failing GPU tests (or no pytest at all) are a failed part, not "ok"
+        ctx.partial = record
+        raise RuntimeError(f"pytest -m gpu: exit {rc}: {summary}")
+    return record
