@@ -15,6 +15,9 @@ import warnings
 from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import Preemption
 
+DESCRIPTION = ("Train code diffusion language models on megatron-core (block-diffusion CPT from an AR "
+               "checkpoint) and sample from them fast. README.md and docs/ have every command.")
+
 # name -> (module, one-line help). Kept in pipeline order.
 COMMANDS = {
     "train-tokenizer": ("megatron_diffusion.cli.train_tokenizer", "train a byte-level BPE tokenizer (with [MASK]/EOS) on a corpus"),
@@ -27,7 +30,7 @@ COMMANDS = {
     "bench-sampler": ("megatron_diffusion.cli.bench_sampler", "sampler throughput vs the AR baseline, as JSON"),
     "distill-trajectories": ("megatron_diffusion.cli.distill_trajectories", "search reveal orders with a model and store them as step maps (Seed Diffusion 3.2)"),
     "convert": ("megatron_diffusion.cli.convert", "HF <-> megatron-diffusion checkpoints, resharding, verification"),
-    "eval": ("megatron_diffusion.cli.eval", "HumanEval pass@k and held-out infill/ELBO metrics"),
+    "eval": ("megatron_diffusion.cli.eval", "held-out quality and its speed/quality curve (eval quality), HumanEval pass@k, infill/ELBO metrics"),
     "lm-eval": ("megatron_diffusion.cli.lm_eval", "lm-evaluation-harness with the megatron_diffusion model registered (the [lmeval] extra)"),
     "onpolicy-prompts": ("megatron_diffusion.cli.onpolicy_prompts", "write an on-policy prompt set: HumanEval (with tests) or Python sources (no tests)"),
     "onpolicy-eval": ("megatron_diffusion.cli.onpolicy_eval", "tokens/forward, steps/block and verifier score of a checkpoint on a prompt set"),
@@ -53,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="megatron-diffusion", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="megatron-diffusion", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():

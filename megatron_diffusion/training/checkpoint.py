@@ -463,6 +463,11 @@ def read_meta(path) -> dict:
     return check_format(meta, f"checkpoint {path}: meta.json")
 
 
+def _phase_index(d: Path) -> int:
+    digits = re.match(r"\D*(\d*)", d.name).group(1)
+    return int(digits) if digits else 0
+
+
 def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
     """A checkpoint directory, or a run directory / checkpoints dir (then its latest);
     ``option`` names the flag in errors."""
@@ -475,6 +480,11 @@ def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
         found = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
         if found is not None:
             return found
+    phases = [d.name for d in sorted(p.glob("*-*"), key=_phase_index)
+              if re.fullmatch(r"(phase|stage)\d+-.+", d.name) and (d / "checkpoints").is_dir()]
+    if phases:  # a multi-phase run's directory (training/phases.py): each phase is a run
+        raise UsageError(f"{option}: {p} is a multi-phase run; give one phase's directory, e.g. "
+                         f"{p / phases[-1]} (phases: {', '.join(phases)})")
     raise UsageError(f"{option}: {p} is not a megatron-diffusion checkpoint (no meta.json) "
                      "nor a run directory with checkpoints")
 

@@ -9,7 +9,9 @@ phase stops the run. docs/cpt.md, "Multi-phase runs", has the rules.
 """
 
 import copy
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,12 @@ def _final_checkpoint(phase: Phase):
     return latest if done else None
 
 
+def _say(message: str) -> None:
+    """A line on rank 0 (the launcher's ``RANK``: the phases are decided before any process group)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
 def run_phases(phases: list[Phase], run_dir, *, resume: str, init_from, argv,
                overwrite: bool = False) -> int:
     """Run the unfinished phases in order; returns the exit code of the last one run. A phase
@@ -136,8 +144,11 @@ def run_phases(phases: list[Phase], run_dir, *, resume: str, init_from, argv,
     for phase in phases:
         done = _final_checkpoint(phase) if resume == "auto" else None
         if done is not None:
+            _say(f"phase {phase.index}/{len(phases)} ({phase.name}): finished at {done}, skipped")
             start_from = done
             continue
+        _say(f"phase {phase.index}/{len(phases)} ({phase.name}): {phase.cfg.training.train_iters} "
+             f"steps in {phase.run_dir}")
         trainer = Trainer(phase.cfg, phase.run_dir, phase.source_cls(phase.cfg), resume=resume,
                           init_from=start_from, argv=argv, overwrite=overwrite).setup()
         if trainer.rank == 0:

@@ -48,9 +48,13 @@ def test_two_phases_resume_mid_phase_two_with_identical_losses(tiny_store, tmp_p
     assert not (run / "phase2-block").exists()
     ok(train(tiny_store, config, run, "training.exit_interval=2"))  # ends 1, stops inside 2
     assert sorted(losses(run / "phase2-block")) == [1, 2]
-    ok(train(tiny_store, config, run))  # phase 1 is skipped, phase 2 resumes at step 2
+    last = train(tiny_store, config, run)  # phase 1 is skipped, phase 2 resumes at step 2
+    ok(last)
     assert losses(run / "phase1-ar") == losses(ar)
     assert losses(run / "phase2-block") == losses(block)  # identical floats
+    said = [line for line in last.stderr.splitlines() if line.startswith("phase ")]
+    assert said == [f"phase 1/2 (ar): finished at {run / 'phase1-ar' / 'checkpoints' / 'iter_0000003'}, "
+                    "skipped", f"phase 2/2 (block): 4 steps in {run / 'phase2-block'}"]
 
 
 @pytest.mark.parametrize("phases,needle", [
@@ -162,3 +166,17 @@ def test_overwrite_reaches_every_phase_and_resume_auto_with_it_is_refused(tiny_s
     assert _PreemptedAtItsLastStep.calls == [("phase1-ar", "none", True)]
     with pytest.raises(UsageError, match="--overwrite: replaces every phase's run"):
         run_phases(phases, run, resume="auto", init_from=None, argv=[], overwrite=True)
+
+
+def test_a_multi_phase_run_directory_as_a_checkpoint_names_its_phases(tmp_path):
+    """``sample --checkpoint RUN_DIR`` of a multi-phase run said only 'not a checkpoint'."""
+    from megatron_diffusion.errors import UsageError
+    from megatron_diffusion.training.checkpoint import resolve_checkpoint
+
+    for name in ("phase1-ar", "phase2-block4", "phase10-last"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UsageError) as e:
+        resolve_checkpoint(tmp_path)
+    assert str(e.value) == (f"--checkpoint: {tmp_path} is a multi-phase run; give one phase's "
+                            f"directory, e.g. {tmp_path / 'phase10-last'} (phases: phase1-ar, "
+                            "phase2-block4, phase10-last)")
