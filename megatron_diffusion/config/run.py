@@ -14,13 +14,9 @@ forward path re-validates it.
 
 import contextlib
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Self
 
-import yaml
 
 from megatron_diffusion.corruption.config import CorruptionConfig
 from megatron_diffusion.data.config import DataConfig

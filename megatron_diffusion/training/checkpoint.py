@@ -463,9 +463,8 @@ def read_meta(path) -> dict:
     return check_format(meta, f"checkpoint {path}: meta.json")
 
 
-def _phase_index(d: Path) -> int:
-    digits = re.match(r"\D*(\d*)", d.name).group(1)
-    return int(digits) if digits else 0
+PHASE_DIR = re.compile(r"(?:phase|stage)(\d+)-.+")
+"""A multi-phase run's phase directory (``training/phases.py``; ``stage`` before the rename)."""
 
 
 def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
@@ -480,8 +479,9 @@ def resolve_checkpoint(path, option: str = "--checkpoint") -> Path:
         found = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
         if found is not None:
             return found
-    phases = [d.name for d in sorted(p.glob("*-*"), key=_phase_index)
-              if re.fullmatch(r"(phase|stage)\d+-.+", d.name) and (d / "checkpoints").is_dir()]
+    numbered = sorted((int(m.group(1)), d.name) for d in (p.iterdir() if p.is_dir() else ())
+                      if (m := PHASE_DIR.fullmatch(d.name)) and (d / "checkpoints").is_dir())
+    phases = [name for _, name in numbered]
     if phases:  # a multi-phase run's directory (training/phases.py): each phase is a run
         raise UsageError(f"{option}: {p} is a multi-phase run; give one phase's directory, e.g. "
                          f"{p / phases[-1]} (phases: {', '.join(phases)})")

@@ -9,9 +9,7 @@ phase stops the run. docs/cpt.md, "Multi-phase runs", has the rules.
 """
 
 import copy
-import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from megatron_diffusion.errors import UsageError
 from megatron_diffusion.parallel.preemption import MARKER, clear_marker, write_marker
 from megatron_diffusion.training.checkpoint import latest_checkpoint, read_meta
 from megatron_diffusion.training.corpus_source import CorpusSource
-from megatron_diffusion.training.trainer import Trainer
+from megatron_diffusion.training.trainer import Trainer, say_on_rank0
 
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -123,12 +121,6 @@ def _final_checkpoint(phase: Phase):
     return latest if done else None
 
 
-def _say(message: str) -> None:
-    """A line on rank 0 (the launcher's ``RANK``: the phases are decided before any process group)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr, flush=True)
-
-
 def run_phases(phases: list[Phase], run_dir, *, resume: str, init_from, argv,
                overwrite: bool = False) -> int:
     """Run the unfinished phases in order; returns the exit code of the last one run. A phase
@@ -143,12 +135,12 @@ def run_phases(phases: list[Phase], run_dir, *, resume: str, init_from, argv,
     start_from = init_from
     for phase in phases:
         done = _final_checkpoint(phase) if resume == "auto" else None
+        where = f"phase {phase.index}/{len(phases)} ({phase.name})"
         if done is not None:
-            _say(f"phase {phase.index}/{len(phases)} ({phase.name}): finished at {done}, skipped")
+            say_on_rank0(f"{where}: finished at {done}, skipped")
             start_from = done
             continue
-        _say(f"phase {phase.index}/{len(phases)} ({phase.name}): {phase.cfg.training.train_iters} "
-             f"steps in {phase.run_dir}")
+        say_on_rank0(f"{where}: {phase.cfg.training.train_iters} steps in {phase.run_dir}")
         trainer = Trainer(phase.cfg, phase.run_dir, phase.source_cls(phase.cfg), resume=resume,
                           init_from=start_from, argv=argv, overwrite=overwrite).setup()
         if trainer.rank == 0:

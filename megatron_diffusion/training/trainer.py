@@ -47,10 +47,15 @@ from megatron_diffusion.training.step_source import StepSource
 from megatron_diffusion.training.train_step import TrainStep
 
 
-def _say_on_rank0(message: str) -> None:
-    """A warning before torch.distributed is up (rank from the launcher's environment)."""
+def say_on_rank0(message: str) -> None:
+    """A line on rank 0, also before torch.distributed is up (the launcher's ``RANK``)."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"--resume auto: {message}", file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
+
+
+def _say_on_rank0(message: str) -> None:
+    """What ``--resume auto`` found choosing its checkpoint."""
+    say_on_rank0(f"--resume auto: {message}")
 
 
 class Trainer:
